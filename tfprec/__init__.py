@@ -1,0 +1,12 @@
+"""tfprec: analytical minimum per-layer fixed-point precision for tf_keras models.
+
+Implements Sakr & Shanbhag, "An Analytical Method to Determine Minimum
+Per-Layer Precision of Deep Neural Networks", ICASSP 2018.  Importing tfprec
+sets ``TF_USE_LEGACY_KERAS=1`` (see :mod:`tfprec._tf`) before TensorFlow loads.
+"""
+from tfprec import _tf  # noqa: F401  (must come first: selects Keras 2)
+from tfprec.errors import (ExportError, InvalidDataError, PlanError, TfprecError,
+                           UnattainableTargetError, UnsupportedModelError)
+from tfprec.gains import LayerGains, NoiseGains, noise_gains
+
+__version__ = "0.1.0"

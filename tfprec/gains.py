@@ -1,0 +1,426 @@
+"""Per-tensor noise gains (METHOD.md section 2), exact, batched and streaming.
+
+For every example x with float decision y and logits z, and every weight or
+activation tensor T,
+
+    E_T = (1/24) * mean_x sum_{i != y} ||d(z_i - z_y)/dT||^2 / (z_i - z_y)^2 .
+
+The pass runs one forward pass per batch and one backward pass in which the
+M-1 wrong classes are stacked along a leading axis, so each backward op runs
+once on a [(M-1)*B, ...] tensor.  The cotangent of class i for example x is
+(e_i - e_y) / |z_i - z_y|, so squared gradient norms are already divided by
+the squared margins.  Per-example weight-gradient norms come from the layer
+registry (:mod:`tfprec.registry`) from each layer's input and the gradient of
+its pre-activation output.  Nothing is kept per example across batches.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Iterable, Optional, Union
+
+import numpy as np
+
+from tfprec import registry
+from tfprec._tf import keras, tf
+from tfprec.errors import InvalidDataError
+from tfprec.graph import Graph, WEIGHT_KINDS, parse_model, range_scale
+
+DataLike = Union[np.ndarray, "tf.data.Dataset"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerGains:
+    """Noise gains and formats of one weight layer.
+
+    Attributes:
+      name: Keras layer name.
+      layer_class: Keras class name (Dense, Conv2D, DepthwiseConv2D).
+      e_w: noise gain E_W of the weights (kernel and bias, BN folded), in
+        probability per squared weight unit.
+      e_a: noise gain E_A of the layer's input activations.
+      r_w: weight range scale R_W (power of two); weights live on [-R_W, R_W).
+      r_a: activation range scale R_A (power of two); [-R_A, R_A) if
+        ``act_signed`` else [0, 2 R_A).
+      act_signed: whether the input activation needs a sign bit.
+      act_range_source: "known bound" (from a clipping activation) or
+        "calibrated" (observed on the calibration data).
+      act_low, act_high: the activation range used to choose R_A.
+      weight_max_abs: max |w| over kernel and bias after folding.
+      dot_length: D, dot-product length including the bias.
+      num_dots: P, dot products per example.
+      num_weights: weights including biases.
+      num_inputs: input activations per example.
+    """
+
+    name: str
+    layer_class: str
+    e_w: float
+    e_a: float
+    r_w: float
+    r_a: float
+    act_signed: bool
+    act_range_source: str
+    act_low: float
+    act_high: float
+    weight_max_abs: float
+    dot_length: int
+    num_dots: int
+    num_weights: int
+    num_inputs: int
+
+    @property
+    def g_w(self) -> float:
+        """Normalized weight gain G_W = R_W^2 E_W."""
+        return self.r_w ** 2 * self.e_w
+
+    @property
+    def g_a(self) -> float:
+        """Normalized activation gain G_A = R_A^2 E_A."""
+        return self.r_a ** 2 * self.e_a
+
+
+@dataclasses.dataclass(frozen=True)
+class NoiseGains:
+    """Result of :func:`noise_gains`: one :class:`LayerGains` per weight layer.
+
+    Attributes:
+      layers: per-layer gains in topological order.
+      num_examples: examples averaged over.
+      num_classes: M, the number of logits.
+      num_ties: (example, wrong class) pairs with z_i == z_y; they add nothing
+        (their margin is zero, the first-order model does not apply).
+      dropped_softmax: whether a final softmax was removed (gains are on the
+        pre-softmax logits).
+    """
+
+    layers: tuple
+    num_examples: int
+    num_classes: int
+    num_ties: int
+    dropped_softmax: bool = False
+
+    def __getitem__(self, name: str) -> LayerGains:
+        for lg in self.layers:
+            if lg.name == name:
+                return lg
+        raise KeyError(f"no weight layer named {name!r}; layers: {self.names}")
+
+    @property
+    def names(self) -> list:
+        return [lg.name for lg in self.layers]
+
+    def to_dict(self) -> dict:
+        return {"layers": [dataclasses.asdict(lg) for lg in self.layers],
+                "num_examples": self.num_examples,
+                "num_classes": self.num_classes, "num_ties": self.num_ties,
+                "dropped_softmax": self.dropped_softmax}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "NoiseGains":
+        return cls(tuple(LayerGains(**lg) for lg in d["layers"]),
+                   int(d["num_examples"]), int(d["num_classes"]),
+                   int(d["num_ties"]), bool(d.get("dropped_softmax", False)))
+
+
+class _Engine:
+    """Compiled forward + stacked backward pass over a parsed graph."""
+
+    def __init__(self, graph: Graph, dtype: tf.DType):
+        self.g = graph
+        self.dtype = dtype
+        self.c = graph.num_classes - 1
+        self.weight_ops = graph.weight_ops
+        for op in self.weight_ops:
+            a = op.attrs
+            a["kernel_t"] = tf.constant(a["kernel"], dtype)
+            a["bias_t"] = (None if a["bias"] is None
+                           else tf.constant(a["bias"], dtype))
+            if op.kind == "conv2d":
+                a["use_gram"] = registry.conv_use_gram(
+                    a, graph.shapes[op.inputs[0]], graph.shapes[op.output],
+                    graph.num_classes)
+        self.needs_grad = self._needs_grad()
+        shape = [None, *graph.shapes[graph.input_id]]
+        self.step = tf.function(self._step, input_signature=[
+            tf.TensorSpec(shape, dtype)], jit_compile=False)
+
+    def _needs_grad(self) -> set:
+        """Tensors through which a gradient must flow to reach a weight op."""
+        need: set = set()
+        for op in self.g.ops:
+            if op.kind in WEIGHT_KINDS or any(i in need for i in op.inputs):
+                need.add(op.output)
+        # inputs of weight ops themselves need activation gradients
+        return need
+
+    def _forward(self, x):
+        vals = {self.g.input_id: x}
+        for op in self.g.ops:
+            ins = [vals[i] for i in op.inputs]
+            a = op.attrs
+            k = op.kind
+            if k in WEIGHT_KINDS:
+                y = registry.lookup(k).forward(a, ins[0])
+            elif k == "act":
+                if a["fn"] == "linear":
+                    y = ins[0]
+                else:
+                    y = tf.nn.relu(ins[0])
+                    if a["high"] is not None:
+                        y = tf.minimum(y, tf.cast(a["high"], self.dtype))
+            elif k == "maxpool":
+                y = tf.nn.max_pool2d(ins[0], a["ksize"], a["strides"], a["padding"])
+            elif k == "avgpool":
+                y = tf.nn.avg_pool2d(ins[0], a["ksize"], a["strides"], a["padding"])
+            elif k == "gap":
+                y = tf.reduce_mean(ins[0], axis=[1, 2], keepdims=a["keepdims"])
+            elif k == "reshape":
+                y = tf.reshape(ins[0], [-1, *self.g.shapes[op.output]])
+            elif k == "identity":
+                y = ins[0]
+            elif k == "add":
+                y = tf.add_n(ins)
+            elif k == "concat":
+                y = tf.concat(ins, axis=a["axis"])
+            else:  # pragma: no cover - parse_model only emits the kinds above
+                raise AssertionError(k)
+            vals[op.output] = y
+        return vals
+
+    def _backward_op(self, op, vals, g):
+        """Propagates the stacked gradient g of op's output to its inputs.
+
+        Returns a list of (input id, gradient) pairs.
+        """
+        c = self.c
+        a = op.attrs
+        k = op.kind
+        x = vals[op.inputs[0]] if op.inputs else None
+        if k == "act":
+            if a["fn"] == "linear":
+                return [(op.inputs[0], g)]
+            mask = x > 0
+            if a["high"] is not None:
+                mask = tf.logical_and(mask, x < a["high"])
+            gs = registry._split(g, c) * tf.cast(mask, self.dtype)[None]
+            return [(op.inputs[0], registry._merge(gs))]
+        if k == "maxpool":
+            reps = [c] + [1] * (len(x.shape) - 1)
+            dx = tf.raw_ops.MaxPoolGrad(
+                orig_input=tf.tile(x, reps), orig_output=tf.tile(vals[op.output], reps),
+                grad=g, ksize=[1, *a["ksize"], 1], strides=[1, *a["strides"], 1],
+                padding=a["padding"])
+            return [(op.inputs[0], dx)]
+        if k == "avgpool":
+            s = tf.shape(x)
+            dx = tf.raw_ops.AvgPoolGrad(
+                orig_input_shape=tf.stack([tf.shape(g)[0], s[1], s[2], s[3]]),
+                grad=g, ksize=[1, *a["ksize"], 1], strides=[1, *a["strides"], 1],
+                padding=a["padding"])
+            return [(op.inputs[0], dx)]
+        if k == "gap":
+            h, w = x.shape[1], x.shape[2]
+            gg = g if a["keepdims"] else g[:, None, None, :]
+            return [(op.inputs[0], tf.broadcast_to(
+                gg / tf.cast(h * w, self.dtype),
+                tf.concat([tf.shape(g)[:1], tf.shape(x)[1:]], 0)))]
+        if k == "reshape":
+            return [(op.inputs[0],
+                     tf.reshape(g, [-1, *self.g.shapes[op.inputs[0]]]))]
+        if k in ("identity",):
+            return [(op.inputs[0], g)]
+        if k == "add":
+            return [(i, g) for i in op.inputs]
+        if k == "concat":
+            sizes = [self.g.shapes[i][a["axis"] - 1] for i in op.inputs]
+            parts = tf.split(g, sizes, axis=a["axis"])
+            return list(zip(op.inputs, parts))
+        raise AssertionError(k)  # pragma: no cover
+
+    def _step(self, x):
+        g = self.g
+        c = self.c
+        m = g.num_classes
+        vals = self._forward(x)
+        z = vals[g.output_id]
+        y = tf.argmax(z, axis=1, output_type=tf.int32)                 # [B]
+        cls = tf.range(c, dtype=tf.int32)[:, None]                     # [C, 1]
+        wrong = cls + tf.cast(cls >= y[None, :], tf.int32)             # [C, B]
+        zy = tf.gather(z, y, axis=1, batch_dims=1)                     # [B]
+        zi = tf.transpose(tf.gather(z, tf.transpose(wrong), batch_dims=1))  # [C, B]
+        margin = zi - zy[None]
+        tie = tf.equal(margin, 0.0)
+        scale = tf.where(tie, tf.zeros_like(margin),
+                         1.0 / tf.where(tie, tf.ones_like(margin), tf.abs(margin)))
+        cot = (tf.one_hot(wrong, m, dtype=self.dtype)
+               - tf.one_hot(y, m, dtype=self.dtype)[None]) * scale[..., None]
+        grads = {g.output_id: registry._merge(cot)}
+
+        sw, sa = {}, {}
+        for op in reversed(g.ops):
+            gr = grads.pop(op.output, None)
+            if gr is None:
+                continue
+            if op.kind in WEIGHT_KINDS:
+                fns = registry.lookup(op.kind)
+                a = vals[op.inputs[0]]
+                dy = registry._split(gr, c)
+                sw[op.name] = tf.reduce_sum(fns.sq_norms(op.attrs, a, dy), axis=0)
+                da = fns.input_vjp(op.attrs, a, dy)
+                sa[op.name] = tf.reduce_sum(
+                    registry._sumsq(registry._split(da, c), 2), axis=0)
+                outs = [(op.inputs[0], da)]
+            else:
+                outs = self._backward_op(op, vals, gr)
+            for tid, d in outs:
+                if tid in self.needs_grad:
+                    grads[tid] = grads[tid] + d if tid in grads else d
+
+        names = [op.name for op in self.weight_ops]
+        f64 = lambda t: tf.reduce_sum(tf.cast(t, tf.float64))
+        acts = [vals[op.inputs[0]] for op in self.weight_ops]
+        finite = tf.reduce_all(tf.math.is_finite(
+            tf.reshape(x, [tf.shape(x)[0], -1])), axis=1)
+        return {
+            "sw": tf.stack([f64(sw[n]) for n in names]),
+            "sa": tf.stack([f64(sa[n]) for n in names]),
+            "ties": tf.reduce_sum(tf.cast(tie, tf.int64)),
+            "amax": tf.stack([tf.cast(tf.reduce_max(t), tf.float64) for t in acts]),
+            "amin": tf.stack([tf.cast(tf.reduce_min(t), tf.float64) for t in acts]),
+            "finite": finite,
+        }
+
+
+def _batches(x: DataLike, batch_size: int, max_examples: Optional[int],
+             in_shape: tuple) -> Iterable[np.ndarray]:
+    """Yields input batches of x (numpy or tf.data), checking shape."""
+    def check(shape, what):
+        if tuple(shape) != tuple(in_shape):
+            raise InvalidDataError(
+                f"{what} has per-example shape {tuple(shape)}, but the model "
+                f"expects {tuple(in_shape)}.")
+
+    if isinstance(x, tf.data.Dataset):
+        spec = x.element_spec
+        if isinstance(spec, (tuple, list)):
+            x = x.map(lambda *e: e[0])
+            spec = spec[0]
+        if isinstance(spec, dict):
+            raise InvalidDataError("dict-valued datasets are not supported; "
+                                   "map the dataset to its input tensor.")
+        shape = tuple(spec.shape)
+        if len(shape) == len(in_shape):
+            check(shape, "dataset element")
+            x = x.batch(batch_size)
+        else:
+            check(shape[1:], "dataset batch")
+        seen = 0
+        for b in x:
+            b = np.asarray(b)
+            if max_examples is not None:
+                b = b[: max_examples - seen]
+            if len(b) == 0:
+                break
+            seen += len(b)
+            yield b
+        return
+    if isinstance(x, (list, tuple)):
+        raise InvalidDataError("pass calibration inputs as one numpy array or a "
+                               "tf.data.Dataset, not a list or tuple.")
+    x = np.asarray(x)
+    if x.ndim < 1 or x.dtype.kind not in "fiub":
+        raise InvalidDataError(
+            f"calibration data must be a numeric array; got dtype {x.dtype} "
+            f"and shape {x.shape}.")
+    check(x.shape[1:], "calibration data")
+    n = len(x) if max_examples is None else min(len(x), max_examples)
+    for s in range(0, n, batch_size):
+        yield x[s: min(s + batch_size, n)]
+
+
+def noise_gains(model, x: DataLike, batch_size: int = 128,
+                max_examples: Optional[int] = None, dtype: str = "float32",
+                verbose: bool = False) -> NoiseGains:
+    """Computes the per-tensor noise gains of a trained classifier.
+
+    Args:
+      model: a Sequential or functional tf_keras classifier whose output is a
+        vector of M class scores (logits, or softmax probabilities, in which
+        case the pre-softmax logits are analyzed).  It is only read.
+      x: calibration inputs: a numpy array [N, ...] or a ``tf.data.Dataset``
+        of inputs (batched or not; (input, label) elements are accepted and
+        the labels ignored).
+      batch_size: examples per batch (numpy input or unbatched datasets).
+      max_examples: use at most this many examples.
+      dtype: "float32" (default) or "float64" arithmetic for the pass.
+      verbose: show a Keras progress bar.
+
+    Returns:
+      A :class:`NoiseGains` with, per weight layer, E_W, E_A (probability per
+      squared unit), range scales R_W, R_A and normalized gains G = R^2 E.
+
+    Raises:
+      UnsupportedModelError: the model or one of its layers is not supported.
+      InvalidDataError: the data is empty, mis-shaped, or not finite.
+    """
+    if dtype not in ("float32", "float64"):
+        raise InvalidDataError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidDataError(f"batch_size must be a positive int, got {batch_size!r}")
+    if max_examples is not None and max_examples < 1:
+        raise InvalidDataError(f"max_examples must be positive, got {max_examples!r}")
+    graph = parse_model(model)
+    engine = _Engine(graph, tf.as_dtype(dtype))
+    nw = len(engine.weight_ops)
+    sw = np.zeros(nw)
+    sa = np.zeros(nw)
+    amax = np.full(nw, -np.inf)
+    amin = np.full(nw, np.inf)
+    n = 0
+    ties = 0
+    total = (len(x) if isinstance(x, np.ndarray) else None)
+    if total is not None and max_examples is not None:
+        total = min(total, max_examples)
+    bar = keras.utils.Progbar(total, unit_name="example") if verbose else None
+    for b in _batches(x, batch_size, max_examples, graph.shapes[graph.input_id]):
+        out = engine.step(tf.constant(b, dtype=dtype))
+        finite = out["finite"].numpy()
+        if not finite.all():
+            bad = n + int(np.argmin(finite))
+            raise InvalidDataError(
+                f"calibration example {bad} contains NaN or Inf.")
+        sw += out["sw"].numpy()
+        sa += out["sa"].numpy()
+        amax = np.maximum(amax, out["amax"].numpy())
+        amin = np.minimum(amin, out["amin"].numpy())
+        ties += int(out["ties"].numpy())
+        n += len(b)
+        if bar is not None:
+            bar.update(n)
+    if n == 0:
+        raise InvalidDataError("calibration data is empty: noise gains need at "
+                               "least one example.")
+    layers = []
+    for j, op in enumerate(engine.weight_ops):
+        fns = registry.lookup(op.kind)
+        geo = fns.geometry(op.attrs, graph.shapes[op.inputs[0]],
+                           graph.shapes[op.output])
+        w = [op.attrs["kernel"]] + ([op.attrs["bias"]] if op.attrs["bias"] is not None else [])
+        wmax = float(max(np.max(np.abs(t)) for t in w))
+        lo_known, hi_known = graph.bounds.get(op.inputs[0], (None, None))
+        lo = lo_known if lo_known is not None else float(amin[j])
+        if lo_known is not None and hi_known is not None:
+            hi, src = float(hi_known), "known bound"
+        else:
+            hi, src = float(amax[j]), "calibrated"
+        signed = lo < 0
+        layers.append(LayerGains(
+            name=op.name, layer_class=op.layer_class,
+            e_w=float(sw[j] / n / 24.0), e_a=float(sa[j] / n / 24.0),
+            r_w=range_scale(-wmax, wmax, True),
+            r_a=range_scale(lo, hi, signed), act_signed=bool(signed),
+            act_range_source=src, act_low=float(lo), act_high=float(hi),
+            weight_max_abs=wmax, **geo))
+    return NoiseGains(tuple(layers), n, graph.num_classes, ties,
+                      graph.dropped_softmax)

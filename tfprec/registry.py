@@ -1,0 +1,217 @@
+"""Layer registry of the noise-gain pass.
+
+In the style of TF Privacy's fast gradient clipping, every weight-layer kind
+registers one :class:`WeightLayerFns` record with three functions:
+
+* ``forward(attrs, a)``: pre-activation output Y of the layer for input A;
+* ``input_vjp(attrs, a, dy)``: gradient with respect to the layer's input
+  through this layer alone, for a stacked cotangent ``dy``;
+* ``sq_norms(attrs, a, dy)``: per-example squared norms of the gradient with
+  respect to the layer's weights (kernel and bias together), computed from the
+  input A and the gradient of the pre-activation output, without forming
+  per-example Jacobians where the algebra allows.
+
+Shapes: ``a`` has batch B; ``dy`` has a leading class axis, [C, B, ...], one
+slice per wrong class.  ``sq_norms`` returns [C, B].
+
+``geometry(attrs, in_shape, out_shape)`` gives the cost-model quantities of
+METHOD.md section 4: dot-product length D (bias included), number of dot
+products P per example, number of weights (bias included) and number of input
+activations per example.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import numpy as np
+
+from tfprec._tf import tf
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightLayerFns:
+    forward: Callable
+    input_vjp: Callable
+    sq_norms: Callable
+    geometry: Callable
+
+
+_REGISTRY: dict[str, WeightLayerFns] = {}
+
+
+def register(kind: str, fns: WeightLayerFns) -> None:
+    """Registers the noise-gain functions of a weight-layer kind."""
+    _REGISTRY[kind] = fns
+
+
+def lookup(kind: str) -> WeightLayerFns:
+    return _REGISTRY[kind]
+
+
+def _merge(t):
+    """[C, B, ...] -> [C*B, ...]."""
+    s = tf.shape(t)
+    return tf.reshape(t, tf.concat([[s[0] * s[1]], s[2:]], 0))
+
+
+def _split(t, c: int):
+    """[C*B, ...] -> [C, B, ...]."""
+    s = tf.shape(t)
+    return tf.reshape(t, tf.concat([[c, s[0] // c], s[1:]], 0))
+
+
+def _sumsq(t, keep: int):
+    """Sum of squares over all axes after the first ``keep``."""
+    return tf.reduce_sum(tf.square(t), axis=list(range(keep, len(t.shape))))
+
+
+# ----------------------------------------------------------------- Dense
+def _dense_forward(attrs, a):
+    y = tf.matmul(a, attrs["kernel_t"])
+    if attrs["bias_t"] is not None:
+        y = y + attrs["bias_t"]
+    return y
+
+
+def _dense_vjp(attrs, a, dy):
+    return tf.matmul(_merge(dy), attrs["kernel_t"], transpose_b=True)
+
+
+def _dense_sq(attrs, a, dy):
+    # grad_W = a^T dy, grad_b = dy  =>  ||.||^2 = (||a||^2 + 1) ||dy||^2
+    a2 = tf.reduce_sum(tf.square(a), axis=1)
+    if attrs["bias_t"] is not None:
+        a2 = a2 + 1.0
+    return a2[None, :] * _sumsq(dy, 2)
+
+
+def _dense_geometry(attrs, in_shape, out_shape):
+    n_in, n_out = attrs["kernel"].shape
+    has_b = attrs["bias"] is not None
+    return dict(dot_length=n_in + int(has_b), num_dots=n_out,
+                num_weights=n_in * n_out + (n_out if has_b else 0),
+                num_inputs=int(np.prod(in_shape)))
+
+
+# ----------------------------------------------------------------- Conv2D
+def _strides4(attrs):
+    return [1, attrs["strides"][0], attrs["strides"][1], 1]
+
+
+def _patches(attrs, a):
+    kh, kw = attrs["ksize"]
+    p = tf.image.extract_patches(a, sizes=[1, kh, kw, 1], strides=_strides4(attrs),
+                                 rates=[1, 1, 1, 1], padding=attrs["padding"])
+    s = tf.shape(p)
+    return tf.reshape(p, [s[0], s[1] * s[2], p.shape[-1]])  # [B, P, K]
+
+
+def _conv_forward(attrs, a):
+    y = tf.nn.conv2d(a, attrs["kernel_t"], _strides4(attrs), attrs["padding"])
+    if attrs["bias_t"] is not None:
+        y = y + attrs["bias_t"]
+    return y
+
+
+def _conv_vjp(attrs, a, dy):
+    dy = _merge(dy)
+    s = tf.shape(a)
+    in_sizes = tf.stack([tf.shape(dy)[0], s[1], s[2], s[3]])
+    return tf.raw_ops.Conv2DBackpropInput(
+        input_sizes=in_sizes, filter=attrs["kernel_t"], out_backprop=dy,
+        strides=_strides4(attrs), padding=attrs["padding"])
+
+
+def _conv_sq(attrs, a, dy):
+    pa = _patches(attrs, a)                      # [B, P, K]
+    c = dy.shape[0]
+    ds = tf.shape(dy)
+    d = tf.reshape(dy, [c, ds[1], ds[2] * ds[3], dy.shape[-1]])  # [C, B, P, O]
+    has_b = attrs["bias_t"] is not None
+    if attrs["use_gram"]:
+        # ||sum_p a_p d_p^T||^2 = sum_{p,q} (a_p.a_q + 1)(d_p.d_q)
+        aa = tf.matmul(pa, pa, transpose_b=True)
+        if has_b:
+            aa = aa + 1.0
+        dd = tf.matmul(d, d, transpose_b=True)  # [C, B, P, P]
+        return tf.reduce_sum(dd * aa[None], axis=[2, 3])
+    g = tf.einsum("bpk,cbpo->cbko", pa, d)         # per-example kernel grads
+    out = _sumsq(g, 2)
+    if has_b:
+        out = out + _sumsq(tf.reduce_sum(d, axis=2), 2)
+    return out
+
+
+def _conv_geometry(attrs, in_shape, out_shape):
+    kh, kw, cin, cout = attrs["kernel"].shape
+    has_b = attrs["bias"] is not None
+    k = kh * kw * cin
+    return dict(dot_length=k + int(has_b),
+                num_dots=int(np.prod(out_shape)),
+                num_weights=k * cout + (cout if has_b else 0),
+                num_inputs=int(np.prod(in_shape)))
+
+
+# -------------------------------------------------------- DepthwiseConv2D
+def _dw_forward(attrs, a):
+    y = tf.nn.depthwise_conv2d(a, attrs["kernel_t"], _strides4(attrs),
+                               attrs["padding"])
+    if attrs["bias_t"] is not None:
+        y = y + attrs["bias_t"]
+    return y
+
+
+def _dw_vjp(attrs, a, dy):
+    dy = _merge(dy)
+    s = tf.shape(a)
+    in_sizes = tf.stack([tf.shape(dy)[0], s[1], s[2], s[3]])
+    return tf.raw_ops.DepthwiseConv2dNativeBackpropInput(
+        input_sizes=in_sizes, filter=attrs["kernel_t"], out_backprop=dy,
+        strides=_strides4(attrs), padding=attrs["padding"])
+
+
+def _dw_sq(attrs, a, dy):
+    kh, kw, cin, m = attrs["kernel"].shape
+    pa = _patches(attrs, a)                                   # [B, P, kk*cin]
+    ps = tf.shape(pa)
+    pa = tf.reshape(pa, [ps[0], ps[1], kh * kw, cin])         # [B, P, kk, cin]
+    c = dy.shape[0]
+    ds = tf.shape(dy)
+    d = tf.reshape(dy, [c, ds[1], ds[2] * ds[3], cin, m])     # [C, B, P, cin, m]
+    g = tf.einsum("bpkc,nbpcm->nbkcm", pa, d)
+    out = _sumsq(g, 2)
+    if attrs["bias_t"] is not None:
+        out = out + _sumsq(tf.reduce_sum(d, axis=2), 2)
+    return out
+
+
+def _dw_geometry(attrs, in_shape, out_shape):
+    kh, kw, cin, m = attrs["kernel"].shape
+    has_b = attrs["bias"] is not None
+    return dict(dot_length=kh * kw + int(has_b),
+                num_dots=int(np.prod(out_shape)),
+                num_weights=kh * kw * cin * m + (cin * m if has_b else 0),
+                num_inputs=int(np.prod(in_shape)))
+
+
+register("dense", WeightLayerFns(_dense_forward, _dense_vjp, _dense_sq,
+                                 _dense_geometry))
+register("conv2d", WeightLayerFns(_conv_forward, _conv_vjp, _conv_sq,
+                                  _conv_geometry))
+register("depthwise", WeightLayerFns(_dw_forward, _dw_vjp, _dw_sq,
+                                     _dw_geometry))
+
+
+def conv_use_gram(attrs, in_shape, out_shape, num_classes: int) -> bool:
+    """Chooses the Gram form when it needs fewer multiply-adds per example.
+
+    Materialized per-example kernel gradients cost C*P*K*O; the Gram form
+    costs P^2*K (shared by all classes) + C*P^2*O, where P is the number of
+    output positions, K the patch length and O the output channels.
+    """
+    kh, kw, cin, o = attrs["kernel"].shape
+    p = int(np.prod(out_shape[:2]))
+    k = kh * kw * cin
+    c = max(num_classes - 1, 1)
+    return p * p * k + c * p * p * o < c * p * k * o
