@@ -7,6 +7,9 @@ sets ``TF_USE_LEGACY_KERAS=1`` (see :mod:`tfprec._tf`) before TensorFlow loads.
 from tfprec import _tf  # noqa: F401  (must come first: selects Keras 2)
 from tfprec.errors import (ExportError, InvalidDataError, PlanError, TfprecError,
                            UnattainableTargetError, UnsupportedModelError)
+from tfprec.cost import PlanCost, compute_cost, memory_cost
 from tfprec.gains import LayerGains, NoiseGains, noise_gains
+from tfprec.plan import (LayerPrecision, PrecisionPlan, cost_aware_plan,
+                         icml2017_plan, paper_plan, uniform_plan)
 
 __version__ = "0.1.0"

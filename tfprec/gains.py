@@ -339,6 +339,17 @@ def _batches(x: DataLike, batch_size: int, max_examples: Optional[int],
         yield x[s: min(s + batch_size, n)]
 
 
+def layer_geometry(model) -> list:
+    """Per weight layer of ``model``: name, class and cost-model geometry."""
+    graph = parse_model(model)
+    out = []
+    for op in graph.weight_ops:
+        geo = registry.lookup(op.kind).geometry(
+            op.attrs, graph.shapes[op.inputs[0]], graph.shapes[op.output])
+        out.append({"name": op.name, "layer_class": op.layer_class, **geo})
+    return out
+
+
 def noise_gains(model, x: DataLike, batch_size: int = 128,
                 max_examples: Optional[int] = None, dtype: str = "float32",
                 verbose: bool = False) -> NoiseGains:

@@ -1,0 +1,39 @@
+"""Fixed-point formats of METHOD.md section 1 (numpy reference).
+
+A format is (bits B, range scale R, signed).  Signed values live on
+[-R, R) with step Delta = R * 2^(1-B) (B includes the sign bit), i.e. the
+integers k in [-2^(B-1), 2^(B-1) - 1] times Delta.  Unsigned values live on
+[0, 2R) with the same step: k in [0, 2^B - 1].  Values are rounded to the
+nearest level (ties upward: floor(v / Delta + 1/2)) and saturated at both
+ends of the range.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+MIN_BITS = 2
+MAX_BITS = 16
+
+
+def step(bits: int, range_scale: float) -> float:
+    """Quantization step Delta = R * 2^(1-B) (same units as the tensor)."""
+    return float(range_scale) * 2.0 ** (1 - int(bits))
+
+
+def int_limits(bits: int, signed: bool) -> tuple:
+    """Smallest and largest integer code k of a B-bit format."""
+    if signed:
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return 0, 2 ** bits - 1
+
+
+def quantize_int(x, bits: int, range_scale: float, signed: bool) -> np.ndarray:
+    """Integer codes k (int64) of x in the format; x ~= k * step."""
+    lo, hi = int_limits(bits, signed)
+    k = np.floor(np.asarray(x, np.float64) / step(bits, range_scale) + 0.5)
+    return np.clip(k, lo, hi).astype(np.int64)
+
+
+def quantize(x, bits: int, range_scale: float, signed: bool) -> np.ndarray:
+    """x rounded to the nearest level of the format and saturated (float64)."""
+    return quantize_int(x, bits, range_scale, signed) * step(bits, range_scale)

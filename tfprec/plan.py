@@ -1,0 +1,576 @@
+"""Precision plans (METHOD.md section 3): bits per weight and activation tensor.
+
+A :class:`PrecisionPlan` gives every weight layer a weight bit-width B_W
+(kernel and bias, sign bit included) and an input-activation bit-width B_A,
+with the range scales and signedness of both formats, the normalized gains
+and the layer geometry, so that the analytic mismatch bound
+
+    p_m <= sum_T 4^(1 - B_T) * G_T
+
+and the cost model of :mod:`tfprec.cost` can be evaluated for any plan.
+
+Constructors:
+
+* :func:`paper_plan`: the ICASSP 2018 rule (equalized contributions, offsets
+  from the normalized gains, smallest B_min meeting the target);
+* :func:`uniform_plan`: one B for every tensor;
+* :func:`icml2017_plan`: one B_A for all activations and one B_W for all
+  weights with B_W - B_A = round(log2 sqrt(sum G_W / sum G_A));
+* :func:`cost_aware_plan`: minimizes computational or representational cost
+  subject to the same bound; never costs more than the paper's plan.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+from typing import Optional, Sequence
+
+import numpy as np
+
+from tfprec import cost as cost_lib
+from tfprec.errors import PlanError, UnattainableTargetError
+from tfprec.fixedpoint import MAX_BITS, MIN_BITS, step
+
+SCHEMA = "tfprec.plan"
+SCHEMA_VERSION = 1
+DEFAULT_TARGET = 0.01
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerPrecision:
+    """Formats of one weight layer in a plan.
+
+    Attributes:
+      name: Keras layer name.
+      layer_class: Keras class name.
+      weight_bits: B_W in bits (sign included) for kernel and bias.
+      act_bits: B_A in bits for the layer's input activation (sign bit
+        included when ``act_signed``).
+      weight_range: R_W, power of two; weights on [-R_W, R_W).
+      act_range: R_A, power of two; inputs on [-R_A, R_A) if signed, else
+        on [0, 2 R_A).
+      act_signed: whether the input activation format is signed.
+      g_w, g_a: normalized noise gains R^2 E (probability).
+      dot_length, num_dots, num_weights, num_inputs: geometry for the cost
+        model (see :mod:`tfprec.cost`).
+    """
+
+    name: str
+    layer_class: str
+    weight_bits: int
+    act_bits: int
+    weight_range: float
+    act_range: float
+    act_signed: bool
+    g_w: float
+    g_a: float
+    dot_length: int
+    num_dots: int
+    num_weights: int
+    num_inputs: int
+
+    @property
+    def weight_step(self) -> float:
+        """Weight quantization step Delta_W = R_W 2^(1-B_W)."""
+        return step(self.weight_bits, self.weight_range)
+
+    @property
+    def act_step(self) -> float:
+        """Activation quantization step Delta_A = R_A 2^(1-B_A)."""
+        return step(self.act_bits, self.act_range)
+
+    @property
+    def weight_term(self) -> float:
+        """This layer's weight contribution to the bound (probability)."""
+        return 4.0 ** (1 - self.weight_bits) * self.g_w
+
+    @property
+    def act_term(self) -> float:
+        """This layer's activation contribution to the bound (probability)."""
+        return 4.0 ** (1 - self.act_bits) * self.g_a
+
+
+@dataclasses.dataclass(frozen=True)
+class PrecisionPlan:
+    """Per-layer fixed-point precision of a model.
+
+    Attributes:
+      layers: one :class:`LayerPrecision` per weight layer, in model order.
+      method: how the plan was made ("paper", "uniform", "icml2017",
+        "cost_aware:compute", "cost_aware:memory", or a user label).
+      target: the mismatch-probability target the plan was made for, if any.
+      info: free-form metadata (JSON-serializable).
+    """
+
+    layers: tuple
+    method: str = "custom"
+    target: Optional[float] = None
+    info: dict = dataclasses.field(default_factory=dict)
+
+    # ------------------------------------------------------------ queries
+    def layer(self, name: str) -> LayerPrecision:
+        for lp in self.layers:
+            if lp.name == name:
+                return lp
+        raise PlanError(f"plan has no layer named {name!r}; it has "
+                        f"{[l.name for l in self.layers]}")
+
+    @property
+    def names(self) -> list:
+        return [lp.name for lp in self.layers]
+
+    @property
+    def b_min(self) -> int:
+        """Smallest bit-width over all tensors of the plan."""
+        return min(min(l.weight_bits, l.act_bits) for l in self.layers)
+
+    def bound(self) -> float:
+        """Analytic mismatch bound sum_T 4^(1-B_T) G_T (probability)."""
+        return float(sum(l.weight_term + l.act_term for l in self.layers))
+
+    def cost(self) -> cost_lib.PlanCost:
+        """Computational (full adders) and representational (bits) cost."""
+        return cost_lib.plan_cost(self.layers)
+
+    def with_bits(self, weight_bits: dict = None, act_bits: dict = None,
+                  method: str = None) -> "PrecisionPlan":
+        """A copy with some layers' bits replaced (name -> bits)."""
+        weight_bits = weight_bits or {}
+        act_bits = act_bits or {}
+        layers = tuple(dataclasses.replace(
+            l, weight_bits=int(weight_bits.get(l.name, l.weight_bits)),
+            act_bits=int(act_bits.get(l.name, l.act_bits))) for l in self.layers)
+        plan = dataclasses.replace(self, layers=layers,
+                                   method=method or self.method)
+        plan.check()
+        return plan
+
+    # --------------------------------------------------------- validation
+    def check(self) -> None:
+        """Raises PlanError if a field is out of range."""
+        if not self.layers:
+            raise PlanError("plan has no layers")
+        seen = set()
+        for l in self.layers:
+            if l.name in seen:
+                raise PlanError(f"plan lists layer {l.name!r} twice")
+            seen.add(l.name)
+            for f in ("weight_bits", "act_bits"):
+                b = getattr(l, f)
+                if not isinstance(b, (int, np.integer)) or not MIN_BITS <= b <= MAX_BITS:
+                    raise PlanError(
+                        f"layer {l.name!r}: {f}={b!r} is outside the supported "
+                        f"{MIN_BITS}..{MAX_BITS} bits")
+            for f in ("weight_range", "act_range"):
+                r = getattr(l, f)
+                if not (isinstance(r, (int, float)) and r > 0
+                        and math.log2(r) == round(math.log2(r))):
+                    raise PlanError(f"layer {l.name!r}: {f}={r!r} is not a "
+                                    "positive power of two")
+            for f in ("g_w", "g_a"):
+                g = getattr(l, f)
+                if not (isinstance(g, (int, float)) and g >= 0 and math.isfinite(g)):
+                    raise PlanError(f"layer {l.name!r}: {f}={g!r} must be a "
+                                    "finite non-negative number")
+
+    def validate_for(self, model) -> None:
+        """Raises PlanError unless the plan matches the model's weight layers.
+
+        Compares layer names, order, classes and geometry (weights, dot
+        length, dot products, inputs).
+        """
+        from tfprec.gains import layer_geometry  # local: avoids a cycle
+        geo = layer_geometry(model)
+        names = [g["name"] for g in geo]
+        if names != self.names:
+            missing = [n for n in names if n not in self.names]
+            extra = [n for n in self.names if n not in names]
+            raise PlanError(
+                f"plan does not match model '{model.name}': model weight layers "
+                f"{names}, plan layers {self.names}"
+                + (f"; missing from plan: {missing}" if missing else "")
+                + (f"; not in model: {extra}" if extra else ""))
+        for g, l in zip(geo, self.layers):
+            for f in ("layer_class", "num_weights", "dot_length", "num_dots",
+                      "num_inputs"):
+                if g[f] != getattr(l, f):
+                    raise PlanError(
+                        f"plan does not match model '{model.name}' at layer "
+                        f"{l.name!r}: {f} is {getattr(l, f)} in the plan but "
+                        f"{g[f]} in the model")
+
+    # ------------------------------------------------------- serialization
+    def to_dict(self) -> dict:
+        return {"schema": SCHEMA, "version": SCHEMA_VERSION,
+                "method": self.method, "target": self.target,
+                "bound": self.bound(),
+                "cost": {"compute_full_adders": self.cost().total_compute,
+                         "memory_bits": self.cost().total_memory},
+                "info": self.info,
+                "layers": [dataclasses.asdict(l) for l in self.layers]}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PrecisionPlan":
+        if not isinstance(d, dict) or d.get("schema") != SCHEMA:
+            raise PlanError(f"not a tfprec plan (schema must be {SCHEMA!r})")
+        if d.get("version") != SCHEMA_VERSION:
+            raise PlanError(f"plan schema version {d.get('version')!r} is not "
+                            f"supported (this tfprec reads {SCHEMA_VERSION})")
+        fields = [f.name for f in dataclasses.fields(LayerPrecision)]
+        layers = []
+        for i, ld in enumerate(d.get("layers") or []):
+            if not isinstance(ld, dict):
+                raise PlanError(f"plan layer #{i} is not an object")
+            missing = [f for f in fields if f not in ld]
+            if missing:
+                raise PlanError(f"plan layer #{i} ({ld.get('name', '?')!r}) "
+                                f"lacks fields {missing}")
+            unknown = sorted(set(ld) - set(fields))
+            if unknown:
+                raise PlanError(f"plan layer #{i} ({ld.get('name', '?')!r}) "
+                                f"has unknown fields {unknown}")
+            layers.append(LayerPrecision(**ld))
+        plan = cls(tuple(layers), str(d.get("method", "custom")),
+                   d.get("target"), dict(d.get("info") or {}))
+        plan.check()
+        return plan
+
+    @classmethod
+    def from_json(cls, text: str) -> "PrecisionPlan":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise PlanError(f"plan is not valid JSON: {e}") from None
+        return cls.from_dict(d)
+
+    def save(self, path: str) -> None:
+        """Writes the plan as JSON atomically (temp file, then rename)."""
+        atomic_write_text(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str) -> "PrecisionPlan":
+        try:
+            with open(path) as f:
+                text = f.read()
+        except OSError as e:
+            raise PlanError(f"cannot read plan file {path!r}: {e.strerror}") from None
+        try:
+            return cls.from_json(text)
+        except PlanError as e:
+            raise PlanError(f"{path}: {e}") from None
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Writes ``data`` to ``path`` via a temp file in the same directory.
+
+    OSError propagates unchanged; no partial file is left behind on failure.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tfprec-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+# ================================================================ rules
+def _round_half_up(v: float) -> int:
+    return int(math.floor(v + 0.5))
+
+
+def _layers_at(gains, weight_bits: Sequence[int], act_bits: Sequence[int]) -> tuple:
+    return tuple(LayerPrecision(
+        name=g.name, layer_class=g.layer_class, weight_bits=int(bw),
+        act_bits=int(ba), weight_range=g.r_w, act_range=g.r_a,
+        act_signed=g.act_signed, g_w=g.g_w, g_a=g.g_a,
+        dot_length=g.dot_length, num_dots=g.num_dots,
+        num_weights=g.num_weights, num_inputs=g.num_inputs)
+        for g, bw, ba in zip(gains.layers, weight_bits, act_bits))
+
+
+def _bound(gw, ga, bw, ba) -> float:
+    return float(np.sum(4.0 ** (1 - np.asarray(bw, float)) * gw)
+                 + np.sum(4.0 ** (1 - np.asarray(ba, float)) * ga))
+
+
+def _gain_arrays(gains):
+    gw = np.array([g.g_w for g in gains.layers], float)
+    ga = np.array([g.g_a for g in gains.layers], float)
+    return gw, ga
+
+
+def _check_target(target: float) -> float:
+    if not (isinstance(target, (int, float)) and 0 < target and math.isfinite(target)):
+        raise PlanError(f"target mismatch probability must be a positive "
+                        f"number, got {target!r}")
+    return float(target)
+
+
+def paper_offsets(gains) -> tuple:
+    """Offsets b_T = round(log2 sqrt(G_T / G_min)) for weights and activations.
+
+    G_min is the smallest positive normalized gain over all weight and
+    activation tensors; tensors with zero gain get offset 0.
+    """
+    gw, ga = _gain_arrays(gains)
+    allg = np.concatenate([gw, ga])
+    pos = allg[allg > 0]
+    if pos.size == 0:
+        return np.zeros(len(gw), int), np.zeros(len(ga), int)
+    gmin = pos.min()
+
+    def off(g):
+        return np.array([_round_half_up(0.5 * math.log2(v / gmin)) if v > 0 else 0
+                         for v in g], int)
+    return off(gw), off(ga)
+
+
+def paper_plan(gains, target: float = DEFAULT_TARGET, b_min: Optional[int] = None,
+               max_bits: int = MAX_BITS) -> PrecisionPlan:
+    """The ICASSP 2018 rule: B_T = B_min + b_T, smallest B_min meeting target.
+
+    Args:
+      gains: :class:`tfprec.NoiseGains`.
+      target: bound on the mismatch probability to meet (ignored if b_min).
+      b_min: use this B_min instead of searching (bits).
+      max_bits: no tensor may exceed this many bits.
+
+    Raises:
+      UnattainableTargetError: no B_min keeps every tensor <= max_bits and
+        meets the target.
+    """
+    ow, oa = paper_offsets(gains)
+    gw, ga = _gain_arrays(gains)
+    bound = lambda bw, ba: _bound(gw, ga, bw, ba)
+    make = lambda b: (b + ow, b + oa)
+    if b_min is not None:
+        bw, ba = make(int(b_min))
+        if max(bw.max(), ba.max()) > max_bits or min(bw.min(), ba.min()) < MIN_BITS:
+            raise UnattainableTargetError(
+                f"B_min={b_min} puts a tensor outside {MIN_BITS}..{max_bits} bits "
+                f"(largest offset {max(ow.max(), oa.max())}).")
+        target = None
+    else:
+        target = _check_target(target)
+        _, bw, ba = _search(range(MIN_BITS, max_bits + 1), make, bound, target,
+                            "B_min", max_bits)
+    return PrecisionPlan(_layers_at(gains, bw, ba), "paper", target,
+                         {"offsets_w": ow.tolist(), "offsets_a": oa.tolist()})
+
+
+def uniform_plan(gains, target: float = DEFAULT_TARGET, bits: Optional[int] = None,
+                 max_bits: int = MAX_BITS) -> PrecisionPlan:
+    """Every weight and activation tensor at the same B (bits)."""
+    gw, ga = _gain_arrays(gains)
+    n = len(gw)
+    make = lambda b: (np.full(n, b), np.full(n, b))
+    if bits is not None:
+        bw, ba = make(int(bits))
+        _check_bits_range(bw, ba, max_bits)
+        target = None
+    else:
+        target = _check_target(target)
+        _, bw, ba = _search(range(MIN_BITS, max_bits + 1), make,
+                            lambda bw, ba: _bound(gw, ga, bw, ba), target,
+                            "uniform B", max_bits)
+    return PrecisionPlan(_layers_at(gains, bw, ba), "uniform", target)
+
+
+def icml2017_offset(gains) -> int:
+    """B_W - B_A = round(log2 sqrt(sum G_W / sum G_A)) of the ICML 2017 rule."""
+    gw, ga = _gain_arrays(gains)
+    sw, sa = gw.sum(), ga.sum()
+    if sw <= 0 or sa <= 0:
+        return 0
+    return _round_half_up(0.5 * math.log2(sw / sa))
+
+
+def icml2017_plan(gains, target: float = DEFAULT_TARGET, act_bits: Optional[int] = None,
+                  max_bits: int = MAX_BITS) -> PrecisionPlan:
+    """ICML 2017 rule: one B_A for all activations, B_W = B_A + offset."""
+    gw, ga = _gain_arrays(gains)
+    n = len(gw)
+    d = icml2017_offset(gains)
+    make = lambda b: (np.full(n, b + d), np.full(n, b))
+    if act_bits is not None:
+        bw, ba = make(int(act_bits))
+        _check_bits_range(bw, ba, max_bits)
+        target = None
+    else:
+        target = _check_target(target)
+        _, bw, ba = _search(range(MIN_BITS - min(d, 0), max_bits + 1), make,
+                            lambda bw, ba: _bound(gw, ga, bw, ba), target,
+                            "B_A", max_bits)
+    return PrecisionPlan(_layers_at(gains, bw, ba), "icml2017", target,
+                         {"weight_minus_act_bits": d})
+
+
+def _check_bits_range(bw, ba, max_bits):
+    lo = min(bw.min(), ba.min())
+    hi = max(bw.max(), ba.max())
+    if lo < MIN_BITS or hi > max_bits:
+        raise UnattainableTargetError(
+            f"the plan needs tensors of {lo}..{hi} bits, outside "
+            f"{MIN_BITS}..{max_bits}.")
+
+
+def _search(levels, make, bound, target, what, max_bits):
+    last = None
+    for lev in levels:
+        bw, ba = make(lev)
+        if max(bw.max(), ba.max()) > max_bits:
+            break
+        if min(bw.min(), ba.min()) < MIN_BITS:
+            continue
+        last = (lev, bound(bw, ba))
+        if last[1] <= target:
+            return lev, bw, ba
+    detail = "" if last is None else f"; at {what}={last[0]} the bound is {last[1]:.3g}"
+    raise UnattainableTargetError(
+        f"no {what} keeps every tensor at most {max_bits} bits and meets the "
+        f"bound target {target:.3g}{detail}.")
+
+
+# ====================================================== cost-aware plan
+def _layer_costs(gains, kind):
+    """cost[l][bw, ba] tables for bits 0..MAX_BITS (index = bits)."""
+    b = np.arange(MAX_BITS + 1, dtype=float)
+    tabs = []
+    for g in gains.layers:
+        bw = b[:, None]
+        ba = b[None, :]
+        if kind == "compute":
+            d = g.dot_length
+            t = g.num_dots * (d * ba * bw + (d - 1) * (ba + bw + math.ceil(math.log2(d)) - 1))
+        elif kind == "memory":
+            t = bw * g.num_weights + ba * g.num_inputs
+        else:
+            raise PlanError(f"cost kind must be one of {cost_lib.COST_KINDS}, got {kind!r}")
+        tabs.append(np.broadcast_to(t, (MAX_BITS + 1, MAX_BITS + 1)))
+    return tabs
+
+
+def _total_cost(tabs, bw, ba) -> float:
+    return float(sum(t[w, a] for t, w, a in zip(tabs, bw, ba)))
+
+
+def _descend(tabs, gw, ga, bw, ba, target, max_bits):
+    """Greedy: remove one bit at a time, best cost saved per bound added."""
+    bw = np.array(bw, int)
+    ba = np.array(ba, int)
+    n = len(bw)
+    cur = _bound(gw, ga, bw, ba)
+    while True:
+        best = None
+        for which, arr, g in (("w", bw, gw), ("a", ba, ga)):
+            for i in range(n):
+                if arr[i] <= MIN_BITS:
+                    continue
+                dbound = g[i] * (4.0 ** (1 - (arr[i] - 1)) - 4.0 ** (1 - arr[i]))
+                if cur + dbound > target * (1 + 1e-12):
+                    continue
+                if which == "w":
+                    dcost = tabs[i][bw[i], ba[i]] - tabs[i][bw[i] - 1, ba[i]]
+                else:
+                    dcost = tabs[i][bw[i], ba[i]] - tabs[i][bw[i], ba[i] - 1]
+                if dcost <= 0 and dbound > 0:
+                    continue
+                score = dcost / dbound if dbound > 0 else math.inf
+                if best is None or score > best[0]:
+                    best = (score, which, i, dbound)
+        if best is None:
+            return bw, ba
+        _, which, i, dbound = best
+        (bw if which == "w" else ba)[i] -= 1
+        cur += dbound
+
+
+def _lagrangian(tabs, gw, ga, lam, max_bits):
+    """Per layer: argmin over (bw, ba) of cost + lam * bound terms."""
+    b = np.arange(MAX_BITS + 1, dtype=float)
+    pw = 4.0 ** (1 - b)
+    bw_out, ba_out = [], []
+    for t, w, a in zip(tabs, gw, ga):
+        obj = t + lam * (w * pw[:, None] + a * pw[None, :])
+        obj = obj.copy()
+        obj[:MIN_BITS, :] = np.inf
+        obj[:, :MIN_BITS] = np.inf
+        obj[max_bits + 1:, :] = np.inf
+        obj[:, max_bits + 1:] = np.inf
+        i, j = np.unravel_index(np.argmin(obj), obj.shape)
+        bw_out.append(i)
+        ba_out.append(j)
+    return np.array(bw_out), np.array(ba_out)
+
+
+def cost_aware_plan(gains, target: float = DEFAULT_TARGET, cost: str = "compute",
+                    max_bits: int = MAX_BITS) -> PrecisionPlan:
+    """Cheapest plan found whose analytic bound meets ``target``.
+
+    Minimizes the computational cost (``cost="compute"``, full adders) or the
+    representational cost (``cost="memory"``, bits) subject to
+    sum_T 4^(1-B_T) G_T <= target, B_T in [2, max_bits].  Candidates: the
+    Lagrangian relaxation (per-layer exact minimization of cost + lambda *
+    bound, lambda bisected to the target) and the paper's and uniform plans,
+    each followed by a greedy descent that removes the bit with the best
+    cost saved per bound added while the target holds.  The cheapest
+    candidate is returned, so the result never costs more than the paper's
+    plan at the same target.
+
+    Raises:
+      UnattainableTargetError: even max_bits everywhere misses the target.
+    """
+    target = _check_target(target)
+    gw, ga = _gain_arrays(gains)
+    n = len(gw)
+    top = np.full(n, max_bits)
+    if _bound(gw, ga, top, top) > target:
+        raise UnattainableTargetError(
+            f"even {max_bits} bits for every tensor gives a bound of "
+            f"{_bound(gw, ga, top, top):.3g} > target {target:.3g}.")
+    tabs = _layer_costs(gains, cost)
+    cands = []
+    for make in (lambda: paper_plan(gains, target, max_bits=max_bits),
+                 lambda: uniform_plan(gains, target, max_bits=max_bits)):
+        try:
+            p = make()
+        except UnattainableTargetError:
+            continue
+        cands.append((np.array([l.weight_bits for l in p.layers]),
+                      np.array([l.act_bits for l in p.layers])))
+    # Lagrangian: bisection on lambda in log space.
+    lo, hi = -30.0, 60.0
+    best_lag = None
+    for _ in range(80):
+        mid = 0.5 * (lo + hi)
+        bw, ba = _lagrangian(tabs, gw, ga, 10.0 ** mid, max_bits)
+        if _bound(gw, ga, bw, ba) <= target:
+            best_lag = (bw, ba)
+            hi = mid
+        else:
+            lo = mid
+    if best_lag is not None:
+        cands.append(best_lag)
+    cands.append((top, top))
+    results = []
+    for bw, ba in cands:
+        bw2, ba2 = _descend(tabs, gw, ga, bw, ba, target, max_bits)
+        results.append((_total_cost(tabs, bw2, ba2), _bound(gw, ga, bw2, ba2),
+                        bw2, ba2))
+    results.sort(key=lambda r: (r[0], r[1]))
+    _, _, bw, ba = results[0]
+    return PrecisionPlan(_layers_at(gains, bw, ba), f"cost_aware:{cost}", target)
