@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import weakref
 from typing import Iterable, Optional, Union
 
 import numpy as np
@@ -133,9 +134,11 @@ class _Engine:
         self.weight_ops = graph.weight_ops
         for op in self.weight_ops:
             a = op.attrs
-            a["kernel_t"] = tf.constant(a["kernel"], dtype)
-            a["bias_t"] = (None if a["bias"] is None
-                           else tf.constant(a["bias"], dtype))
+            # Weights are variables so one trace serves later calls (e.g. a
+            # callback after every epoch); load() refreshes their values.
+            a["kernel_t"] = tf.Variable(a["kernel"], dtype=dtype, trainable=False)
+            a["bias_t"] = (None if a["bias"] is None else
+                           tf.Variable(a["bias"], dtype=dtype, trainable=False))
             if op.kind == "conv2d":
                 a["use_gram"] = registry.conv_use_gram(
                     a, graph.shapes[op.inputs[0]], graph.shapes[op.output],
@@ -143,7 +146,17 @@ class _Engine:
         self.needs_grad = self._needs_grad()
         shape = [None, *graph.shapes[graph.input_id]]
         self.step = tf.function(self._step, input_signature=[
-            tf.TensorSpec(shape, dtype)], jit_compile=False)
+            tf.TensorSpec(shape, dtype)], jit_compile=_JIT)
+
+    def load(self, graph: Graph) -> None:
+        """Copies the (folded) weights of a freshly parsed graph."""
+        for mine, new in zip(self.weight_ops, graph.weight_ops):
+            mine.attrs["kernel"] = new.attrs["kernel"]
+            mine.attrs["bias"] = new.attrs["bias"]
+            mine.attrs["kernel_t"].assign(new.attrs["kernel"])
+            if new.attrs["bias"] is not None:
+                mine.attrs["bias_t"].assign(new.attrs["bias"])
+
 
     def _needs_grad(self) -> set:
         """Tensors through which a gradient must flow to reach a weight op."""
@@ -206,6 +219,8 @@ class _Engine:
             gs = registry._split(g, c) * tf.cast(mask, self.dtype)[None]
             return [(op.inputs[0], registry._merge(gs))]
         if k == "maxpool":
+            if tuple(a["ksize"]) == tuple(a["strides"]):
+                return [(op.inputs[0], self._maxpool_disjoint_grad(op, x, g))]
             reps = [c] + [1] * (len(x.shape) - 1)
             dx = tf.raw_ops.MaxPoolGrad(
                 orig_input=tf.tile(x, reps), orig_output=tf.tile(vals[op.output], reps),
@@ -238,6 +253,33 @@ class _Engine:
             return list(zip(op.inputs, parts))
         raise AssertionError(k)  # pragma: no cover
 
+    def _maxpool_disjoint_grad(self, op, x, g):
+        """Max-pool gradient for non-overlapping windows (ksize == strides).
+
+        The routing mask (1 at the first maximum of each window, as
+        MaxPoolGrad) is computed once at batch B; the stacked gradient is
+        upsampled and masked, instead of re-running MaxPoolGrad on C tiled
+        copies of the input.
+        """
+        kh, kw = op.attrs["ksize"]
+        _, idx = tf.nn.max_pool_with_argmax(
+            x, [1, kh, kw, 1], [1, kh, kw, 1], op.attrs["padding"],
+            include_batch_in_index=True)
+        flat = tf.reshape(idx, [-1, 1])
+        mask = tf.scatter_nd(flat, tf.ones([tf.shape(flat)[0]], self.dtype),
+                             tf.cast(tf.reshape(tf.size(x), [1]), tf.int64))
+        mask = tf.reshape(mask, tf.shape(x))
+        h, w = x.shape[1], x.shape[2]
+        ho, wo = g.shape[1], g.shape[2]
+        up = tf.repeat(tf.repeat(g, kh, axis=1), kw, axis=2)
+        # Window origin: SAME padding may start the first window above/left.
+        top = max((ho * kh - h) // 2, 0) if op.attrs["padding"] == "SAME" else 0
+        left = max((wo * kw - w) // 2, 0) if op.attrs["padding"] == "SAME" else 0
+        up = up[:, top:top + h, left:left + w, :]
+        up = tf.pad(up, [[0, 0], [0, h - min(h, ho * kh - top)],
+                         [0, w - min(w, wo * kw - left)], [0, 0]])
+        return registry._merge(registry._split(up, self.c) * mask[None])
+
     def _step(self, x):
         g = self.g
         c = self.c
@@ -266,10 +308,10 @@ class _Engine:
                 fns = registry.lookup(op.kind)
                 a = vals[op.inputs[0]]
                 dy = registry._split(gr, c)
-                sw[op.name] = tf.reduce_sum(fns.sq_norms(op.attrs, a, dy), axis=0)
+                sw[op.name] = fns.sq_norms(op.attrs, a, dy)
                 da = fns.input_vjp(op.attrs, a, dy)
-                sa[op.name] = tf.reduce_sum(
-                    registry._sumsq(registry._split(da, c), 2), axis=0)
+                sa[op.name] = tf.reduce_sum(tf.square(
+                    tf.reshape(da, [c, tf.shape(a)[0], -1])), axis=[0, 2])
                 outs = [(op.inputs[0], da)]
             else:
                 outs = self._backward_op(op, vals, gr)
@@ -290,6 +332,23 @@ class _Engine:
             "amin": tf.stack([tf.cast(tf.reduce_min(t), tf.float64) for t in acts]),
             "finite": finite,
         }
+
+
+import os as _os
+_JIT = _os.environ.get("TFPREC_JIT", "0") == "1"
+_ENGINES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _engine_for(model, graph: Graph, dtype: tf.DType) -> _Engine:
+    """The model's cached engine for ``dtype``, loaded with current weights."""
+    per_model = _ENGINES.setdefault(model, {})
+    engine = per_model.get(dtype.name)
+    if engine is None:
+        engine = per_model[dtype.name] = _Engine(graph, dtype)
+    else:
+        engine.load(graph)
+    return engine
+
 
 
 def _batches(x: DataLike, batch_size: int, max_examples: Optional[int],
@@ -382,7 +441,7 @@ def noise_gains(model, x: DataLike, batch_size: int = 128,
     if max_examples is not None and max_examples < 1:
         raise InvalidDataError(f"max_examples must be positive, got {max_examples!r}")
     graph = parse_model(model)
-    engine = _Engine(graph, tf.as_dtype(dtype))
+    engine = _engine_for(model, graph, tf.as_dtype(dtype))
     nw = len(engine.weight_ops)
     sw = np.zeros(nw)
     sa = np.zeros(nw)

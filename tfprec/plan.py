@@ -250,8 +250,15 @@ class PrecisionPlan:
         return cls.from_dict(d)
 
     def save(self, path: str) -> None:
-        """Writes the plan as JSON atomically (temp file, then rename)."""
-        atomic_write_text(path, self.to_json())
+        """Writes the plan as JSON atomically (temp file, then rename).
+
+        Raises:
+          PlanError: the file cannot be written (nothing is left behind).
+        """
+        try:
+            atomic_write_text(path, self.to_json())
+        except OSError as e:
+            raise PlanError(f"cannot write plan to {path!r}: {e.strerror or e}") from None
 
     @classmethod
     def load(cls, path: str) -> "PrecisionPlan":
@@ -499,6 +506,65 @@ def _descend(tabs, gw, ga, bw, ba, target, max_bits):
         cur += dbound
 
 
+def _improve(tabs, gw, ga, bw, ba, target, max_bits):
+    """Local search: raise one tensor by a bit, re-descend; keep if cheaper."""
+    bw, ba = _descend(tabs, gw, ga, bw, ba, target, max_bits)
+    best = _total_cost(tabs, bw, ba)
+    improved = True
+    while improved:
+        improved = False
+        for which in ("w", "a"):
+            for i in range(len(bw)):
+                tw, ta = bw.copy(), ba.copy()
+                arr = tw if which == "w" else ta
+                if arr[i] >= max_bits:
+                    continue
+                arr[i] += 1
+                tw, ta = _descend(tabs, gw, ga, tw, ta, target, max_bits)
+                c = _total_cost(tabs, tw, ta)
+                if c < best - 1e-9:
+                    bw, ba, best, improved = tw, ta, c, True
+    return bw, ba
+
+
+def _knapsack(tabs, gw, ga, target, max_bits, units: int = 2000):
+    """Multiple-choice knapsack by dynamic programming over a bound budget.
+
+    Each layer picks (B_W, B_A); its bound terms are rounded *up* to units of
+    target/units, so the result always meets the target; cost is minimized
+    exactly under that rounding.  Returns (bw, ba) or None if infeasible.
+    """
+    b = np.arange(MAX_BITS + 1)
+    pw = 4.0 ** (1 - b.astype(float))
+    ok = (b >= MIN_BITS) & (b <= max_bits)
+    f = np.zeros(units + 1)
+    choices = []
+    for t, w, a in zip(tabs, gw, ga):
+        q = np.ceil((w * pw[:, None] + a * pw[None, :]) / target * units - 1e-9)
+        opts = [(int(q[i, j]), float(t[i, j]), i, j) for i in b[ok] for j in b[ok]
+                if q[i, j] <= units]
+        new = np.full(units + 1, np.inf)
+        arg = np.full(units + 1, -1)
+        for k, (qq, c, _, _) in enumerate(opts):
+            cand = np.full(units + 1, np.inf)
+            cand[qq:] = f[:units + 1 - qq] + c
+            better = cand < new
+            new[better] = cand[better]
+            arg[better] = k
+        f = new
+        choices.append((opts, arg))
+    if not np.isfinite(f[units]):
+        return None
+    u = units
+    bw, ba = [], []
+    for opts, arg in reversed(choices):
+        qq, _, i, j = opts[arg[u]]
+        bw.append(i)
+        ba.append(j)
+        u -= qq
+    return np.array(bw[::-1]), np.array(ba[::-1])
+
+
 def _lagrangian(tabs, gw, ga, lam, max_bits):
     """Per layer: argmin over (bw, ba) of cost + lam * bound terms."""
     b = np.arange(MAX_BITS + 1, dtype=float)
@@ -523,11 +589,14 @@ def cost_aware_plan(gains, target: float = DEFAULT_TARGET, cost: str = "compute"
 
     Minimizes the computational cost (``cost="compute"``, full adders) or the
     representational cost (``cost="memory"``, bits) subject to
-    sum_T 4^(1-B_T) G_T <= target, B_T in [2, max_bits].  Candidates: the
+    sum_T 4^(1-B_T) G_T <= target, B_T in [2, max_bits].  Candidates: a
+    multiple-choice knapsack solved by dynamic programming over the bound
+    budget (exact up to rounding the budget into 2000 parts), the
     Lagrangian relaxation (per-layer exact minimization of cost + lambda *
     bound, lambda bisected to the target) and the paper's and uniform plans,
     each followed by a greedy descent that removes the bit with the best
-    cost saved per bound added while the target holds.  The cheapest
+    cost saved per bound added while the target holds, and a local search
+    that raises one tensor by a bit and descends again while that helps.  The cheapest
     candidate is returned, so the result never costs more than the paper's
     plan at the same target.
 
@@ -565,10 +634,13 @@ def cost_aware_plan(gains, target: float = DEFAULT_TARGET, cost: str = "compute"
             lo = mid
     if best_lag is not None:
         cands.append(best_lag)
+    knap = _knapsack(tabs, gw, ga, target, max_bits)
+    if knap is not None:
+        cands.append(knap)
     cands.append((top, top))
     results = []
     for bw, ba in cands:
-        bw2, ba2 = _descend(tabs, gw, ga, bw, ba, target, max_bits)
+        bw2, ba2 = _improve(tabs, gw, ga, bw, ba, target, max_bits)
         results.append((_total_cost(tabs, bw2, ba2), _bound(gw, ga, bw2, ba2),
                         bw2, ba2))
     results.sort(key=lambda r: (r[0], r[1]))

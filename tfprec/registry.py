@@ -7,12 +7,13 @@ registers one :class:`WeightLayerFns` record with three functions:
 * ``input_vjp(attrs, a, dy)``: gradient with respect to the layer's input
   through this layer alone, for a stacked cotangent ``dy``;
 * ``sq_norms(attrs, a, dy)``: per-example squared norms of the gradient with
-  respect to the layer's weights (kernel and bias together), computed from the
-  input A and the gradient of the pre-activation output, without forming
-  per-example Jacobians where the algebra allows.
+  respect to the layer's weights (kernel and bias together), summed over the
+  stacked classes, computed from the input A and the gradient of the
+  pre-activation output, without forming per-example Jacobians where the
+  algebra allows.
 
 Shapes: ``a`` has batch B; ``dy`` has a leading class axis, [C, B, ...], one
-slice per wrong class.  ``sq_norms`` returns [C, B].
+slice per wrong class.  ``sq_norms`` returns [B].
 
 ``geometry(attrs, in_shape, out_shape)`` gives the cost-model quantities of
 METHOD.md section 4: dot-product length D (bias included), number of dot
@@ -83,7 +84,7 @@ def _dense_sq(attrs, a, dy):
     a2 = tf.reduce_sum(tf.square(a), axis=1)
     if attrs["bias_t"] is not None:
         a2 = a2 + 1.0
-    return a2[None, :] * _sumsq(dy, 2)
+    return a2 * tf.reduce_sum(tf.square(dy), axis=[0, 2])
 
 
 def _dense_geometry(attrs, in_shape, out_shape):
@@ -123,23 +124,30 @@ def _conv_vjp(attrs, a, dy):
         strides=_strides4(attrs), padding=attrs["padding"])
 
 
+def _classes_last(d):
+    """[C, B, P, O] -> [B, P, C*O]: all classes' output gradients side by side."""
+    c, o = d.shape[0], d.shape[-1]
+    s = tf.shape(d)
+    return tf.reshape(tf.transpose(d, [1, 2, 0, 3]), [s[1], s[2], c * o])
+
+
 def _conv_sq(attrs, a, dy):
     pa = _patches(attrs, a)                      # [B, P, K]
     c = dy.shape[0]
     ds = tf.shape(dy)
-    d = tf.reshape(dy, [c, ds[1], ds[2] * ds[3], dy.shape[-1]])  # [C, B, P, O]
-    has_b = attrs["bias_t"] is not None
+    d = _classes_last(tf.reshape(dy, [c, ds[1], ds[2] * ds[3], dy.shape[-1]]))
+    has_b = attrs["bias_t"] is not None         # d: [B, P, C*O]
     if attrs["use_gram"]:
-        # ||sum_p a_p d_p^T||^2 = sum_{p,q} (a_p.a_q + 1)(d_p.d_q)
+        # sum_c ||sum_p a_p d_cp^T||^2 = sum_{p,q} (a_p.a_q + 1)(sum_c d_cp.d_cq)
         aa = tf.matmul(pa, pa, transpose_b=True)
         if has_b:
             aa = aa + 1.0
-        dd = tf.matmul(d, d, transpose_b=True)  # [C, B, P, P]
-        return tf.reduce_sum(dd * aa[None], axis=[2, 3])
-    g = tf.einsum("bpk,cbpo->cbko", pa, d)         # per-example kernel grads
-    out = _sumsq(g, 2)
+        dd = tf.matmul(d, d, transpose_b=True)  # [B, P, P]
+        return tf.reduce_sum(dd * aa, axis=[1, 2])
+    g = tf.matmul(pa, d, transpose_a=True)       # [B, K, C*O] kernel grads
+    out = tf.reduce_sum(tf.square(g), axis=[1, 2])
     if has_b:
-        out = out + _sumsq(tf.reduce_sum(d, axis=2), 2)
+        out = out + tf.reduce_sum(tf.square(tf.reduce_sum(d, axis=1)), axis=1)
     return out
 
 
@@ -179,10 +187,10 @@ def _dw_sq(attrs, a, dy):
     c = dy.shape[0]
     ds = tf.shape(dy)
     d = tf.reshape(dy, [c, ds[1], ds[2] * ds[3], cin, m])     # [C, B, P, cin, m]
-    g = tf.einsum("bpkc,nbpcm->nbkcm", pa, d)
-    out = _sumsq(g, 2)
+    g = tf.einsum("bpkc,nbpcm->bnkcm", pa, d)
+    out = tf.reduce_sum(tf.square(g), axis=[1, 2, 3, 4])
     if attrs["bias_t"] is not None:
-        out = out + _sumsq(tf.reduce_sum(d, axis=2), 2)
+        out = out + tf.reduce_sum(tf.square(tf.reduce_sum(d, axis=2)), axis=[0, 2, 3])
     return out
 
 
