@@ -10,6 +10,7 @@ from tfprec.errors import (ExportError, InvalidDataError, PlanError, TfprecError
 from tfprec.cost import PlanCost, compute_cost, memory_cost
 from tfprec.gains import LayerGains, NoiseGains, noise_gains
 from tfprec.plan import (LayerPrecision, PrecisionPlan, cost_aware_plan,
-                         icml2017_plan, paper_plan, uniform_plan)
+                         icml2017_plan, make_plan, paper_plan, uniform_plan)
+from tfprec.callback import NoiseGainCallback
 
 __version__ = "0.1.0"

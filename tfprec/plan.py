@@ -646,3 +646,28 @@ def cost_aware_plan(gains, target: float = DEFAULT_TARGET, cost: str = "compute"
     results.sort(key=lambda r: (r[0], r[1]))
     _, _, bw, ba = results[0]
     return PrecisionPlan(_layers_at(gains, bw, ba), f"cost_aware:{cost}", target)
+
+
+PLAN_METHODS = ("paper", "cost_aware", "uniform", "icml2017")
+
+
+def make_plan(gains, method: str = "paper", target: float = DEFAULT_TARGET,
+              cost: str = "compute", max_bits: int = MAX_BITS) -> PrecisionPlan:
+    """The plan of ``method`` that meets the analytic ``target``.
+
+    Args:
+      gains: :class:`tfprec.NoiseGains`.
+      method: one of ``PLAN_METHODS``.
+      target: bound on the mismatch probability.
+      cost: "compute" or "memory", for ``method="cost_aware"``.
+      max_bits: largest bit-width allowed for any tensor.
+    """
+    if method == "paper":
+        return paper_plan(gains, target, max_bits=max_bits)
+    if method == "cost_aware":
+        return cost_aware_plan(gains, target, cost=cost, max_bits=max_bits)
+    if method == "uniform":
+        return uniform_plan(gains, target, max_bits=max_bits)
+    if method == "icml2017":
+        return icml2017_plan(gains, target, max_bits=max_bits)
+    raise PlanError(f"unknown plan method {method!r}; choose one of {PLAN_METHODS}")

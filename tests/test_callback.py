@@ -1,0 +1,66 @@
+"""NoiseGainCallback: runs in fit, only reads the model, logs to TensorBoard."""
+import glob
+
+import numpy as np
+import pytest
+
+import tfprec
+from tfprec._tf import keras, tf
+from tfprec.errors import TfprecError
+
+L = keras.layers
+
+
+def _setup():
+    keras.utils.set_random_seed(3)
+    m = keras.Sequential([L.Input((8,)), L.Dense(16), L.BatchNormalization(),
+                          L.ReLU(max_value=2.0), L.Dense(4, activation="softmax")])
+    m.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(96, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype(int) + 2 * (x[:, 1] > 0).astype(int)
+    return m, x, y
+
+
+def test_callback_in_fit_every_epoch_and_at_end(tmp_path):
+    m, x, y = _setup()
+    cb = tfprec.NoiseGainCallback(x[:40], every_n_epochs=2, log_dir=str(tmp_path),
+                                  verbose=False, batch_size=16)
+    m.fit(x, y, epochs=4, batch_size=32, verbose=0, callbacks=[cb])
+    assert [h.epoch for h in cb.history] == [1, 3]   # epoch 3 is also the end
+    assert cb.plan is cb.history[-1].plan and cb.plan.bound() <= 0.01
+    # The callback's gains are those of the trained model.
+    ref = tfprec.noise_gains(m, x[:40])
+    for a, b in zip(cb.gains.layers, ref.layers):
+        assert a.e_w == pytest.approx(b.e_w, rel=1e-5)
+        assert a.e_a == pytest.approx(b.e_a, rel=1e-5)
+    events = glob.glob(str(tmp_path / "events.out.tfevents.*"))
+    assert events
+    tags = set()
+    for e in tf.compat.v1.train.summary_iterator(events[0]):
+        tags |= {v.tag for v in e.summary.value}
+    name = cb.plan.layers[0].name
+    assert {"tfprec/bound", f"tfprec/{name}/weight_bits",
+            f"tfprec/{name}/log10_G_A"} <= tags
+
+
+def test_callback_only_reads_model():
+    m, x, y = _setup()
+    m.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    before_w = [w.copy() for w in m.get_weights()]
+    before_opt = [v.numpy().copy() for v in m.optimizer.variables()]
+    cb = tfprec.NoiseGainCallback(x[:40], verbose=False)
+    cb.set_model(m)
+    cb.on_train_end()
+    assert cb.gains is not None
+    for a, b in zip(before_w, m.get_weights()):
+        assert np.array_equal(a, b)
+    for a, v in zip(before_opt, m.optimizer.variables()):
+        assert np.array_equal(a, v.numpy())
+
+
+def test_callback_bad_arguments():
+    with pytest.raises(TfprecError, match="method"):
+        tfprec.NoiseGainCallback(np.zeros((2, 8)), method="magic")
+    with pytest.raises(TfprecError, match="every_n_epochs"):
+        tfprec.NoiseGainCallback(np.zeros((2, 8)), every_n_epochs=0)

@@ -1,0 +1,194 @@
+"""Bad models and bad data raise tfprec errors whose messages name the problem."""
+import re
+
+import numpy as np
+import pytest
+
+import tfprec
+from tfprec import InvalidDataError, TfprecError, UnsupportedModelError
+from tfprec._tf import keras, tf
+
+L = keras.layers
+
+
+def seq(*layers, shape=(8,)):
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([L.Input(shape), *layers])
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    return seq(L.Dense(6, activation="relu", name="d1"), L.Dense(3, name="d2"))
+
+
+@pytest.fixture(scope="module")
+def x8():
+    return np.random.default_rng(0).normal(size=(7, 8)).astype(np.float32)
+
+
+def raises(exc, *fragments):
+    """pytest.raises that also checks every fragment occurs in the message."""
+    class _Ctx:
+        def __enter__(self):
+            self.cm = pytest.raises(exc)
+            self.info = self.cm.__enter__()
+            return self.info
+
+        def __exit__(self, *a):
+            out = self.cm.__exit__(*a)
+            msg = str(self.info.value)
+            for f in fragments:
+                assert f in msg, f"{f!r} not in message: {msg}"
+            assert isinstance(self.info.value, TfprecError)
+            return out
+    return _Ctx()
+
+
+# ------------------------------------------------------------------ models
+@pytest.mark.parametrize("build, shape, name, cls", [
+    (lambda: seq(L.LSTM(4, name="my_lstm"), L.Dense(3), shape=(5, 8)),
+     (5, 8), "my_lstm", "LSTM"),
+    (lambda: seq(L.Dense(4), L.LeakyReLU(name="leaky"), L.Dense(3)),
+     (8,), "leaky", "LeakyReLU"),
+    (lambda: seq(L.Conv1D(4, 3, name="conv_1d"), L.Flatten(), L.Dense(3),
+                 shape=(6, 2)), (6, 2), "conv_1d", "Conv1D"),
+])
+def test_unsupported_layer_names_layer_and_class(build, shape, name, cls):
+    model = build()
+    x = np.zeros((2,) + shape, np.float32)
+    with raises(UnsupportedModelError, f"'{name}'", cls, "not supported"):
+        tfprec.noise_gains(model, x)
+
+
+def test_unsupported_activation_names_it(x8):
+    model = seq(L.Dense(4, activation="sigmoid", name="dsig"), L.Dense(3))
+    with raises(UnsupportedModelError, "'dsig'", "Dense", "sigmoid"):
+        tfprec.noise_gains(model, x8)
+    model = seq(L.Dense(4), L.Activation("tanh", name="atanh"), L.Dense(3))
+    with raises(UnsupportedModelError, "'atanh'", "Activation", "tanh"):
+        tfprec.noise_gains(model, x8)
+
+
+def test_subclassed_model(x8):
+    class Sub(keras.Model):
+        def __init__(self):
+            super().__init__(name="subby")
+            self.d = L.Dense(3)
+
+        def call(self, x):
+            return self.d(x)
+
+    model = Sub()
+    model(x8)
+    with raises(UnsupportedModelError, "'subby'", "Sub", "subclassed"):
+        tfprec.noise_gains(model, x8)
+
+
+def test_not_a_model(x8):
+    with raises(UnsupportedModelError, "tf_keras", "dict"):
+        tfprec.noise_gains({}, x8)
+
+
+@pytest.mark.parametrize("where", ["after_fused_relu", "after_relu_layer",
+                                   "first", "shared_output"])
+def test_batchnorm_that_cannot_be_folded(where, x8):
+    if where == "after_fused_relu":
+        model = seq(L.Dense(4, activation="relu"), L.BatchNormalization(name="bnx"),
+                    L.Dense(3))
+    elif where == "after_relu_layer":
+        model = seq(L.Dense(4), L.ReLU(), L.BatchNormalization(name="bnx"),
+                    L.Dense(3))
+    elif where == "first":
+        model = seq(L.BatchNormalization(name="bnx"), L.Dense(3))
+    else:  # the Dense output feeds the BN and a second layer
+        inp = L.Input((8,))
+        h = L.Dense(4)(inp)
+        b = L.BatchNormalization(name="bnx")(h)
+        out = L.Dense(3)(L.Concatenate()([h, b]))
+        model = keras.Model(inp, out)
+    with raises(UnsupportedModelError, "'bnx'", "BatchNormalization", "folded"):
+        tfprec.noise_gains(model, x8)
+
+
+@pytest.mark.parametrize("kind", ["dense", "activation", "softmax_layer"])
+def test_softmax_in_the_middle(kind, x8):
+    if kind == "dense":
+        model = seq(L.Dense(4, activation="softmax", name="smx"), L.Dense(3))
+    elif kind == "activation":
+        model = seq(L.Dense(4), L.Activation("softmax", name="smx"), L.Dense(3))
+    else:
+        model = seq(L.Dense(4), L.Softmax(name="smx"), L.Dense(3))
+    with raises(UnsupportedModelError, "'smx'", "softmax"):
+        tfprec.noise_gains(model, x8)
+
+
+def test_shared_weight_layer(x8):
+    d = L.Dense(8, name="twice")
+    inp = L.Input((8,))
+    model = keras.Model(inp, L.Dense(3)(d(d(inp))))
+    with raises(UnsupportedModelError, "'twice'", "more than once"):
+        tfprec.noise_gains(model, x8)
+
+
+def test_model_without_weights_or_classes(x8):
+    with raises(UnsupportedModelError, "nothing to quantize"):
+        tfprec.noise_gains(seq(L.ReLU()), x8)
+    with raises(UnsupportedModelError, "M >= 2", "(1,)"):
+        tfprec.noise_gains(seq(L.Dense(1)), x8)
+
+
+# -------------------------------------------------------------------- data
+def test_empty_data(mlp):
+    with raises(InvalidDataError, "empty"):
+        tfprec.noise_gains(mlp, np.zeros((0, 8), np.float32))
+    ds = tf.data.Dataset.from_tensor_slices(np.zeros((0, 8), np.float32))
+    with raises(InvalidDataError, "empty"):
+        tfprec.noise_gains(mlp, ds)
+    with raises(InvalidDataError, "empty"):
+        tfprec.noise_gains(mlp, ds.batch(4))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("source", ["numpy", "dataset"])
+def test_non_finite_data_names_example(bad, source, mlp, x8):
+    x = x8.copy()
+    x[5, 3] = bad
+    data = x if source == "numpy" else tf.data.Dataset.from_tensor_slices(x).batch(2)
+    with raises(InvalidDataError, "example 5", "NaN or Inf") as info:
+        tfprec.noise_gains(mlp, data, batch_size=2)
+    assert not re.search(r"example [0-46-9]\b", str(info.value))
+
+
+@pytest.mark.parametrize("source", ["numpy", "dataset", "dataset_batched",
+                                    "dataset_xy"])
+def test_wrong_input_shape_gives_both_shapes(source, mlp):
+    x = np.zeros((4, 7), np.float32)
+    if source == "dataset":
+        x = tf.data.Dataset.from_tensor_slices(x)
+    elif source == "dataset_batched":
+        x = tf.data.Dataset.from_tensor_slices(x).batch(2)
+    elif source == "dataset_xy":
+        x = tf.data.Dataset.from_tensor_slices((x, np.zeros(4))).batch(2)
+    with raises(InvalidDataError, "(7,)", "(8,)"):
+        tfprec.noise_gains(mlp, x)
+
+
+def test_wrong_image_shape_gives_both_shapes():
+    model = seq(L.Conv2D(2, 3, name="c"), L.Flatten(), L.Dense(3), shape=(6, 6, 1))
+    with raises(InvalidDataError, "(6, 6, 3)", "(6, 6, 1)"):
+        tfprec.noise_gains(model, np.zeros((2, 6, 6, 3), np.float32))
+
+
+def test_other_bad_arguments(mlp, x8):
+    with raises(InvalidDataError, "list or tuple"):
+        tfprec.noise_gains(mlp, [x8])
+    with raises(InvalidDataError, "numeric", "<U"):
+        tfprec.noise_gains(mlp, np.array([["a"] * 8]))
+    with raises(InvalidDataError, "dtype", "float16"):
+        tfprec.noise_gains(mlp, x8, dtype="float16")
+    with raises(InvalidDataError, "batch_size", "0"):
+        tfprec.noise_gains(mlp, x8, batch_size=0)
+    with raises(InvalidDataError, "max_examples", "0"):
+        tfprec.noise_gains(mlp, x8, max_examples=0)
+    with raises(InvalidDataError, "dict"):
+        tfprec.noise_gains(mlp, tf.data.Dataset.from_tensor_slices({"a": x8}))

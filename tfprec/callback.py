@@ -1,0 +1,132 @@
+"""Keras callback that gathers noise gains and a precision plan.
+
+    cb = tfprec.NoiseGainCallback(x_calib, target=0.01, log_dir="logs/tfprec")
+    model.fit(x, y, epochs=10, callbacks=[cb])
+    cb.gains, cb.plan          # after training
+    cb.history                 # one entry per statistics pass
+
+The callback only reads the model: the pass works on a folded copy of the
+weights, so weights and optimizer state are untouched.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional
+
+from tensorflow.core.framework import summary_pb2
+
+from tfprec._tf import keras, tf
+from tfprec.errors import TfprecError
+from tfprec.gains import NoiseGains, noise_gains
+from tfprec.plan import DEFAULT_TARGET, PLAN_METHODS, PrecisionPlan, make_plan
+
+
+@dataclasses.dataclass(frozen=True)
+class StatisticsPass:
+    """One statistics pass: the epoch after which it ran (-1: end of
+    training), the gains and the plan made from them."""
+
+    epoch: int
+    gains: NoiseGains
+    plan: PrecisionPlan
+
+
+class NoiseGainCallback(keras.callbacks.Callback):
+    """Runs the noise-gain pass after training (and every N epochs if asked).
+
+    Args:
+      calibration_data: inputs for the pass (numpy array or tf.data.Dataset).
+      target: bound on the mismatch probability for the plan.
+      method: plan rule, one of ``tfprec.plan.PLAN_METHODS``.
+      cost: "compute" (full adders) or "memory" (bits), for cost_aware.
+      every_n_epochs: also run after every N-th epoch (None: only at the end).
+      batch_size: examples per batch of the pass.
+      max_examples: use at most this many calibration examples.
+      log_dir: if set, write per-layer gains, bits and the bound to
+        TensorBoard under this directory (step = epoch).
+      verbose: show a Keras progress bar during the pass.
+    """
+
+    def __init__(self, calibration_data, target: float = DEFAULT_TARGET,
+                 method: str = "paper", cost: str = "compute",
+                 every_n_epochs: Optional[int] = None, batch_size: int = 128,
+                 max_examples: Optional[int] = None, log_dir: Optional[str] = None,
+                 verbose: bool = True):
+        super().__init__()
+        if method not in PLAN_METHODS:
+            raise TfprecError(f"method must be one of {PLAN_METHODS}, got {method!r}")
+        if every_n_epochs is not None and (not isinstance(every_n_epochs, int)
+                                           or every_n_epochs < 1):
+            raise TfprecError(f"every_n_epochs must be a positive int or None, "
+                              f"got {every_n_epochs!r}")
+        self.calibration_data = calibration_data
+        self.target = target
+        self.method = method
+        self.cost = cost
+        self.every_n_epochs = every_n_epochs
+        self.batch_size = batch_size
+        self.max_examples = max_examples
+        self.log_dir = log_dir
+        self.verbose = verbose
+        self.history: list = []
+        self._writer = None
+        self._last_epoch = -1
+
+    @property
+    def gains(self) -> Optional[NoiseGains]:
+        """Gains of the latest pass (None before any pass)."""
+        return self.history[-1].gains if self.history else None
+
+    @property
+    def plan(self) -> Optional[PrecisionPlan]:
+        """Plan of the latest pass (None before any pass)."""
+        return self.history[-1].plan if self.history else None
+
+    def run(self, model, epoch: int = -1) -> StatisticsPass:
+        """Runs the statistics pass on ``model`` now and records it."""
+        g = noise_gains(model, self.calibration_data, batch_size=self.batch_size,
+                        max_examples=self.max_examples, verbose=self.verbose)
+        p = make_plan(g, self.method, self.target, self.cost)
+        entry = StatisticsPass(epoch, g, p)
+        self.history.append(entry)
+        if self.log_dir:
+            self._log(entry, step=max(epoch, self._last_epoch) + (epoch < 0))
+        return entry
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._last_epoch = epoch
+        if self.every_n_epochs and (epoch + 1) % self.every_n_epochs == 0:
+            self.run(self.model, epoch)
+
+    def on_train_end(self, logs=None):
+        if not self.history or self.history[-1].epoch != self._last_epoch:
+            self.run(self.model, -1)
+
+    def _log(self, entry: StatisticsPass, step: int) -> None:
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(self.log_dir)
+        with self._writer.as_default(step=step):
+            _scalar("tfprec/bound", entry.plan.bound())
+            _scalar("tfprec/compute_full_adders", entry.plan.cost().total_compute)
+            for lg, lp in zip(entry.gains.layers, entry.plan.layers):
+                _scalar(f"tfprec/{lg.name}/log10_G_W", _log10(lg.g_w))
+                _scalar(f"tfprec/{lg.name}/log10_G_A", _log10(lg.g_a))
+                _scalar(f"tfprec/{lg.name}/weight_bits", lp.weight_bits)
+                _scalar(f"tfprec/{lg.name}/act_bits", lp.act_bits)
+        self._writer.flush()
+
+
+def _scalar(tag: str, value: float) -> None:
+    """A TensorBoard scalar, written with core TF ops only.
+
+    tf.summary.scalar needs the tensorboard package; tf.summary.write with
+    the scalars plugin's metadata gives the same event without it.
+    """
+    md = summary_pb2.SummaryMetadata()
+    md.plugin_data.plugin_name = "scalars"
+    tf.summary.write(tag, tf.constant(value, tf.float32), metadata=md)
+
+
+def _log10(v: float) -> float:
+    return math.log10(v) if v > 0 else float("-inf")
