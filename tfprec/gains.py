@@ -93,6 +93,7 @@ class NoiseGains:
         (their margin is zero, the first-order model does not apply).
       dropped_softmax: whether a final softmax was removed (gains are on the
         pre-softmax logits).
+      mode: "exact", or "top<k>+sketch<s>" for the many-class estimator.
     """
 
     layers: tuple
@@ -100,6 +101,7 @@ class NoiseGains:
     num_classes: int
     num_ties: int
     dropped_softmax: bool = False
+    mode: str = "exact"
 
     def __getitem__(self, name: str) -> LayerGains:
         for lg in self.layers:
@@ -121,16 +123,20 @@ class NoiseGains:
     def from_dict(cls, d: dict) -> "NoiseGains":
         return cls(tuple(LayerGains(**lg) for lg in d["layers"]),
                    int(d["num_examples"]), int(d["num_classes"]),
-                   int(d["num_ties"]), bool(d.get("dropped_softmax", False)))
+                   int(d["num_ties"]), bool(d.get("dropped_softmax", False)),
+                   str(d.get("mode", "exact")))
 
 
 class _Engine:
     """Compiled forward + stacked backward pass over a parsed graph."""
 
-    def __init__(self, graph: Graph, dtype: tf.DType):
+    def __init__(self, graph: Graph, dtype: tf.DType, top_k: Optional[int],
+                 sketch: int, chunk: int):
         self.g = graph
         self.dtype = dtype
-        self.c = graph.num_classes - 1
+        self.top_k = top_k          # None: exact, all M-1 wrong classes
+        self.sketch = sketch
+        self.c = chunk              # cotangent rows per stacked backward
         self.weight_ops = graph.weight_ops
         for op in self.weight_ops:
             a = op.attrs
@@ -144,9 +150,10 @@ class _Engine:
                     a, graph.shapes[op.inputs[0]], graph.shapes[op.output],
                     graph.num_classes)
         self.needs_grad = self._needs_grad()
+        self.dist_steps: dict = {}      # id(strategy) -> compiled replica step
         shape = [None, *graph.shapes[graph.input_id]]
         self.step = tf.function(self._step, input_signature=[
-            tf.TensorSpec(shape, dtype)], jit_compile=_JIT)
+            tf.TensorSpec(shape, dtype), tf.TensorSpec([2], tf.int32)])
 
     def load(self, graph: Graph) -> None:
         """Copies the (folded) weights of a freshly parsed graph."""
@@ -280,25 +287,65 @@ class _Engine:
                          [0, w - min(w, wo * kw - left)], [0, 0]])
         return registry._merge(registry._split(up, self.c) * mask[None])
 
-    def _step(self, x):
+    def _margins(self, z):
+        """Float decision y [B], margins z_i - z_y [B, M] and tie mask."""
+        y = tf.argmax(z, axis=1, output_type=tf.int32)
+        zy = tf.gather(z, y, axis=1, batch_dims=1)
+        margin = z - zy[:, None]
+        not_y = tf.logical_not(tf.one_hot(y, self.g.num_classes, on_value=True,
+                                          off_value=False))
+        tie = tf.logical_and(tf.equal(margin, 0.0), not_y)
+        inv = tf.where(tf.logical_or(tie, tf.logical_not(not_y)), tf.zeros_like(z),
+                       1.0 / tf.where(tf.equal(margin, 0.0), tf.ones_like(z),
+                                      tf.abs(margin)))
+        return y, inv, tie          # inv: 1/|z_i - z_y| on wrong non-tied classes
+
+    def _exact_rows(self, y, inv, start):
+        """Cotangents of wrong classes start..start+R-1: [R, B, M].
+
+        Row r of example x is (e_i - e_y) / |z_i - z_y| for its (start+r)-th
+        wrong class i; rows past the M-1 wrong classes (padding) are zero.
+        """
+        m = self.g.num_classes
+        cls = start + tf.range(self.c, dtype=tf.int32)[:, None]           # [R, 1]
+        wrong = tf.minimum(cls + tf.cast(cls >= y[None, :], tf.int32), m - 1)
+        w = tf.transpose(tf.gather(inv, tf.transpose(wrong), batch_dims=1))
+        w = tf.where(cls < m - 1, w, tf.zeros_like(w))                     # [R, B]
+        return (tf.one_hot(wrong, m, dtype=self.dtype)
+                - tf.one_hot(y, m, dtype=self.dtype)[None]) * w[..., None]
+
+    def _estimate_rows(self, y, inv, seed):
+        """Top-k closest wrong classes exactly, the others by a sign sketch.
+
+        Rows 0..k-1 are the cotangents of the k wrong classes with the
+        smallest |z_i - z_y|; rows k..k+s-1 are r_j . (tail cotangents) /
+        sqrt(s) with independent random signs r_j, whose squared norms are an
+        unbiased estimate of the tail's sum.  Returns [k + s, B, M].
+        """
+        m = self.g.num_classes
+        k, s = self.top_k, self.sketch
+        y1 = tf.one_hot(y, m, dtype=self.dtype)
+        _, idx = tf.math.top_k(inv, k)                                   # [B, k]
+        top = tf.reduce_sum(tf.one_hot(idx, m, dtype=self.dtype), axis=1)  # [B, M]
+        rows = [(tf.one_hot(tf.transpose(idx), m, dtype=self.dtype) - y1[None])
+                * tf.transpose(tf.gather(inv, idx, batch_dims=1))[..., None]]
+        if s:
+            tail = inv * (1.0 - top)                                     # [B, M]
+            r = tf.sign(tf.random.stateless_uniform(
+                [s, tf.shape(inv)[0], m], seed, -1.0, 1.0, dtype=self.dtype))
+            v = r * tail[None] / tf.sqrt(tf.cast(s, self.dtype))
+            rows.append(v - tf.reduce_sum(v, axis=2, keepdims=True) * y1[None])
+        return tf.concat(rows, axis=0)
+
+    def _backward(self, vals, cot):
+        """Stacked backward pass for cotangents [R, B, M] of the logits.
+
+        Returns per-layer [L, B] sums over the R rows of squared gradient
+        norms of weights (sw) and of each weight layer's input (sa).
+        """
         g = self.g
         c = self.c
-        m = g.num_classes
-        vals = self._forward(x)
-        z = vals[g.output_id]
-        y = tf.argmax(z, axis=1, output_type=tf.int32)                 # [B]
-        cls = tf.range(c, dtype=tf.int32)[:, None]                     # [C, 1]
-        wrong = cls + tf.cast(cls >= y[None, :], tf.int32)             # [C, B]
-        zy = tf.gather(z, y, axis=1, batch_dims=1)                     # [B]
-        zi = tf.transpose(tf.gather(z, tf.transpose(wrong), batch_dims=1))  # [C, B]
-        margin = zi - zy[None]
-        tie = tf.equal(margin, 0.0)
-        scale = tf.where(tie, tf.zeros_like(margin),
-                         1.0 / tf.where(tie, tf.ones_like(margin), tf.abs(margin)))
-        cot = (tf.one_hot(wrong, m, dtype=self.dtype)
-               - tf.one_hot(y, m, dtype=self.dtype)[None]) * scale[..., None]
         grads = {g.output_id: registry._merge(cot)}
-
         sw, sa = {}, {}
         for op in reversed(g.ops):
             gr = grads.pop(op.output, None)
@@ -318,37 +365,58 @@ class _Engine:
             for tid, d in outs:
                 if tid in self.needs_grad:
                     grads[tid] = grads[tid] + d if tid in grads else d
-
         names = [op.name for op in self.weight_ops]
-        f64 = lambda t: tf.reduce_sum(tf.cast(t, tf.float64))
+        return tf.stack([sw[n] for n in names]), tf.stack([sa[n] for n in names])
+
+    def _step(self, x, seed):
+        vals = self._forward(x)
+        y, inv, tie = self._margins(vals[self.g.output_id])
+        nb = tf.shape(x)[0]
+        zeros = tf.zeros([len(self.weight_ops), nb], self.dtype)
+        if self.top_k is None:
+            rows_total = self.g.num_classes - 1
+            make = lambda i: self._exact_rows(y, inv, i * self.c)
+        else:
+            est = self._estimate_rows(y, inv, seed)
+            rows_total = self.top_k + self.sketch
+            pad = -rows_total % self.c
+            est = tf.pad(est, [[0, pad], [0, 0], [0, 0]])
+            make = lambda i: est[i * self.c:(i + 1) * self.c]
+        chunks = -(-rows_total // self.c)
+        if chunks == 1:
+            sw, sa = self._backward(vals, make(0))
+        else:
+            def body(i, sw, sa):
+                w, a = self._backward(vals, make(i))
+                return i + 1, sw + w, sa + a
+            _, sw, sa = tf.while_loop(lambda i, *_: i < chunks, body,
+                                      (tf.constant(0), zeros, zeros))
         acts = [vals[op.inputs[0]] for op in self.weight_ops]
-        finite = tf.reduce_all(tf.math.is_finite(
-            tf.reshape(x, [tf.shape(x)[0], -1])), axis=1)
+        f64 = lambda t: tf.reduce_sum(tf.cast(t, tf.float64), axis=-1)
+        low = tf.constant(np.inf, tf.float64)
         return {
-            "sw": tf.stack([f64(sw[n]) for n in names]),
-            "sa": tf.stack([f64(sa[n]) for n in names]),
+            "sw": f64(sw), "sa": f64(sa),
             "ties": tf.reduce_sum(tf.cast(tie, tf.int64)),
-            "amax": tf.stack([tf.cast(tf.reduce_max(t), tf.float64) for t in acts]),
-            "amin": tf.stack([tf.cast(tf.reduce_min(t), tf.float64) for t in acts]),
-            "finite": finite,
+            "amax": tf.stack([tf.reduce_max(tf.concat(
+                [[-low], tf.reshape(tf.cast(t, tf.float64), [-1])], 0)) for t in acts]),
+            "amin": tf.stack([tf.reduce_min(tf.concat(
+                [[low], tf.reshape(tf.cast(t, tf.float64), [-1])], 0)) for t in acts]),
         }
 
 
-import os as _os
-_JIT = _os.environ.get("TFPREC_JIT", "0") == "1"
 _ENGINES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def _engine_for(model, graph: Graph, dtype: tf.DType) -> _Engine:
-    """The model's cached engine for ``dtype``, loaded with current weights."""
+def _engine_for(model, graph: Graph, dtype: tf.DType, top_k, sketch, chunk) -> _Engine:
+    """The model's cached engine for these settings, loaded with its weights."""
     per_model = _ENGINES.setdefault(model, {})
-    engine = per_model.get(dtype.name)
+    key = (dtype.name, top_k, sketch, chunk)
+    engine = per_model.get(key)
     if engine is None:
-        engine = per_model[dtype.name] = _Engine(graph, dtype)
+        engine = per_model[key] = _Engine(graph, dtype, top_k, sketch, chunk)
     else:
         engine.load(graph)
     return engine
-
 
 
 def _batches(x: DataLike, batch_size: int, max_examples: Optional[int],
@@ -411,7 +479,9 @@ def layer_geometry(model) -> list:
 
 def noise_gains(model, x: DataLike, batch_size: int = 128,
                 max_examples: Optional[int] = None, dtype: str = "float32",
-                verbose: bool = False) -> NoiseGains:
+                verbose: bool = False, top_k: Optional[int] = None,
+                sketch: int = 0, seed: int = 0, class_chunk: Optional[int] = None,
+                strategy: Optional["tf.distribute.Strategy"] = None) -> NoiseGains:
     """Computes the per-tensor noise gains of a trained classifier.
 
     Args:
@@ -421,10 +491,23 @@ def noise_gains(model, x: DataLike, batch_size: int = 128,
       x: calibration inputs: a numpy array [N, ...] or a ``tf.data.Dataset``
         of inputs (batched or not; (input, label) elements are accepted and
         the labels ignored).
-      batch_size: examples per batch (numpy input or unbatched datasets).
+      batch_size: examples per batch (numpy input or unbatched datasets); the
+        global batch when ``strategy`` is given.
       max_examples: use at most this many examples.
       dtype: "float32" (default) or "float64" arithmetic for the pass.
       verbose: show a Keras progress bar.
+      top_k: None (default) for the exact pass over all M-1 wrong classes.
+        An int k estimates instead: the k wrong classes with the smallest
+        margins exactly, the other classes by ``sketch`` random-sign
+        projections (an unbiased estimate of their sum; with sketch=0 they
+        are dropped, which can only lower the gains).  Costs k + sketch
+        backward rows per example instead of M-1.
+      sketch: number of random projections for the classes beyond top_k.
+      seed: seed of the random projections (the result is deterministic).
+      class_chunk: cotangent rows per stacked backward pass (memory grows
+        with class_chunk * batch_size); default min(rows, 32).
+      strategy: a ``tf.distribute.Strategy``; each batch is split over its
+        replicas and the sums are reduced across them.
 
     Returns:
       A :class:`NoiseGains` with, per weight layer, E_W, E_A (probability per
@@ -432,16 +515,27 @@ def noise_gains(model, x: DataLike, batch_size: int = 128,
 
     Raises:
       UnsupportedModelError: the model or one of its layers is not supported.
-      InvalidDataError: the data is empty, mis-shaped, or not finite.
+      InvalidDataError: the data is empty, mis-shaped, or not finite, or an
+        argument is out of range.
     """
     if dtype not in ("float32", "float64"):
         raise InvalidDataError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise InvalidDataError(f"batch_size must be a positive int, got {batch_size!r}")
-    if max_examples is not None and max_examples < 1:
-        raise InvalidDataError(f"max_examples must be positive, got {max_examples!r}")
+    for name, v in (("batch_size", batch_size), ("max_examples", max_examples),
+                    ("top_k", top_k), ("class_chunk", class_chunk)):
+        if v is not None and (not isinstance(v, (int, np.integer)) or v < 1):
+            raise InvalidDataError(f"{name} must be a positive int, got {v!r}")
+    if not isinstance(sketch, (int, np.integer)) or sketch < 0:
+        raise InvalidDataError(f"sketch must be a non-negative int, got {sketch!r}")
     graph = parse_model(model)
-    engine = _engine_for(model, graph, tf.as_dtype(dtype))
+    m1 = graph.num_classes - 1
+    if top_k is not None and top_k >= m1:
+        top_k, sketch = None, 0           # nothing left to estimate: exact
+    if top_k is None:
+        sketch = 0
+    rows = m1 if top_k is None else top_k + sketch
+    chunk = min(rows, class_chunk or 32)
+    engine = _engine_for(model, graph, tf.as_dtype(dtype), top_k, sketch, chunk)
+    step = engine.step if strategy is None else _distributed(engine, strategy)
     nw = len(engine.weight_ops)
     sw = np.zeros(nw)
     sa = np.zeros(nw)
@@ -453,18 +547,20 @@ def noise_gains(model, x: DataLike, batch_size: int = 128,
     if total is not None and max_examples is not None:
         total = min(total, max_examples)
     bar = keras.utils.Progbar(total, unit_name="example") if verbose else None
-    for b in _batches(x, batch_size, max_examples, graph.shapes[graph.input_id]):
-        out = engine.step(tf.constant(b, dtype=dtype))
-        finite = out["finite"].numpy()
+    for i, b in enumerate(_batches(x, batch_size, max_examples,
+                                   graph.shapes[graph.input_id])):
+        b = np.asarray(b, dtype=dtype)
+        finite = np.isfinite(b.reshape(len(b), -1)).all(axis=1)
         if not finite.all():
-            bad = n + int(np.argmin(finite))
             raise InvalidDataError(
-                f"calibration example {bad} contains NaN or Inf.")
-        sw += out["sw"].numpy()
-        sa += out["sa"].numpy()
-        amax = np.maximum(amax, out["amax"].numpy())
-        amin = np.minimum(amin, out["amin"].numpy())
-        ties += int(out["ties"].numpy())
+                f"calibration example {n + int(np.argmin(finite))} contains "
+                "NaN or Inf.")
+        out = step(b, np.array([seed, i], np.int32))
+        sw += out["sw"]
+        sa += out["sa"]
+        amax = np.maximum(amax, out["amax"])
+        amin = np.minimum(amin, out["amin"])
+        ties += int(out["ties"])
         n += len(b)
         if bar is not None:
             bar.update(n)
@@ -493,4 +589,34 @@ def noise_gains(model, x: DataLike, batch_size: int = 128,
             act_range_source=src, act_low=float(lo), act_high=float(hi),
             weight_max_abs=wmax, **geo))
     return NoiseGains(tuple(layers), n, graph.num_classes, ties,
-                      graph.dropped_softmax)
+                      graph.dropped_softmax,
+                      "exact" if top_k is None else f"top{top_k}+sketch{sketch}")
+
+
+def _distributed(engine: _Engine, strategy):
+    """A step that splits each batch over the strategy's replicas."""
+    n_rep = strategy.num_replicas_in_sync
+    reduce_ops = {"sw": "SUM", "sa": "SUM", "ties": "SUM", "amax": "MAX",
+                  "amin": "MIN"}
+
+    run = engine.dist_steps.get(id(strategy))
+    if run is None:
+        run = engine.dist_steps[id(strategy)] = tf.function(
+            lambda x, seed: strategy.run(engine._step, args=(x, seed)),
+            reduce_retracing=True)
+
+    def step(b, seed):
+        parts = np.array_split(b, n_rep)
+        dist = strategy.experimental_distribute_values_from_function(
+            lambda ctx: tf.constant(parts[ctx.replica_id_in_sync_group]))
+        seeds = strategy.experimental_distribute_values_from_function(
+            lambda ctx: tf.constant(seed + np.array(
+                [0, 1_000_003 * ctx.replica_id_in_sync_group], np.int32)))
+        out = run(dist, seeds)
+        res = {}
+        for k, op in reduce_ops.items():
+            vals = [np.asarray(v) for v in strategy.experimental_local_results(out[k])]
+            red = {"SUM": np.sum, "MAX": np.max, "MIN": np.min}[op]
+            res[k] = red(np.stack(vals), axis=0)
+        return res
+    return step

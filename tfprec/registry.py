@@ -101,11 +101,25 @@ def _strides4(attrs):
 
 
 def _patches(attrs, a):
+    """Input patches [B, P, kh*kw*Cin] (same order as the kernel's rows).
+
+    Built from kh*kw strided slices of the padded input, which is about
+    twice as fast on CPU as tf.image.extract_patches.
+    """
     kh, kw = attrs["ksize"]
-    p = tf.image.extract_patches(a, sizes=[1, kh, kw, 1], strides=_strides4(attrs),
-                                 rates=[1, 1, 1, 1], padding=attrs["padding"])
-    s = tf.shape(p)
-    return tf.reshape(p, [s[0], s[1] * s[2], p.shape[-1]])  # [B, P, K]
+    sh, sw = attrs["strides"]
+    h, w = a.shape[1], a.shape[2]
+    if attrs["padding"] == "SAME":
+        ho, wo = -(-h // sh), -(-w // sw)
+        ph = max((ho - 1) * sh + kh - h, 0)
+        pw = max((wo - 1) * sw + kw - w, 0)
+        a = tf.pad(a, [[0, 0], [ph // 2, ph - ph // 2], [pw // 2, pw - pw // 2], [0, 0]])
+    else:
+        ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
+    cols = [a[:, i: i + (ho - 1) * sh + 1: sh, j: j + (wo - 1) * sw + 1: sw, :]
+            for i in range(kh) for j in range(kw)]
+    p = cols[0] if len(cols) == 1 else tf.concat(cols, axis=-1)
+    return tf.reshape(p, [tf.shape(a)[0], ho * wo, kh * kw * a.shape[-1]])
 
 
 def _conv_forward(attrs, a):
