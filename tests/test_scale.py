@@ -105,3 +105,58 @@ def test_mirrored_strategy_matches_one_device():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]
+
+
+def test_shared_input_tensor_gain_and_plan_constraint():
+    """A tensor read by two weight layers is one quantizer: its gain is that
+    of the summed input gradients, and plans give it one format."""
+    import tensorflow as tf
+    keras.utils.set_random_seed(4)
+    inp = L.Input((5,))
+    t = L.Dense(6, activation="relu", name="a")(inp)
+    u1 = L.Dense(4, name="b1")(t)
+    u2 = L.Dense(4, name="b2")(t)
+    h = L.ReLU(max_value=2.0)(L.Add()([u1, u2]))
+    out = L.Dense(3, name="out", bias_initializer="random_normal")(h)
+    m = keras.Model(inp, out)
+    x = np.random.default_rng(2).normal(size=(9, 5))
+    g = tfprec.noise_gains(m, x, dtype="float64")
+    assert g["b1"].act_group == g["b2"].act_group == "b1+b2"
+    assert g["a"].act_group == "" and g["a"].e_a_shared is None
+    # Brute force: one perturbation e on t, read by b1 and b2 only.
+    W = {n: [tf.constant(w, tf.float64) for w in m.get_layer(n).get_weights()]
+         for n in ("a", "b1", "b2", "out")}
+    tot_shared = tot_sep = 0.0
+    for xi in x:
+        e = tf.Variable(tf.zeros((1, 6), tf.float64))
+        e1 = tf.Variable(tf.zeros((1, 6), tf.float64))
+        with tf.GradientTape(persistent=True) as tape:
+            tt = tf.nn.relu(xi[None] @ W["a"][0] + W["a"][1])
+            hh = tf.clip_by_value((tt + e + e1) @ W["b1"][0] + W["b1"][1]
+                                  + (tt + e) @ W["b2"][0] + W["b2"][1], 0, 2)
+            z = (hh @ W["out"][0] + W["out"][1])[0]
+            y = int(tf.argmax(z))
+            ds = [z[i] - z[y] for i in range(3) if i != y]
+        for d in ds:
+            tot_shared += float(tf.reduce_sum(tape.gradient(d, e) ** 2)) / float(d) ** 2
+            tot_sep += float(tf.reduce_sum(tape.gradient(d, e1) ** 2)) / float(d) ** 2
+    assert g["b1"].e_a_shared == pytest.approx(tot_shared / len(x) / 24, rel=1e-9)
+    assert g["b1"].e_a == pytest.approx(tot_sep / len(x) / 24, rel=1e-9)
+    for make in (tfprec.paper_plan, tfprec.uniform_plan, tfprec.icml2017_plan,
+                 tfprec.cost_aware_plan):
+        p = make(g, 0.01)
+        assert p.layer("b1").act_bits == p.layer("b2").act_bits
+        assert p.layer("b1").g_a == pytest.approx(g["b1"].g_a_shared)
+        shared_term = p.layer("b1").act_term
+        others = sum(l.weight_term + (l.act_term if l.name != "b2" else 0)
+                     for l in p.layers)
+        assert p.bound() == pytest.approx(others) and shared_term > 0
+        assert p.bound() <= 0.01
+    p = tfprec.paper_plan(g, 0.01).with_bits(act_bits={"b1": 9})
+    assert p.layer("b2").act_bits == 9
+    with pytest.raises(tfprec.PlanError, match="same input tensor"):
+        import dataclasses
+        bad = dataclasses.replace(p, layers=tuple(
+            dataclasses.replace(l, act_bits=5) if l.name == "b2" else l
+            for l in p.layers))
+        bad.check()

@@ -12,5 +12,10 @@ from tfprec.gains import LayerGains, NoiseGains, noise_gains
 from tfprec.plan import (LayerPrecision, PrecisionPlan, cost_aware_plan,
                          icml2017_plan, make_plan, paper_plan, uniform_plan)
 from tfprec.callback import NoiseGainCallback
+from tfprec.quantizers import FixedPointQuantizer
+from tfprec.configs import FixedPointQuantizeConfig, quantize_scope
+from tfprec.apply import fold_batchnorm, logits_model, quantize_model
+from tfprec.simulate import simulate_logits
+from tfprec.validate import ValidationResult, sweep
 
 __version__ = "0.1.0"

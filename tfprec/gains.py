@@ -52,6 +52,13 @@ class LayerGains:
       num_dots: P, dot products per example.
       num_weights: weights including biases.
       num_inputs: input activations per example.
+      act_group: "" if this layer alone reads its input tensor; otherwise the
+        names, joined by "+", of all weight layers that read the same tensor.
+        They must share one activation format (one stored tensor).
+      e_a_shared: for a shared input, the gain of that one tensor quantized
+        once: E||sum over the reading layers of their input gradients||^2 / 24
+        (the members' noise is the same realization, so their gradients add
+        before the norm).  None when not shared.
     """
 
     name: str
@@ -69,6 +76,15 @@ class LayerGains:
     num_dots: int
     num_weights: int
     num_inputs: int
+    act_group: str = ""
+    e_a_shared: Optional[float] = None
+
+    @property
+    def g_a_shared(self) -> float:
+        """Normalized gain of the input tensor as one quantizer shared by all
+        weight layers of ``act_group`` (G_A itself if the input is not shared)."""
+        e = self.e_a if self.e_a_shared is None else self.e_a_shared
+        return self.r_a ** 2 * e
 
     @property
     def g_w(self) -> float:
@@ -150,6 +166,11 @@ class _Engine:
                     a, graph.shapes[op.inputs[0]], graph.shapes[op.output],
                     graph.num_classes)
         self.needs_grad = self._needs_grad()
+        readers: dict = {}
+        for op in self.weight_ops:
+            readers.setdefault(op.inputs[0], []).append(op.name)
+        # Tensors read by several weight layers: one shared quantizer each.
+        self.shared = {t: names for t, names in readers.items() if len(names) > 1}
         self.dist_steps: dict = {}      # id(strategy) -> compiled replica step
         shape = [None, *graph.shapes[graph.input_id]]
         self.step = tf.function(self._step, input_signature=[
@@ -346,7 +367,8 @@ class _Engine:
         g = self.g
         c = self.c
         grads = {g.output_id: registry._merge(cot)}
-        sw, sa = {}, {}
+        sw, sa, sh = {}, {}, {}
+        pending = {t: [None, len(n)] for t, n in self.shared.items()}
         for op in reversed(g.ops):
             gr = grads.pop(op.output, None)
             if gr is None:
@@ -360,13 +382,24 @@ class _Engine:
                 sa[op.name] = tf.reduce_sum(tf.square(
                     tf.reshape(da, [c, tf.shape(a)[0], -1])), axis=[0, 2])
                 outs = [(op.inputs[0], da)]
+                acc = pending.get(op.inputs[0])
+                if acc is not None:
+                    acc[0] = da if acc[0] is None else acc[0] + da
+                    acc[1] -= 1
+                    if acc[1] == 0:
+                        sh[op.inputs[0]] = tf.reduce_sum(tf.square(
+                            tf.reshape(acc[0], [c, tf.shape(a)[0], -1])), axis=[0, 2])
             else:
                 outs = self._backward_op(op, vals, gr)
             for tid, d in outs:
                 if tid in self.needs_grad:
                     grads[tid] = grads[tid] + d if tid in grads else d
         names = [op.name for op in self.weight_ops]
-        return tf.stack([sw[n] for n in names]), tf.stack([sa[n] for n in names])
+        # Shared tensors are reported in the slot of their readers (same value).
+        shared = [sh[op.inputs[0]] if op.inputs[0] in sh else sa[op.name]
+                  for op in self.weight_ops]
+        return (tf.stack([sw[n] for n in names]), tf.stack([sa[n] for n in names]),
+                tf.stack(shared))
 
     def _step(self, x, seed):
         vals = self._forward(x)
@@ -384,18 +417,18 @@ class _Engine:
             make = lambda i: est[i * self.c:(i + 1) * self.c]
         chunks = -(-rows_total // self.c)
         if chunks == 1:
-            sw, sa = self._backward(vals, make(0))
+            sw, sa, sh = self._backward(vals, make(0))
         else:
-            def body(i, sw, sa):
-                w, a = self._backward(vals, make(i))
-                return i + 1, sw + w, sa + a
-            _, sw, sa = tf.while_loop(lambda i, *_: i < chunks, body,
-                                      (tf.constant(0), zeros, zeros))
+            def body(i, sw, sa, sh):
+                w, a, h = self._backward(vals, make(i))
+                return i + 1, sw + w, sa + a, sh + h
+            _, sw, sa, sh = tf.while_loop(lambda i, *_: i < chunks, body,
+                                          (tf.constant(0), zeros, zeros, zeros))
         acts = [vals[op.inputs[0]] for op in self.weight_ops]
         f64 = lambda t: tf.reduce_sum(tf.cast(t, tf.float64), axis=-1)
         low = tf.constant(np.inf, tf.float64)
         return {
-            "sw": f64(sw), "sa": f64(sa),
+            "sw": f64(sw), "sa": f64(sa), "sh": f64(sh),
             "ties": tf.reduce_sum(tf.cast(tie, tf.int64)),
             "amax": tf.stack([tf.reduce_max(tf.concat(
                 [[-low], tf.reshape(tf.cast(t, tf.float64), [-1])], 0)) for t in acts]),
@@ -539,6 +572,7 @@ def noise_gains(model, x: DataLike, batch_size: int = 128,
     nw = len(engine.weight_ops)
     sw = np.zeros(nw)
     sa = np.zeros(nw)
+    sh = np.zeros(nw)
     amax = np.full(nw, -np.inf)
     amin = np.full(nw, np.inf)
     n = 0
@@ -558,6 +592,7 @@ def noise_gains(model, x: DataLike, batch_size: int = 128,
         out = step(b, np.array([seed, i], np.int32))
         sw += out["sw"]
         sa += out["sa"]
+        sh += out["sh"]
         amax = np.maximum(amax, out["amax"])
         amin = np.minimum(amin, out["amin"])
         ties += int(out["ties"])
@@ -581,13 +616,16 @@ def noise_gains(model, x: DataLike, batch_size: int = 128,
         else:
             hi, src = float(amax[j]), "calibrated"
         signed = lo < 0
+        group = engine.shared.get(op.inputs[0])
         layers.append(LayerGains(
             name=op.name, layer_class=op.layer_class,
             e_w=float(sw[j] / n / 24.0), e_a=float(sa[j] / n / 24.0),
             r_w=range_scale(-wmax, wmax, True),
             r_a=range_scale(lo, hi, signed), act_signed=bool(signed),
             act_range_source=src, act_low=float(lo), act_high=float(hi),
-            weight_max_abs=wmax, **geo))
+            weight_max_abs=wmax, **geo,
+            act_group="+".join(group) if group else "",
+            e_a_shared=float(sh[j] / n / 24.0) if group else None))
     return NoiseGains(tuple(layers), n, graph.num_classes, ties,
                       graph.dropped_softmax,
                       "exact" if top_k is None else f"top{top_k}+sketch{sketch}")
@@ -596,7 +634,7 @@ def noise_gains(model, x: DataLike, batch_size: int = 128,
 def _distributed(engine: _Engine, strategy):
     """A step that splits each batch over the strategy's replicas."""
     n_rep = strategy.num_replicas_in_sync
-    reduce_ops = {"sw": "SUM", "sa": "SUM", "ties": "SUM", "amax": "MAX",
+    reduce_ops = {"sw": "SUM", "sa": "SUM", "sh": "SUM", "ties": "SUM", "amax": "MAX",
                   "amin": "MIN"}
 
     run = engine.dist_steps.get(id(strategy))

@@ -56,6 +56,9 @@ class LayerPrecision:
       g_w, g_a: normalized noise gains R^2 E (probability).
       dot_length, num_dots, num_weights, num_inputs: geometry for the cost
         model (see :mod:`tfprec.cost`).
+      act_group: "" or the "+"-joined names of the weight layers that read
+        the same input tensor; they share one activation format, and g_a is
+        then the gain of that one shared tensor, counted once in the bound.
     """
 
     name: str
@@ -71,6 +74,7 @@ class LayerPrecision:
     num_dots: int
     num_weights: int
     num_inputs: int
+    act_group: str = ""
 
     @property
     def weight_step(self) -> float:
@@ -128,8 +132,19 @@ class PrecisionPlan:
         return min(min(l.weight_bits, l.act_bits) for l in self.layers)
 
     def bound(self) -> float:
-        """Analytic mismatch bound sum_T 4^(1-B_T) G_T (probability)."""
-        return float(sum(l.weight_term + l.act_term for l in self.layers))
+        """Analytic mismatch bound sum_T 4^(1-B_T) G_T (probability).
+
+        A shared input tensor (``act_group``) is one tensor T: its term is
+        counted once.
+        """
+        seen = set()
+        total = 0.0
+        for l in self.layers:
+            total += l.weight_term
+            if not l.act_group or l.act_group not in seen:
+                total += l.act_term
+                seen.add(l.act_group)
+        return float(total)
 
     def cost(self) -> cost_lib.PlanCost:
         """Computational (full adders) and representational (bits) cost."""
@@ -139,7 +154,11 @@ class PrecisionPlan:
                   method: str = None) -> "PrecisionPlan":
         """A copy with some layers' bits replaced (name -> bits)."""
         weight_bits = weight_bits or {}
-        act_bits = act_bits or {}
+        act_bits = dict(act_bits or {})
+        for l in self.layers:          # a shared input changes for all readers
+            if l.name in act_bits and l.act_group:
+                for other in l.act_group.split("+"):
+                    act_bits.setdefault(other, act_bits[l.name])
         layers = tuple(dataclasses.replace(
             l, weight_bits=int(weight_bits.get(l.name, l.weight_bits)),
             act_bits=int(act_bits.get(l.name, l.act_bits))) for l in self.layers)
@@ -170,6 +189,14 @@ class PrecisionPlan:
                         and math.log2(r) == round(math.log2(r))):
                     raise PlanError(f"layer {l.name!r}: {f}={r!r} is not a "
                                     "positive power of two")
+            if l.act_group:
+                first = next(m for m in self.layers if m.act_group == l.act_group)
+                for f in ("act_bits", "act_range", "act_signed", "g_a"):
+                    if getattr(first, f) != getattr(l, f):
+                        raise PlanError(
+                            f"layers {first.name!r} and {l.name!r} read the same "
+                            f"input tensor but differ in {f} "
+                            f"({getattr(first, f)} vs {getattr(l, f)})")
             for f in ("g_w", "g_a"):
                 g = getattr(l, f)
                 if not (isinstance(g, (int, float)) and g >= 0 and math.isfinite(g)):
@@ -227,7 +254,7 @@ class PrecisionPlan:
         for i, ld in enumerate(d.get("layers") or []):
             if not isinstance(ld, dict):
                 raise PlanError(f"plan layer #{i} is not an object")
-            missing = [f for f in fields if f not in ld]
+            missing = [f for f in fields if f not in ld and f != "act_group"]
             if missing:
                 raise PlanError(f"plan layer #{i} ({ld.get('name', '?')!r}) "
                                 f"lacks fields {missing}")
@@ -303,9 +330,10 @@ def _layers_at(gains, weight_bits: Sequence[int], act_bits: Sequence[int]) -> tu
     return tuple(LayerPrecision(
         name=g.name, layer_class=g.layer_class, weight_bits=int(bw),
         act_bits=int(ba), weight_range=g.r_w, act_range=g.r_a,
-        act_signed=g.act_signed, g_w=g.g_w, g_a=g.g_a,
+        act_signed=g.act_signed, g_w=g.g_w, g_a=g.g_a_shared,
         dot_length=g.dot_length, num_dots=g.num_dots,
-        num_weights=g.num_weights, num_inputs=g.num_inputs)
+        num_weights=g.num_weights, num_inputs=g.num_inputs,
+        act_group=g.act_group)
         for g, bw, ba in zip(gains.layers, weight_bits, act_bits))
 
 
@@ -314,9 +342,21 @@ def _bound(gw, ga, bw, ba) -> float:
                  + np.sum(4.0 ** (1 - np.asarray(ba, float)) * ga))
 
 
+def _leads(gains) -> np.ndarray:
+    """Index of the first reader of each layer's input tensor (itself if the
+    input is not shared)."""
+    first: dict = {}
+    return np.array([first.setdefault(g.act_group or i, i)
+                     for i, g in enumerate(gains.layers)], int)
+
+
 def _gain_arrays(gains):
+    """Per-layer G_W and activation gains with a shared tensor's gain held
+    by its first reader only (so plain sums give the bound)."""
     gw = np.array([g.g_w for g in gains.layers], float)
-    ga = np.array([g.g_a for g in gains.layers], float)
+    lead = _leads(gains)
+    ga = np.array([g.g_a_shared if lead[i] == i else 0.0
+                   for i, g in enumerate(gains.layers)], float)
     return gw, ga
 
 
@@ -331,7 +371,8 @@ def paper_offsets(gains) -> tuple:
     """Offsets b_T = round(log2 sqrt(G_T / G_min)) for weights and activations.
 
     G_min is the smallest positive normalized gain over all weight and
-    activation tensors; tensors with zero gain get offset 0.
+    activation tensors; tensors with zero gain get offset 0.  Layers that
+    read one shared input tensor get that tensor's offset.
     """
     gw, ga = _gain_arrays(gains)
     allg = np.concatenate([gw, ga])
@@ -343,7 +384,7 @@ def paper_offsets(gains) -> tuple:
     def off(g):
         return np.array([_round_half_up(0.5 * math.log2(v / gmin)) if v > 0 else 0
                          for v in g], int)
-    return off(gw), off(ga)
+    return off(gw), off(ga)[_leads(gains)]
 
 
 def paper_plan(gains, target: float = DEFAULT_TARGET, b_min: Optional[int] = None,
@@ -475,17 +516,26 @@ def _total_cost(tabs, bw, ba) -> float:
     return float(sum(t[w, a] for t, w, a in zip(tabs, bw, ba)))
 
 
-def _descend(tabs, gw, ga, bw, ba, target, max_bits):
-    """Greedy: remove one bit at a time, best cost saved per bound added."""
+def _members(lead) -> list:
+    """For each layer i: the layers whose activation bits move with i's."""
+    return [np.flatnonzero(lead == lead[i]) for i in range(len(lead))]
+
+
+def _descend(tabs, gw, ga, bw, ba, target, max_bits, lead):
+    """Greedy: remove one bit at a time, best cost saved per bound added.
+
+    An activation move on a shared input lowers it for all its readers.
+    """
     bw = np.array(bw, int)
     ba = np.array(ba, int)
     n = len(bw)
+    members = _members(lead)
     cur = _bound(gw, ga, bw, ba)
     while True:
         best = None
         for which, arr, g in (("w", bw, gw), ("a", ba, ga)):
             for i in range(n):
-                if arr[i] <= MIN_BITS:
+                if arr[i] <= MIN_BITS or (which == "a" and lead[i] != i):
                     continue
                 dbound = g[i] * (4.0 ** (1 - (arr[i] - 1)) - 4.0 ** (1 - arr[i]))
                 if cur + dbound > target * (1 + 1e-12):
@@ -493,7 +543,8 @@ def _descend(tabs, gw, ga, bw, ba, target, max_bits):
                 if which == "w":
                     dcost = tabs[i][bw[i], ba[i]] - tabs[i][bw[i] - 1, ba[i]]
                 else:
-                    dcost = tabs[i][bw[i], ba[i]] - tabs[i][bw[i], ba[i] - 1]
+                    dcost = sum(tabs[j][bw[j], ba[j]] - tabs[j][bw[j], ba[j] - 1]
+                                for j in members[i])
                 if dcost <= 0 and dbound > 0:
                     continue
                 score = dcost / dbound if dbound > 0 else math.inf
@@ -502,25 +553,34 @@ def _descend(tabs, gw, ga, bw, ba, target, max_bits):
         if best is None:
             return bw, ba
         _, which, i, dbound = best
-        (bw if which == "w" else ba)[i] -= 1
+        if which == "w":
+            bw[i] -= 1
+        else:
+            ba[members[i]] -= 1
         cur += dbound
 
 
-def _improve(tabs, gw, ga, bw, ba, target, max_bits):
+def _improve(tabs, gw, ga, bw, ba, target, max_bits, lead):
     """Local search: raise one tensor by a bit, re-descend; keep if cheaper."""
-    bw, ba = _descend(tabs, gw, ga, bw, ba, target, max_bits)
+    bw, ba = _descend(tabs, gw, ga, bw, ba, target, max_bits, lead)
     best = _total_cost(tabs, bw, ba)
+    members = _members(lead)
     improved = True
     while improved:
         improved = False
         for which in ("w", "a"):
             for i in range(len(bw)):
+                if which == "a" and lead[i] != i:
+                    continue
                 tw, ta = bw.copy(), ba.copy()
                 arr = tw if which == "w" else ta
                 if arr[i] >= max_bits:
                     continue
-                arr[i] += 1
-                tw, ta = _descend(tabs, gw, ga, tw, ta, target, max_bits)
+                if which == "w":
+                    tw[i] += 1
+                else:
+                    ta[members[i]] += 1
+                tw, ta = _descend(tabs, gw, ga, tw, ta, target, max_bits, lead)
                 c = _total_cost(tabs, tw, ta)
                 if c < best - 1e-9:
                     bw, ba, best, improved = tw, ta, c, True
@@ -592,7 +652,8 @@ def cost_aware_plan(gains, target: float = DEFAULT_TARGET, cost: str = "compute"
     sum_T 4^(1-B_T) G_T <= target, B_T in [2, max_bits].  Candidates: a
     multiple-choice knapsack solved by dynamic programming over the bound
     budget (exact up to rounding the budget into 2000 parts), the
-    Lagrangian relaxation (per-layer exact minimization of cost + lambda *
+    Lagrangian relaxation (these two only when no layers share an input
+    tensor, since they optimize layer by layer) (per-layer exact minimization of cost + lambda *
     bound, lambda bisected to the target) and the paper's and uniform plans,
     each followed by a greedy descent that removes the bit with the best
     cost saved per bound added while the target holds, and a local search
@@ -612,6 +673,8 @@ def cost_aware_plan(gains, target: float = DEFAULT_TARGET, cost: str = "compute"
             f"even {max_bits} bits for every tensor gives a bound of "
             f"{_bound(gw, ga, top, top):.3g} > target {target:.3g}.")
     tabs = _layer_costs(gains, cost)
+    lead = _leads(gains)
+    independent = bool(np.all(lead == np.arange(n)))
     cands = []
     for make in (lambda: paper_plan(gains, target, max_bits=max_bits),
                  lambda: uniform_plan(gains, target, max_bits=max_bits)):
@@ -621,10 +684,11 @@ def cost_aware_plan(gains, target: float = DEFAULT_TARGET, cost: str = "compute"
             continue
         cands.append((np.array([l.weight_bits for l in p.layers]),
                       np.array([l.act_bits for l in p.layers])))
-    # Lagrangian: bisection on lambda in log space.
+    # Lagrangian: bisection on lambda in log space (per-layer minimization:
+    # only when no layers share an input tensor).
     lo, hi = -30.0, 60.0
     best_lag = None
-    for _ in range(80):
+    for _ in range(80 if independent else 0):
         mid = 0.5 * (lo + hi)
         bw, ba = _lagrangian(tabs, gw, ga, 10.0 ** mid, max_bits)
         if _bound(gw, ga, bw, ba) <= target:
@@ -634,13 +698,13 @@ def cost_aware_plan(gains, target: float = DEFAULT_TARGET, cost: str = "compute"
             lo = mid
     if best_lag is not None:
         cands.append(best_lag)
-    knap = _knapsack(tabs, gw, ga, target, max_bits)
+    knap = _knapsack(tabs, gw, ga, target, max_bits) if independent else None
     if knap is not None:
         cands.append(knap)
     cands.append((top, top))
     results = []
     for bw, ba in cands:
-        bw2, ba2 = _improve(tabs, gw, ga, bw, ba, target, max_bits)
+        bw2, ba2 = _improve(tabs, gw, ga, bw, ba, target, max_bits, lead)
         results.append((_total_cost(tabs, bw2, ba2), _bound(gw, ga, bw2, ba2),
                         bw2, ba2))
     results.sort(key=lambda r: (r[0], r[1]))

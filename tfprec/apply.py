@@ -1,0 +1,311 @@
+"""Builds the fake-quant (quantization-aware) model of a precision plan.
+
+:func:`quantize_model` turns a trained float classifier and a
+:class:`~tfprec.plan.PrecisionPlan` into a tf_keras model that computes
+exactly the fixed-point network of METHOD.md section 1:
+
+1. the plan is checked against the model (layer names, classes, geometry;
+   every bit-width in 2..16);
+2. a clone of the model is rebuilt with every inference BatchNormalization
+   folded into the preceding weight layer (the plan's weight ranges are for
+   the folded weights), the user's model is only read;
+3. an :class:`~tfprec.configs.InputQuantizer` is inserted in front of every
+   weight layer and annotated with the plan's input format (B_A, R_A,
+   signed), every weight layer is annotated with its weight format (B_W,
+   R_W) for kernel and bias, and ``tfmot.quantization.keras.quantize_apply``
+   wraps them, with :class:`~tfprec.configs.FixedPointQuantizeScheme` so no
+   other layer is quantized.
+
+The weight layers of the fake-quant model carry no weight regularizers,
+constraints or custom initializers (they were stated for the unfolded
+weights, and custom ones would make the model unloadable); add them
+yourself before fine-tuning if needed.
+
+A final softmax is kept; when it is the activation of the last weight layer
+it becomes a separate ``Activation("softmax")`` layer named
+``<layer>_softmax`` so that :func:`logits_model` can expose the pre-softmax
+logits.
+
+The result trains with ``compile``/``fit`` (straight-through gradients, the
+float "shadow" kernel and bias are the trainable variables) and saves with
+``model.save`` (HDF5 ``.h5`` or Keras ``.keras``); load it under
+:func:`tfprec.configs.quantize_scope`.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from tfprec._tf import keras  # selects Keras 2 before TFMOT is imported
+from tfprec.configs import (FixedPointQuantizeConfig, FixedPointQuantizeScheme,
+                            InputQuantizeConfig, InputQuantizer, quantize_scope)
+from tfprec.errors import PlanError, UnsupportedModelError
+from tfprec.fixedpoint import MAX_BITS, MIN_BITS
+from tfprec.graph import parse_model
+
+import tensorflow_model_optimization as tfmot  # noqa: E402
+
+L = keras.layers
+_WEIGHT_CLASSES = (L.Dense, L.Conv2D, L.DepthwiseConv2D)
+
+INPUT_SUFFIX = "_input_quant"
+SOFTMAX_SUFFIX = "_softmax"
+PREFIX = "quant_"
+
+
+def check_plan_bits(plan) -> None:
+    """Raises PlanError naming the layer if a bit-width is outside 2..16."""
+    for lp in plan.layers:
+        for field in ("weight_bits", "act_bits"):
+            b = getattr(lp, field)
+            if (isinstance(b, bool) or not isinstance(b, (int, np.integer))
+                    or not MIN_BITS <= b <= MAX_BITS):
+                raise PlanError(
+                    f"layer {lp.name!r}: {field}={b!r} is outside the "
+                    f"supported {MIN_BITS}..{MAX_BITS} bits; tfprec's "
+                    "fake-quant model cannot realize it")
+
+
+def _flat(x):
+    if isinstance(x, (list, tuple)):
+        return [t for e in x for t in _flat(e)]
+    return [x]
+
+
+def _activation_name(layer) -> str:
+    fn = getattr(layer, "activation", None)
+    if fn is None:
+        return "linear"
+    return getattr(fn, "__name__", str(fn))
+
+
+def _rebuild(model, plan=None, split_softmax: bool = True):
+    """Functional clone of ``model`` with BatchNormalization folded.
+
+    With ``plan``, weight layers and new InputQuantizer layers are wrapped in
+    TFMOT ``QuantizeAnnotate`` with the plan's configs.
+    """
+    graph = parse_model(model)   # raises UnsupportedModelError
+    wops = {op.name: op for op in graph.weight_ops}
+    folded_bn = {op.attrs["folded_bn"] for op in graph.weight_ops
+                 if "folded_bn" in op.attrs}
+    taken = {l.name for l in model.layers}
+    taken.update(t._keras_history.layer.name for t in model.inputs)
+
+    def unique(name: str) -> str:
+        base, i = name, 1
+        while name in taken:
+            name = f"{base}_{i}"
+            i += 1
+        taken.add(name)
+        return name
+
+    in_t = model.inputs[0]
+    in_layer = in_t._keras_history.layer
+    new_in = keras.Input(batch_shape=tuple(in_t.shape), dtype=in_t.dtype,
+                         name=in_layer.name)
+    tmap = {id(in_t): new_in}
+    out_t = model.outputs[0]
+    depth_keys = sorted(model._nodes_by_depth.keys(), reverse=True)
+    nodes = [n for d in depth_keys for n in model._nodes_by_depth[d]]
+    to_set = []
+    for node in nodes:
+        if node.is_input:
+            continue
+        layer = node.layer
+        ins = [tmap[id(t)] for t in _flat(node.keras_inputs)]
+        outs = _flat(node.outputs)
+        if layer.name in folded_bn:
+            tmap[id(outs[0])] = ins[0]
+            continue
+        if type(layer) in _WEIGHT_CLASSES:
+            op = wops[layer.name]
+            with warnings.catch_warnings():
+                # custom / lambda constraints warn when serialized; they are
+                # dropped below anyway
+                warnings.simplefilter("ignore", UserWarning)
+                cfg = layer.get_config()
+            cfg["use_bias"] = op.attrs["bias"] is not None
+            for key in list(cfg):
+                # weights are set below; regularizers and constraints were
+                # stated for the unfolded weights (and custom ones would make
+                # the clone unloadable), so none are carried over
+                if key.endswith(("_regularizer", "_constraint")):
+                    cfg[key] = None
+                elif key.endswith("_initializer"):
+                    cfg[key] = "zeros" if key.startswith("bias") else "glorot_uniform"
+            split = (split_softmax and _activation_name(layer) == "softmax"
+                     and outs[0] is out_t)
+            if split:
+                cfg["activation"] = "linear"
+            new = type(layer).from_config(cfg)
+            x = ins[0]
+            call = new
+            if plan is not None:
+                lp = plan.layer(layer.name)
+                iq = InputQuantizer(target=layer.name,
+                                    name=unique(layer.name + INPUT_SUFFIX),
+                                    dtype=layer.dtype)
+                x = tfmot.quantization.keras.quantize_annotate_layer(
+                    iq, InputQuantizeConfig(int(lp.act_bits), float(lp.act_range),
+                                            bool(lp.act_signed)))(x)
+                call = tfmot.quantization.keras.quantize_annotate_layer(
+                    new, FixedPointQuantizeConfig(int(lp.weight_bits),
+                                                  float(lp.weight_range)))
+            y = call(x)
+            dt = np.dtype(layer.dtype)
+            w = [op.attrs["kernel"].astype(dt)]
+            if op.attrs["bias"] is not None:
+                w.append(op.attrs["bias"].astype(dt))
+            to_set.append((new, w))
+            if split:
+                y = L.Activation("softmax", name=unique(layer.name + SOFTMAX_SUFFIX),
+                                 dtype=layer.dtype)(y)
+        else:
+            new = type(layer).from_config(layer.get_config())
+            y = new(ins if isinstance(layer, (L.Add, L.Concatenate)) else ins[0])
+        tmap[id(outs[0])] = y
+    for new, w in to_set:
+        new.set_weights(w)
+    return keras.Model(new_in, tmap[id(out_t)], name=model.name)
+
+
+def fold_batchnorm(model, split_softmax: bool = False) -> keras.Model:
+    """Float functional clone of ``model`` with BatchNormalization folded.
+
+    Each BatchNormalization that follows a weight layer is merged into that
+    layer's kernel and bias (folded in float64, stored in the layer dtype):
+    W' = W * gamma / sqrt(var + eps), b' = (b - mean) * gamma /
+    sqrt(var + eps) + beta.  Outputs equal the model's in inference mode up
+    to float rounding.  ``model`` is not modified.
+
+    Args:
+      model: a tf_keras Sequential or functional classifier supported by
+        :func:`tfprec.graph.parse_model`.
+      split_softmax: make a softmax activation of the last weight layer a
+        separate ``Activation`` layer (``<layer>_softmax``).
+
+    Raises:
+      UnsupportedModelError: the model cannot be analyzed.
+    """
+    return _rebuild(model, None, split_softmax)
+
+
+def quantize_model(model, plan) -> keras.Model:
+    """Fake-quant tf_keras model realizing ``plan`` on ``model``.
+
+    Every weight layer's kernel and bias (BN folded) are rounded to B_W-bit
+    signed fixed point on [-R_W, R_W) (step R_W 2^(1-B_W)), and its input
+    activation to B_A bits on [-R_A, R_A) or [0, 2 R_A) (step R_A 2^(1-B_A)),
+    with round-half-up and saturation (METHOD.md section 1); everything else
+    runs in float.  Gradients are straight-through, so the returned model can
+    be fine-tuned with ``compile``/``fit``.
+
+    Args:
+      model: the trained float tf_keras classifier (Sequential or
+        functional).  It is not modified: weights, layers and compile state
+        are left as they are.
+      plan: a :class:`~tfprec.plan.PrecisionPlan` made for this model.
+
+    The fake-quant model computes in the float type of the model's input
+    (float32 models stay float32, float64 models float64).
+
+    Returns:
+      A new functional ``keras.Model`` (TFMOT ``QuantizeWrapperV2`` layers
+      named ``quant_<layer>`` for the weight layers and
+      ``quant_<layer>_input_quant`` for their input quantizers; see
+      :func:`weight_layer` and :func:`input_quantizer_layer`).  A final softmax
+      is kept.  Use :func:`logits_model` for the pre-softmax logits.
+
+    Raises:
+      PlanError: the plan does not match the model (names, order, classes or
+        geometry), or a bit-width is outside 2..16, or a range is not a
+        power of two.  The message names the layer.
+      UnsupportedModelError: the model cannot be analyzed.
+    """
+    plan.validate_for(model)
+    check_plan_bits(plan)
+    plan.check()
+    dtype = model.inputs[0].dtype
+    floatx = keras.backend.floatx()
+    try:
+        # TFMOT creates its wrappers with the default float type; make it
+        # the model's so a float64 model stays float64 end to end
+        if dtype.is_floating:
+            keras.backend.set_floatx(dtype.name)
+        with quantize_scope():
+            annotated = _rebuild(model, plan, split_softmax=True)
+            qmodel = tfmot.quantization.keras.quantize_apply(
+                annotated, scheme=FixedPointQuantizeScheme(),
+                quantized_layer_name_prefix=PREFIX)
+    finally:
+        keras.backend.set_floatx(floatx)
+    return qmodel
+
+
+def logits_model(model) -> keras.Model:
+    """Model sharing ``model``'s layers that outputs the pre-softmax logits.
+
+    If the output is produced by an ``Activation("softmax")`` or ``Softmax``
+    layer, returns a model up to that layer's input; otherwise returns
+    ``model`` itself (its output already is the logits).  Works for float
+    models and for :func:`quantize_model` results.
+
+    Raises:
+      UnsupportedModelError: the output is the softmax activation of a weight
+        layer (use :func:`fold_batchnorm` with ``split_softmax=True`` first).
+    """
+    out_layer, node_index, _ = model.outputs[0]._keras_history
+    inner = getattr(out_layer, "layer", out_layer)  # unwrap a TFMOT wrapper
+    if isinstance(inner, L.Softmax) or (
+            isinstance(inner, L.Activation) and _activation_name(inner) == "softmax"):
+        # the node of *this* model: TFMOT reuses unwrapped layer objects
+        node = out_layer._inbound_nodes[node_index]
+        return keras.Model(model.inputs, _flat(node.keras_inputs)[0],
+                           name=model.name + "_logits")
+    if _activation_name(inner) == "softmax":
+        raise UnsupportedModelError(
+            f"the output of model '{model.name}' is the softmax activation of "
+            f"layer '{inner.name}'; its logits are not a tensor of the model. "
+            "Use tfprec.apply.fold_batchnorm(model, split_softmax=True).")
+    return model
+
+
+def input_quantizer_layer(qmodel, name: str):
+    """The ``QuantizeWrapperV2`` that quantizes weight layer ``name``'s input.
+
+    Raises:
+      ValueError: ``qmodel`` has no input quantizer for a layer ``name``.
+    """
+    for layer in qmodel.layers:
+        inner = getattr(layer, "layer", None)
+        if isinstance(inner, InputQuantizer) and inner.target == name:
+            return layer
+    raise ValueError(f"model '{qmodel.name}' has no input quantizer for a "
+                     f"weight layer named {name!r}")
+
+
+def weight_layer(qmodel, name: str):
+    """The ``QuantizeWrapperV2`` of weight layer ``name`` in a fake-quant model."""
+    return qmodel.get_layer(PREFIX + name)
+
+
+def shadow_weights(qmodel, name: str) -> list:
+    """The float "shadow" [kernel, bias] variables of weight layer ``name``.
+
+    These are what fine-tuning updates (BN folded, in the layer's units);
+    the layer computes with their quantized values, see
+    :func:`quantized_weights`.
+    """
+    return [v for v, _, _ in weight_layer(qmodel, name)._weight_vars]
+
+
+def quantized_weights(qmodel, name: str) -> list:
+    """Current quantized [kernel, bias] of weight layer ``name`` (numpy).
+
+    Rounds the wrapper's float shadow variables with its quantizers; values
+    are multiples of the layer's step R_W 2^(1-B_W).
+    """
+    wrapper = weight_layer(qmodel, name)
+    return [np.asarray(q(v, False, {})) for v, q, _ in wrapper._weight_vars]

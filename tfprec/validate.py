@@ -1,0 +1,252 @@
+"""Measured mismatch of a plan against its analytic bound (METHOD.md section 6).
+
+:func:`validate` runs the float model and the fake-quant model of a plan
+(:func:`tfprec.apply.quantize_model`) on held-out inputs and reports the
+fraction of examples whose decision (argmax) differs, next to the plan's
+bound p_m <= sum_T 4^(1-B_T) G_T, the accuracies when labels are given, and
+the plan's costs.  :func:`sweep` does this for a range of precision levels
+of the paper's rule and the two baselines, with one float pass shared by all
+plans, and :func:`to_markdown` tabulates the rows.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+
+from tfprec._tf import tf
+from tfprec import plan as plan_lib
+from tfprec.apply import logits_model, quantize_model
+from tfprec.errors import InvalidDataError, PlanError, UnattainableTargetError
+
+METHODS = ("paper", "uniform", "icml2017")
+LEVEL_NAMES = {"paper": "B_min", "uniform": "B", "icml2017": "B_A"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationResult:
+    """Float vs fake-quant comparison of one plan.
+
+    Attributes:
+      method: the plan's method ("paper", "uniform", "icml2017", ...).
+      b_min: smallest bit-width over all tensors of the plan (bits).
+      bound: analytic mismatch bound of the plan (probability; may exceed 1).
+      num_examples: examples evaluated.
+      num_mismatch: examples whose fake-quant decision differs from the
+        float decision.
+      mismatch_rate: num_mismatch / num_examples (fraction in [0, 1]).
+      float_accuracy: fraction of examples the float model classifies
+        correctly, in [0, 1]; None without labels.
+      quant_accuracy: same for the fake-quant model; None without labels.
+      compute_cost: computational cost, 1-bit full adders per example.
+      memory_cost: representational cost, bits.
+      level: the sweep level (B_min for "paper", B for "uniform", B_A for
+        "icml2017"); None outside :func:`sweep`.
+    """
+
+    method: str
+    b_min: int
+    bound: float
+    num_examples: int
+    num_mismatch: int
+    mismatch_rate: float
+    float_accuracy: Optional[float]
+    quant_accuracy: Optional[float]
+    compute_cost: float
+    memory_cost: float
+    level: Optional[int] = None
+
+    @property
+    def bound_holds(self) -> bool:
+        """Whether the measured mismatch rate is at most the bound."""
+        return self.mismatch_rate <= self.bound
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ------------------------------------------------------------------ data
+def _inputs(model, x) -> np.ndarray:
+    if isinstance(x, (list, tuple)) or not hasattr(x, "shape"):
+        raise InvalidDataError("pass inputs as one numpy array [N, ...].")
+    x = np.asarray(x)
+    want = tuple(model.inputs[0].shape[1:])
+    if x.ndim < 1 or x.dtype.kind not in "fiub" or tuple(x.shape[1:]) != want:
+        raise InvalidDataError(
+            f"inputs have dtype {x.dtype} and per-example shape "
+            f"{tuple(x.shape[1:])}; the model expects numbers of shape {want}.")
+    if len(x) == 0:
+        raise InvalidDataError("no examples to validate on.")
+    x = x.astype(model.inputs[0].dtype.as_numpy_dtype, copy=False)
+    if not np.all(np.isfinite(x)):
+        raise InvalidDataError("inputs contain NaN or Inf.")
+    return x
+
+
+def _labels(y, n: int) -> Optional[np.ndarray]:
+    if y is None:
+        return None
+    y = np.asarray(y)
+    if y.ndim == 2:               # one-hot / probabilities
+        y = y.argmax(axis=1)
+    if y.ndim != 1 or len(y) != n or y.dtype.kind not in "iu":
+        raise InvalidDataError(
+            f"labels must be {n} integer class ids (or {n} one-hot rows); "
+            f"got dtype {y.dtype} and shape {y.shape}.")
+    return y.astype(np.int64)
+
+
+def _check_batch(batch_size) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidDataError(f"batch_size must be a positive int, got {batch_size!r}")
+    return batch_size
+
+
+def _decisions(model, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """argmax of ``model``'s output over batches, in the model's dtype.
+
+    (``Model.predict`` would cast float64 inputs to ``floatx``.)
+    """
+    batch_size = _check_batch(batch_size)
+    dtype = model.inputs[0].dtype
+    fn = tf.function(lambda t: tf.argmax(model(t, training=False), axis=1),
+                     input_signature=[tf.TensorSpec([None, *x.shape[1:]], dtype)])
+    out = [fn(tf.constant(x[s:s + batch_size], dtype)).numpy()
+           for s in range(0, len(x), batch_size)]
+    return np.concatenate(out).astype(np.int64)
+
+
+def float_decisions(model, x, batch_size: int = 256) -> np.ndarray:
+    """Argmax decisions (int64 [N]) of the float model (one batched pass).
+
+    The argmax of a final softmax equals the argmax of its logits, so the
+    model's own output is used.
+    """
+    return _decisions(model, _inputs(model, x), batch_size)
+
+
+def quant_decisions(model, plan, x, batch_size: int = 256) -> np.ndarray:
+    """Argmax decisions (int64 [N]) of the fake-quant model of ``plan``
+    (on its pre-softmax logits)."""
+    x = _inputs(model, x)
+    return _decisions(logits_model(quantize_model(model, plan)), x, batch_size)
+
+
+def _result(plan, fdec, qdec, y, level=None) -> ValidationResult:
+    n = len(fdec)
+    mis = int(np.sum(fdec != qdec))
+    cost = plan.cost()
+    return ValidationResult(
+        method=plan.method, b_min=int(plan.b_min), bound=float(plan.bound()),
+        num_examples=n, num_mismatch=mis, mismatch_rate=mis / n,
+        float_accuracy=None if y is None else float(np.mean(fdec == y)),
+        quant_accuracy=None if y is None else float(np.mean(qdec == y)),
+        compute_cost=float(cost.total_compute),
+        memory_cost=float(cost.total_memory), level=level)
+
+
+# ------------------------------------------------------------- public API
+def validate(model, plan, x, y=None, batch_size: int = 256) -> ValidationResult:
+    """Measures the float vs fixed-point decision mismatch of ``plan``.
+
+    Args:
+      model: the trained float tf_keras classifier (only read).
+      plan: a :class:`~tfprec.plan.PrecisionPlan` made for ``model``.
+      x: held-out inputs, numpy [N, ...], in the units the model expects.
+      y: optional labels: N integer class ids or N one-hot rows.  Without
+        them the accuracies are None.
+      batch_size: examples per batch of each pass.
+
+    Returns:
+      A :class:`ValidationResult` (mismatch rate and accuracies as fractions
+      in [0, 1], bound as a probability, costs in full adders and bits).
+
+    Raises:
+      PlanError: the plan does not match the model or has bad bit-widths.
+      InvalidDataError: inputs or labels are empty, mis-shaped or not finite.
+    """
+    x = _inputs(model, x)
+    y = _labels(y, len(x))
+    fdec = float_decisions(model, x, batch_size)
+    qdec = quant_decisions(model, plan, x, batch_size)
+    return _result(plan, fdec, qdec, y)
+
+
+def plan_at_level(gains, method: str, level: int) -> plan_lib.PrecisionPlan:
+    """The plan of ``method`` at precision ``level`` (bits).
+
+    ``level`` is B_min for "paper", the common B for "uniform" and B_A for
+    "icml2017".
+
+    Raises:
+      PlanError: unknown method.
+      UnattainableTargetError: the level puts a tensor outside 2..16 bits.
+    """
+    if method == "paper":
+        return plan_lib.paper_plan(gains, b_min=int(level))
+    if method == "uniform":
+        return plan_lib.uniform_plan(gains, bits=int(level))
+    if method == "icml2017":
+        return plan_lib.icml2017_plan(gains, act_bits=int(level))
+    raise PlanError(f"unknown plan method {method!r}; choose from {METHODS}")
+
+
+def sweep(model, gains, x, y=None, b_mins: Iterable[int] = range(2, 13),
+          methods: Sequence[str] = METHODS, batch_size: int = 256) -> list:
+    """Validates the plans of several methods over a range of levels.
+
+    One float pass is shared by all plans; each plan gets one batched
+    fake-quant pass.  Levels whose plan would need a tensor outside 2..16
+    bits are skipped.
+
+    Args:
+      model: the trained float classifier (only read).
+      gains: :class:`tfprec.NoiseGains` of ``model``.
+      x, y: held-out inputs and optional labels (see :func:`validate`).
+      b_mins: precision levels in bits: B_min for "paper", B for "uniform",
+        B_A for "icml2017".
+      methods: any of "paper", "uniform", "icml2017".
+      batch_size: examples per batch.
+
+    Returns:
+      A list of :class:`ValidationResult`, one per (method, level) that
+      exists, in the order of ``methods`` then ``b_mins``; ``level`` is set.
+    """
+    for m in methods:
+        if m not in METHODS:
+            raise PlanError(f"unknown plan method {m!r}; choose from {METHODS}")
+    x = _inputs(model, x)
+    y = _labels(y, len(x))
+    fdec = float_decisions(model, x, batch_size)
+    rows = []
+    for method in methods:
+        for level in b_mins:
+            try:
+                plan = plan_at_level(gains, method, level)
+            except UnattainableTargetError:
+                continue
+            qdec = quant_decisions(model, plan, x, batch_size)
+            rows.append(_result(plan, fdec, qdec, y, level=int(level)))
+    return rows
+
+
+def _fmt(v, spec: str) -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def to_markdown(rows: Sequence[ValidationResult]) -> str:
+    """Markdown table of validation rows (bound and mismatch as fractions,
+    accuracies in percent, compute in full adders, memory in bits)."""
+    head = ("| method | level | B_min | bound | mismatch | # mismatch | "
+            "float acc % | quant acc % | compute (FA) | memory (bits) |")
+    sep = "|" + "---|" * 10
+    lines = [head, sep]
+    for r in rows:
+        lines.append(
+            f"| {r.method} | {_fmt(r.level, 'd')} | {r.b_min} | {r.bound:.3g} | "
+            f"{r.mismatch_rate:.4f} | {r.num_mismatch}/{r.num_examples} | "
+            f"{_fmt(None if r.float_accuracy is None else 100 * r.float_accuracy, '.2f')} | "
+            f"{_fmt(None if r.quant_accuracy is None else 100 * r.quant_accuracy, '.2f')} | "
+            f"{r.compute_cost:.4g} | {r.memory_cost:.4g} |")
+    return "\n".join(lines) + "\n"
