@@ -55,6 +55,8 @@ def make_plan(model, x, spec):
     sub = keras.Model(model.inputs, [model.get_layer(n).input for n in names])
     ins = sub.predict(x, verbose=0)
     ins = ins if isinstance(ins, list) else [ins]
+    from tfprec.gains import layer_geometry
+    geo = {g["name"]: g for g in layer_geometry(model)}
     layers = []
     for n, a in zip(names, ins):
         k, b = folded(model, n)
@@ -65,7 +67,8 @@ def make_plan(model, x, spec):
                     weight_range=pow2_ceil(max(np.abs(k).max(), np.abs(b).max())),
                     act_range=r_a, act_signed=signed,
                     num_weights=int(k.size + b.size), num_inputs=int(np.prod(a.shape[1:])),
-                    g_w=0.0, g_a=0.0, dot_length=1, num_dots=1)
+                    g_w=0.0, g_a=0.0, dot_length=geo[n]["dot_length"],
+                    num_dots=geo[n]["num_dots"])
         fields = {f.name for f in dataclasses.fields(plan_mod.LayerPrecision)}
         layers.append(plan_mod.LayerPrecision(**{k_: v for k_, v in vals.items()
                                                  if k_ in fields}))

@@ -79,6 +79,7 @@ from tfprec._tf import keras, tf
 from tfprec.errors import ExportError, TfprecError
 from tfprec.fixedpoint import MAX_BITS, MIN_BITS, int_limits, quantize, quantize_int
 from tfprec.graph import WEIGHT_KINDS, parse_model
+from tfprec.simulate import _run as _simulate, simulate_logits
 
 __all__ = ["ExportReport", "LayerExport", "export_tflite", "tflite_predict",
            "agreement", "simulate_plan"]
@@ -534,59 +535,6 @@ class ExportReport:
 # --------------------------------------------------------------------------
 # Fixed-point simulation of a plan (float64)
 # --------------------------------------------------------------------------
-def _sim_forward(graph, fmts, x, record=None):
-    """Logits of the plan's fixed-point network (float64 TF ops).
-
-    ``record`` (dict) receives each weight layer's quantized input codes.
-    """
-    f64 = tf.float64
-    vals = {graph.input_id: tf.constant(np.asarray(x, np.float64))}
-    for op in graph.ops:
-        ins = [vals[i] for i in op.inputs]
-        a = ins[0] if ins else None
-        if op.kind in WEIGHT_KINDS:
-            fw, fa = fmts[op.name]
-            codes = quantize_int(a.numpy(), fa.bits, fa.range, fa.signed)
-            if record is not None:
-                record[op.name] = codes
-            aq = tf.constant(codes * fa.step, f64)
-            k = tf.constant(quantize(op.attrs["kernel"], fw.bits, fw.range, True), f64)
-            if op.kind == "dense":
-                y = tf.matmul(aq, k)
-            elif op.kind == "conv2d":
-                y = tf.nn.conv2d(aq, k, [1, *op.attrs["strides"], 1], op.attrs["padding"])
-            else:
-                y = tf.nn.depthwise_conv2d(aq, k, [1, *op.attrs["strides"], 1],
-                                           op.attrs["padding"])
-            if op.attrs.get("bias") is not None:
-                y = y + tf.constant(quantize(op.attrs["bias"], fw.bits, fw.range, True), f64)
-        elif op.kind == "act":
-            y = a
-            if op.attrs.get("fn") == "relu":
-                if op.attrs.get("low") is not None:
-                    y = tf.maximum(y, tf.constant(op.attrs["low"], f64))
-                if op.attrs.get("high") is not None:
-                    y = tf.minimum(y, tf.constant(op.attrs["high"], f64))
-        elif op.kind == "maxpool":
-            y = tf.nn.max_pool2d(a, op.attrs["ksize"], op.attrs["strides"], op.attrs["padding"])
-        elif op.kind == "avgpool":
-            y = tf.nn.avg_pool2d(a, op.attrs["ksize"], op.attrs["strides"], op.attrs["padding"])
-        elif op.kind == "gap":
-            y = tf.reduce_mean(a, axis=[1, 2], keepdims=op.attrs.get("keepdims", False))
-        elif op.kind == "reshape":
-            y = tf.reshape(a, [-1, *graph.shapes[op.output]])
-        elif op.kind == "identity":
-            y = a
-        elif op.kind == "add":
-            y = tf.add_n(ins)
-        elif op.kind == "concat":
-            y = tf.concat(ins, axis=op.attrs["axis"])
-        else:
-            raise ExportError(f"layer {op.name!r}: op kind {op.kind!r} cannot be simulated")
-        vals[op.output] = y
-    return vals[graph.output_id].numpy()
-
-
 def simulate_plan(model, plan, x) -> np.ndarray:
     """Logits of the plan's fixed-point network (float64 reference).
 
@@ -595,8 +543,7 @@ def simulate_plan(model, plan, x) -> np.ndarray:
     else is float64.
     """
     graph = _parse(model)
-    fmts = _plan_formats(graph, plan)
-    return _sim_forward(graph, fmts, _as_input(x, graph, "x"))
+    return simulate_logits(model, plan, _as_input(x, graph, "x"), graph=graph)
 
 
 # --------------------------------------------------------------------------
@@ -1309,8 +1256,10 @@ def export_tflite(model, plan, path, representative_data=None, *,
     except Exception as e:
         raise ExportError(f"the exported model does not run in tf.lite.Interpreter: {e}") from e
 
-    record: dict = {}
-    sim = _sim_forward(graph, fmts, xs, record)
+    values: dict = {}
+    sim = _simulate(graph, plan, xs, values)
+    record = {n: np.floor(v / fmts[n][1].step + 0.5).astype(np.int64)
+              for n, v in values.items()}
     layers = []
     for op in graph.weight_ops:
         rep = real.layers[op.name]
