@@ -172,6 +172,18 @@ class _Engine:
         # Tensors read by several weight layers: one shared quantizer each.
         self.shared = {t: names for t, names in readers.items() if len(names) > 1}
         self.dist_steps: dict = {}      # id(strategy) -> compiled replica step
+        # relu/clip ops read only by a disjoint max-pool: fused into its mask.
+        n_read: dict = {}
+        for op in graph.ops:
+            for i in op.inputs:
+                n_read[i] = n_read.get(i, 0) + 1
+        producer = {op.output: op for op in graph.ops}
+        self.fusable_act = {}
+        for op in graph.ops:
+            src = producer.get(op.inputs[0]) if op.inputs else None
+            if (op.kind == "maxpool" and src is not None and src.kind == "act"
+                    and src.attrs["fn"] != "linear" and n_read[op.inputs[0]] == 1):
+                self.fusable_act[op.name] = src
         shape = [None, *graph.shapes[graph.input_id]]
         self.step = tf.function(self._step, input_signature=[
             tf.TensorSpec(shape, dtype), tf.TensorSpec([2], tf.int32)])
@@ -185,14 +197,13 @@ class _Engine:
             if new.attrs["bias"] is not None:
                 mine.attrs["bias_t"].assign(new.attrs["bias"])
 
-
     def _needs_grad(self) -> set:
-        """Tensors through which a gradient must flow to reach a weight op."""
+        """Tensors through which a gradient must flow to reach a weight op
+        (those with a weight op upstream)."""
         need: set = set()
         for op in self.g.ops:
             if op.kind in WEIGHT_KINDS or any(i in need for i in op.inputs):
                 need.add(op.output)
-        # inputs of weight ops themselves need activation gradients
         return need
 
     def _forward(self, x):
@@ -241,13 +252,15 @@ class _Engine:
         if k == "act":
             if a["fn"] == "linear":
                 return [(op.inputs[0], g)]
-            mask = x > 0
-            if a["high"] is not None:
-                mask = tf.logical_and(mask, x < a["high"])
-            gs = registry._split(g, c) * tf.cast(mask, self.dtype)[None]
+            gs = registry._split(g, c) * self._act_mask(op, x)[None]
             return [(op.inputs[0], registry._merge(gs))]
         if k == "maxpool":
             if tuple(a["ksize"]) == tuple(a["strides"]):
+                act = self.fusable_act.get(op.name)
+                if act is not None:    # route and clip masks in one product
+                    pre = vals[act.inputs[0]]
+                    return [(act.inputs[0],
+                             self._maxpool_disjoint_grad(op, x, g, self._act_mask(act, pre)))]
                 return [(op.inputs[0], self._maxpool_disjoint_grad(op, x, g))]
             reps = [c] + [1] * (len(x.shape) - 1)
             dx = tf.raw_ops.MaxPoolGrad(
@@ -281,13 +294,21 @@ class _Engine:
             return list(zip(op.inputs, parts))
         raise AssertionError(k)  # pragma: no cover
 
-    def _maxpool_disjoint_grad(self, op, x, g):
+    def _act_mask(self, op, x):
+        """Derivative (0/1) of a relu / clipping act op at its input x."""
+        mask = x > 0
+        if op.attrs["high"] is not None:
+            mask = tf.logical_and(mask, x < op.attrs["high"])
+        return tf.cast(mask, self.dtype)
+
+    def _maxpool_disjoint_grad(self, op, x, g, extra_mask=None):
         """Max-pool gradient for non-overlapping windows (ksize == strides).
 
         The routing mask (1 at the first maximum of each window, as
         MaxPoolGrad) is computed once at batch B; the stacked gradient is
         upsampled and masked, instead of re-running MaxPoolGrad on C tiled
-        copies of the input.
+        copies of the input.  ``extra_mask`` (batch B) is multiplied in, so
+        a preceding relu/clip costs no extra pass over the stacked tensor.
         """
         kh, kw = op.attrs["ksize"]
         _, idx = tf.nn.max_pool_with_argmax(
@@ -297,9 +318,14 @@ class _Engine:
         mask = tf.scatter_nd(flat, tf.ones([tf.shape(flat)[0]], self.dtype),
                              tf.cast(tf.reshape(tf.size(x), [1]), tf.int64))
         mask = tf.reshape(mask, tf.shape(x))
+        if extra_mask is not None:
+            mask = mask * extra_mask
         h, w = x.shape[1], x.shape[2]
         ho, wo = g.shape[1], g.shape[2]
-        up = tf.repeat(tf.repeat(g, kh, axis=1), kw, axis=2)
+        n, ch = tf.shape(g)[0], g.shape[3]
+        up = tf.reshape(tf.broadcast_to(g[:, :, None, :, None, :],
+                                        [n, ho, kh, wo, kw, ch]),
+                        [n, ho * kh, wo * kw, ch])        # nearest upsampling
         # Window origin: SAME padding may start the first window above/left.
         top = max((ho * kh - h) // 2, 0) if op.attrs["padding"] == "SAME" else 0
         left = max((wo * kw - w) // 2, 0) if op.attrs["padding"] == "SAME" else 0
