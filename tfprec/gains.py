@@ -214,29 +214,8 @@ class _Engine:
             k = op.kind
             if k in WEIGHT_KINDS:
                 y = registry.lookup(k).forward(a, ins[0])
-            elif k == "act":
-                if a["fn"] == "linear":
-                    y = ins[0]
-                else:
-                    y = tf.nn.relu(ins[0])
-                    if a["high"] is not None:
-                        y = tf.minimum(y, tf.cast(a["high"], self.dtype))
-            elif k == "maxpool":
-                y = tf.nn.max_pool2d(ins[0], a["ksize"], a["strides"], a["padding"])
-            elif k == "avgpool":
-                y = tf.nn.avg_pool2d(ins[0], a["ksize"], a["strides"], a["padding"])
-            elif k == "gap":
-                y = tf.reduce_mean(ins[0], axis=[1, 2], keepdims=a["keepdims"])
-            elif k == "reshape":
-                y = tf.reshape(ins[0], [-1, *self.g.shapes[op.output]])
-            elif k == "identity":
-                y = ins[0]
-            elif k == "add":
-                y = tf.add_n(ins)
-            elif k == "concat":
-                y = tf.concat(ins, axis=a["axis"])
-            else:  # pragma: no cover - parse_model only emits the kinds above
-                raise AssertionError(k)
+            else:
+                y = registry.forward_op(op, ins, self.g.shapes[op.output], self.dtype)
             vals[op.output] = y
         return vals
 

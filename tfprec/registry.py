@@ -225,6 +225,36 @@ register("depthwise", WeightLayerFns(_dw_forward, _dw_vjp, _dw_sq,
                                      _dw_geometry))
 
 
+def forward_op(op, ins: list, out_shape: tuple, dtype):
+    """Forward of a non-weight op of the parsed graph (batched, TF ops).
+
+    ``ins`` are the op's input tensors, ``out_shape`` its per-example output
+    shape (for reshapes).
+    """
+    a = op.attrs
+    k = op.kind
+    if k == "act":
+        if a["fn"] == "linear":
+            return ins[0]
+        y = tf.nn.relu(ins[0])
+        return y if a["high"] is None else tf.minimum(y, tf.cast(a["high"], dtype))
+    if k == "maxpool":
+        return tf.nn.max_pool2d(ins[0], a["ksize"], a["strides"], a["padding"])
+    if k == "avgpool":
+        return tf.nn.avg_pool2d(ins[0], a["ksize"], a["strides"], a["padding"])
+    if k == "gap":
+        return tf.reduce_mean(ins[0], axis=[1, 2], keepdims=a["keepdims"])
+    if k == "reshape":
+        return tf.reshape(ins[0], [-1, *out_shape])
+    if k == "identity":
+        return ins[0]
+    if k == "add":
+        return tf.add_n(ins)
+    if k == "concat":
+        return tf.concat(ins, axis=a["axis"])
+    raise AssertionError(k)  # pragma: no cover - parse_model emits only these
+
+
 def conv_use_gram(attrs, in_shape, out_shape, num_classes: int) -> bool:
     """Chooses the Gram form when it needs fewer multiply-adds per example.
 
