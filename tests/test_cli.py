@@ -1,0 +1,366 @@
+"""The tfprec command line: the demo end to end, --model with other targets,
+bad flags, --helpfull.
+
+Most runs are in-process (absl flags parsed with FLAGS(argv), then
+``cli.main``) to avoid paying the TensorFlow import per run; two runs go
+through ``python -m tfprec`` to check the real entry point.  Heavy steps are
+shrunk with the CLI's own flags (a 32-32 MLP, 3 epochs, 200 / 300 examples,
+two sweep levels).
+"""
+import io
+import json
+import os
+import subprocess
+import sys
+from contextlib import redirect_stderr, redirect_stdout
+
+import numpy as np
+import pytest
+from absl import flags
+
+import tfprec
+from tfprec import cli
+from tfprec import data as data_lib
+from tfprec import report as report_lib
+from tfprec.gains import LayerGains, NoiseGains
+from tfprec.plan import PrecisionPlan
+
+FLAGS = flags.FLAGS
+SMALL = ["--demo_hidden=32,32", "--demo_epochs=3", "--calibration_examples=200",
+         "--eval_examples=300", "--sweep_levels=3,6"]
+CORE_FILES = {"plan.json", "report.md", "quantized.h5", "model.tflite",
+              "summary.json", "float_model.h5"}
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+
+
+def run_cli(args, capsys=None):
+    """Parses ``args`` like the command line and runs main; returns
+    (exit status, stdout, stderr)."""
+    FLAGS.unparse_flags()
+    argv = ["tfprec"] + list(args)
+    try:
+        try:
+            rest = FLAGS(argv)
+        except flags.Error as e:          # what app.run reports, exit status 1
+            code, msg = 1, f"FATAL Flags parsing error: {e}"
+        else:
+            code, msg = cli.main(rest), ""
+    finally:
+        FLAGS.unparse_flags()
+    out, err = ("", "")
+    if capsys is not None:
+        cap = capsys.readouterr()
+        out, err = cap.out, cap.err
+    return code, out, err + msg
+
+
+def leftovers(folder):
+    return [n for n in os.listdir(folder) if n.startswith(".tfprec-")]
+
+
+# ====================================================================== demo
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    base = tmp_path_factory.mktemp("demo")
+    out_dir = base / "nested" / "out"          # parents are created at the end
+    plots = report_lib.have_matplotlib()
+    so, se = io.StringIO(), io.StringIO()
+    with redirect_stdout(so), redirect_stderr(se):
+        code, _, msg = run_cli(["--demo", f"--output_dir={out_dir}"] + SMALL)
+    return {"code": code, "out": so.getvalue(), "err": se.getvalue() + msg,
+            "dir": out_dir, "base": base, "plots": plots}
+
+
+def test_demo_writes_every_file(demo):
+    assert demo["code"] == 0, demo["err"][-3000:]
+    names = set(os.listdir(demo["dir"]))
+    assert CORE_FILES <= names
+    if demo["plots"]:
+        assert set(report_lib.FIGURES) <= names
+    assert not leftovers(demo["base"]) and not leftovers(demo["base"] / "nested")
+
+
+def test_demo_plan_json_loads_back(demo):
+    plan = PrecisionPlan.load(str(demo["dir"] / "plan.json"))
+    plan.check()
+    assert plan.names == ["fc1", "fc2", "logits"]
+    assert plan.method == "cost_aware:compute"       # 'best' at the default target
+    assert plan.bound() <= 0.01 + 1e-12
+    summary = json.loads((demo["dir"] / "summary.json").read_text())
+    assert summary["bound"] == pytest.approx(plan.bound())
+    assert summary["chosen"] == plan.method
+    assert summary["validation"]["num_examples"] == 300
+    assert {c["method"] for c in summary["comparisons"]} == {
+        "cost_aware:compute", "paper", "uniform", "icml2017"}
+    assert {(r["method"], r["level"]) for r in summary["sweep"]} >= {
+        ("paper", 3), ("paper", 6), ("uniform", 6), ("icml2017", 6)}
+
+
+def test_demo_outputs_load_and_run(demo):
+    from tfprec._tf import keras
+    from tfprec.apply import quantize_scope
+    from tfprec.export import tflite_predict
+    from tfprec import data
+    x = data.load_dataset("mnist_subset", flatten=True, num_train=1, num_test=20).x_test
+    with quantize_scope():
+        q = keras.models.load_model(str(demo["dir"] / "quantized.h5"))
+    zq = q.predict(x, verbose=0)
+    zt = tflite_predict(str(demo["dir"] / "model.tflite"), x)
+    assert zq.shape == zt.shape == (20, 10)
+    # the TFLite file computes the same fixed-point network as the fake-quant model
+    assert np.mean(zq.argmax(1) == zt.argmax(1)) >= 0.9
+
+
+def test_demo_report_has_table_and_validation(demo):
+    text = (demo["dir"] / "report.md").read_text()
+    summary = json.loads((demo["dir"] / "summary.json").read_text())
+    v = summary["validation"]
+    assert "| layer | class | E_W | E_A | G_W | G_A | B_W | B_A |" in text
+    for name in ("fc1", "fc2", "logits"):
+        assert f"| {name} | Dense |" in text
+    assert f"| held-out examples | {v['num_examples']} |" in text
+    assert f"| changed decisions | {v['num_mismatch']} |" in text
+    assert f"| measured mismatch | {v['mismatch_rate']:.4f} |" in text
+    assert f"| float accuracy | {100 * v['float_accuracy']:.2f} % |" in text
+    assert f"| fixed-point accuracy | {100 * v['quant_accuracy']:.2f} % |" in text
+    assert "95% upper confidence limit" in text
+    assert f"| analytic bound | {v['bound']:.4g} |" in text
+    assert "## Plans compared" in text and "## Sweep of the precision level" in text
+    assert "| paper | B_min=3 |" in text and "| uniform | B=6 |" in text
+    assert "## TFLite export" in text and "grid checks passed: yes" in text
+    assert "tfprec --demo" in text                    # the command is recorded
+
+
+def test_demo_prints_layer_table_and_summary(demo):
+    out = demo["out"]
+    assert "layer" in out and "B_W" in out and "G_A" in out and "compute (FA)" in out
+    for name in ("fc1", "fc2", "logits"):
+        assert any(line.startswith(name + " ") for line in out.splitlines())
+    assert "summary:" in out and "analytic bound" in out
+    assert "measured mismatch" in out and "plans compared" in out
+    assert f"wrote {len(os.listdir(demo['dir']))} files" in out
+
+
+def test_demo_figures_are_pngs(demo):
+    pytest.importorskip("matplotlib")
+    from matplotlib.image import imread
+    for name in report_lib.FIGURES:
+        img = imread(str(demo["dir"] / name))
+        assert img.ndim == 3 and img.shape[0] > 300 and img.std() > 0.05
+        assert f"]({name})" in (demo["dir"] / "report.md").read_text()
+
+
+# ================================================================= --model
+def test_model_with_cost_budget(demo, tmp_path, capsys, monkeypatch):
+    assert demo["code"] == 0
+    model_path = demo["dir"] / "float_model.h5"
+    ref = PrecisionPlan.load(str(demo["dir"] / "plan.json"))
+    budget = 0.6 * ref.cost().total_compute
+    out_dir = tmp_path / "budget"
+    # --data=mnist from an offline folder named by $TFPREC_DATA_DIR
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    with np.load(data_lib.embedded_subset_path()) as d:
+        np.savez(data_dir / "mnist.npz", **{k: d[k] for k in d.files})
+    monkeypatch.setenv("TFPREC_DATA_DIR", str(data_dir))
+    code, out, err = run_cli([f"--model={model_path}", f"--cost_budget={budget}",
+                              "--data=mnist",
+                              "--calibration_examples=200", "--eval_examples=300",
+                              "--sweep_levels=none", "--noexport_tflite", "--noplots",
+                              f"--output_dir={out_dir}"], capsys)
+    assert code == 0, err[-3000:]
+    plan = PrecisionPlan.load(str(out_dir / "plan.json"))
+    assert plan.cost().total_compute <= budget
+    assert plan.bound() > ref.bound()                 # less budget, larger bound
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["mode"] == "budget"
+    bounds = [c["bound"] for c in summary["comparisons"]]
+    assert plan.bound() == pytest.approx(min(bounds))  # 'best': smallest bound
+    assert all(c["compute_cost"] <= budget for c in summary["comparisons"])
+    names = set(os.listdir(out_dir))
+    assert "model.tflite" not in names and not any(n.endswith(".png") for n in names)
+    assert "float_model.h5" not in names
+    assert f"mnist ({data_dir / 'mnist.npz'})" in (out_dir / "report.md").read_text()
+
+    # a budget below every plan: clear error, nothing written
+    out2 = tmp_path / "too_small"
+    code, out, err = run_cli([f"--model={model_path}", "--cost_budget=1000",
+                              "--calibration_examples=200", "--eval_examples=300",
+                              f"--output_dir={out2}"], capsys)
+    assert code != 0
+    assert "--cost_budget=1000" in err and "minimum achievable compute cost" in err
+    assert not out2.exists() and not leftovers(tmp_path)
+
+
+def test_model_with_measured_target_into_existing_dir(demo, tmp_path, capsys):
+    assert demo["code"] == 0
+    out_dir = tmp_path / "measured"
+    out_dir.mkdir()
+    (out_dir / "keep.txt").write_text("mine")
+    (out_dir / "plan.json").write_text("old")
+    code, out, err = run_cli([f"--model={demo['dir'] / 'float_model.h5'}",
+                              "--target_measured_mismatch=0.05", "--allocation=paper",
+                              "--calibration_examples=200", "--eval_examples=300",
+                              "--sweep_levels=none", "--noexport_tflite",
+                              f"--output_dir={out_dir}"], capsys)
+    assert code == 0, err[-3000:]
+    assert (out_dir / "keep.txt").read_text() == "mine"
+    plan = PrecisionPlan.load(str(out_dir / "plan.json"))     # replaced
+    assert plan.method == "paper"
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["mode"] == "measured" and summary["calibration"] is not None
+    assert summary["validation"]["num_examples"] == 150       # the unseen half
+    text = (out_dir / "report.md").read_text()
+    assert "## Calibration on measured data" in text
+    assert "calibration did not see" in text
+    assert not leftovers(tmp_path)
+
+
+# ================================================================ bad flags
+@pytest.fixture
+def bad_inputs(tmp_path):
+    (tmp_path / "garbage.npz").write_bytes(b"not a zip file at all")
+    (tmp_path / "garbage.h5").write_bytes(b"not hdf5")
+    (tmp_path / "a_file").write_text("x")
+    return tmp_path
+
+
+BAD = [
+    (["--demo", "--target_mismatch=-0.01"], ["--target_mismatch"]),
+    (["--demo", "--target_mismatch=0"], ["--target_mismatch"]),
+    (["--demo", "--allocation=greedy"], ["--allocation"]),
+    (["--demo", "--cost=energy"], ["--cost"]),
+    (["--model={d}/missing.h5"], ["--model", "missing.h5"]),
+    (["--model={d}/garbage.h5"], ["--model", "garbage.h5"]),
+    (["--demo", "--data={d}/garbage.npz"], ["--data", "garbage.npz"]),
+    (["--demo", "--data={d}/missing.npz"], ["--data", "missing.npz"]),
+    (["--demo", "--data=imagenet"], ["--data", "imagenet"]),
+    (["--demo", "--data=mnist", "--data_dir={d}/nowhere"], ["--data_dir", "nowhere"]),
+    (["--demo", "--eval_examples=0"], ["--eval_examples"]),
+    (["--demo", "--calibration_examples=-5"], ["--calibration_examples"]),
+    (["--demo", "--max_accuracy_drop=-1"], ["--max_accuracy_drop"]),
+    (["--demo", "--target_measured_mismatch=1.5"], ["--target_measured_mismatch"]),
+    (["--demo", "--cost_budget=-3"], ["--cost_budget"]),
+    (["--demo", "--cost_budget=1e9", "--max_accuracy_drop=1"],
+     ["--cost_budget", "--max_accuracy_drop"]),
+    (["--demo", "--target_mismatch=0.02", "--cost_budget=1e9"],
+     ["--target_mismatch", "--cost_budget"]),
+    (["--demo", "--sweep_levels=1-40"], ["--sweep_levels"]),
+    (["--demo", "--demo_hidden=32,x"], ["--demo_hidden"]),
+    (["--demo", "--max_bits=20"], ["--max_bits"]),
+    (["--demo", "--model={d}/garbage.h5"], ["--demo", "--model"]),
+    ([], ["--model", "--demo"]),
+    (["--demo", "--output_dir={d}/a_file"], ["--output_dir", "a_file"]),
+]
+
+
+@pytest.mark.parametrize("args,names", BAD, ids=[" ".join(a) or "no-args" for a, _ in BAD])
+def test_bad_flags_fail_cleanly(bad_inputs, capsys, args, names):
+    d = str(bad_inputs)
+    out_dir = bad_inputs / "out"
+    args = [a.format(d=d) for a in args]
+    if not any(a.startswith("--output_dir") for a in args):
+        args.append(f"--output_dir={out_dir}")
+    before = set(os.listdir(bad_inputs))
+    code, out, err = run_cli(args, capsys)
+    assert code != 0
+    for n in names:
+        assert n in err, err[-2000:]
+    assert not out_dir.exists()
+    assert set(os.listdir(bad_inputs)) == before      # nothing new, no temp folder
+
+
+def test_missing_data_dir_from_environment(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TFPREC_DATA_DIR", str(tmp_path / "nowhere"))
+    code, out, err = run_cli(["--demo", "--data=mnist", f"--output_dir={tmp_path}/o"],
+                             capsys)
+    assert code != 0 and "TFPREC_DATA_DIR" in err and "nowhere" in err
+    assert os.listdir(tmp_path) == []
+
+
+def test_positional_arguments_are_rejected(tmp_path, capsys):
+    code, out, err = run_cli(["--demo", "stray", f"--output_dir={tmp_path}/o"], capsys)
+    assert code == 2 and "stray" in err and not (tmp_path / "o").exists()
+
+
+def test_every_flag_has_help():
+    names = [f.name for f in FLAGS.get_flags_for_module(cli.__name__)]
+    for required in ("model", "data", "data_dir", "calibration_examples",
+                     "eval_examples", "target_mismatch", "max_accuracy_drop",
+                     "target_measured_mismatch", "cost_budget", "allocation", "cost",
+                     "output_dir", "demo", "plots", "export_tflite"):
+        assert required in names
+    for f in FLAGS.get_flags_for_module(cli.__name__):
+        assert f.help and len(f.help) > 15, f.name
+    assert FLAGS["target_mismatch"].default == 0.01
+    assert FLAGS["allocation"].default == "best"
+    assert FLAGS["output_dir"].default == "tfprec_out"
+    assert FLAGS["export_tflite"].default is True
+    assert FLAGS["plots"].default == report_lib.have_matplotlib()
+
+
+# ============================================================ subprocesses
+def test_helpfull_lists_every_flag():
+    r = subprocess.run([sys.executable, "-m", "tfprec", "--helpfull"],
+                       capture_output=True, text=True, env=ENV, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    text = r.stdout + r.stderr
+    for f in FLAGS.get_flags_for_module(cli.__name__):
+        flag = f"--[no]{f.name}" if f.boolean else f"--{f.name}"
+        assert flag in text, flag
+    assert "tfprec --demo" in text                    # the usage text
+
+
+def test_entry_point_bad_flag_exits_nonzero(tmp_path):
+    out_dir = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "tfprec", "--demo",
+                        "--target_mismatch=-1", f"--output_dir={out_dir}"],
+                       capture_output=True, text=True, env=ENV, timeout=120)
+    assert r.returncode != 0
+    assert "--target_mismatch" in r.stderr
+    assert not out_dir.exists() and os.listdir(tmp_path) == []
+
+
+# ============================================================ pure helpers
+def test_parse_levels():
+    assert cli.parse_levels("2-5") == [2, 3, 4, 5]
+    assert cli.parse_levels("8,2,4") == [2, 4, 8]
+    assert cli.parse_levels("none") == [] and cli.parse_levels("") == []
+    for bad in ("1-4", "5-3", "2,x", "17"):
+        with pytest.raises(ValueError):
+            cli.parse_levels(bad)
+
+
+def _gains():
+    layers = tuple(LayerGains(
+        name=f"l{i}", layer_class="Dense", e_w=gw, e_a=ga, r_w=1.0, r_a=1.0,
+        act_signed=False, act_range_source="known bound", act_low=0.0, act_high=2.0,
+        weight_max_abs=1.0, dot_length=d, num_dots=p, num_weights=nw, num_inputs=ni)
+        for i, (gw, ga, d, p, nw, ni) in enumerate(
+            [(40.0, 5.0, 785, 64, 50240, 784), (10.0, 9.0, 65, 64, 4160, 64),
+             (9.0, 1.0, 65, 10, 650, 64)]))
+    return NoiseGains(layers, 100, 10, 0)
+
+
+@pytest.mark.parametrize("cost", ["compute", "memory"])
+def test_budget_plan_bisects_to_the_budget(cost):
+    g = _gains()
+    full = tfprec.uniform_plan(g, bits=16).cost().total(cost)
+    low = tfprec.uniform_plan(g, bits=2).cost().total(cost)
+    for frac in (0.2, 0.45, 0.7):
+        budget = low + frac * (full - low)
+        plan, min_cost = cli.budget_plan(g, "cost_aware", budget, cost, 16)
+        assert min_cost == pytest.approx(low)
+        assert plan.cost().total(cost) <= budget
+        assert plan.info["cost_budget"]["budget"] == budget
+        # no rule's plan that fits has a smaller bound than the bisected one
+        # by more than the bisection's resolution
+        for m in ("paper", "uniform", "icml2017"):
+            other, _ = cli.budget_plan(g, m, budget, cost, 16)
+            if other is not None:
+                assert other.cost().total(cost) <= budget
+                assert plan.bound() <= other.bound() * 1.01
+    plan, _ = cli.budget_plan(g, "cost_aware", full * 2, cost, 16)
+    assert plan.cost().total(cost) == pytest.approx(full)      # everything fits
+    plan, min_cost = cli.budget_plan(g, "cost_aware", low * 0.5, cost, 16)
+    assert plan is None and min_cost == pytest.approx(low)

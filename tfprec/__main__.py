@@ -1,0 +1,5 @@
+"""``python -m tfprec``: the tfprec command line (see :mod:`tfprec.cli`)."""
+from tfprec.cli import run
+
+if __name__ == "__main__":
+    run()
