@@ -25,6 +25,10 @@ accuracy (the "equal accuracy" criterion), and prints ``name: value`` lines:
   sampling noise than a 0.1 pp accuracy drop (whose standard error on 5000
   examples is 0.06-0.25 pp here), so the shapes are compared on their merit.
 
+The cost-aware family is shaped by the per-example bound
+(:func:`tfprec.plan.per_example_cost_aware_plan`; gains computed with
+``per_example=True``), and every plan also prints ``_per_example_bound``.
+
 Protocol: noise gains on the first ``--gain_examples`` (2000) training
 images; the search on the first ``--search_examples`` (5000) test images;
 the confirmation on the remaining test images.  Costs: computational cost in
@@ -79,7 +83,7 @@ def run(net: str, args) -> None:
     n_s = args.search_examples
     xs, ys = ds.x_test[:n_s], ds.y_test[:n_s]
     xc, yc = ds.x_test[n_s:], ds.y_test[n_s:]
-    gains = tfprec.noise_gains(model, xg)
+    gains = tfprec.noise_gains(model, xg, per_example=True)
     t1 = time.perf_counter()
     res = C.calibrate(model, gains, xs, ys, max_accuracy_drop=args.max_drop,
                       methods=("cost_aware", "paper", "uniform", "measured_greedy"),

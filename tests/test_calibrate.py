@@ -202,10 +202,10 @@ def test_analytic_guarantee_wording(toy):
     ev = C._Evaluator(m, x, y, 256, "mismatch", 0.5)
     plan = tfprec.uniform_plan(g, bits=16)
     found = C._Found(plan, 16, 1, [(16, 0.0, True)], ev.measure(plan))
-    c = C._calibrated("uniform", found, ev, "mismatch", 0.5, 0.5, 0.95)
+    c = C._calibrated("uniform", found, ev, "mismatch", 0.5, 0.5, 0.95, g)
     assert c.bound <= 0.5 and c.analytic_guarantee
     assert c.guarantee.startswith("analytic bound")
-    c = C._calibrated("uniform", found, ev, "mismatch", 1e-12, 1e-12, 0.95)
+    c = C._calibrated("uniform", found, ev, "mismatch", 1e-12, 1e-12, 0.95, g)
     assert not c.analytic_guarantee
     assert c.guarantee.startswith(f"measured on {len(x)} held-out examples: "
                                   "mismatch <= ")

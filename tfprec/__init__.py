@@ -10,12 +10,16 @@ from tfprec.errors import (ExportError, InvalidDataError, PlanError, TfprecError
 from tfprec.cost import PlanCost, compute_cost, memory_cost
 from tfprec.gains import LayerGains, NoiseGains, noise_gains
 from tfprec.plan import (LayerPrecision, PrecisionPlan, cost_aware_plan,
-                         icml2017_plan, make_plan, paper_plan, uniform_plan)
+                         icml2017_plan, make_plan, paper_plan,
+                         per_example_bound, per_example_cost_aware_plan,
+                         uniform_plan)
 from tfprec.callback import NoiseGainCallback
 from tfprec.quantizers import FixedPointQuantizer
 from tfprec.configs import FixedPointQuantizeConfig, quantize_scope
 from tfprec.apply import fold_batchnorm, logits_model, quantize_model
 from tfprec.simulate import simulate_logits
 from tfprec.validate import ValidationResult, sweep
+from tfprec.calibrate import CalibratedPlan, CalibrationResult, clopper_pearson_upper
+from tfprec import calibrate, data, export, models, validate  # noqa: F401  submodules
 
 __version__ = "0.1.0"

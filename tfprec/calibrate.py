@@ -164,7 +164,10 @@ class CalibratedPlan:
       num_examples: held-out examples measured on.
       guarantee: which guarantee holds, in words (see the module doc).
       num_mismatch: held-out examples whose decision changed.
-      analytic_guarantee: True only when bound <= the target probability.
+      analytic_guarantee: True only when the bound, or the per-example
+        bound, is <= the target probability.
+      per_example_bound: :func:`~tfprec.plan.per_example_bound` of the plan
+        when the gains carry per-example data, else None.
       confidence: the level of ``mismatch_ucl``.
       trace: ((level, measured value, met), ...) in evaluation order; the
         measured value is the mismatch rate or the accuracy drop in pp; a
@@ -190,6 +193,7 @@ class CalibratedPlan:
     confidence: float = 0.95
     trace: tuple = ()
     accuracy_drop_se_pp: Optional[float] = None
+    per_example_bound: Optional[float] = None
 
     def cost(self, kind: str = "compute") -> float:
         """``compute_cost`` (full adders) or ``memory_cost`` (bits)."""
@@ -410,15 +414,32 @@ def _int_family(gains, name: str, max_bits: int) -> _Family:
 
 
 def _cost_aware_family(gains, cost: str, max_bits: int, per_octave: int) -> _Family:
-    lo = plan_lib.uniform_plan(gains, bits=max_bits, max_bits=max_bits).bound()
-    hi = plan_lib.uniform_plan(gains, bits=MIN_BITS, max_bits=max_bits).bound()
-    if not (lo > 0 and math.isfinite(hi)):
-        levels = [1.0]       # all gains zero: every target gives the same plan
+    """Cost-aware plans indexed by their bound target t.
+
+    With per-example gains (``noise_gains(..., per_example=True)``) the
+    shape is that of :func:`~tfprec.plan.per_example_cost_aware_plan` and t
+    is a per-example bound target, which ranks tensors by their effect on
+    typical examples rather than on the few near-tied ones that dominate
+    the paper's bound; otherwise :func:`~tfprec.plan.cost_aware_plan`.
+    """
+    n = len(gains.layers)
+    if gains.example_w is not None:
+        def bound_at(b):
+            p = plan_lib.uniform_plan(gains, bits=b, max_bits=max_bits)
+            return plan_lib.per_example_bound(p, gains)
+        make = lambda t: plan_lib.per_example_cost_aware_plan(
+            gains, t, cost=cost, max_bits=max_bits)
+    else:
+        bound_at = lambda b: plan_lib.uniform_plan(gains, bits=b, max_bits=max_bits).bound()
+        make = lambda t: plan_lib.cost_aware_plan(gains, t, cost=cost, max_bits=max_bits)
+    lo, hi = bound_at(max_bits), bound_at(MIN_BITS)
+    if not (lo > 0 and math.isfinite(hi)) or hi <= lo:
+        levels = [max(lo, 1e-300) * (1 + 1e-9)]   # every target: the same plan
     else:
         lo *= 1 + 1e-9       # the all-max_bits plan meets t_0 despite rounding
         k = int(math.ceil(per_octave * math.log2(hi / lo) - 1e-9))
         levels = [lo * 2.0 ** (i / per_octave) for i in range(max(k, 0) + 1)]
-    make = lambda t: plan_lib.cost_aware_plan(gains, t, cost=cost, max_bits=max_bits)
+    del n
     return _Family("cost_aware", levels, make)
 
 
@@ -672,7 +693,7 @@ def calibrate(model, gains, x_val, y_val=None, *, target_mismatch: Optional[floa
             f"{_value_str(kind, ev.value(m16))}{extra}; by family: "
             + "; ".join(f"{k}: {v}" for k, v in unmet.items()))
 
-    cands = [_calibrated(method, f, ev, kind, target, p, confidence)
+    cands = [_calibrated(method, f, ev, kind, target, p, confidence, gains)
              for method, f in found.items()]
     cands.sort(key=lambda c: (c.cost(cost), c.cost("memory" if cost == "compute"
                                                     else "compute"), c.method))
@@ -688,15 +709,19 @@ def _value_str(kind: str, v: float) -> str:
 
 
 def _calibrated(method, f: _Found, ev: _Evaluator, kind, target, p,
-                confidence) -> CalibratedPlan:
+                confidence, gains) -> CalibratedPlan:
     m = f.measurement
     n = ev.n
     k = m.num_mismatch
     ucl = clopper_pearson_upper(k, n, confidence)
     bound = float(f.plan.bound())
-    analytic = bound <= p
-    if analytic:
+    pe = (plan_lib.per_example_bound(f.plan, gains)
+          if getattr(gains, "example_w", None) is not None else None)
+    analytic = bound <= p or (pe is not None and pe <= p)
+    if bound <= p:
         guarantee = f"analytic bound {bound:.3g} <= {p:g}"
+    elif analytic:
+        guarantee = f"per-example analytic bound {pe:.3g} <= {p:g}"
     else:
         guarantee = (f"measured on {n} held-out examples: mismatch <= {ucl:.4g} "
                      f"at {100 * confidence:g}% (Clopper-Pearson); the analytic "
@@ -714,7 +739,8 @@ def _calibrated(method, f: _Found, ev: _Evaluator, kind, target, p,
         "family": method, "level": f.level, "target_kind": kind, "target": target,
         "num_examples": n, "num_mismatch": k, "mismatch_ucl": ucl,
         "confidence": confidence, "accuracy_drop_pp": drop,
-        "evaluations": f.evaluations, "guarantee": guarantee}
+        "evaluations": f.evaluations, "guarantee": guarantee,
+        "per_example_bound": pe}
     plan = dataclasses.replace(f.plan, info=info)
     level = f.level if method in ("cost_aware", "measured_greedy") else int(f.level)
     return CalibratedPlan(
@@ -724,4 +750,4 @@ def _calibrated(method, f: _Found, ev: _Evaluator, kind, target, p,
         compute_cost=float(costs.total_compute), memory_cost=float(costs.total_memory),
         num_examples=n, guarantee=guarantee, num_mismatch=k,
         analytic_guarantee=analytic, confidence=confidence, trace=tuple(f.trace),
-        accuracy_drop_se_pp=se)
+        accuracy_drop_se_pp=se, per_example_bound=pe)

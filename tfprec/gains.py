@@ -110,6 +110,11 @@ class NoiseGains:
       dropped_softmax: whether a final softmax was removed (gains are on the
         pre-softmax logits).
       mode: "exact", or "top<k>+sketch<s>" for the many-class estimator.
+      example_w, example_a: with ``per_example=True``, arrays [N, L]: each
+        example's sum over wrong classes of ||d(z_i - z_y)/dT||^2 /
+        (z_i - z_y)^2 / 24 for the weights / the input tensor (the shared
+        tensor's value for layers that read one); E_T is their mean.  Not
+        saved by ``to_dict``.
     """
 
     layers: tuple
@@ -118,6 +123,10 @@ class NoiseGains:
     num_ties: int
     dropped_softmax: bool = False
     mode: str = "exact"
+    example_w: Optional[np.ndarray] = dataclasses.field(
+        default=None, compare=False, repr=False)
+    example_a: Optional[np.ndarray] = dataclasses.field(
+        default=None, compare=False, repr=False)
 
     def __getitem__(self, name: str) -> LayerGains:
         for lg in self.layers:
@@ -434,6 +443,7 @@ class _Engine:
         low = tf.constant(np.inf, tf.float64)
         return {
             "sw": f64(sw), "sa": f64(sa), "sh": f64(sh),
+            "pw": tf.cast(sw, tf.float64), "pa": tf.cast(sh, tf.float64),
             "ties": tf.reduce_sum(tf.cast(tie, tf.int64)),
             "amax": tf.stack([tf.reduce_max(tf.concat(
                 [[-low], tf.reshape(tf.cast(t, tf.float64), [-1])], 0)) for t in acts]),
@@ -519,7 +529,8 @@ def noise_gains(model, x: DataLike, batch_size: int = 128,
                 max_examples: Optional[int] = None, dtype: str = "float32",
                 verbose: bool = False, top_k: Optional[int] = None,
                 sketch: int = 0, seed: int = 0, class_chunk: Optional[int] = None,
-                strategy: Optional["tf.distribute.Strategy"] = None) -> NoiseGains:
+                strategy: Optional["tf.distribute.Strategy"] = None,
+                per_example: bool = False) -> NoiseGains:
     """Computes the per-tensor noise gains of a trained classifier.
 
     Args:
@@ -546,6 +557,10 @@ def noise_gains(model, x: DataLike, batch_size: int = 128,
         with class_chunk * batch_size); default min(rows, 32).
       strategy: a ``tf.distribute.Strategy``; each batch is split over its
         replicas and the sums are reduced across them.
+      per_example: also keep every example's margin-weighted squared norms
+        (2 floats per weight layer and example), which the per-example
+        bound (:func:`tfprec.plan.per_example_bound`) needs.  Memory then
+        grows with the number of examples (by 16 bytes per layer each).
 
     Returns:
       A :class:`NoiseGains` with, per weight layer, E_W, E_A (probability per
@@ -578,6 +593,7 @@ def noise_gains(model, x: DataLike, batch_size: int = 128,
     sw = np.zeros(nw)
     sa = np.zeros(nw)
     sh = np.zeros(nw)
+    pw, pa = [], []
     amax = np.full(nw, -np.inf)
     amin = np.full(nw, np.inf)
     n = 0
@@ -598,6 +614,9 @@ def noise_gains(model, x: DataLike, batch_size: int = 128,
         sw += out["sw"]
         sa += out["sa"]
         sh += out["sh"]
+        if per_example:
+            pw.append(np.asarray(out["pw"]).T)
+            pa.append(np.asarray(out["pa"]).T)
         amax = np.maximum(amax, out["amax"])
         amin = np.minimum(amin, out["amin"])
         ties += int(out["ties"])
@@ -633,13 +652,16 @@ def noise_gains(model, x: DataLike, batch_size: int = 128,
             e_a_shared=float(sh[j] / n / 24.0) if group else None))
     return NoiseGains(tuple(layers), n, graph.num_classes, ties,
                       graph.dropped_softmax,
-                      "exact" if top_k is None else f"top{top_k}+sketch{sketch}")
+                      "exact" if top_k is None else f"top{top_k}+sketch{sketch}",
+                      np.concatenate(pw) / 24.0 if per_example else None,
+                      np.concatenate(pa) / 24.0 if per_example else None)
 
 
 def _distributed(engine: _Engine, strategy):
     """A step that splits each batch over the strategy's replicas."""
     n_rep = strategy.num_replicas_in_sync
-    reduce_ops = {"sw": "SUM", "sa": "SUM", "sh": "SUM", "ties": "SUM", "amax": "MAX",
+    reduce_ops = {"sw": "SUM", "sa": "SUM", "sh": "SUM", "ties": "SUM",
+                  "pw": "CONCAT", "pa": "CONCAT", "amax": "MAX",
                   "amin": "MIN"}
 
     run = engine.dist_steps.get(id(strategy))
@@ -659,6 +681,9 @@ def _distributed(engine: _Engine, strategy):
         res = {}
         for k, op in reduce_ops.items():
             vals = [np.asarray(v) for v in strategy.experimental_local_results(out[k])]
+            if op == "CONCAT":             # per-example [L, B_replica]
+                res[k] = np.concatenate(vals, axis=1)
+                continue
             red = {"SUM": np.sum, "MAX": np.max, "MIN": np.min}[op]
             res[k] = red(np.stack(vals), axis=0)
         return res

@@ -712,6 +712,133 @@ def cost_aware_plan(gains, target: float = DEFAULT_TARGET, cost: str = "compute"
     return PrecisionPlan(_layers_at(gains, bw, ba), f"cost_aware:{cost}", target)
 
 
+# ============================================ per-example (clipped) bound
+def _example_terms(gains):
+    """Per-example normalized gains [N, L] (weights, activations), a shared
+    input tensor held by its first reader only."""
+    if gains.example_w is None or gains.example_a is None:
+        raise PlanError("the per-example bound needs gains computed with "
+                        "noise_gains(..., per_example=True)")
+    rw2 = np.array([g.r_w ** 2 for g in gains.layers])
+    ra2 = np.array([g.r_a ** 2 for g in gains.layers])
+    lead = _leads(gains)
+    sa = gains.example_a * ra2 * (lead == np.arange(len(lead)))
+    return gains.example_w * rw2, sa
+
+
+def per_example_bound(plan: PrecisionPlan, gains) -> float:
+    """Per-example mismatch bound: mean_x min(1, sum_T 4^(1-B_T) G_T(x)).
+
+    The paper's argument bounds each example's flip probability by
+    sum_T Delta_T^2 e_T(x); a probability is also at most 1, so the mean of
+    the per-example bounds capped at 1 is a valid bound too, never above
+    ``plan.bound()`` and much tighter when a few near-tied examples dominate
+    the gains.  Needs ``noise_gains(..., per_example=True)``.
+    """
+    if [l.name for l in gains.layers] != plan.names:
+        raise PlanError(f"plan layers {plan.names} do not match the gains' "
+                        f"layers {[l.name for l in gains.layers]}")
+    sw, sa = _example_terms(gains)
+    bw = np.array([l.weight_bits for l in plan.layers], float)
+    ba = np.array([l.act_bits for l in plan.layers], float)
+    b = sw @ 4.0 ** (1 - bw) + sa @ 4.0 ** (1 - ba)
+    return float(np.mean(np.minimum(b, 1.0)))
+
+
+def _descend_per_example(tabs, sw, sa, bw, ba, target, lead):
+    """Greedy bit removal under the per-example bound (as _descend)."""
+    bw = np.array(bw, int)
+    ba = np.array(ba, int)
+    members = _members(lead)
+    cw = sw * 4.0 ** (1 - bw)                 # [N, L] current contributions
+    ca = sa * 4.0 ** (1 - ba)
+    b = cw.sum(1) + ca.sum(1)
+    cur = np.mean(np.minimum(b, 1.0))
+    n = len(bw)
+    while True:
+        # Removing a bit multiplies a tensor's contribution by 4.
+        new_w = np.minimum(b[:, None] + 3 * cw, 1.0).mean(0)
+        new_a = np.minimum(b[:, None] + 3 * ca, 1.0).mean(0)
+        best = None
+        for which, arr, new in (("w", bw, new_w), ("a", ba, new_a)):
+            for i in range(n):
+                if arr[i] <= MIN_BITS or (which == "a" and lead[i] != i):
+                    continue
+                if new[i] > target * (1 + 1e-12):
+                    continue
+                if which == "w":
+                    dcost = tabs[i][bw[i], ba[i]] - tabs[i][bw[i] - 1, ba[i]]
+                else:
+                    dcost = sum(tabs[j][bw[j], ba[j]] - tabs[j][bw[j], ba[j] - 1]
+                                for j in members[i])
+                dbound = new[i] - cur
+                if dcost <= 0 and dbound > 0:
+                    continue
+                score = dcost / dbound if dbound > 0 else math.inf
+                if best is None or score > best[0]:
+                    best = (score, which, i)
+        if best is None:
+            return bw, ba
+        _, which, i = best
+        if which == "w":
+            b += 3 * cw[:, i]
+            cw[:, i] *= 4
+            bw[i] -= 1
+        else:
+            b += 3 * ca[:, i]
+            ca[:, i] *= 4
+            ba[members[i]] -= 1
+        cur = np.mean(np.minimum(b, 1.0))
+
+
+def per_example_cost_aware_plan(gains, target: float = DEFAULT_TARGET,
+                                cost: str = "compute",
+                                max_bits: int = MAX_BITS) -> PrecisionPlan:
+    """Cheapest plan found whose *per-example* bound meets ``target``.
+
+    Like :func:`cost_aware_plan`, with the constraint
+    :func:`per_example_bound` <= target (probability) instead of the
+    paper's bound.  Starts from every plan of :func:`cost_aware_plan` and
+    :func:`uniform_plan` that meets the per-example target (the paper's
+    bound is never below it) and removes bits greedily while it holds.
+    Needs ``noise_gains(..., per_example=True)``.
+    """
+    target = _check_target(target)
+    sw, sa = _example_terms(gains)
+    n = len(gains.layers)
+    lead = _leads(gains)
+    tabs = _layer_costs(gains, cost)
+
+    def pe(bw, ba):
+        return float(np.mean(np.minimum(sw @ 4.0 ** (1 - np.asarray(bw, float))
+                                        + sa @ 4.0 ** (1 - np.asarray(ba, float)), 1.0)))
+    top = np.full(n, max_bits)
+    if pe(top, top) > target:
+        raise UnattainableTargetError(
+            f"even {max_bits} bits for every tensor gives a per-example bound "
+            f"of {pe(top, top):.3g} > target {target:.3g}.")
+    starts = [(top, top)]
+    for b in range(MIN_BITS, max_bits + 1):    # cheapest uniform start
+        u = np.full(n, b)
+        if pe(u, u) <= target:
+            starts.append((u, u))
+            break
+    try:
+        ca = cost_aware_plan(gains, target, cost=cost, max_bits=max_bits)
+        starts.append((np.array([l.weight_bits for l in ca.layers]),
+                       np.array([l.act_bits for l in ca.layers])))
+    except UnattainableTargetError:
+        pass
+    results = []
+    for bw, ba in starts:
+        bw2, ba2 = _descend_per_example(tabs, sw, sa, bw, ba, target, lead)
+        results.append((_total_cost(tabs, bw2, ba2), pe(bw2, ba2), bw2, ba2))
+    results.sort(key=lambda r: (r[0], r[1]))
+    _, bound, bw, ba = results[0]
+    return PrecisionPlan(_layers_at(gains, bw, ba), f"cost_aware_pe:{cost}", target,
+                         {"per_example_bound": bound})
+
+
 PLAN_METHODS = ("paper", "cost_aware", "uniform", "icml2017")
 
 
