@@ -1,0 +1,248 @@
+"""The example scripts' end-to-end functions, on tiny settings.
+
+* ``examples/mnist_mlp.py``: a 784-32-32-10 MLP, one epoch on the embedded
+  MNIST subset, the equal-accuracy search of all four allocations (through
+  ``tfprec.calibrate`` when present and through the examples' own fallback
+  bisection, which must agree on the integer families), the 16-bit and
+  binarized rows and the markdown table;
+* ``examples/cifar10_vgg.py``: the binarized network's geometry and a run on
+  a few random CIFAR-shaped examples (one training step);
+* ``examples/resnet20_cifar10.py`` and ``examples/mobilenet_cifar10.py``:
+  one training step on a few random CIFAR-shaped examples, then gains,
+  plans, fake-quant validation and TFLite export; layers that share an input
+  tensor (residual projection, two-branch block) must have equal formats in
+  the plan and in the TFLite file.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import tfprec  # noqa: F401  (first: selects Keras 2)
+from tfprec import cost as cost_lib
+from tfprec import data as data_lib
+from tfprec import models
+from tfprec.gains import layer_geometry
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "examples")
+sys.path.insert(0, EXAMPLES)
+
+import cifar10_vgg  # noqa: E402
+import common  # noqa: E402
+import mnist_mlp  # noqa: E402
+import mobilenet_cifar10  # noqa: E402
+import resnet20_cifar10  # noqa: E402
+
+quiet = lambda msg: None  # noqa: E731
+
+
+def random_cifar(n_train: int, n_test: int, seed: int = 0) -> data_lib.Dataset:
+    rs = np.random.RandomState(seed)
+    return data_lib.Dataset(
+        rs.rand(n_train, 32, 32, 3).astype("float32"), rs.randint(0, 10, n_train),
+        rs.rand(n_test, 32, 32, 3).astype("float32"), rs.randint(0, 10, n_test),
+        10, "random_cifar", "random")
+
+
+# ------------------------------------------------------------ MNIST MLP
+@pytest.fixture(scope="module")
+def mnist_result():
+    ds = data_lib.load_dataset("mnist_subset", flatten=True, num_test=1000)
+    return mnist_mlp.run(ds, hidden=(32, 32), epochs=1, cache_dir="",
+                         calibration_examples=256, eval_examples=1000, log=quiet)
+
+
+def test_mnist_rows(mnist_result):
+    res = mnist_result
+    assert [r.method for r in res.rows] == list(common.PAPER_METHODS)
+    assert res.float_accuracy > 0.5
+    for r in res.rows:
+        assert r.met, r.note
+        assert r.num_examples == 1000
+        # equal accuracy: within 0.1 pp (1 example of 1000)
+        assert r.accuracy_drop_pp <= 0.1 + 1e-9
+        assert r.quant_accuracy == pytest.approx(r.float_accuracy - r.accuracy_drop_pp / 100)
+        assert 2 <= r.b_min <= r.b_max <= 16
+        assert [l.name for l in r.plan.layers] == ["fc1", "fc2", "logits"]
+        c = r.plan.cost()
+        assert r.cost("compute") == c.total_compute > 0
+        assert r.cost("memory") == c.total_memory > 0
+        assert r.bound == pytest.approx(r.plan.bound())
+    uni = res.row("uniform")
+    assert uni.b_min == uni.b_max == int(uni.level)
+    assert res.row("paper").b_min == int(res.row("paper").level)
+
+
+def test_mnist_reference_networks(mnist_result):
+    res = mnist_result
+    # 16-bit network: every tensor 16 bits, same widths, accuracy measured
+    assert res.fixed16.b_min == 16 and res.fixed16.num_examples == 1000
+    geo = layer_geometry(res.model)
+    want16 = sum(cost_lib.compute_cost(g["dot_length"], g["num_dots"], 16, 16) for g in geo)
+    assert res.fixed16_cost[0] == pytest.approx(want16)
+    # binarized: hidden widths x3, 1 bit everywhere, cost formula by hand
+    assert res.binarized_widen == 3.0
+    dims = [784, 96, 96, 10]
+    comp = mem = 0.0
+    for n_in, n_out in zip(dims[:-1], dims[1:]):
+        d = n_in + 1
+        comp += n_out * (d * 1 * 1 + (d - 1) * (1 + 1 + math.ceil(math.log2(d)) - 1))
+        mem += 1 * (n_in + 1) * n_out + 1 * n_in
+    assert res.binarized_cost == (pytest.approx(comp), pytest.approx(mem))
+    paper = res.row("paper")
+    q = res.ratios
+    assert q["binarized_over_paper_compute"] == pytest.approx(comp / paper.cost("compute"))
+    assert q["fixed16_over_paper_memory"] == pytest.approx(
+        res.fixed16_cost[1] / paper.cost("memory"))
+    assert q["uniform_minus_paper_min_bits"] == res.row("uniform").b_min - paper.b_min
+
+
+def test_mnist_markdown(mnist_result, tmp_path):
+    md = mnist_result.markdown
+    assert md.count("\n| per-layer") == 2
+    for label in ("uniform (one B", "ICML 2017", "16-bit fixed point",
+                  "binarized, 3x wider (cost model only, not trained)",
+                  "up to 8 bits lower", "~3.5x lower", "up to 14x lower", "Wall time"):
+        assert label in md, label
+    out = tmp_path / "sub" / "results.md"
+    common.write_atomic(str(out), md)
+    assert out.read_text() == md
+    assert [p.name for p in out.parent.iterdir()] == ["results.md"]
+
+
+def test_fallback_search_matches_calibrate(mnist_result):
+    res = mnist_result
+    ds = data_lib.load_dataset("mnist_subset", flatten=True, num_train=1, num_test=1000)
+    rows, engine = common.equal_accuracy(res.model, res.gains, ds.x_test, ds.y_test,
+                                         methods=("uniform",), use_calibrate=False)
+    assert engine.startswith("examples.common fallback")
+    assert [r.method for r in rows] == ["uniform"]
+    for r in rows:
+        assert r.met and r.accuracy_drop_pp <= 0.1 + 1e-9
+        if res.engine == "tfprec.calibrate":
+            assert r.level == res.row(r.method).level, r.method
+
+
+# ------------------------------------------------------------ CIFAR VGG
+def test_vgg_wide_geometry():
+    assert cifar10_vgg.wide_geometry(1.0) == layer_geometry(models.cifar10_vgg())
+    g3 = {g["name"]: g for g in cifar10_vgg.wide_geometry(3.0)}
+    assert g3["conv1_1"]["num_dots"] == 96 * 30 * 30
+    assert g3["conv1_2"]["dot_length"] == 96 * 9 + 1
+    assert g3["fc1"]["dot_length"] == 384 * 1 + 1
+    assert g3["logits"]["num_dots"] == 10 and g3["logits"]["dot_length"] == 769
+
+
+def test_vgg_pipeline_random():
+    ds = random_cifar(32, 64)
+    res = cifar10_vgg.run(ds, epochs=1, cache_dir="", calibration_examples=16,
+                          eval_examples=64, methods=("uniform",), log=quiet)
+    assert [r.method for r in res.rows] == ["uniform"]
+    r = res.row("uniform")
+    assert r.met and r.num_examples == 64 and len(r.plan.layers) == 9
+    assert res.fixed16.num_examples == 64
+    assert "CIFAR-10 VGG" in res.markdown and "binarized, 3x wider" in res.markdown
+
+
+# ------------------------------------------------------------ architectures
+def _check_arch(res, groups, names, paper_may_fail=False):
+    assert [p.name.split(" (")[0] for p in res.plans] == names
+    assert 0.0 <= res.float_accuracy <= 1.0
+    made = [p for p in res.plans if p.plan is not None]
+    if paper_may_fail and res.plans[0].plan is None:
+        # an untrained network can spread its gains over more than 14 bits:
+        # then no B_min fits the paper rule within 16 bits, and it says so
+        assert "offsets span" in res.plans[0].note, res.plans[0].note
+        assert res.plans[0].note in res.markdown
+        made = [res.plans[0]] + made
+    for p in res.plans:
+        assert p.plan is not None or p is res.plans[0] or "not met" in p.note or \
+            "calibrated" in p.name, (p.name, p.note)
+    for p in res.plans:
+        if p.plan is None:
+            continue
+        v = p.validation
+        assert v.num_examples == 24
+        assert 0.0 <= v.mismatch_rate <= 1.0 and v.bound == pytest.approx(p.plan.bound())
+        assert set(p.shared_equal) == set(groups)
+        assert all(p.shared_equal.values())
+        rep = p.export
+        for g in groups:
+            members = [l for l in p.plan.layers if l.act_group == g]
+            assert sorted(l.name for l in members) == sorted(g.split("+"))
+            assert len({(l.act_bits, l.act_range, l.act_signed) for l in members}) == 1
+            assert len({(rep.layer(l.name).act_step, rep.layer(l.name).act_dtype)
+                        for l in members}) == 1
+        assert rep.grid_check_passed
+        assert [l.name for l in rep.layers] == [l.name for l in p.plan.layers]
+        assert 0.0 <= p.tflite_vs_fakequant <= 1.0 and 0.0 <= p.tflite_accuracy <= 1.0
+        assert rep.sim_agreement >= 0.9
+    md = res.markdown
+    for g in groups:
+        assert f"`{g}`" in md
+    assert "TFLite grid checks" in md and "**NO**" not in md
+
+
+def test_resnet20_end_to_end(tmp_path):
+    ds = random_cifar(16, 24)
+    res = resnet20_cifar10.run(ds, epochs=1, batch_size=16, cache_dir="",
+                               calibration_examples=8, eval_examples=24,
+                               int8_baseline=False, export_dir=str(tmp_path), log=quiet)
+    assert len(res.gains.layers) == 22
+    _check_arch(res, ["s2b1_conv1+s2b1_proj", "s3b1_conv1+s3b1_proj"],
+                ["paper", "cost_aware:compute"])
+    assert sorted(os.listdir(tmp_path)) == ["resnet20_cost_aware_bound.tflite",
+                                            "resnet20_paper_bound.tflite"]
+
+
+class _FakeCalibration:
+    """Stands in for tfprec.calibrate's result (its search is tested in
+    tests/test_calibrate.py): a cheap low-precision cost-aware plan, so the
+    TFLite export takes its int8 paths; the paper family 'unmet'."""
+
+    def __init__(self, plan, n):
+        self.plan, self.n = plan, n
+        self.unmet = {"paper": "stub: not met"}
+
+    def __getitem__(self, method):
+        if method != "cost_aware":
+            raise KeyError(method)
+        import types
+        return types.SimpleNamespace(plan=self.plan, level=1e3, num_mismatch=0,
+                                     num_examples=self.n)
+
+
+def test_mobilenet_end_to_end(monkeypatch):
+    from tfprec import plan as plan_lib
+    calls = []
+
+    def fake_calibrate(model, gains, x, y, **kw):
+        calls.append((len(x), kw))
+        return _FakeCalibration(plan_lib.cost_aware_plan(gains, 1e3), len(x))
+
+    monkeypatch.setattr(common, "_calibrate", fake_calibrate)
+    ds = random_cifar(16, 24 + 8, seed=1)
+    res = mobilenet_cifar10.run(ds, epochs=1, batch_size=16, cache_dir="",
+                                calibration_examples=8, eval_examples=24,
+                                calibrated_mismatch=0.01, select_examples=8, log=quiet)
+    # the level search got the 8 test examples after the 24 validated on
+    assert calls == [(8, {"target_mismatch": 0.01, "methods": ("paper", "cost_aware")})]
+    assert "b3a_dw" in res.gains.names and "b3b" in res.gains.names
+    _check_arch(res, ["b3a_dw+b3b"],
+                ["paper", "cost_aware:compute", "uniform 8 bits", "paper, calibrated, "
+                 "measured mismatch <= 0.01", "cost_aware, calibrated, measured mismatch "
+                 "<= 0.01"], paper_may_fail=True)
+    u8 = res.plans[2]
+    assert u8.plan.b_min == 8 and {l.compute for l in u8.export.layers} >= {"int8"}
+    cal = res.plans[4]
+    assert any(l.compute == "int8" for l in cal.export.layers)
+    assert res.plans[3].plan is None and "stub: not met" in res.plans[3].note
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
