@@ -61,9 +61,10 @@ LEVEL_NAMES = {"paper": "B_min", "uniform": "B", "icml2017": "B_A",
 # ================================================================ flags
 def define_flag(kind: str, name: str, default, help_text: str, **kw) -> None:
     """``flags.DEFINE_<kind>(name, default, help_text)`` unless ``name`` is
-    already defined in this process (then only its default is replaced)."""
+    already defined in this process (e.g. by tfprec.cli in a test run): then
+    it is left exactly as it is, so importing an example never changes
+    another program's flags."""
     if name in flags.FLAGS:
-        flags.FLAGS.set_default(name, default)
         return
     getattr(flags, f"DEFINE_{kind}")(name, default, help_text, **kw)
 
