@@ -30,8 +30,10 @@ The cost-aware family is shaped by the per-example bound
 ``per_example=True``), and every plan also prints ``_per_example_bound``.
 
 Protocol: noise gains on the first ``--gain_examples`` (2000) training
-images; the search on the first ``--search_examples`` (5000) test images;
-the confirmation on the remaining test images.  Costs: computational cost in
+images; the search on the first ``--search_examples`` test images (default
+all 10000, whose accuracy-drop standard error is 1/sqrt(2) of that on
+5000); the confirmation on the remaining test images, if any (pass
+``--search_examples 5000`` for a 5000/5000 split).  Costs: computational cost in
 1-bit full adders per example, representational cost in bits (METHOD.md
 section 4).
 
@@ -184,7 +186,7 @@ def main(argv=None) -> int:
     ap.add_argument("--mnist_epochs", type=int, default=None)
     ap.add_argument("--cifar10_epochs", type=int, default=None)
     ap.add_argument("--gain_examples", type=int, default=2000)
-    ap.add_argument("--search_examples", type=int, default=5000)
+    ap.add_argument("--search_examples", type=int, default=10000)
     ap.add_argument("--max_drop", type=float, default=0.1,
                     help="largest accuracy drop, percentage points")
     ap.add_argument("--mismatch_target", type=float, default=0.01,

@@ -380,7 +380,8 @@ def run_paper(builder: str, ds, *, title: str, wide_geometry: Callable[[float], 
     x_eval = models.fit_inputs(model, ds.x_test[:n_eval])
     y_eval = ds.y_test[:n_eval]
     with timer("gains"):
-        gains = tfprec.noise_gains(model, x_cal, batch_size=min(256, n_cal))
+        gains = tfprec.noise_gains(model, x_cal, batch_size=min(256, n_cal),
+                                    per_example=True)
     log(f"[{title}] noise gains on {n_cal} training examples "
         f"({timer.phases['gains']:.1f} s)")
     with timer("equal-accuracy search"):
