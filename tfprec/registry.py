@@ -62,11 +62,6 @@ def _split(t, c: int):
     return tf.reshape(t, tf.concat([[c, s[0] // c], s[1:]], 0))
 
 
-def _sumsq(t, keep: int):
-    """Sum of squares over all axes after the first ``keep``."""
-    return tf.reduce_sum(tf.square(t), axis=list(range(keep, len(t.shape))))
-
-
 # ----------------------------------------------------------------- Dense
 def _dense_forward(attrs, a):
     y = tf.matmul(a, attrs["kernel_t"])
