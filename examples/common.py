@@ -31,6 +31,7 @@ import numpy as np
 import tfprec  # noqa: F401  (first: selects Keras 2 before TensorFlow loads)
 from tfprec import cost as cost_lib
 from tfprec import models, validate
+from tfprec import data as data_lib
 from tfprec import plan as plan_lib
 from tfprec._tf import keras
 from tfprec.apply import logits_model, quantize_model
@@ -87,6 +88,48 @@ def define_common_flags(*, epochs: int, calibration_examples: int,
     define_flag("string", "output", output,
                 "Write the markdown results here (atomically); '' prints only.")
     define_flag("integer", "seed", 0, "Seed of model initialization and training.")
+
+
+def define_architecture_flags(*, train_examples: int) -> None:
+    """Flags of the architecture examples (ResNet-20, MobileNet-style)."""
+    define_common_flags(epochs=2, calibration_examples=500, eval_examples=2000)
+    define_flag("integer", "train_examples", train_examples,
+                "Train on the first N training images (CPU schedule).")
+    define_flag("float", "target", 0.01,
+                "Analytic mismatch-bound target of the plans (probability).")
+    define_flag("float", "calibrated_mismatch", 0.01,
+                "Also the paper and cost-aware families at the cheapest level whose "
+                "measured mismatch is at most this fraction (tfprec.calibrate); "
+                "negative: skip.")
+    define_flag("integer", "select_examples", 2000,
+                "Test examples (after the evaluation split) the calibrated "
+                "levels are chosen on.")
+    define_flag("bool", "int8_baseline", True,
+                "Also validate and export every tensor at 8 bits.")
+    define_flag("string", "export_dir", "",
+                "Keep the .tflite files here ('' : a temporary folder).")
+
+
+def architecture_main(builder: str, run) -> None:
+    """main() of an architecture example: load CIFAR-10, ``run``, print."""
+    f = flags.FLAGS
+    timer = Timer()
+    ds = data_lib.load_dataset("cifar10", f.data_dir or None,
+                               num_train=f.train_examples or None)
+    print(f"data: {ds}", flush=True)
+    res = run(ds, epochs=f.epochs, cache_dir=f.cache_dir,
+              calibration_examples=f.calibration_examples,
+              eval_examples=f.eval_examples, target=f.target,
+              calibrated_mismatch=(f.calibrated_mismatch
+                                   if f.calibrated_mismatch >= 0 else None),
+              select_examples=f.select_examples,
+              int8_baseline=f.int8_baseline, export_dir=f.export_dir, seed=f.seed)
+    print()
+    print(res.markdown, flush=True)
+    if f.output:
+        write_atomic(f.output, res.markdown)
+        print(f"wrote {f.output}")
+    print(f"{builder}: wall time {timer.total:.1f} s", flush=True)
 
 
 def default_data_dir() -> str:

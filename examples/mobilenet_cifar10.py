@@ -52,29 +52,13 @@ import common  # noqa: E402  (imports tfprec first)
 
 from absl import app, flags  # noqa: E402
 
-from tfprec import data as data_lib  # noqa: E402
 
 BUILDER = "mobilenet_like"
 TITLE = "MobileNet-style network / CIFAR-10"
 SCHEDULE = ("epochs {epochs} on the first {n} CIFAR-10 training images, batch "
             "{batch}, Adam lr 1e-3, seed {seed}")
 
-common.define_common_flags(epochs=2, calibration_examples=500, eval_examples=2000)
-common.define_flag("integer", "train_examples", 50000,
-                   "Train on the first N training images (CPU schedule).")
-common.define_flag("float", "target", 0.01,
-                   "Analytic mismatch-bound target of the plans (probability).")
-common.define_flag("float", "calibrated_mismatch", 0.01,
-                   "Also the paper and cost-aware families at the cheapest level whose "
-                   "measured mismatch is at most this fraction (tfprec.calibrate); "
-                   "negative: skip.")
-common.define_flag("integer", "select_examples", 2000,
-                   "Test examples (after the evaluation split) the calibrated "
-                   "levels are chosen on.")
-common.define_flag("bool", "int8_baseline", True,
-                   "Also validate and export every tensor at 8 bits.")
-common.define_flag("string", "export_dir", "",
-                   "Keep the .tflite files here ('' : a temporary folder).")
+common.define_architecture_flags(train_examples=50000)
 flags.adopt_module_key_flags(common)  # --help lists the shared flags
 FLAGS = flags.FLAGS
 
@@ -99,23 +83,7 @@ def run(ds, *, epochs: int = 2, cache_dir: str = "", calibration_examples: int =
 
 def main(argv):
     del argv
-    timer = common.Timer()
-    ds = data_lib.load_dataset("cifar10", FLAGS.data_dir or None,
-                               num_train=FLAGS.train_examples or None)
-    print(f"data: {ds}", flush=True)
-    res = run(ds, epochs=FLAGS.epochs, cache_dir=FLAGS.cache_dir,
-              calibration_examples=FLAGS.calibration_examples,
-              eval_examples=FLAGS.eval_examples, target=FLAGS.target,
-              calibrated_mismatch=(FLAGS.calibrated_mismatch
-                                   if FLAGS.calibrated_mismatch >= 0 else None),
-              select_examples=FLAGS.select_examples,
-              int8_baseline=FLAGS.int8_baseline, export_dir=FLAGS.export_dir, seed=FLAGS.seed)
-    print()
-    print(res.markdown, flush=True)
-    if FLAGS.output:
-        common.write_atomic(FLAGS.output, res.markdown)
-        print(f"wrote {FLAGS.output}")
-    print(f"{BUILDER}: wall time {timer.total:.1f} s", flush=True)
+    common.architecture_main(BUILDER, run)
 
 
 if __name__ == "__main__":
