@@ -109,6 +109,7 @@ def run(net: str, args) -> None:
         say(f"{q}_bits_w", ",".join(str(l.weight_bits) for l in c.plan.layers))
         say(f"{q}_bits_a", ",".join(str(l.act_bits) for l in c.plan.layers))
         say(f"{q}_bound", c.bound)
+        say(f"{q}_per_example_bound", c.per_example_bound)
         say(f"{q}_mismatch", c.measured_mismatch)
         say(f"{q}_mismatch_ucl95", c.mismatch_ucl)
         say(f"{q}_accuracy_drop_pp", c.accuracy_drop_pp)
