@@ -69,6 +69,11 @@ the same, already warm process, each paying its own tracing)
 * greedy_over_tfprec_time: greedy_search_seconds / tfprec_time_to_plan_seconds
   (the goal is >= 10); greedy_over_tfprec_cpu_time: the same ratio of
   process CPU times (less sensitive to other load on the machine).
+* tfprec_calibrate_*: tfprec's own path on another fresh copy:
+  noise_gains(per_example=True) + tfprec.calibrate(max_accuracy_drop, the
+  cost-aware family shaped by the per-example bound): time, evaluations,
+  greedy_over_tfprec_calibrate_time, the plan's cost against greedy's, and
+  its accuracy on the eval and held-out sets.
 * greedy_all_candidates_seconds_estimate: greedy_search_seconds scaled by
   greedy_evaluations_if_all_candidates / greedy_evaluations (estimated, not
   run: the time of a greedy search that measures every candidate each
@@ -237,10 +242,31 @@ def main() -> None:
     print(f"tfprec_budget_bisection_plan_bits: {bits(tp2)}")
     print(f"tfprec_budget_bisection_plan_accuracy_pct: "
           f"{100 * tp2.info['quant_accuracy']:.2f}")
+    # tfprec's own path: per-example gains + tfprec.calibrate (cost-aware
+    # family shaped by the per-example bound), on a fresh copy (fresh trace).
+    fresh3 = keras.models.clone_model(model)
+    fresh3.set_weights(model.get_weights())
+    t, c = time.perf_counter(), time.process_time()
+    g3 = tfprec.noise_gains(fresh3, xc, per_example=True)
+    cal = tfprec.calibrate.calibrate(fresh3, g3, xe, ye,
+                                     max_accuracy_drop=a.tolerance_pp,
+                                     methods=("cost_aware",))
+    t_cal = time.perf_counter() - t
+    c_cal = time.process_time() - c
+    tp3 = cal.best.plan
+    print(f"tfprec_calibrate_seconds: {t_cal:.2f}")
+    print(f"tfprec_calibrate_evaluations: {cal.best.evaluations}")
+    print(f"greedy_over_tfprec_calibrate_time: {t_greedy / t_cal:.1f}")
+    print(f"greedy_over_tfprec_calibrate_cpu_time: {c_greedy / c_cal:.1f}")
+    print(f"tfprec_calibrate_plan_cost: {tp3.cost().total_compute:.6g}")
+    print(f"tfprec_calibrate_over_greedy_cost: {tp3.cost().total_compute / gc:.3f}")
+    print(f"tfprec_calibrate_plan_bits: {bits(tp3)}")
+    print(f"tfprec_calibrate_plan_accuracy_pct: {100 * cal.best.quant_accuracy:.2f}")
     fh = V.float_decisions(model, xh)
     print(f"float_holdout_accuracy_pct: {100 * np.mean(fh == yh):.2f}")
     print(f"greedy_plan_holdout_accuracy_pct: {acc_pct(model, gp, xh, yh):.2f}")
     print(f"tfprec_plan_holdout_accuracy_pct: {acc_pct(model, tp, xh, yh):.2f}")
+    print(f"tfprec_calibrate_plan_holdout_accuracy_pct: {acc_pct(model, tp3, xh, yh):.2f}")
     print(f"total_seconds: {time.perf_counter() - t_all:.1f}")
 
 
