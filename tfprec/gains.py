@@ -195,7 +195,8 @@ class _Engine:
                 self.fusable_act[op.name] = src
         shape = [None, *graph.shapes[graph.input_id]]
         self.step = tf.function(self._step, input_signature=[
-            tf.TensorSpec(shape, dtype), tf.TensorSpec([2], tf.int32)])
+            tf.TensorSpec(shape, dtype), tf.TensorSpec([2], tf.int32)],
+            autograph=False)  # plain TF ops and an explicit tf.while_loop
 
     def load(self, graph: Graph) -> None:
         """Copies the (folded) weights of a freshly parsed graph."""
