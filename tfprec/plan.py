@@ -402,20 +402,9 @@ def paper_plan(gains, target: float = DEFAULT_TARGET, b_min: Optional[int] = Non
         meets the target.
     """
     ow, oa = paper_offsets(gains)
-    gw, ga = _gain_arrays(gains)
-    bound = lambda bw, ba: _bound(gw, ga, bw, ba)
-    make = lambda b: (b + ow, b + oa)
-    if b_min is not None:
-        bw, ba = make(int(b_min))
-        if max(bw.max(), ba.max()) > max_bits or min(bw.min(), ba.min()) < MIN_BITS:
-            raise UnattainableTargetError(
-                f"B_min={b_min} puts a tensor outside {MIN_BITS}..{max_bits} bits "
-                f"(largest offset {max(ow.max(), oa.max())}).")
-        target = None
-    else:
-        target = _check_target(target)
-        _, bw, ba = _search(range(MIN_BITS, max_bits + 1), make, bound, target,
-                            "B_min", max_bits)
+    bw, ba, target = _level_or_search(gains, lambda b: (b + ow, b + oa), b_min,
+                                      target, range(MIN_BITS, max_bits + 1),
+                                      "B_min", max_bits)
     return PrecisionPlan(_layers_at(gains, bw, ba), "paper", target,
                          {"offsets_w": ow.tolist(), "offsets_a": oa.tolist()})
 
@@ -423,18 +412,10 @@ def paper_plan(gains, target: float = DEFAULT_TARGET, b_min: Optional[int] = Non
 def uniform_plan(gains, target: float = DEFAULT_TARGET, bits: Optional[int] = None,
                  max_bits: int = MAX_BITS) -> PrecisionPlan:
     """Every weight and activation tensor at the same B (bits)."""
-    gw, ga = _gain_arrays(gains)
-    n = len(gw)
-    make = lambda b: (np.full(n, b), np.full(n, b))
-    if bits is not None:
-        bw, ba = make(int(bits))
-        _check_bits_range(bw, ba, max_bits)
-        target = None
-    else:
-        target = _check_target(target)
-        _, bw, ba = _search(range(MIN_BITS, max_bits + 1), make,
-                            lambda bw, ba: _bound(gw, ga, bw, ba), target,
-                            "uniform B", max_bits)
+    n = len(gains.layers)
+    bw, ba, target = _level_or_search(gains, lambda b: (np.full(n, b), np.full(n, b)),
+                                      bits, target, range(MIN_BITS, max_bits + 1),
+                                      "uniform B", max_bits)
     return PrecisionPlan(_layers_at(gains, bw, ba), "uniform", target)
 
 
@@ -450,30 +431,32 @@ def icml2017_offset(gains) -> int:
 def icml2017_plan(gains, target: float = DEFAULT_TARGET, act_bits: Optional[int] = None,
                   max_bits: int = MAX_BITS) -> PrecisionPlan:
     """ICML 2017 rule: one B_A for all activations, B_W = B_A + offset."""
-    gw, ga = _gain_arrays(gains)
-    n = len(gw)
+    n = len(gains.layers)
     d = icml2017_offset(gains)
-    make = lambda b: (np.full(n, b + d), np.full(n, b))
-    if act_bits is not None:
-        bw, ba = make(int(act_bits))
-        _check_bits_range(bw, ba, max_bits)
-        target = None
-    else:
-        target = _check_target(target)
-        _, bw, ba = _search(range(MIN_BITS - min(d, 0), max_bits + 1), make,
-                            lambda bw, ba: _bound(gw, ga, bw, ba), target,
-                            "B_A", max_bits)
+    bw, ba, target = _level_or_search(gains, lambda b: (np.full(n, b + d), np.full(n, b)),
+                                      act_bits, target,
+                                      range(MIN_BITS - min(d, 0), max_bits + 1),
+                                      "B_A", max_bits)
     return PrecisionPlan(_layers_at(gains, bw, ba), "icml2017", target,
                          {"weight_minus_act_bits": d})
 
 
-def _check_bits_range(bw, ba, max_bits):
-    lo = min(bw.min(), ba.min())
-    hi = max(bw.max(), ba.max())
-    if lo < MIN_BITS or hi > max_bits:
-        raise UnattainableTargetError(
-            f"the plan needs tensors of {lo}..{hi} bits, outside "
-            f"{MIN_BITS}..{max_bits}.")
+def _level_or_search(gains, make, level, target, levels, what, max_bits):
+    """(bw, ba, target) of a one-level rule: at ``level`` if given (target
+    None), else at the smallest of ``levels`` whose bound meets ``target``."""
+    if level is not None:
+        bw, ba = make(int(level))
+        lo, hi = min(bw.min(), ba.min()), max(bw.max(), ba.max())
+        if lo < MIN_BITS or hi > max_bits:
+            raise UnattainableTargetError(
+                f"{what}={level} puts a tensor outside {MIN_BITS}..{max_bits} "
+                f"bits (the plan needs {lo}..{hi}).")
+        return bw, ba, None
+    target = _check_target(target)
+    gw, ga = _gain_arrays(gains)
+    _, bw, ba = _search(levels, make, lambda bw, ba: _bound(gw, ga, bw, ba),
+                        target, what, max_bits)
+    return bw, ba, target
 
 
 def _search(levels, make, bound, target, what, max_bits):
