@@ -26,7 +26,7 @@ accuracy (the "equal accuracy" criterion), and prints ``name: value`` lines:
   examples is 0.06-0.25 pp here), so the shapes are compared on their merit.
 
 The cost-aware family is shaped by the per-example bound
-(:func:`tfprec.plan.per_example_cost_aware_plan`; gains computed with
+(:func:`tfprec.planning.plan.per_example_cost_aware_plan`; gains computed with
 ``per_example=True``), and every plan also prints ``_per_example_bound``.
 
 Protocol: noise gains on the first ``--gain_examples`` (2000) training
@@ -57,9 +57,10 @@ import time
 import numpy as np
 
 import tfprec
-from tfprec import calibrate as C
-from tfprec import data, models
-from tfprec import validate as V
+from tfprec.planning import calibrate as C
+from tfprec.application import data
+from tfprec.application import models
+from tfprec.quantization import validate as V
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 NETS = {  # builder: (dataset, load kwargs, CPU epochs)

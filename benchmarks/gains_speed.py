@@ -27,7 +27,7 @@ import numpy as np
 
 import tfprec
 from tfprec._tf import keras, tf
-from tfprec.models import cifar10_vgg
+from tfprec.application.models import cifar10_vgg
 
 
 def make(n: int, seed: int = 0):

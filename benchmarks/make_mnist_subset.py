@@ -1,4 +1,4 @@
-"""Builds tfprec/data/mnist_subset.npz, the small MNIST subset shipped with tfprec.
+"""Builds tfprec/application/assets/mnist_subset.npz, the small MNIST subset shipped with tfprec.
 
 The subset is a class-balanced (stratified) random selection from the official
 MNIST split: 800 training images per digit (8000 in all) from the 60000
@@ -10,7 +10,7 @@ stored with the images (``train_index``, ``test_index``) for provenance.
 Usage::
 
     python benchmarks/make_mnist_subset.py [--src /work/shared/data/mnist.npz]
-        [--out tfprec/data/mnist_subset.npz] [--train_per_class 800]
+        [--out tfprec/application/assets/mnist_subset.npz] [--train_per_class 800]
         [--test_per_class 200] [--seed 0]
 
 The source file must hold x_train (60000, 28, 28), y_train, x_test, y_test as
@@ -25,7 +25,7 @@ import os
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_OUT = os.path.join(HERE, os.pardir, "tfprec", "data", "mnist_subset.npz")
+DEFAULT_OUT = os.path.join(HERE, os.pardir, "tfprec", "application", "assets", "mnist_subset.npz")
 
 
 def stratified_indices(y: np.ndarray, per_class: int, rng: np.random.Generator) -> np.ndarray:

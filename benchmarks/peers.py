@@ -103,12 +103,12 @@ import time
 import numpy as np
 
 import tfprec
-from tfprec import baselines as B
-from tfprec import models
-from tfprec import validate as V
-from tfprec.data import load_dataset
+from tfprec.peers import baselines as B
+from tfprec.application import models
+from tfprec.quantization import validate as V
+from tfprec.application.data import load_dataset
 from tfprec._tf import keras
-from tfprec.plan import uniform_plan
+from tfprec.planning.plan import uniform_plan
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

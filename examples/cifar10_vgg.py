@@ -48,9 +48,9 @@ import common  # noqa: E402  (imports tfprec first)
 
 from absl import app, flags  # noqa: E402
 
-from tfprec import data as data_lib  # noqa: E402
+from tfprec.application import data as data_lib  # noqa: E402
 from tfprec._tf import keras  # noqa: E402
-from tfprec.gains import layer_geometry  # noqa: E402
+from tfprec.statistics.gains import layer_geometry  # noqa: E402
 
 L = keras.layers
 SCHEDULE = ("{epochs} epochs on {n} training images, batch 128, Adam lr 1e-3, "

@@ -29,18 +29,19 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 import tfprec  # noqa: F401  (first: selects Keras 2 before TensorFlow loads)
-from tfprec import cost as cost_lib
-from tfprec import models, validate
-from tfprec import data as data_lib
-from tfprec import plan as plan_lib
+from tfprec.planning import cost as cost_lib
+from tfprec.application import models
+from tfprec.quantization import validate
+from tfprec.application import data as data_lib
+from tfprec.planning import plan as plan_lib
 from tfprec._tf import keras
-from tfprec.apply import logits_model, quantize_model
+from tfprec.quantization.apply import logits_model, quantize_model
 from tfprec.errors import UnattainableTargetError
 from tfprec.fixedpoint import MAX_BITS, MIN_BITS
-from tfprec.gains import layer_geometry
+from tfprec.statistics.gains import layer_geometry
 
 try:  # written in parallel; the examples fall back to their own search
-    from tfprec.calibrate import calibrate as _calibrate
+    from tfprec.planning.calibrate import calibrate as _calibrate
 except ImportError:  # pragma: no cover - depends on the checkout
     _calibrate = None
 
@@ -750,7 +751,7 @@ def run_architecture(builder: str, ds, *, title: str, epochs: int = 2,
                 out.append(ArchPlanResult(label, None, None, None, None, None, {}, note=note))
                 continue
             with timer("fake-quant validation"):
-                # one fake-quant model per plan (tfprec.apply.quantize_model,
+                # one fake-quant model per plan (tfprec.quantization.apply.quantize_model,
                 # as tfprec.validate.validate uses) serves the validation and
                 # the comparison with TFLite
                 qm = logits_model(quantize_model(model, plan))

@@ -3,7 +3,7 @@
 Trains the paper's MNIST MLP (METHOD.md section 5: 784-512-512-512-10 by
 default, hidden activation clip(x, 0, 2), inputs in [0, 1], weights clipped
 to [-1, 1]) in float, computes the noise gains, makes a low-precision plan,
-builds the fake-quant model with :func:`tfprec.apply.quantize_model` and
+builds the fake-quant model with :func:`tfprec.quantization.apply.quantize_model` and
 fine-tunes it with ``compile``/``fit`` (straight-through gradients through
 the fixed-point quantizers).  Prints test accuracy of the float model and of
 the fixed-point model before and after fine-tuning.
@@ -26,7 +26,8 @@ import numpy as np
 
 from tfprec._tf import keras, tf  # first: selects Keras 2 for TFMOT
 import tfprec
-from tfprec import apply, validate
+from tfprec.quantization import apply
+from tfprec.quantization import validate
 
 L = keras.layers
 DEFAULT_DATA = "/work/shared/data/mnist.npz"

@@ -45,9 +45,9 @@ import common  # noqa: E402  (imports tfprec first)
 
 from absl import app, flags  # noqa: E402
 
-from tfprec import data as data_lib  # noqa: E402
-from tfprec import models  # noqa: E402
-from tfprec.gains import layer_geometry  # noqa: E402
+from tfprec.application import data as data_lib  # noqa: E402
+from tfprec.application import models  # noqa: E402
+from tfprec.statistics.gains import layer_geometry  # noqa: E402
 
 HIDDEN = (512, 512, 512)
 SCHEDULE = ("{epochs} epochs on {n} training images, batch 128, Adam lr 1e-3, "

@@ -6,4 +6,4 @@ script (imported by test_examples.py) declares flags of the same names, which
 the examples skip when they already exist, whatever order pytest collects in.
 """
 import tfprec  # noqa: F401
-import tfprec.cli  # noqa: F401
+import tfprec.application.cli  # noqa: F401

@@ -9,13 +9,14 @@ from tfprec._tf import keras, tf
 import tensorflow_model_optimization as tfmot
 
 import tfprec
-from tfprec import apply, fixedpoint
-from tfprec.configs import (FixedPointQuantizeConfig, InputQuantizeConfig,
+from tfprec import fixedpoint
+from tfprec.quantization import apply
+from tfprec.quantization.configs import (FixedPointQuantizeConfig, InputQuantizeConfig,
                             InputQuantizer, quantize_scope)
 from tfprec.errors import PlanError
-from tfprec.plan import paper_plan
-from tfprec.quantizers import FixedPointQuantizer, fixed_point_quantize
-from tfprec.simulate import simulate_layer_inputs, simulate_logits
+from tfprec.planning.plan import paper_plan
+from tfprec.quantization.quantizers import FixedPointQuantizer, fixed_point_quantize
+from tfprec.quantization.simulate import simulate_layer_inputs, simulate_logits
 
 L = keras.layers
 
@@ -222,7 +223,7 @@ def test_quantizer_outputs_on_exact_grid(which, models32, models64):
         q = apply.quantize_model(model, plan)
         acts = run(_probe(q, plan), x)
         ref = simulate_layer_inputs(model, plan, x)
-        folded = {op.name: op for op in tfprec.graph.parse_model(model).weight_ops}
+        folded = {op.name: op for op in tfprec.statistics.graph.parse_model(model).weight_ops}
         for lp, a in zip(plan.layers, acts):
             lo, hi = fixedpoint.int_limits(lp.act_bits, lp.act_signed)
             k = np.asarray(a, np.float64) / lp.act_step

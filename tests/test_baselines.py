@@ -7,9 +7,9 @@ import pytest
 from tfprec._tf import keras, tf
 
 import tfprec
-from tfprec import baselines as B
+from tfprec.peers import baselines as B
 from tfprec import fixedpoint
-from tfprec import validate as V
+from tfprec.quantization import validate as V
 from tfprec.errors import (InvalidDataError, PlanError, TfprecError,
                            UnattainableTargetError)
 
@@ -206,7 +206,7 @@ def tiny_traces(tiny):
 
 
 def _objective(m, plan, traces):
-    from tfprec.graph import parse_model
+    from tfprec.statistics.graph import parse_model
     ops = {op.name: op for op in parse_model(m).weight_ops}
     total = 0.0
     for lp in plan.layers:

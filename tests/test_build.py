@@ -5,24 +5,24 @@ it is parsed with :mod:`ast`: every top-level rule call becomes a
 :class:`Target` (kind, name, srcs, deps, data, main, size, tags; a
 ``glob([...])`` is expanded against the package folder).  The tests check:
 
-* coverage: every ``tfprec/*.py`` is in the srcs of a py_library / py_binary
-  of ``//tfprec``; every ``tests/test_*.py`` is a py_test of ``//tests`` (and
+* coverage: every ``tfprec/**/*.py`` is in the srcs of a py_library /
+  py_binary of ``//tfprec`` (one BUILD file for the package tree; a module's
+  target is its path without ``.py``, ``//tfprec:statistics/gains``); every ``tests/test_*.py`` is a py_test of ``//tests`` (and
   the test helpers are in some target); every ``examples/*.py`` and
   ``benchmarks/*.py`` is in a target of its package, and every script with a
   ``__main__`` block is a py_binary -- so adding a file without a target
   fails here;
-* the targets for files other engineers are still adding exist already
-  (:data:`PENDING`); their srcs may be missing until the files land, every
-  other src must exist;
+* every src exists;
 * deps: each target's deps cover the repository modules its sources import
-  (``tfprec.X`` -> ``//tfprec:X``, ``import tfprec`` -> ``//tfprec``, a
+  (``tfprec.a.b`` -> ``//tfprec:a/b``, ``import tfprec`` -> ``//tfprec``, a
   sibling module -> a target holding that file), every repository label in
   deps / data names an existing target or file, and the dependency graph has
   no cycles (Bazel rejects them);
 * rule hygiene: unique names per package, py_test sizes and tags, the CLI
   binary's main module.
 
-Run with pytest; ``python tests/test_build.py`` works too.
+Run with pytest; ``python tests/test_build.py`` works too.  The BUILD files
+are written by ``python .ci/gen_build.py``.
 """
 from __future__ import annotations
 
@@ -39,23 +39,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("", "tfprec", "tests", "examples", "benchmarks")
 PY_RULES = ("py_library", "py_binary", "py_test")
 TEST_SIZES = ("small", "medium", "large", "enormous")
-
-# Files other engineers are adding while this was written: their targets must
-# exist now; the files themselves may be missing until they land.
-PENDING = {
-    "tfprec/calibrate.py": ("tfprec", "calibrate"),
-    "tfprec/baselines.py": ("tfprec", "baselines"),
-    "tfprec/cli.py": ("tfprec", "cli"),
-    "tfprec/__main__.py": ("tfprec", "tfprec_cli"),
-    "tfprec/report.py": ("tfprec", "report"),
-    "tests/test_calibrate.py": ("tests", "test_calibrate"),
-    "tests/test_baselines.py": ("tests", "test_baselines"),
-    "tests/test_cli.py": ("tests", "test_cli"),
-    "tests/test_report.py": ("tests", "test_report"),
-    "benchmarks/calibrated.py": ("benchmarks", "calibrated"),
-    "benchmarks/peers.py": ("benchmarks", "peers"),
-}
-
 
 # ============================================================== parsing
 @dataclasses.dataclass
@@ -145,17 +128,51 @@ def normalize(label: str, package: str) -> str:
 
 # ============================================================== sources
 def py_files(root: str, package: str, pattern: str = "*.py") -> list:
+    """Python files of a package folder (recursively for ``tfprec``)."""
     d = os.path.join(root, package)
     if not os.path.isdir(d):
         return []
-    return sorted(_join(package, n) for n in os.listdir(d)
-                  if fnmatch.fnmatch(n, pattern) and os.path.isfile(os.path.join(d, n)))
+    out = []
+    for dirpath, dirnames, names in os.walk(d):
+        dirnames[:] = sorted(n for n in dirnames if not n.startswith((".", "__pycache__")))
+        rel = os.path.relpath(dirpath, root).replace(os.sep, "/")
+        out += [f"{rel}/{n}" for n in names if fnmatch.fnmatch(n, pattern)]
+        if package != "tfprec":
+            break
+    return sorted(out)
 
 
 def expected_files(root: str = ROOT) -> list:
     """Every source file that must be covered by a target."""
     return (py_files(root, "tfprec") + py_files(root, "tests")
             + py_files(root, "examples") + py_files(root, "benchmarks"))
+
+
+def label_of_file(path: str) -> str:
+    """``tfprec/a/b.py`` -> ``//tfprec:a/b``; ``tfprec/a/__init__.py`` ->
+    ``//tfprec:a``; ``tfprec/__init__.py`` -> ``//tfprec:tfprec``; other
+    packages: ``//pkg:stem``."""
+    pkg = path.split("/", 1)[0]
+    if pkg != "tfprec":
+        return f"//{os.path.dirname(path)}:{os.path.basename(path)[:-3]}"
+    rel = path[len("tfprec/"):-3]
+    if rel == "__init__":
+        return "//tfprec:tfprec"
+    if rel.endswith("/__init__"):
+        rel = rel[:-len("/__init__")]
+    return f"//tfprec:{rel}"
+
+
+def label_of_module(root: str, dotted: str) -> Optional[str]:
+    """Target of the file that defines tfprec module ``dotted`` (None if no
+    such file: an attribute imported from a package)."""
+    parts = dotted.split(".")
+    base = os.path.join(root, *parts)
+    if os.path.isfile(base + ".py"):
+        return label_of_file("/".join(parts) + ".py")
+    if os.path.isfile(os.path.join(base, "__init__.py")):
+        return label_of_file("/".join(parts) + "/__init__.py")
+    return None
 
 
 def has_main_block(path: str) -> bool:
@@ -187,6 +204,8 @@ def uncovered(root: str = ROOT, builds: Optional[dict] = None) -> list:
     bad = []
     for f in expected_files(root):
         pkg, base = os.path.split(f)
+        if pkg.startswith("tfprec"):
+            pkg = "tfprec"               # one BUILD file for the package tree
         ts = [t for t in cov.get(f, []) if t.package == pkg]
         if not ts:
             bad.append(f"{f}: no py_library/py_binary/py_test in {pkg}/BUILD lists it in srcs")
@@ -201,15 +220,11 @@ def uncovered(root: str = ROOT, builds: Optional[dict] = None) -> list:
 
 
 # ============================================================== imports
-def _module_names(root: str, package: str) -> set:
-    return {os.path.basename(p)[:-3] for p in py_files(root, package)}
+def imports_of(path: str, root: str = ROOT) -> tuple:
+    """(tfprec modules as dotted names, other top-level names) a file imports.
 
-
-def imports_of(path: str, tfprec_modules: set) -> tuple:
-    """(tfprec modules, other top-level names) imported anywhere in a file.
-
-    ``import tfprec`` and ``from tfprec import <not a module>`` give
-    ``'__init__'``.
+    ``from tfprec.a import b`` gives ``tfprec.a.b`` when that is a module,
+    else ``tfprec.a``; ``import tfprec`` gives ``tfprec``.
     """
     with open(path) as f:
         tree = ast.parse(f.read(), filename=path)
@@ -217,27 +232,20 @@ def imports_of(path: str, tfprec_modules: set) -> tuple:
     for n in ast.walk(tree):
         if isinstance(n, ast.Import):
             for a in n.names:
-                parts = a.name.split(".")
-                if parts[0] == "tfprec":
-                    mods.add(parts[1] if len(parts) > 1 else "__init__")
+                if a.name.split(".")[0] == "tfprec":
+                    mods.add(a.name)
                 else:
-                    other.add(parts[0])
+                    other.add(a.name.split(".")[0])
         elif isinstance(n, ast.ImportFrom):
             if n.level:                      # relative import inside tfprec
-                if n.module:
-                    mods.add(n.module.split(".")[0])
-                else:
-                    mods.update(a.name for a in n.names)
-                continue
-            parts = (n.module or "").split(".")
-            if parts[0] == "tfprec":
-                if len(parts) > 1:
-                    mods.add(parts[1])
-                else:
-                    for a in n.names:
-                        mods.add(a.name if a.name in tfprec_modules else "__init__")
-            elif parts[0]:
-                other.add(parts[0])
+                raise AssertionError(f"{path}: use absolute tfprec imports")
+            mod = n.module or ""
+            if mod.split(".")[0] == "tfprec":
+                for a in n.names:
+                    sub = f"{mod}.{a.name}"
+                    mods.add(sub if label_of_module(root, sub) else mod)
+            elif mod:
+                other.add(mod.split(".")[0])
     return mods, other
 
 
@@ -246,8 +254,6 @@ def dependency_problems(root: str = ROOT, builds: Optional[dict] = None) -> list
     builds = load(root) if builds is None else builds
     by_label = {t.label: t for ts in builds.values() for t in ts}
     cov = coverage(root, builds)
-    tfmods = _module_names(root, "tfprec") | {os.path.basename(p)[:-3]
-                                              for p in PENDING if p.startswith("tfprec/")}
     # sibling / example modules a file may import by plain name
     plain = {}
     for pkg in ("tests", "examples", "benchmarks"):
@@ -275,16 +281,15 @@ def dependency_problems(root: str = ROOT, builds: Optional[dict] = None) -> list
             full = os.path.join(root, src)
             if not os.path.isfile(full):
                 continue
-            mods, other = imports_of(full, tfmods)
+            mods, other = imports_of(full, root)
             for m in sorted(mods):
-                want = "//tfprec:tfprec" if m == "__init__" else f"//tfprec:{m}"
-                if f"tfprec/{'__init__' if m == '__init__' else m}.py" in own:
+                want = label_of_module(root, m)
+                if want is None:
+                    problems.append(f"{t.label}: {src} imports {m}, which is no file")
                     continue
-                if want not in deps:
-                    short = "//tfprec" if m == "__init__" else want
-                    what = "import tfprec" if m == "__init__" else f"tfprec.{m}"
-                    problems.append(f"{t.label}: {src} imports {what} but deps lack "
-                                    f"{short!r}")
+                if want == label_of_file(src) or want in deps:
+                    continue
+                problems.append(f"{t.label}: {src} imports {m} but deps lack {want!r}")
             here = os.path.dirname(src)
             for name in sorted(other):
                 files = plain.get(name, [])
@@ -336,20 +341,12 @@ def test_every_source_file_has_a_target(builds):
     assert not bad, "files without a Bazel target:\n  " + "\n  ".join(bad)
 
 
-def test_pending_targets_exist(builds):
-    labels = {t.label: t for ts in builds.values() for t in ts}
-    for path, (pkg, name) in PENDING.items():
-        t = labels.get(f"//{pkg}:{name}")
-        assert t is not None, f"no target //{pkg}:{name} for {path}"
-        assert path in t.src_paths(), f"//{pkg}:{name} does not list {path}"
-
-
 def test_srcs_exist(builds):
     missing = []
     for ts in builds.values():
         for t in ts:
             for p in t.src_paths():
-                if not os.path.isfile(os.path.join(ROOT, p)) and p not in PENDING:
+                if not os.path.isfile(os.path.join(ROOT, p)):
                     missing.append(f"{t.label}: {p}")
     assert not missing, "srcs that do not exist:\n  " + "\n  ".join(missing)
 
@@ -377,19 +374,18 @@ def test_py_tests_have_size_and_tags(builds):
 def test_cli_binary(builds):
     t = {x.name: x for x in builds["tfprec"]}["tfprec_cli"]
     assert t.kind == "py_binary" and t.main == "__main__.py"
-    assert "__main__.py" in t.srcs and ":cli" in t.deps
+    assert "__main__.py" in t.srcs and ":application/cli" in t.deps
 
 
 def test_library_per_module(builds):
     """One py_library per tfprec module, named after it."""
-    libs = {t.name: t for t in builds["tfprec"] if t.kind == "py_library"}
+    libs = {t.label: t for t in builds["tfprec"] if t.kind == "py_library"}
     for p in py_files(ROOT, "tfprec"):
-        stem = os.path.basename(p)[:-3]
-        if stem == "__main__":
+        if p == "tfprec/__main__.py":
             continue
-        name = "tfprec" if stem == "__init__" else stem
-        assert name in libs, f"no py_library //tfprec:{name} for {p}"
-        assert libs[name].srcs == [os.path.basename(p)]
+        lab = label_of_file(p)
+        assert lab in libs, f"no py_library {lab} for {p}"
+        assert libs[lab].srcs == [p[len("tfprec/"):]]
 
 
 def test_checks_catch_problems(tmp_path):
@@ -401,13 +397,20 @@ def test_checks_catch_problems(tmp_path):
     (tmp_path / "tfprec" / "__init__.py").write_text("")
     (tmp_path / "tfprec" / "a.py").write_text("from tfprec import b\n")
     (tmp_path / "tfprec" / "b.py").write_text("import tfprec.a\n")
+    (tmp_path / "tfprec" / "sub").mkdir()
+    (tmp_path / "tfprec" / "sub" / "__init__.py").write_text("")
+    (tmp_path / "tfprec" / "sub" / "c.py").write_text("from tfprec.sub import d\n")
+    (tmp_path / "tfprec" / "sub" / "d.py").write_text("x = 1\n")
     (tmp_path / "tfprec" / "new.py").write_text("x = 1\n")
     (tmp_path / "examples" / "run.py").write_text(
         "import tfprec\nif __name__ == '__main__':\n    pass\n")
     (tmp_path / "tfprec" / "BUILD").write_text(
         'py_library(name = "tfprec", srcs = ["__init__.py"])\n'
         'py_library(name = "a", srcs = ["a.py"], deps = [":b"])\n'
-        'py_library(name = "b", srcs = ["b.py"], deps = [":a", ":gone"])\n')
+        'py_library(name = "b", srcs = ["b.py"], deps = [":a", ":gone"])\n'
+        'py_library(name = "sub", srcs = ["sub/__init__.py"])\n'
+        'py_library(name = "sub/c", srcs = ["sub/c.py"])\n'
+        'py_library(name = "sub/d", srcs = ["sub/d.py"])\n')
     (tmp_path / "examples" / "BUILD").write_text(
         'py_library(name = "run", srcs = glob(["*.py"]))\n')
     root = str(tmp_path)
@@ -418,7 +421,8 @@ def test_checks_catch_problems(tmp_path):
     deps = dependency_problems(root, b)
     assert any("//tfprec:gone is not a target" in p for p in deps)
     assert any("dependency cycle" in p for p in deps)
-    assert any("//examples:run" in p and "'//tfprec'" in p for p in deps)
+    assert any("//tfprec:sub/c" in p and "//tfprec:sub/d" in p for p in deps)
+    assert any("//examples:run" in p and "'//tfprec:tfprec'" in p for p in deps)
 
 
 if __name__ == "__main__":

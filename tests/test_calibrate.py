@@ -8,8 +8,8 @@ from scipy.stats import binom
 from tfprec._tf import keras
 
 import tfprec
-from tfprec import calibrate as C
-from tfprec import validate as V
+from tfprec.planning import calibrate as C
+from tfprec.quantization import validate as V
 from tfprec.errors import InvalidDataError, PlanError, UnattainableTargetError
 
 L = keras.layers

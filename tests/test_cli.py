@@ -19,11 +19,11 @@ import pytest
 from absl import flags
 
 import tfprec
-from tfprec import cli
-from tfprec import data as data_lib
-from tfprec import report as report_lib
-from tfprec.gains import LayerGains, NoiseGains
-from tfprec.plan import PrecisionPlan
+from tfprec.application import cli
+from tfprec.application import data as data_lib
+from tfprec.application import report as report_lib
+from tfprec.statistics.gains import LayerGains, NoiseGains
+from tfprec.planning.plan import PrecisionPlan
 
 FLAGS = flags.FLAGS
 SMALL = ["--demo_hidden=32,32", "--demo_epochs=3", "--calibration_examples=200",
@@ -98,9 +98,9 @@ def test_demo_plan_json_loads_back(demo):
 
 def test_demo_outputs_load_and_run(demo):
     from tfprec._tf import keras
-    from tfprec.apply import quantize_scope
+    from tfprec.quantization.apply import quantize_scope
     from tfprec.export import tflite_predict
-    from tfprec import data
+    from tfprec.application import data
     x = data.load_dataset("mnist_subset", flatten=True, num_train=1, num_test=20).x_test
     with quantize_scope():
         q = keras.models.load_model(str(demo["dir"] / "quantized.h5"))

@@ -4,8 +4,8 @@ import os
 import numpy as np
 import pytest
 
-from tfprec import data as tdata
-from tfprec.data import Dataset, load_dataset
+from tfprec.application import data as tdata
+from tfprec.application.data import Dataset, load_dataset
 from tfprec.errors import InvalidDataError
 
 SHARED = "/work/shared/data"

@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 
 import tfprec  # noqa: F401  (first: selects Keras 2)
-from tfprec import cost as cost_lib
-from tfprec import data as data_lib
-from tfprec import models
-from tfprec.gains import layer_geometry
+from tfprec.planning import cost as cost_lib
+from tfprec.application import data as data_lib
+from tfprec.application import models
+from tfprec.statistics.gains import layer_geometry
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                         "examples")
@@ -218,7 +218,7 @@ class _FakeCalibration:
 
 
 def test_mobilenet_end_to_end(monkeypatch):
-    from tfprec import plan as plan_lib
+    from tfprec.planning import plan as plan_lib
     calls = []
 
     def fake_calibrate(model, gains, x, y, **kw):

@@ -50,12 +50,12 @@ def folded(model, name):
 
 def make_plan(model, x, spec):
     """A PrecisionPlan: spec = {layer: (B_W, B_A)}; ranges from the data."""
-    from tfprec import plan as plan_mod
+    from tfprec.planning import plan as plan_mod
     names = list(spec)
     sub = keras.Model(model.inputs, [model.get_layer(n).input for n in names])
     ins = sub.predict(x, verbose=0)
     ins = ins if isinstance(ins, list) else [ins]
-    from tfprec.gains import layer_geometry
+    from tfprec.statistics.gains import layer_geometry
     geo = {g["name"]: g for g in layer_geometry(model)}
     layers = []
     for n, a in zip(names, ins):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import tfprec
-from tfprec import registry
+from tfprec.statistics import registry
 from tfprec._tf import keras, tf
 
 from reference import Reference, pow2_at_least

@@ -4,9 +4,9 @@ import os
 import numpy as np
 import pytest
 
-from tfprec import models
+from tfprec.application import models
 from tfprec._tf import keras
-from tfprec.data import load_dataset
+from tfprec.application.data import load_dataset
 from tfprec.errors import InvalidDataError
 
 L = keras.layers
@@ -120,7 +120,7 @@ def test_mobilenet_like_structure():
 
 @pytest.mark.parametrize("name", sorted(models.BUILDERS))
 def test_graph_parser_accepts(name):
-    from tfprec.graph import parse_model
+    from tfprec.statistics.graph import parse_model
     m = models.build(name)
     g = parse_model(m)
     n_weight = sum(isinstance(l, WEIGHT) for l in m.layers)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import tfprec
-from tfprec import plan as plan_lib
+from tfprec.planning import plan as plan_lib
 from tfprec._tf import keras
 from tfprec.errors import PlanError, UnattainableTargetError
 

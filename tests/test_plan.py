@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 import tfprec
-from tfprec import cost as cost_lib
-from tfprec import plan as plan_lib
+from tfprec.planning import cost as cost_lib
+from tfprec.planning import plan as plan_lib
 from tfprec._tf import keras
 from tfprec.errors import PlanError, UnattainableTargetError
-from tfprec.gains import LayerGains, NoiseGains, layer_geometry
+from tfprec.statistics.gains import LayerGains, NoiseGains, layer_geometry
 
 L = keras.layers
 

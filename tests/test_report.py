@@ -5,9 +5,9 @@ import os
 import pytest
 
 import tfprec
-from tfprec import report as R
-from tfprec.gains import LayerGains, NoiseGains
-from tfprec.validate import ValidationResult
+from tfprec.application import report as R
+from tfprec.statistics.gains import LayerGains, NoiseGains
+from tfprec.quantization.validate import ValidationResult
 
 
 def fake_gains():
@@ -52,7 +52,7 @@ def case():
 
 
 def test_mismatch_ucl_matches_calibrate():
-    from tfprec.calibrate import clopper_pearson_upper
+    from tfprec.planning.calibrate import clopper_pearson_upper
     for k, n in ((0, 1), (0, 2000), (1, 2000), (7, 300), (300, 300)):
         assert R.mismatch_ucl(k, n) == pytest.approx(clopper_pearson_upper(k, n),
                                                      rel=1e-9)

@@ -7,9 +7,9 @@ import pytest
 from tfprec._tf import keras, tf
 
 import tfprec
-from tfprec import validate as V
+from tfprec.quantization import validate as V
 from tfprec.errors import InvalidDataError, PlanError
-from tfprec.plan import paper_plan, uniform_plan
+from tfprec.planning.plan import paper_plan, uniform_plan
 
 L = keras.layers
 MNIST = os.environ.get("TFPREC_MNIST", "/work/shared/data/mnist.npz")

@@ -1,5 +1,5 @@
 """``python -m tfprec``: the tfprec command line (see :mod:`tfprec.cli`)."""
-from tfprec.cli import run
+from tfprec.application.cli import run
 
 if __name__ == "__main__":
     run()

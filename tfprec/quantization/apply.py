@@ -1,7 +1,7 @@
 """Builds the fake-quant (quantization-aware) model of a precision plan.
 
 :func:`quantize_model` turns a trained float classifier and a
-:class:`~tfprec.plan.PrecisionPlan` into a tf_keras model that computes
+:class:`~tfprec.planning.plan.PrecisionPlan` into a tf_keras model that computes
 exactly the fixed-point network of METHOD.md section 1:
 
 1. the plan is checked against the model (layer names, classes, geometry;
@@ -9,11 +9,11 @@ exactly the fixed-point network of METHOD.md section 1:
 2. a clone of the model is rebuilt with every inference BatchNormalization
    folded into the preceding weight layer (the plan's weight ranges are for
    the folded weights), the user's model is only read;
-3. an :class:`~tfprec.configs.InputQuantizer` is inserted in front of every
+3. an :class:`~tfprec.quantization.configs.InputQuantizer` is inserted in front of every
    weight layer and annotated with the plan's input format (B_A, R_A,
    signed), every weight layer is annotated with its weight format (B_W,
    R_W) for kernel and bias, and ``tfmot.quantization.keras.quantize_apply``
-   wraps them, with :class:`~tfprec.configs.FixedPointQuantizeScheme` so no
+   wraps them, with :class:`~tfprec.quantization.configs.FixedPointQuantizeScheme` so no
    other layer is quantized.
 
 The weight layers of the fake-quant model carry no weight regularizers,
@@ -29,7 +29,7 @@ logits.
 The result trains with ``compile``/``fit`` (straight-through gradients, the
 float "shadow" kernel and bias are the trainable variables) and saves with
 ``model.save`` (HDF5 ``.h5`` or Keras ``.keras``); load it under
-:func:`tfprec.configs.quantize_scope`.
+:func:`tfprec.quantization.configs.quantize_scope`.
 """
 from __future__ import annotations
 
@@ -38,11 +38,11 @@ import warnings
 import numpy as np
 
 from tfprec._tf import keras  # selects Keras 2 before TFMOT is imported
-from tfprec.configs import (FixedPointQuantizeConfig, FixedPointQuantizeScheme,
+from tfprec.quantization.configs import (FixedPointQuantizeConfig, FixedPointQuantizeScheme,
                             InputQuantizeConfig, InputQuantizer, quantize_scope)
 from tfprec.errors import PlanError, UnsupportedModelError
 from tfprec.fixedpoint import MAX_BITS, MIN_BITS
-from tfprec.graph import parse_model
+from tfprec.statistics.graph import parse_model
 
 import tensorflow_model_optimization as tfmot  # noqa: E402
 
@@ -182,7 +182,7 @@ def fold_batchnorm(model, split_softmax: bool = False) -> keras.Model:
 
     Args:
       model: a tf_keras Sequential or functional classifier supported by
-        :func:`tfprec.graph.parse_model`.
+        :func:`tfprec.statistics.graph.parse_model`.
       split_softmax: make a softmax activation of the last weight layer a
         separate ``Activation`` layer (``<layer>_softmax``).
 
@@ -206,7 +206,7 @@ def quantize_model(model, plan) -> keras.Model:
       model: the trained float tf_keras classifier (Sequential or
         functional).  It is not modified: weights, layers and compile state
         are left as they are.
-      plan: a :class:`~tfprec.plan.PrecisionPlan` made for this model.
+      plan: a :class:`~tfprec.planning.plan.PrecisionPlan` made for this model.
 
     The fake-quant model computes in the float type of the model's input
     (float32 models stay float32, float64 models float64).
@@ -268,7 +268,7 @@ def logits_model(model) -> keras.Model:
         raise UnsupportedModelError(
             f"the output of model '{model.name}' is the softmax activation of "
             f"layer '{inner.name}'; its logits are not a tensor of the model. "
-            "Use tfprec.apply.fold_batchnorm(model, split_softmax=True).")
+            "Use tfprec.quantization.apply.fold_batchnorm(model, split_softmax=True).")
     return model
 
 

@@ -20,7 +20,7 @@ backend and without touching pyplot's global state:
 
 Every file is written atomically (temporary file in the same folder, then
 ``os.replace``).  Nothing here imports TensorFlow; the functions take plans
-(:class:`tfprec.plan.PrecisionPlan`), gains, validation rows and reports
+(:class:`tfprec.planning.plan.PrecisionPlan`), gains, validation rows and reports
 that were computed elsewhere.
 
 Units: probabilities (bound, mismatch) are fractions in [0, 1] unless a
@@ -36,7 +36,7 @@ import math
 import os
 from typing import Optional, Sequence
 
-from tfprec.plan import atomic_write_bytes, atomic_write_text, per_example_bound
+from tfprec.planning.plan import atomic_write_bytes, atomic_write_text, per_example_bound
 
 REPORT_FILE = "report.md"
 FIG_BITS = "fig_bits.png"
@@ -453,7 +453,7 @@ def render_report(plan, *, gains=None, validation=None, comparisons: Sequence = 
         ucl = mismatch_ucl(v.num_mismatch, v.num_examples)
         out += ["## Validation: bound against measurement", "",
                 "Float model vs the fake-quant model of the chosen plan "
-                "(tfprec.apply.quantize_model) on held-out examples.", "",
+                "(tfprec.quantization.apply.quantize_model) on held-out examples.", "",
                 "| quantity | value |", "|---|---|",
                 f"| held-out examples | {v.num_examples} |",
                 f"| float accuracy | {_pct(v.float_accuracy)} % |",
@@ -549,8 +549,8 @@ def write_report(output_dir, plan, *, gains=None, validation=None,
 
     Args:
       output_dir: an existing folder.
-      plan: the chosen :class:`~tfprec.plan.PrecisionPlan`.
-      gains: its :class:`~tfprec.gains.NoiseGains` (for E_W, E_A and the
+      plan: the chosen :class:`~tfprec.planning.plan.PrecisionPlan`.
+      gains: its :class:`~tfprec.statistics.gains.NoiseGains` (for E_W, E_A and the
         calibration-set summary).
       validation: :class:`~tfprec.validate.ValidationResult` of ``plan``.
       comparisons: :class:`PlanSummary` rows (one may be ``chosen``).

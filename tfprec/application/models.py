@@ -38,7 +38,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from tfprec._tf import keras, tf
-from tfprec.data import Dataset
+from tfprec.application.data import Dataset
 from tfprec.errors import InvalidDataError
 
 L = keras.layers

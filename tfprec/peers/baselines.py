@@ -33,7 +33,7 @@ the same fake-quant model (:func:`tfprec.validate.quant_decisions`) and
 priced by the same cost model (:mod:`tfprec.cost`).
 
 Weights are the folded ones tfprec quantizes (BatchNormalization folded into
-the preceding weight layer, :func:`tfprec.graph.parse_model`), so the
+the preceding weight layer, :func:`tfprec.statistics.graph.parse_model`), so the
 Hessian is taken with respect to exactly the tensors whose rounding the plan
 decides.
 """
@@ -46,14 +46,14 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from tfprec import cost as cost_lib
+from tfprec.planning import cost as cost_lib
 from tfprec import fixedpoint
-from tfprec import plan as plan_lib
-from tfprec import registry
+from tfprec.planning import plan as plan_lib
+from tfprec.statistics import registry
 from tfprec._tf import tf
 from tfprec.errors import InvalidDataError, PlanError, UnattainableTargetError
-from tfprec.gains import NoiseGains
-from tfprec.graph import WEIGHT_KINDS, parse_model
+from tfprec.statistics.gains import NoiseGains
+from tfprec.statistics.graph import WEIGHT_KINDS, parse_model
 
 __all__ = ["HessianTraces", "hessian_trace_sensitivity", "hawq_plan",
            "greedy_search_plan", "cost_aware_at_budget", "bisect_budget_plan",
@@ -638,7 +638,7 @@ class _Evaluator:
     """Counts fake-quant evaluations of plans on fixed labelled data."""
 
     def __init__(self, model, x, y, batch_size):
-        from tfprec import validate as _validate
+        from tfprec.quantization import validate as _validate
         self.v = _validate
         self.model = model
         self.x, self.y = x, y

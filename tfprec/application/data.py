@@ -10,7 +10,7 @@ scaled to [0, 1], integer labels) for
   ``keras.datasets.cifar10.load_data()`` are used (they download once into
   ``~/.keras/datasets``);
 * ``'mnist_subset'``: a class-balanced MNIST subset embedded in the package
-  (8000 training and 2000 test images, ``tfprec/data/mnist_subset.npz``, made
+  (8000 training and 2000 test images, ``tfprec/application/assets/mnist_subset.npz``, made
   by ``benchmarks/make_mnist_subset.py``), so demos and tests run offline;
 * a path to any ``.npz`` file holding ``x_train``, ``y_train``, ``x_test``,
   ``y_test``.
@@ -38,7 +38,7 @@ _FILES = {
     "cifar10": ("cifar10_jpeg75.npz", "cifar10.npz"),
 }
 _NUM_CLASSES = {"mnist": 10, "cifar10": 10, "mnist_subset": 10}
-_SUBSET_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data",
+_SUBSET_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets",
                             "mnist_subset.npz")
 
 
@@ -86,7 +86,7 @@ def embedded_subset_path() -> str:
     """Path of the MNIST subset shipped inside the package."""
     try:  # importlib.resources works from zips and odd installs too
         from importlib import resources
-        p = resources.files("tfprec").joinpath("data", "mnist_subset.npz")
+        p = resources.files("tfprec.application").joinpath("assets", "mnist_subset.npz")
         if p.is_file():
             return os.fspath(p)
     except Exception:  # pragma: no cover - fall back to the module's folder

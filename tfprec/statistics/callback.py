@@ -18,8 +18,8 @@ from tensorflow.core.framework import summary_pb2
 
 from tfprec._tf import keras, tf
 from tfprec.errors import TfprecError
-from tfprec.gains import NoiseGains, noise_gains
-from tfprec.plan import DEFAULT_TARGET, PLAN_METHODS, PrecisionPlan, make_plan
+from tfprec.statistics.gains import NoiseGains, noise_gains
+from tfprec.planning.plan import DEFAULT_TARGET, PLAN_METHODS, PrecisionPlan, make_plan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +38,7 @@ class NoiseGainCallback(keras.callbacks.Callback):
     Args:
       calibration_data: inputs for the pass (numpy array or tf.data.Dataset).
       target: bound on the mismatch probability for the plan.
-      method: plan rule, one of ``tfprec.plan.PLAN_METHODS``.
+      method: plan rule, one of ``tfprec.planning.plan.PLAN_METHODS``.
       cost: "compute" (full adders) or "memory" (bits), for cost_aware.
       every_n_epochs: also run after every N-th epoch (None: only at the end).
       batch_size: examples per batch of the pass.

@@ -1,7 +1,7 @@
 """Independent numpy float64 simulation of a fixed-point plan.
 
 :func:`simulate_logits` re-executes a model from its parsed graph
-(:func:`tfprec.graph.parse_model`, BatchNormalization folded in float64) with
+(:func:`tfprec.statistics.graph.parse_model`, BatchNormalization folded in float64) with
 plain numpy in float64: every weight layer's folded kernel and bias are
 rounded to the plan's B_W-bit grid and its input activation to the B_A-bit
 grid with :func:`tfprec.fixedpoint.quantize` (round half up, saturate);
@@ -22,7 +22,7 @@ import numpy as np
 
 from tfprec import fixedpoint
 from tfprec.errors import InvalidDataError
-from tfprec.graph import WEIGHT_KINDS, parse_model
+from tfprec.statistics.graph import WEIGHT_KINDS, parse_model
 
 
 def _same_pads(size: int, k: int, s: int) -> tuple:
@@ -133,7 +133,7 @@ def simulate_logits(model, plan, x, batch_size: int = 256,
 
     Args:
       model: the float tf_keras classifier the plan was made for (only read).
-      plan: a :class:`~tfprec.plan.PrecisionPlan` for ``model``, or None for
+      plan: a :class:`~tfprec.planning.plan.PrecisionPlan` for ``model``, or None for
         the float64 network itself (BN folded, nothing quantized).
       x: inputs, a numpy array [N, ...] in the units the model expects.
       batch_size: examples per numpy batch (memory only; results do not

@@ -1,7 +1,7 @@
 """TFMOT ``QuantizeConfig``s and scheme for a tfprec precision plan.
 
 Where each tensor of METHOD.md section 1 is quantized in the fake-quant model
-built by :func:`tfprec.apply.quantize_model`:
+built by :func:`tfprec.quantization.apply.quantize_model`:
 
 * weights (kernel and bias together, BatchNormalization folded in) of every
   Dense / Conv2D / DepthwiseConv2D layer: by the layer's
@@ -11,7 +11,7 @@ built by :func:`tfprec.apply.quantize_model`:
   ``InputQuantizer`` is the identity in float; in the fake-quant model it is
   wrapped by TFMOT's ``QuantizeWrapperV2`` with an
   :class:`InputQuantizeConfig` whose output quantizer is the B_A-bit
-  :class:`~tfprec.quantizers.FixedPointQuantizer`.  TFMOT configs can only
+  :class:`~tfprec.quantization.quantizers.FixedPointQuantizer`.  TFMOT configs can only
   quantize a layer's weights, activation functions and outputs, so the
   input of a weight layer is quantized as the output of its own
   ``InputQuantizer`` (one per weight layer, so two weight layers reading the
@@ -26,7 +26,7 @@ Use :func:`quantize_scope` to load a saved fake-quant model.
 from __future__ import annotations
 
 from tfprec._tf import keras, tf  # noqa: F401  (selects Keras 2 before TFMOT)
-from tfprec.quantizers import FixedPointQuantizer, _check_format
+from tfprec.quantization.quantizers import FixedPointQuantizer, _check_format
 
 import tensorflow_model_optimization as tfmot  # noqa: E402
 
@@ -164,7 +164,7 @@ class InputQuantizeConfig(_QuantizeConfig):
 class InputQuantizer(keras.layers.Layer):
     """Marks the input of weight layer ``target``; the identity in float.
 
-    :func:`tfprec.apply.quantize_model` inserts one in front of every weight
+    :func:`tfprec.quantization.apply.quantize_model` inserts one in front of every weight
     layer and annotates it with an :class:`InputQuantizeConfig`, so in the
     fake-quant model its ``QuantizeWrapperV2`` rounds the weight layer's
     input to the plan's B_A-bit format.
@@ -234,9 +234,9 @@ def quantize_scope(*extra):
 
     Under it, ``keras.models.load_model`` (and ``model_from_config``,
     ``clone_model``) can rebuild a fake-quant model made by
-    :func:`tfprec.apply.quantize_model`::
+    :func:`tfprec.quantization.apply.quantize_model`::
 
-        with tfprec.configs.quantize_scope():
+        with tfprec.quantization.configs.quantize_scope():
             qmodel = keras.models.load_model(path)
 
     Args:

@@ -10,7 +10,7 @@ plan, and measures only the *level*.  Families (shape; level searched):
 * ``paper``: offsets b_T of the ICASSP 2018 rule; level B_min (bits);
 * ``uniform``: every tensor equal; level B (bits);
 * ``icml2017``: B_W - B_A = round(log2 sqrt(sum G_W / sum G_A)); level B_A;
-* ``cost_aware``: :func:`~tfprec.plan.cost_aware_plan` for the chosen cost;
+* ``cost_aware``: :func:`~tfprec.planning.plan.cost_aware_plan` for the chosen cost;
   level: the bound target t it is built for (log-spaced grid);
 * ``measured_greedy`` (optional): the calibrated ``cost_aware`` plan, then
   bits removed one at a time while the measured target holds (see below).
@@ -79,9 +79,9 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from tfprec import cost as cost_lib
-from tfprec import plan as plan_lib
-from tfprec import validate as validate_lib
+from tfprec.planning import cost as cost_lib
+from tfprec.planning import plan as plan_lib
+from tfprec.quantization import validate as validate_lib
 from tfprec.errors import InvalidDataError, PlanError, UnattainableTargetError
 from tfprec.fixedpoint import MAX_BITS, MIN_BITS
 
@@ -136,7 +136,7 @@ class CalibratedPlan:
     """One plan family at the cheapest level that meets the measured target.
 
     Attributes:
-      plan: the :class:`~tfprec.plan.PrecisionPlan`; ``plan.info
+      plan: the :class:`~tfprec.planning.plan.PrecisionPlan`; ``plan.info
         ["calibration"]`` records the target and the measurement.
       method: the family ("cost_aware", "paper", "uniform", "icml2017",
         "measured_greedy").
@@ -166,7 +166,7 @@ class CalibratedPlan:
       num_mismatch: held-out examples whose decision changed.
       analytic_guarantee: True only when the bound, or the per-example
         bound, is <= the target probability.
-      per_example_bound: :func:`~tfprec.plan.per_example_bound` of the plan
+      per_example_bound: :func:`~tfprec.planning.plan.per_example_bound` of the plan
         when the gains carry per-example data, else None.
       confidence: the level of ``mismatch_ucl``.
       trace: ((level, measured value, met), ...) in evaluation order; the
@@ -417,10 +417,10 @@ def _cost_aware_family(gains, cost: str, max_bits: int, per_octave: int) -> _Fam
     """Cost-aware plans indexed by their bound target t.
 
     With per-example gains (``noise_gains(..., per_example=True)``) the
-    shape is that of :func:`~tfprec.plan.per_example_cost_aware_plan` and t
+    shape is that of :func:`~tfprec.planning.plan.per_example_cost_aware_plan` and t
     is a per-example bound target, which ranks tensors by their effect on
     typical examples rather than on the few near-tied ones that dominate
-    the paper's bound; otherwise :func:`~tfprec.plan.cost_aware_plan`.
+    the paper's bound; otherwise :func:`~tfprec.planning.plan.cost_aware_plan`.
     """
     n = len(gains.layers)
     if gains.example_w is not None:

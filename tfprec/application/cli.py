@@ -18,7 +18,7 @@ Usage:
 
 Writes into --output_dir (default ./tfprec_out): plan.json, report.md,
 quantized.h5 (the fake-quant model; load it under
-tfprec.apply.quantize_scope()), model.tflite, summary.json and PNG figures
+tfprec.quantization.apply.quantize_scope()), model.tflite, summary.json and PNG figures
 (with matplotlib).  Everything is written into a temporary folder first and
 moved into place at the end, so a failed run leaves nothing behind.
 
@@ -40,7 +40,7 @@ from typing import Optional
 
 from absl import app, flags
 
-from tfprec import report as report_lib
+from tfprec.application import report as report_lib
 
 ALLOCATIONS = ("best", "cost_aware", "paper", "uniform", "icml2017")
 PLAN_ORDER = ("cost_aware", "paper", "uniform", "icml2017")
@@ -61,7 +61,7 @@ flags.DEFINE_string(
     "model", None,
     "Saved tf_keras classifier to analyze: a .keras file, an .h5 file or a "
     "SavedModel folder.  Its output must be the class scores (logits or "
-    "softmax).  Loaded under tfprec.apply.quantize_scope() with tfprec's "
+    "softmax).  Loaded under tfprec.quantization.apply.quantize_scope() with tfprec's "
     "custom objects (e.g. models.ClipWeights).  Exclusive with --demo.")
 flags.DEFINE_bool(
     "demo", False,
@@ -361,8 +361,8 @@ def _target_text(mode: str) -> str:
 def load_model(path: str):
     """Loads a tf_keras model with tfprec's custom objects.  CliError on failure."""
     from tfprec._tf import keras
-    from tfprec import models
-    from tfprec.apply import quantize_scope
+    from tfprec.application import models
+    from tfprec.quantization.apply import quantize_scope
     extra = {"ClipWeights": models.ClipWeights, "tfprec>ClipWeights": models.ClipWeights}
     try:
         with warnings.catch_warnings():
@@ -379,7 +379,7 @@ def load_model(path: str):
 
 
 def load_data(flatten: bool):
-    from tfprec import data as data_lib
+    from tfprec.application import data as data_lib
     from tfprec.errors import InvalidDataError
     try:
         return data_lib.load_dataset(FLAGS.data, FLAGS.data_dir, flatten=flatten)
@@ -395,7 +395,7 @@ def _take(x, y, n: int, what: str, flag: str, notes: list):
 
 
 def _fit(model, x, flag: str):
-    from tfprec import models
+    from tfprec.application import models
     from tfprec.errors import InvalidDataError
     try:
         return models.fit_inputs(model, x)
@@ -405,7 +405,7 @@ def _fit(model, x, flag: str):
 
 def analytic_plans(gains, target: float, cost: str, max_bits: int):
     """Every rule's plan at the analytic ``target``: ({method: plan}, {method: why})."""
-    from tfprec import plan as plan_lib
+    from tfprec.planning import plan as plan_lib
     from tfprec.errors import UnattainableTargetError
     plans, unmet = {}, {}
     for m in PLAN_ORDER:
@@ -417,7 +417,7 @@ def analytic_plans(gains, target: float, cost: str, max_bits: int):
 
 
 def _rule_plan(gains, method: str, level: int, max_bits: int):
-    from tfprec import plan as plan_lib
+    from tfprec.planning import plan as plan_lib
     if method == "paper":
         return plan_lib.paper_plan(gains, b_min=level, max_bits=max_bits)
     if method == "uniform":
@@ -437,11 +437,11 @@ def budget_plan(gains, method: str, budget: float, cost: str, max_bits: int):
     """The plan of ``method`` with the smallest bound whose ``cost`` <= budget.
 
     Returns (plan or None, minimum cost of the method).  For 'cost_aware' the
-    bound target t of :func:`~tfprec.plan.cost_aware_plan` is bisected in
+    bound target t of :func:`~tfprec.planning.plan.cost_aware_plan` is bisected in
     log space between the bound with every tensor at ``max_bits`` and the
     bound with every tensor at 2 bits; the other rules scan their levels.
     """
-    from tfprec import plan as plan_lib
+    from tfprec.planning import plan as plan_lib
     from tfprec.errors import UnattainableTargetError
     from tfprec.fixedpoint import MIN_BITS
     total = lambda p: p.cost().total(cost)  # noqa: E731
@@ -591,7 +591,7 @@ def choose_budget(gains, x_eval, y_eval) -> Choice:
 def choose_measured(model, gains, x_eval, y_eval) -> Choice:
     """tfprec.calibrate on the first half of the held-out examples; the chosen
     plan is validated on the second half."""
-    from tfprec import calibrate as cal_lib
+    from tfprec.planning import calibrate as cal_lib
     from tfprec.errors import TfprecError
     alloc = FLAGS.allocation
     half = len(x_eval) // 2
@@ -618,7 +618,7 @@ def choose_measured(model, gains, x_eval, y_eval) -> Choice:
 def _demo_model(ds, staging, timings):
     import numpy as np
     from tfprec._tf import keras
-    from tfprec import models as models_lib
+    from tfprec.application import models as models_lib
     t0 = time.time()
     hidden = tuple(int(h) for h in FLAGS.demo_hidden)
     n_in = int(np.prod(ds.input_shape))
@@ -640,7 +640,7 @@ def _demo_model(ds, staging, timings):
 
 def _compare(model, choice: Choice, validation) -> list:
     """PlanSummary rows of every plan (validated where not measured already)."""
-    from tfprec import validate as validate_lib
+    from tfprec.quantization import validate as validate_lib
     if choice.calibration is not None:
         return [report_lib.PlanSummary.from_calibrated(c, chosen=(c.method == choice.chosen))
                 for c in choice.calibration.candidates]
@@ -672,10 +672,10 @@ def _run(argv, settings: dict) -> int:
     staging = Staging(FLAGS.output_dir)
     try:
         from tfprec._tf import tf
-        from tfprec import apply as apply_lib
-        from tfprec import validate as validate_lib
-        from tfprec.gains import noise_gains
-        from tfprec.plan import uniform_plan
+        from tfprec.quantization import apply as apply_lib
+        from tfprec.quantization import validate as validate_lib
+        from tfprec.statistics.gains import noise_gains
+        from tfprec.planning.plan import uniform_plan
         tf.get_logger().setLevel("ERROR")     # retracing chatter of repeated passes
 
         # ---- data and model
@@ -873,7 +873,7 @@ def _stdout_summary(plan, gains, v, comparisons, export_report, full16,
                + (f"  ({report_lib.target_note(plan)})"
                   if report_lib.target_note(plan) else ""))
     if getattr(gains, "example_w", None) is not None:
-        from tfprec.plan import per_example_bound
+        from tfprec.planning.plan import per_example_bound
         out.append(f"  per-example bound     {per_example_bound(plan, gains):.4g}"
                    "  (mean over examples of min(1, per-example bound): also valid)")
     out.append(f"  measured mismatch     {v.mismatch_rate:.4f}  ({v.num_mismatch}/"

@@ -22,10 +22,10 @@ from typing import Iterable, Optional, Union
 
 import numpy as np
 
-from tfprec import registry
+from tfprec.statistics import registry
 from tfprec._tf import keras, tf
 from tfprec.errors import InvalidDataError
-from tfprec.graph import Graph, WEIGHT_KINDS, parse_model, range_scale
+from tfprec.statistics.graph import Graph, WEIGHT_KINDS, parse_model, range_scale
 
 DataLike = Union[np.ndarray, "tf.data.Dataset"]
 
@@ -560,7 +560,7 @@ def noise_gains(model, x: DataLike, batch_size: int = 128,
         replicas and the sums are reduced across them.
       per_example: also keep every example's margin-weighted squared norms
         (2 floats per weight layer and example), which the per-example
-        bound (:func:`tfprec.plan.per_example_bound`) needs.  Memory then
+        bound (:func:`tfprec.planning.plan.per_example_bound`) needs.  Memory then
         grows with the number of examples (by 16 bytes per layer each).
 
     Returns:

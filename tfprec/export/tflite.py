@@ -1,7 +1,7 @@
 """TFLite export that realizes a precision plan exactly.
 
 :func:`export_tflite` writes a ``.tflite`` flatbuffer whose arithmetic is the
-fixed-point network of a :class:`~tfprec.plan.PrecisionPlan` (METHOD.md
+fixed-point network of a :class:`~tfprec.planning.plan.PrecisionPlan` (METHOD.md
 section 1): every weight layer's (BatchNorm-folded) kernel and bias are on the
 planned B_W-bit grid and its input activation on the planned B_A-bit grid.
 
@@ -78,8 +78,8 @@ import numpy as np
 from tfprec._tf import keras, tf
 from tfprec.errors import ExportError, TfprecError
 from tfprec.fixedpoint import MAX_BITS, MIN_BITS, int_limits, quantize, quantize_int
-from tfprec.graph import WEIGHT_KINDS, parse_model
-from tfprec.simulate import _run as _simulate, simulate_logits
+from tfprec.statistics.graph import WEIGHT_KINDS, parse_model
+from tfprec.quantization.simulate import _run as _simulate, simulate_logits
 
 __all__ = ["ExportReport", "LayerExport", "export_tflite", "tflite_predict",
            "agreement", "simulate_plan"]
@@ -1204,7 +1204,7 @@ def export_tflite(model, plan, path, representative_data=None, *,
 
     Args:
       model: a trained tf_keras classifier (read only, never modified).
-      plan: a :class:`~tfprec.plan.PrecisionPlan` for ``model``.
+      plan: a :class:`~tfprec.planning.plan.PrecisionPlan` for ``model``.
       path: output file; written atomically (temp file + ``os.replace``).
       representative_data: inputs for the activation-grid check and the
         comparison with the plan's simulation (an array ``[N, ...]`` or an

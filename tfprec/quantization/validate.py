@@ -1,7 +1,7 @@
 """Measured mismatch of a plan against its analytic bound (METHOD.md section 6).
 
 :func:`validate` runs the float model and the fake-quant model of a plan
-(:func:`tfprec.apply.quantize_model`) on held-out inputs and reports the
+(:func:`tfprec.quantization.apply.quantize_model`) on held-out inputs and reports the
 fraction of examples whose decision (argmax) differs, next to the plan's
 bound p_m <= sum_T 4^(1-B_T) G_T, the accuracies when labels are given, and
 the plan's costs.  :func:`sweep` does this for a range of precision levels
@@ -16,8 +16,8 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 
 from tfprec._tf import tf
-from tfprec import plan as plan_lib
-from tfprec.apply import logits_model, quantize_model
+from tfprec.planning import plan as plan_lib
+from tfprec.quantization.apply import logits_model, quantize_model
 from tfprec.errors import InvalidDataError, PlanError, UnattainableTargetError
 
 METHODS = ("paper", "uniform", "icml2017")
@@ -152,7 +152,7 @@ def validate(model, plan, x, y=None, batch_size: int = 256) -> ValidationResult:
 
     Args:
       model: the trained float tf_keras classifier (only read).
-      plan: a :class:`~tfprec.plan.PrecisionPlan` made for ``model``.
+      plan: a :class:`~tfprec.planning.plan.PrecisionPlan` made for ``model``.
       x: held-out inputs, numpy [N, ...], in the units the model expects.
       y: optional labels: N integer class ids or N one-hot rows.  Without
         them the accuracies are None.

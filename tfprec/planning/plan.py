@@ -30,7 +30,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from tfprec import cost as cost_lib
+from tfprec.planning import cost as cost_lib
 from tfprec.errors import PlanError, UnattainableTargetError
 from tfprec.fixedpoint import MAX_BITS, MIN_BITS, step
 
@@ -209,7 +209,7 @@ class PrecisionPlan:
         Compares layer names, order, classes and geometry (weights, dot
         length, dot products, inputs).
         """
-        from tfprec.gains import layer_geometry  # local: avoids a cycle
+        from tfprec.statistics.gains import layer_geometry  # local: avoids a cycle
         geo = layer_geometry(model)
         names = [g["name"] for g in geo]
         if names != self.names:

@@ -1,0 +1,1 @@
+"""Stage 6, application: datasets, reference models, the report and the CLI."""

@@ -1,0 +1,1 @@
+"""Peer allocation methods tfprec is compared against (benchmarks)."""
