@@ -37,3 +37,38 @@ def quantize_int(x, bits: int, range_scale: float, signed: bool) -> np.ndarray:
 def quantize(x, bits: int, range_scale: float, signed: bool) -> np.ndarray:
     """x rounded to the nearest level of the format and saturated (float64)."""
     return quantize_int(x, bits, range_scale, signed) * step(bits, range_scale)
+
+
+def check_bits(name: str, value, lo: int = MIN_BITS, hi: int = MAX_BITS) -> int:
+    """``value`` as an int bit-width in lo..hi (bits).
+
+    Raises PlanError naming ``name`` for bools, non-integers (3.5, NaN,
+    None) and out-of-range values.  The one bit-width check of tfprec.
+    """
+    from tfprec.errors import PlanError
+    ok = (not isinstance(value, bool) and isinstance(value, (int, np.integer))
+          and lo <= value <= hi)
+    if not ok:
+        raise PlanError(f"{name} must be an int number of bits in {lo}..{hi}, "
+                        f"got {value!r}")
+    return int(value)
+
+
+def is_pow2(value) -> bool:
+    """Whether ``value`` is a positive finite power of two (2^k, k any int)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return False
+    if not (v > 0 and np.isfinite(v)):
+        return False
+    m, _ = np.frexp(v)
+    return m == 0.5
+
+
+def check_pow2(name: str, value) -> float:
+    """``value`` as a float if it is a power of two, else PlanError."""
+    from tfprec.errors import PlanError
+    if isinstance(value, bool) or not is_pow2(value):
+        raise PlanError(f"{name} must be a positive power of two, got {value!r}")
+    return float(value)

@@ -37,6 +37,7 @@ import warnings
 
 import numpy as np
 
+from tfprec import compat
 from tfprec._tf import keras  # selects Keras 2 before TFMOT is imported
 from tfprec.quantization.configs import (FixedPointQuantizeConfig, FixedPointQuantizeScheme,
                             InputQuantizeConfig, InputQuantizer, quantize_scope)
@@ -91,7 +92,7 @@ def _rebuild(model, plan=None, split_softmax: bool = True):
     folded_bn = {op.attrs["folded_bn"] for op in graph.weight_ops
                  if "folded_bn" in op.attrs}
     taken = {l.name for l in model.layers}
-    taken.update(t._keras_history.layer.name for t in model.inputs)
+    taken.update(compat.producing_layer(t).name for t in model.inputs)
 
     def unique(name: str) -> str:
         base, i = name, 1
@@ -102,13 +103,12 @@ def _rebuild(model, plan=None, split_softmax: bool = True):
         return name
 
     in_t = model.inputs[0]
-    in_layer = in_t._keras_history.layer
+    in_layer = compat.producing_layer(in_t)
     new_in = keras.Input(batch_shape=tuple(in_t.shape), dtype=in_t.dtype,
                          name=in_layer.name)
     tmap = {id(in_t): new_in}
     out_t = model.outputs[0]
-    depth_keys = sorted(model._nodes_by_depth.keys(), reverse=True)
-    nodes = [n for d in depth_keys for n in model._nodes_by_depth[d]]
+    nodes = compat.nodes_in_order(model)
     to_set = []
     for node in nodes:
         if node.is_input:
@@ -256,12 +256,12 @@ def logits_model(model) -> keras.Model:
       UnsupportedModelError: the output is the softmax activation of a weight
         layer (use :func:`fold_batchnorm` with ``split_softmax=True`` first).
     """
-    out_layer, node_index, _ = model.outputs[0]._keras_history
+    out_layer = compat.producing_layer(model.outputs[0])
     inner = getattr(out_layer, "layer", out_layer)  # unwrap a TFMOT wrapper
     if isinstance(inner, L.Softmax) or (
             isinstance(inner, L.Activation) and _activation_name(inner) == "softmax"):
         # the node of *this* model: TFMOT reuses unwrapped layer objects
-        node = out_layer._inbound_nodes[node_index]
+        node = compat.producing_node(model.outputs[0])
         return keras.Model(model.inputs, _flat(node.keras_inputs)[0],
                            name=model.name + "_logits")
     if _activation_name(inner) == "softmax":
@@ -298,7 +298,7 @@ def shadow_weights(qmodel, name: str) -> list:
     the layer computes with their quantized values, see
     :func:`quantized_weights`.
     """
-    return [v for v, _, _ in weight_layer(qmodel, name)._weight_vars]
+    return [v for v, _ in compat.wrapper_weight_vars(weight_layer(qmodel, name))]
 
 
 def quantized_weights(qmodel, name: str) -> list:
@@ -308,4 +308,4 @@ def quantized_weights(qmodel, name: str) -> list:
     are multiples of the layer's step R_W 2^(1-B_W).
     """
     wrapper = weight_layer(qmodel, name)
-    return [np.asarray(q(v, False, {})) for v, q, _ in wrapper._weight_vars]
+    return [np.asarray(q(v, False, {})) for v, q in compat.wrapper_weight_vars(wrapper)]

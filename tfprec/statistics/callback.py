@@ -14,7 +14,6 @@ import dataclasses
 import math
 from typing import Optional
 
-from tensorflow.core.framework import summary_pb2
 
 from tfprec._tf import keras, tf
 from tfprec.errors import TfprecError
@@ -123,7 +122,7 @@ def _scalar(tag: str, value: float) -> None:
     tf.summary.scalar needs the tensorboard package; tf.summary.write with
     the scalars plugin's metadata gives the same event without it.
     """
-    md = summary_pb2.SummaryMetadata()
+    md = tf.compat.v1.SummaryMetadata()
     md.plugin_data.plugin_name = "scalars"
     tf.summary.write(tag, tf.constant(value, tf.float32), metadata=md)
 

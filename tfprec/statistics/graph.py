@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from tfprec import compat
 from tfprec._tf import keras
 from tfprec.errors import UnsupportedModelError
 
@@ -192,7 +193,7 @@ def parse_model(model) -> Graph:
         raise UnsupportedModelError(
             f"expected a tf_keras Model, got {type(model).__name__}. tfprec "
             "needs tf_keras (Keras 2) models; see the README.")
-    if not getattr(model, "_is_graph_network", False):
+    if not compat.is_graph_network(model):
         raise UnsupportedModelError(
             f"model '{model.name}' of class {type(model).__name__} is a "
             "subclassed (or unbuilt) model; tfprec supports Sequential models "
@@ -209,8 +210,7 @@ def parse_model(model) -> Graph:
     consumers: dict[str, int] = {}
     seen_weight_layers: set = set()
 
-    depth_keys = sorted(model._nodes_by_depth.keys(), reverse=True)
-    nodes = [n for d in depth_keys for n in model._nodes_by_depth[d]]
+    nodes = compat.nodes_in_order(model)
     for node in nodes:
         if node.is_input:
             continue

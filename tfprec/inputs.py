@@ -1,0 +1,294 @@
+"""The one place where tfprec checks the data and scalar arguments it is given.
+
+Every public function that takes examples (``noise_gains``, ``validate``,
+``sweep``, ``calibrate``, the peers, ``export_tflite``) goes through these
+functions, so all of them accept the same inputs and reject bad ones in the
+same words:
+
+* inputs ``x``: a numeric numpy array ``[N, *input_shape]`` or a
+  ``tf.data.Dataset`` of inputs, batched or not, whose elements may be
+  ``(x, y)`` pairs (the labels are then taken from it where labels are
+  needed); lists and tuples of arrays are refused, as are datasets of
+  dicts and infinite datasets without ``max_examples``;
+* labels ``y``: ``N`` integer class ids, ``[N, 1]`` columns of them, or
+  ``N`` one-hot rows of width M; integral floats are accepted;
+* scalars: positive / non-negative ints (never bools), probabilities.
+
+Errors are :class:`tfprec.errors.InvalidDataError` and name the argument.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterator, Optional, Sequence, Union
+
+import numpy as np
+
+from tfprec._tf import tf
+from tfprec.errors import InvalidDataError
+
+DataLike = Union[np.ndarray, "tf.data.Dataset"]
+
+
+# ================================================================ scalars
+def positive_int(name: str, value) -> int:
+    """``value`` as an int >= 1 (bools and non-integers refused)."""
+    if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+            or value < 1):
+        raise InvalidDataError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def nonnegative_int(name: str, value) -> int:
+    """``value`` as an int >= 0 (bools and non-integers refused)."""
+    if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+            or value < 0):
+        raise InvalidDataError(f"{name} must be a non-negative int, got {value!r}")
+    return int(value)
+
+
+def optional_positive_int(name: str, value) -> Optional[int]:
+    """None, or ``value`` as an int >= 1."""
+    return None if value is None else positive_int(name, value)
+
+
+def probability(name: str, value, *, allow_zero: bool = False) -> float:
+    """``value`` as a float probability in (0, 1] ([0, 1] with allow_zero)."""
+    ok = (not isinstance(value, bool) and isinstance(value, (int, float, np.floating,
+                                                             np.integer))
+          and math.isfinite(float(value))
+          and (0.0 <= float(value) if allow_zero else 0.0 < float(value))
+          and float(value) <= 1.0)
+    if not ok:
+        rng = "[0, 1]" if allow_zero else "(0, 1]"
+        raise InvalidDataError(f"{name} must be a probability in {rng}, got {value!r}")
+    return float(value)
+
+
+def choice(name: str, value, choices: Sequence[str]) -> str:
+    """``value`` if it is one of ``choices``."""
+    if not isinstance(value, str) or value not in choices:
+        raise InvalidDataError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return value
+
+
+# ================================================================ datasets
+def _is_dataset(x) -> bool:
+    return isinstance(x, tf.data.Dataset)
+
+
+def _dataset_parts(ds, what: str):
+    """(inputs dataset, labels dataset or None, element spec of the inputs)."""
+    spec = ds.element_spec
+    if isinstance(spec, dict):
+        raise InvalidDataError(f"{what}: dict-valued datasets are not supported; "
+                               "map the dataset to (input, label) or to the input.")
+    if isinstance(spec, (tuple, list)):
+        if len(spec) == 0 or isinstance(spec[0], (tuple, list, dict)):
+            raise InvalidDataError(f"{what}: dataset elements must be an input "
+                                   "tensor or an (input, label) pair.")
+        xs = ds.map(lambda *e: e[0])
+        ys = ds.map(lambda *e: e[1]) if len(spec) > 1 else None
+        return xs, ys, spec[0]
+    return ds, None, spec
+
+
+def _check_finite_cardinality(ds, what: str, max_examples: Optional[int]) -> None:
+    if max_examples is None and ds.cardinality() == tf.data.INFINITE_CARDINALITY:
+        raise InvalidDataError(
+            f"{what} is an infinite dataset (repeat() without a count); pass "
+            "max_examples, or take() a finite number of elements.")
+
+
+def _batched_dataset(ds, in_shape: tuple, batch_size: int, what: str):
+    """ds batched along a leading axis, checking the per-example shape."""
+    shape = tuple(ds.element_spec.shape)
+    if len(shape) == len(in_shape):
+        _check_shape(shape, in_shape, f"{what} (dataset element)")
+        return ds.batch(batch_size)
+    _check_shape(shape[1:], in_shape, f"{what} (dataset batch)")
+    return ds
+
+
+def _check_shape(shape, in_shape, what: str) -> None:
+    shape = tuple(shape)
+    if len(shape) != len(in_shape) or any(
+            s is not None and w is not None and s != w for s, w in zip(shape, in_shape)):
+        raise InvalidDataError(
+            f"{what} has per-example shape {shape}, but the model expects "
+            f"{tuple(in_shape)}.")
+
+
+# ================================================================ inputs
+def _check_array(x, in_shape: tuple, what: str) -> np.ndarray:
+    if x is None:
+        raise InvalidDataError(f"{what} is None; pass a numpy array [N, ...] or a "
+                               "tf.data.Dataset of examples.")
+    if isinstance(x, (list, tuple)):
+        raise InvalidDataError(f"pass {what} as one numpy array [N, ...] or a "
+                               "tf.data.Dataset, not a list or tuple.")
+    if not hasattr(x, "shape"):
+        raise InvalidDataError(f"{what} must be a numpy array [N, ...] or a "
+                               f"tf.data.Dataset, got {type(x).__name__}.")
+    x = np.asarray(x)
+    if x.ndim < 1 or x.dtype.kind not in "fiub":
+        raise InvalidDataError(f"{what} must be a numeric array; got dtype "
+                               f"{x.dtype} and shape {x.shape}.")
+    _check_shape(x.shape[1:], in_shape, what)
+    return x
+
+
+def _check_finite(x: np.ndarray, what: str, offset: int = 0) -> None:
+    finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1) if x.dtype.kind == "f" \
+        else np.ones(len(x), bool)
+    if not finite.all():
+        raise InvalidDataError(
+            f"{what}: example {offset + int(np.argmin(finite))} contains NaN or Inf.")
+
+
+def iter_batches(x: DataLike, in_shape: tuple, batch_size: int, *,
+                 max_examples: Optional[int] = None, dtype="float32",
+                 what: str = "x") -> Iterator[np.ndarray]:
+    """Yields finite input batches of ``x`` (numpy or tf.data) as ``dtype``.
+
+    Streams: a dataset is never held in memory whole.  Raises
+    InvalidDataError for mis-shaped, non-numeric or non-finite data, and
+    for an infinite dataset without ``max_examples``.
+    """
+    batch_size = positive_int("batch_size", batch_size)
+    max_examples = optional_positive_int("max_examples", max_examples)
+    seen = 0
+    if _is_dataset(x):
+        _check_finite_cardinality(x, what, max_examples)
+        xs, _, _ = _dataset_parts(x, what)
+        for b in _batched_dataset(xs, in_shape, batch_size, what):
+            b = np.asarray(b)
+            if max_examples is not None:
+                b = b[: max_examples - seen]
+            if len(b) == 0:
+                break
+            if b.dtype.kind not in "fiub":
+                raise InvalidDataError(f"{what}: dataset elements have dtype "
+                                       f"{b.dtype}; they must be numbers.")
+            b = b.astype(dtype, copy=False)
+            _check_finite(b, what, seen)
+            seen += len(b)
+            yield b
+        return
+    arr = _check_array(x, in_shape, what)
+    n = len(arr) if max_examples is None else min(len(arr), max_examples)
+    for s in range(0, n, batch_size):
+        b = arr[s: min(s + batch_size, n)].astype(dtype, copy=False)
+        _check_finite(b, what, s)
+        yield b
+
+
+def as_inputs(x: DataLike, in_shape: tuple, *, dtype="float32", what: str = "x",
+              max_examples: Optional[int] = None, allow_empty: bool = False,
+              allow_single: bool = False) -> np.ndarray:
+    """``x`` (numpy or tf.data) as one finite ``dtype`` array [N, *in_shape].
+
+    ``allow_single`` accepts one example without its batch axis.
+    """
+    if allow_single and not _is_dataset(x) and hasattr(x, "shape") \
+            and tuple(np.shape(x)) == tuple(in_shape):
+        x = np.asarray(x)[None]
+    parts = list(iter_batches(x, in_shape, 4096, max_examples=max_examples,
+                              dtype=dtype, what=what))
+    if not parts:
+        if allow_empty:
+            return np.zeros((0, *in_shape), dtype)
+        raise InvalidDataError(f"{what} is empty: at least one example is needed.")
+    return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+def as_labels(y, n: int, num_classes: int, *, what: str = "y") -> np.ndarray:
+    """``y`` as ``n`` int64 class ids in 0..num_classes-1.
+
+    Accepts ids, an [n, 1] column of ids, integral floats, and one-hot rows of
+    width num_classes (each row exactly one 1).
+    """
+    if y is None:
+        raise InvalidDataError(f"{what} is None; pass {n} integer class ids.")
+    if isinstance(y, (list, tuple)):
+        y = np.asarray(y)
+    if not hasattr(y, "shape"):
+        raise InvalidDataError(f"{what} must be a numpy array of class ids, got "
+                               f"{type(y).__name__}.")
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    elif y.ndim == 2 and y.shape[1] > 1:
+        if y.shape[1] != num_classes:
+            raise InvalidDataError(
+                f"{what} has one-hot rows of width {y.shape[1]}, but the model has "
+                f"{num_classes} classes.")
+        if y.dtype.kind not in "fiub" or not np.all((y == 0) | (y == 1)) \
+                or not np.all(y.sum(axis=1) == 1):
+            raise InvalidDataError(f"{what}: 2-D labels must be one-hot rows (one 1 "
+                                   "per row, zeros elsewhere).")
+        y = y.argmax(axis=1)
+    if y.ndim != 1 or len(y) != n:
+        raise InvalidDataError(
+            f"{what} has shape {tuple(y.shape)}, but there are {n} examples; pass "
+            f"{n} integer class ids (or {n} one-hot rows of width {num_classes}).")
+    if y.dtype.kind == "f":
+        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
+            raise InvalidDataError(f"{what} must hold integer class ids; got "
+                                   "non-integral floats.")
+    elif y.dtype.kind not in "iu":
+        raise InvalidDataError(f"{what} has dtype {y.dtype}; labels must be "
+                               "integer class ids.")
+    y = y.astype(np.int64)
+    if n and (y.min() < 0 or y.max() >= num_classes):
+        raise InvalidDataError(
+            f"{what} has labels in {int(y.min())}..{int(y.max())}; the model has "
+            f"{num_classes} classes (0..{num_classes - 1}).")
+    return y
+
+
+def as_examples(x: DataLike, y, in_shape: tuple, num_classes: int, *,
+                dtype="float32", what: str = "x", label_what: str = "y",
+                max_examples: Optional[int] = None, need_labels: bool = False):
+    """(inputs [N, ...], labels [N] int64 or None) from numpy or tf.data.
+
+    Labels come from ``y`` or, when ``y`` is None and ``x`` is a dataset of
+    (input, label) pairs, from the dataset.  ``need_labels`` makes missing
+    labels an error.
+    """
+    if _is_dataset(x) and y is None:
+        _check_finite_cardinality(x, what, max_examples)
+        xs, ys, _ = _dataset_parts(x, what)
+        if ys is not None:
+            if max_examples is not None:
+                x = x.take(max_examples)
+            pairs = list(x.as_numpy_iterator())
+            if not pairs:
+                raise InvalidDataError(f"{what} is empty: at least one example is needed.")
+            elem_rank = len(tuple(xs.element_spec.shape))
+            batched = elem_rank != len(in_shape)
+            xa = [p[0] for p in pairs]
+            ya = [np.asarray(p[1]) for p in pairs]
+            xa = np.concatenate(xa) if batched else np.stack(xa)
+            ya = np.concatenate(ya) if batched else np.stack(ya)
+            x_arr = as_inputs(xa, in_shape, dtype=dtype, what=what)
+            return x_arr, as_labels(ya, len(x_arr), num_classes, what=label_what)
+    x_arr = as_inputs(x, in_shape, dtype=dtype, what=what, max_examples=max_examples)
+    if y is None:
+        if need_labels:
+            raise InvalidDataError(
+                f"{label_what} is None; this measurement needs labels: pass "
+                f"{len(x_arr)} integer class ids, or a dataset of (input, label) pairs.")
+        return x_arr, None
+    if max_examples is not None and hasattr(y, "__len__") and len(y) > len(x_arr):
+        y = np.asarray(y)[:len(x_arr)]
+    return x_arr, as_labels(y, len(x_arr), num_classes, what=label_what)
+
+
+def model_input_shape(model) -> tuple:
+    """Per-example input shape of a one-input tf_keras model."""
+    return tuple(model.inputs[0].shape[1:])
+
+
+def model_dtype(model) -> str:
+    """numpy dtype name of the model's (first) input."""
+    return model.inputs[0].dtype.name
