@@ -21,7 +21,7 @@ Sensitivity pass cost (2000 training examples; both passes warmed up first,
 so these are steady-state times without tf.function tracing)
 * gains_pass_seconds: tfprec.noise_gains (exact, all 9 wrong classes),
   median of 3 runs.
-* hessian_pass_seconds: baselines.hessian_trace_sensitivity on the same
+* hessian_pass_seconds: peers.hessian.hessian_trace_sensitivity on the same
   examples with their labels (weight and activation traces, joint
   Rademacher probes, one forward-over-backward HVP per probe and batch of
   500; probes="per_block", HAWQ-v2's per-block form, needs 2 x 4 = 8 HVPs
@@ -43,9 +43,9 @@ uniform 8-bit plan, f = 0.5, 0.4, 0.3, 0.25, 0.22; the all-2-bit plan costs
 * budget_<k>_full_adders: the budget, 1-bit full adders per example.
 * budget_<k>_tfprec_accuracy_pct: eval-set fake-quant accuracy of tfprec's
   plan for the budget (the smallest-bound cost_aware plan that fits,
-  baselines.cost_aware_at_budget).
+  planning.budget_lib.cost_aware_at_budget).
 * budget_<k>_hawq_accuracy_pct: same for the HAWQ-v2-style plan
-  (baselines.hawq_plan: weights and activations allocated by their Hessian
+  (peers.hawq.hawq_plan: weights and activations allocated by their Hessian
   traces, same bit range 2..16 and cost model).
 * budget_<k>_tfprec_cost / _hawq_cost: compute cost of each plan (both fit).
 * budget_<k>_tfprec_bits / _hawq_bits: B_W/B_A per layer fc1 fc2 fc3 logits.
@@ -55,14 +55,14 @@ uniform 8-bit plan, f = 0.5, 0.4, 0.3, 0.25, 0.22; the all-2-bit plan costs
 
 Time to a plan within 0.1 pp of float accuracy (eval set; both measured in
 the same, already warm process, each paying its own tracing)
-* greedy_search_seconds, greedy_evaluations: baselines.greedy_search_plan
+* greedy_search_seconds, greedy_evaluations: peers.greedy.greedy_search_plan
   from uniform 8 bits, wall time and fake-quant evaluations (each
   evaluation builds the fake-quant model and runs the eval set).
 * greedy_evaluations_if_all_candidates: evaluations a greedy search that
   measures every candidate of every round would need (same result).
 * tfprec_time_to_plan_seconds: on a fresh copy of the model (so the gains
   pass is traced anew): noise_gains on the 2000 training examples + the
-  time of baselines.bisect_target_plan (cost_aware plans on a grid of bound
+  time of planning.budget_lib.bisect_target_plan (cost_aware plans on a grid of bound
   targets, 4 per decade from 1e-3 to the all-2-bit plan's bound, bisected
   on measured accuracy; plan construction included).
 * tfprec_evaluations: fake-quant evaluations the bisection used.
@@ -85,7 +85,7 @@ the same, already warm process, each paying its own tracing)
   (both within 0.1 pp of float by construction).
 * tfprec_budget_bisection_seconds / _evaluations / _plan_cost /
   _plan_bits / _plan_accuracy_pct: the alternative confirmation,
-  baselines.bisect_budget_plan (tfprec's plan for a compute budget, the
+  planning.budget_lib.bisect_budget_plan (tfprec's plan for a compute budget, the
   budget bisected geometrically on measured accuracy to within 5 %), time
   including the same gains pass.
 * greedy_plan_holdout_accuracy_pct, tfprec_plan_holdout_accuracy_pct,
@@ -103,7 +103,8 @@ import time
 import numpy as np
 
 import tfprec
-from tfprec.peers import baselines as B
+from tfprec.peers import greedy, hawq, hessian
+from tfprec.planning import budget as budget_lib
 from tfprec.application import models
 from tfprec.quantization import validate as V
 from tfprec.application.data import load_dataset
@@ -161,10 +162,10 @@ def main() -> None:
         cpu_runs.append(time.process_time() - c)
     t_gains, c_gains = float(np.median(runs)), float(np.median(cpu_runs))
     t = time.perf_counter()
-    B.hessian_trace_sensitivity(model, xc[:500], yc[:500], num_samples=1)
+    hessian.hessian_trace_sensitivity(model, xc[:500], yc[:500], num_samples=1)
     t_hess_trace = time.perf_counter() - t     # tracing + one probe
     t, c = time.perf_counter(), time.process_time()
-    traces = B.hessian_trace_sensitivity(model, xc, yc, num_samples=a.samples)
+    traces = hessian.hessian_trace_sensitivity(model, xc, yc, num_samples=a.samples)
     t_hess = time.perf_counter() - t
     c_hess = time.process_time() - c
     print(f"gains_pass_seconds: {t_gains:.3f}")
@@ -183,8 +184,8 @@ def main() -> None:
     u8 = uniform_plan(gains, bits=8).cost().total_compute
     for k, frac in enumerate(float(s) for s in a.fractions.split(",")):
         budget = frac * u8
-        tp = B.cost_aware_at_budget(gains, budget)
-        hp = B.hawq_plan(model, gains, traces, budget)
+        tp = budget_lib.cost_aware_at_budget(gains, budget)
+        hp = hawq.hawq_plan(model, gains, traces, budget)
         print(f"budget_{k}_fraction_of_uniform8: {frac:g}")
         print(f"budget_{k}_full_adders: {budget:.6g}")
         print(f"budget_{k}_tfprec_accuracy_pct: {acc_pct(model, tp, xe, ye):.2f}")
@@ -200,7 +201,7 @@ def main() -> None:
     # ------------------------------------------------- time to a plan
     print(f"# time to a plan within {a.tolerance_pp} pp of float accuracy")
     t, c = time.perf_counter(), time.process_time()
-    gp, g_evals = B.greedy_search_plan(model, gains, xe, ye,
+    gp, g_evals = greedy.greedy_search_plan(model, gains, xe, ye,
                                        tolerance_pp=a.tolerance_pp)
     t_greedy = time.perf_counter() - t
     c_greedy = time.process_time() - c
@@ -209,12 +210,12 @@ def main() -> None:
     t, c = time.perf_counter(), time.process_time()
     g2 = tfprec.noise_gains(fresh, xc)
     t_g2 = time.perf_counter() - t
-    tp, t_evals = B.bisect_target_plan(fresh, g2, xe, ye,
+    tp, t_evals = budget_lib.bisect_target_plan(fresh, g2, xe, ye,
                                        tolerance_pp=a.tolerance_pp)
     t_tfprec = time.perf_counter() - t
     c_tfprec = time.process_time() - c
     t = time.perf_counter()
-    tp2, t_evals2 = B.bisect_budget_plan(fresh, g2, xe, ye,
+    tp2, t_evals2 = budget_lib.bisect_budget_plan(fresh, g2, xe, ye,
                                          tolerance_pp=a.tolerance_pp)
     t_tfprec2 = t_g2 + time.perf_counter() - t
     print(f"greedy_search_seconds: {t_greedy:.2f}")

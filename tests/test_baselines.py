@@ -7,7 +7,8 @@ import pytest
 from tfprec._tf import keras, tf
 
 import tfprec
-from tfprec.peers import baselines as B
+from tfprec.peers import greedy, hawq, hessian
+from tfprec.planning import budget as budget_lib
 from tfprec import fixedpoint
 from tfprec.quantization import validate as V
 from tfprec.errors import (InvalidDataError, PlanError, TfprecError,
@@ -83,7 +84,7 @@ def tiny():
 @pytest.mark.parametrize("probes,samples", [("joint", 800), ("per_block", 300)])
 def test_hutchinson_matches_exact_trace(tiny, probes, samples):
     m, x, y, _ = tiny
-    tr = B.hessian_trace_sensitivity(m, x, y, num_samples=samples, batch_size=16,
+    tr = hessian.hessian_trace_sensitivity(m, x, y, num_samples=samples, batch_size=16,
                                      dtype="float64", seed=3, probes=probes)
     assert isinstance(tr, dict) and set(tr) == {"fc", "out"}
     assert tr.num_samples == samples and tr.num_examples == 40
@@ -121,7 +122,7 @@ def test_diagonal_hessian_is_exact_with_one_probe():
     assert np.allclose(h, np.diag(np.diag(h)))            # really diagonal
     exact_w = np.trace(h)
     for seed in (0, 1, 2):
-        tr = B.hessian_trace_sensitivity(m, x, y, num_samples=1, batch_size=3,
+        tr = hessian.hessian_trace_sensitivity(m, x, y, num_samples=1, batch_size=3,
                                          dtype="float64", seed=seed,
                                          probes="per_block")
         assert tr["emb"] == pytest.approx(exact_w, rel=1e-10)
@@ -151,7 +152,7 @@ def test_hutchinson_conv_maxpool():
                           L.Dense(3, name="o", dtype=d)])
     rs = np.random.RandomState(0)
     x, y = rs.rand(20, 6, 6, 2), rs.randint(0, 3, 20)
-    tr = B.hessian_trace_sensitivity(m, x, y, num_samples=120, dtype=d,
+    tr = hessian.hessian_trace_sensitivity(m, x, y, num_samples=120, dtype=d,
                                      probes="per_block")
     for name in ("c", "o"):
         exact = 0.0
@@ -170,39 +171,39 @@ def test_traces_refresh_after_weight_change(tiny):
     m, x, y, _ = tiny
     m2, _, _ = _tiny(seed=5)
     m2.set_weights(m.get_weights())
-    t1 = B.hessian_trace_sensitivity(m2, x, y, num_samples=4, dtype="float64")
+    t1 = hessian.hessian_trace_sensitivity(m2, x, y, num_samples=4, dtype="float64")
     m2.set_weights([w * 0.5 for w in m.get_weights()])    # cached engine reloads
-    t2 = B.hessian_trace_sensitivity(m2, x, y, num_samples=4, dtype="float64")
+    t2 = hessian.hessian_trace_sensitivity(m2, x, y, num_samples=4, dtype="float64")
     assert t1["fc"] != t2["fc"]
 
 
 def test_hessian_bad_input(tiny):
     m, x, y, _ = tiny
     with pytest.raises(InvalidDataError, match="needs labels y"):
-        B.hessian_trace_sensitivity(m, x, None)
+        hessian.hessian_trace_sensitivity(m, x, None)
     with pytest.raises(InvalidDataError, match="40 integer class ids"):
-        B.hessian_trace_sensitivity(m, x, y[:10])
+        hessian.hessian_trace_sensitivity(m, x, y[:10])
     with pytest.raises(InvalidDataError, match=r"0\.\.2"):
-        B.hessian_trace_sensitivity(m, x, y + 3)
+        hessian.hessian_trace_sensitivity(m, x, y + 3)
     with pytest.raises(InvalidDataError, match="per-example shape"):
-        B.hessian_trace_sensitivity(m, x[:, :3], y)
+        hessian.hessian_trace_sensitivity(m, x[:, :3], y)
     with pytest.raises(InvalidDataError, match="num_samples"):
-        B.hessian_trace_sensitivity(m, x, y, num_samples=0)
+        hessian.hessian_trace_sensitivity(m, x, y, num_samples=0)
     with pytest.raises(InvalidDataError, match="probes"):
-        B.hessian_trace_sensitivity(m, x, y, probes="all")
+        hessian.hessian_trace_sensitivity(m, x, y, probes="all")
     with pytest.raises(InvalidDataError, match="empty"):
-        B.hessian_trace_sensitivity(m, x[:0], y[:0])
+        hessian.hessian_trace_sensitivity(m, x[:0], y[:0])
     bad = x.copy()
     bad[3, 1] = np.nan
     with pytest.raises(InvalidDataError, match="NaN"):
-        B.hessian_trace_sensitivity(m, bad, y)
+        hessian.hessian_trace_sensitivity(m, bad, y)
 
 
 # ----------------------------------------------------------------- HAWQ
 @pytest.fixture(scope="module")
 def tiny_traces(tiny):
     m, x, y, _ = tiny
-    return B.hessian_trace_sensitivity(m, x, y, num_samples=16, dtype="float64")
+    return hessian.hessian_trace_sensitivity(m, x, y, num_samples=16, dtype="float64")
 
 
 def _objective(m, plan, traces):
@@ -227,7 +228,7 @@ def test_hawq_respects_budget_and_is_optimal(tiny, tiny_traces):
     prev = np.inf
     for frac in (0.0, 0.2, 0.5, 1.0):
         budget = lo + frac * (hi - lo)
-        p = B.hawq_plan(m, g, tiny_traces, budget, min_bits=2, max_bits=5)
+        p = hawq.hawq_plan(m, g, tiny_traces, budget, min_bits=2, max_bits=5)
         assert p.method == "hawq:compute"
         assert p.cost().total_compute <= budget * (1 + 1e-12)
         obj = p.info["objective"]
@@ -247,12 +248,12 @@ def test_hawq_respects_budget_and_is_optimal(tiny, tiny_traces):
 def test_hawq_fixed_activations_and_memory(tiny, tiny_traces):
     m, x, y, g = tiny
     budget = tfprec.uniform_plan(g, bits=6).cost().total_memory
-    p = B.hawq_plan(m, g, dict(tiny_traces), budget, cost="memory", act_bits=8)
+    p = hawq.hawq_plan(m, g, dict(tiny_traces), budget, cost="memory", act_bits=8)
     assert all(l.act_bits == 8 for l in p.layers)
     assert p.cost().total_memory <= budget
     assert p.info["act_bits"] == 8 and p.method == "hawq:memory"
     # a plan as the template works too
-    p2 = B.hawq_plan(m, tfprec.uniform_plan(g, bits=8), tiny_traces, budget,
+    p2 = hawq.hawq_plan(m, tfprec.uniform_plan(g, bits=8), tiny_traces, budget,
                      cost="memory", act_bits=8)
     assert [l.weight_bits for l in p2.layers] == [l.weight_bits for l in p.layers]
 
@@ -261,20 +262,20 @@ def test_hawq_bad_input(tiny, tiny_traces):
     m, x, y, g = tiny
     floor = tfprec.uniform_plan(g, bits=2).cost().total_compute
     with pytest.raises(UnattainableTargetError, match="below the cheapest plan"):
-        B.hawq_plan(m, g, tiny_traces, floor * 0.9)
+        hawq.hawq_plan(m, g, tiny_traces, floor * 0.9)
     assert issubclass(UnattainableTargetError, TfprecError)
     with pytest.raises(PlanError, match="activation traces"):
-        B.hawq_plan(m, g, dict(tiny_traces), floor * 2)
+        hawq.hawq_plan(m, g, dict(tiny_traces), floor * 2)
     with pytest.raises(PlanError, match=r"lack layers \['out'\]"):
-        B.hawq_plan(m, g, {"fc": 1.0}, floor * 2, act_bits=8)
+        hawq.hawq_plan(m, g, {"fc": 1.0}, floor * 2, act_bits=8)
     with pytest.raises(PlanError, match="budget must be a positive"):
-        B.hawq_plan(m, g, tiny_traces, -1.0)
+        hawq.hawq_plan(m, g, tiny_traces, -1.0)
     with pytest.raises(PlanError, match="cost must be one of"):
-        B.hawq_plan(m, g, tiny_traces, floor * 2, cost="energy")
+        hawq.hawq_plan(m, g, tiny_traces, floor * 2, cost="energy")
     with pytest.raises(PlanError, match="act_bits"):
-        B.hawq_plan(m, g, tiny_traces, floor * 2, act_bits=40)
+        hawq.hawq_plan(m, g, tiny_traces, floor * 2, act_bits=40)
     with pytest.raises(PlanError, match="NoiseGains"):
-        B.hawq_plan(m, {"fc": 1}, tiny_traces, floor * 2)
+        hawq.hawq_plan(m, {"fc": 1}, tiny_traces, floor * 2)
 
 
 # ------------------------------------------ tfprec at a budget
@@ -282,13 +283,13 @@ def test_cost_aware_at_budget(tiny):
     _, _, _, g = tiny
     lo = tfprec.uniform_plan(g, bits=2).cost().total_compute
     for budget in (lo, 2 * lo, 5 * lo):
-        p = B.cost_aware_at_budget(g, budget)
+        p = budget_lib.cost_aware_at_budget(g, budget)
         assert p.cost().total_compute <= budget * (1 + 1e-12)
-    b1 = B.cost_aware_at_budget(g, 2 * lo).bound()
-    b2 = B.cost_aware_at_budget(g, 5 * lo).bound()
+    b1 = budget_lib.cost_aware_at_budget(g, 2 * lo).bound()
+    b2 = budget_lib.cost_aware_at_budget(g, 5 * lo).bound()
     assert b2 <= b1
     with pytest.raises(UnattainableTargetError, match="below the cheapest plan"):
-        B.cost_aware_at_budget(g, 0.5 * lo)
+        budget_lib.cost_aware_at_budget(g, 0.5 * lo)
 
 
 # -------------------------------------------------------- greedy search
@@ -318,7 +319,7 @@ def test_greedy_search_within_tolerance(clf, monkeypatch):
     real = V.quant_decisions
     monkeypatch.setattr(V, "quant_decisions",
                         lambda *a, **k: calls.append(1) or real(*a, **k))
-    plan, evals = B.greedy_search_plan(m, g, x, y, tolerance_pp=1.5,
+    plan, evals = greedy.greedy_search_plan(m, g, x, y, tolerance_pp=1.5,
                                        start_bits=4, min_bits=2)
     assert evals == len(calls) == plan.info["evaluations"]
     assert evals <= plan.info["evaluations_if_all_candidates"]
@@ -342,23 +343,23 @@ def test_greedy_search_within_tolerance(clf, monkeypatch):
 def test_greedy_search_bad_input(clf):
     m, x, y, g = clf
     with pytest.raises(InvalidDataError, match="needs labels y"):
-        B.greedy_search_plan(m, g, x, None)
+        greedy.greedy_search_plan(m, g, x, None)
     with pytest.raises(InvalidDataError, match="tolerance_pp"):
-        B.greedy_search_plan(m, g, x, y, tolerance_pp=-1)
+        greedy.greedy_search_plan(m, g, x, y, tolerance_pp=-1)
     with pytest.raises(PlanError, match="min_bits"):
-        B.greedy_search_plan(m, g, x, y, start_bits=4, min_bits=1)
+        greedy.greedy_search_plan(m, g, x, y, start_bits=4, min_bits=1)
     with pytest.raises(UnattainableTargetError, match="start plan"):
-        B.greedy_search_plan(m, g, x, y, tolerance_pp=0.0, start_bits=3)
+        greedy.greedy_search_plan(m, g, x, y, tolerance_pp=0.0, start_bits=3)
 
 
 def test_bisect_budget_plan(clf):
     m, x, y, g = clf
-    plan, evals = B.bisect_budget_plan(m, g, x, y, tolerance_pp=1.5)
+    plan, evals = budget_lib.bisect_budget_plan(m, g, x, y, tolerance_pp=1.5)
     assert evals in range(1, 9) and plan.info["evaluations"] == evals
     r = V.validate(m, plan, x, y)
     assert r.quant_accuracy >= r.float_accuracy - 0.015 - 1e-12
     with pytest.raises(InvalidDataError, match="needs labels y"):
-        B.bisect_target_plan(m, g, x, None)
-    plan2, evals2 = B.bisect_target_plan(m, g, x, y, tolerance_pp=1.5)
+        budget_lib.bisect_target_plan(m, g, x, None)
+    plan2, evals2 = budget_lib.bisect_target_plan(m, g, x, y, tolerance_pp=1.5)
     assert plan2.info["evaluations"] == evals2 <= 6
     assert plan2.info["quant_accuracy"] >= plan2.info["float_accuracy"] - 0.015 - 1e-12
