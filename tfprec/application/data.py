@@ -5,8 +5,9 @@ scaled to [0, 1], integer labels) for
 
 * ``'mnist'`` and ``'cifar10'``: read from ``mnist.npz`` /
   ``cifar10_jpeg75.npz`` (or ``cifar10.npz``) in a data folder, given by the
-  ``data_dir`` argument or else the ``TFPREC_DATA_DIR`` environment variable;
-  with neither, Keras' online loaders ``keras.datasets.mnist.load_data()`` /
+  ``data_dir`` argument, else the ``TFPREC_DATA_DIR`` environment variable,
+  else ``../shared/data`` relative to the repository (when it exists);
+  with none of them, Keras' online loaders ``keras.datasets.mnist.load_data()`` /
   ``keras.datasets.cifar10.load_data()`` are used (they download once into
   ``~/.keras/datasets``);
 * ``'mnist_subset'``: a class-balanced MNIST subset embedded in the package
@@ -94,12 +95,22 @@ def embedded_subset_path() -> str:
     return _SUBSET_FILE
 
 
+def repository_data_dir() -> Optional[str]:
+    """``../shared/data`` next to the repository tfprec runs from (a source
+    checkout or an editable install), if that folder exists; else None."""
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    d = os.path.join(os.path.dirname(repo), "shared", "data")
+    return d if os.path.isdir(d) else None
+
+
 def resolve_data_dir(data_dir: Optional[str] = None) -> Optional[str]:
-    """``data_dir`` if given, else ``$TFPREC_DATA_DIR`` if set, else None."""
+    """The offline data folder: ``data_dir`` if given, else
+    ``$TFPREC_DATA_DIR`` if set, else ``../shared/data`` relative to the
+    repository if it exists, else None (the online loaders are used)."""
     if data_dir:
         return os.fspath(data_dir)
     env = os.environ.get(ENV_DATA_DIR, "").strip()
-    return env or None
+    return env or repository_data_dir()
 
 
 def load_dataset(name: str, data_dir: Optional[str] = None, *,
@@ -112,8 +123,9 @@ def load_dataset(name: str, data_dir: Optional[str] = None, *,
         available offline) or a path to an ``.npz`` file holding ``x_train``,
         ``y_train``, ``x_test`` and ``y_test``.
       data_dir: folder holding ``mnist.npz`` / ``cifar10_jpeg75.npz`` (or
-        ``cifar10.npz``).  Defaults to ``$TFPREC_DATA_DIR``; with neither, the
-        Keras online loaders are used.  Ignored for ``'mnist_subset'`` and
+        ``cifar10.npz``).  Defaults to ``$TFPREC_DATA_DIR``, then
+        ``../shared/data`` relative to the repository; with none, the Keras
+        online loaders are used.  Ignored for ``'mnist_subset'`` and
         .npz paths.
       num_train, num_test: keep only the first N examples of each split
         (deterministic); None keeps all.
@@ -147,7 +159,8 @@ def load_dataset(name: str, data_dir: Optional[str] = None, *,
     elif key in _FILES:
         d = resolve_data_dir(data_dir)
         if d is not None:
-            path = _find_file(key, d, from_env=not data_dir)
+            path = _find_file(key, d, from_env=not data_dir and bool(
+                os.environ.get(ENV_DATA_DIR, "").strip()))
             arrays = _read_npz(path)
             source = where = path
         else:
