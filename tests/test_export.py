@@ -3,9 +3,10 @@
 The models are small and trained for a few steps on synthetic data.  The
 checks here are independent of tfprec's graph parser and of the exporter's own
 report: BatchNormalization is folded by hand, the fixed-point network is
-simulated in plain numpy, and the .tflite file is read back through
-tf.lite.Interpreter by following each weight layer's kernel tensor to the
-operator that consumes it.
+simulated in plain numpy, and the .tflite file is read back through the
+LiteRT interpreter (ai_edge_litert) by following each weight layer's kernel
+tensor to the operator that consumes it (operators parsed from the file with
+the LiteRT schema).
 """
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ import types
 import numpy as np
 import pytest
 
-from tfprec._tf import keras, tf
+from ai_edge_litert import schema_py_generated as schema
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+from tfprec._tf import keras
 from tfprec import fixedpoint
 from tfprec.errors import ExportError
 from tfprec.export import (ExportReport, agreement, export_tflite, simulate_plan,
@@ -25,9 +29,6 @@ from tfprec.export import (ExportReport, agreement, export_tflite, simulate_plan
 L = keras.layers
 N_EVAL = 400
 RESOLVER = {"xnnpack": "auto", "reference": "ref", "optimized": "builtin"}
-
-pytestmark = pytest.mark.filterwarnings("ignore:.*Interpreter is deprecated:UserWarning")
-
 
 # ----------------------------------------------------------------- helpers
 def pow2_ceil(v: float) -> float:
@@ -38,13 +39,18 @@ def folded(model, name):
     """Kernel and bias of weight layer ``name`` with a following BN folded."""
     layer = model.get_layer(name)
     w = [np.asarray(v, np.float64) for v in layer.get_weights()]
-    k, b = w[0], (w[1] if len(w) > 1 else np.zeros(k.shape[-1]))
-    nodes = layer._outbound_nodes
-    if len(nodes) == 1 and isinstance(nodes[0].layer, L.BatchNormalization):
-        bn = nodes[0].layer
+    k = w[0]
+    dw = isinstance(layer, L.DepthwiseConv2D)          # kernel [kh, kw, C, M]
+    outs = k.shape[2] * k.shape[3] if dw else k.shape[-1]
+    b = w[1] if len(w) > 1 else np.zeros(outs)
+    bns = [bn for bn in model.layers if isinstance(bn, L.BatchNormalization)
+           and bn.input is layer.output]
+    if len(bns) == 1:
+        (bn,) = bns
         gamma, beta, mean, var = [np.asarray(v, np.float64) for v in bn.get_weights()]
         scale = gamma / np.sqrt(var + bn.epsilon)
-        k, b = k * scale, (b - mean) * scale + beta
+        k = k * (scale.reshape(k.shape[2:]) if dw else scale)
+        b = (b - mean) * scale + beta
     return k, b
 
 
@@ -92,16 +98,22 @@ def conv_same(a, k, b):
     return out + b
 
 
+def sim_layer(model, plan, name, a, fn=lambda a, k, b: a @ k + b):
+    """Weight layer ``name`` of the plan's fixed-point network on input ``a``:
+    fn(input, kernel, bias), each rounded to its planned format (BN folded)."""
+    lp = plan.layer(name)
+    k, b = folded(model, name)
+    return fn(q(np.asarray(a, np.float64), lp.act_bits, lp.act_range, lp.act_signed),
+              q(k, lp.weight_bits, lp.weight_range, True),
+              q(b, lp.weight_bits, lp.weight_range, True))
+
+
 def sim_dense_chain(model, plan, x, layers):
     """layers: [(name, activation or None)] applied in order."""
-    a = np.asarray(x, np.float64)
+    a = x
     for n, act in layers:
-        lp = plan.layer(n)
-        k, b = folded(model, n)
-        a = q(a, lp.act_bits, lp.act_range, lp.act_signed)
-        y = a @ q(k, lp.weight_bits, lp.weight_range, True) + q(b, lp.weight_bits,
-                                                               lp.weight_range, True)
-        a = act(y) if act else y
+        a = sim_layer(model, plan, n, a)
+        a = act(a) if act else a
     return a
 
 
@@ -112,26 +124,28 @@ def sim_mlp(model, plan, x):
 
 
 def sim_cnn(model, plan, x):
-    lp = plan.layer("c1")
-    k, b = folded(model, "c1")
-    a = q(np.asarray(x, np.float64), lp.act_bits, lp.act_range, lp.act_signed)
-    y = conv_same(a, q(k, lp.weight_bits, lp.weight_range, True),
-                  q(b, lp.weight_bits, lp.weight_range, True))
-    y = np.clip(y, 0, 2)
+    y = np.clip(sim_layer(model, plan, "c1", x, conv_same), 0, 2)
     n, h, w, c = y.shape
     y = y.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4)).reshape(n, -1)
-    lp = plan.layer("d1")
-    k, b = folded(model, "d1")
-    a = q(y, lp.act_bits, lp.act_range, lp.act_signed)
-    return a @ q(k, lp.weight_bits, lp.weight_range, True) + q(b, lp.weight_bits,
-                                                              lp.weight_range, True)
+    return sim_layer(model, plan, "d1", y)
 
 
 def _interp(path):
-    from tensorflow.lite.python.interpreter import OpResolverType
-    return tf.lite.Interpreter(
-        model_path=str(path), experimental_preserve_all_tensors=True,
-        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    return Interpreter(model_path=str(path), experimental_preserve_all_tensors=True,
+                       experimental_op_resolver_type=(
+                           OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES))
+
+
+def _ops_of(path):
+    """[{'op_name', 'inputs', 'outputs'}] of the file's operators, parsed with
+    the LiteRT flatbuffer schema (independently of the exporter's writer)."""
+    with open(path, "rb") as f:
+        m = schema.ModelT.InitFromPackedBuf(bytearray(f.read()), 0)
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items()
+             if not k.startswith("_")}
+    return [{"op_name": names[m.operatorCodes[o.opcodeIndex].builtinCode],
+             "inputs": [int(i) for i in o.inputs], "outputs": [int(i) for i in o.outputs]}
+            for o in m.subgraphs[0].operators]
 
 
 def read_back(path, x, names):
@@ -145,7 +159,7 @@ def read_back(path, x, names):
     it.set_tensor(inp, x.astype(np.float32))
     it.invoke()
     det = {d["index"]: d for d in it.get_tensor_details()}
-    ops = it._get_ops_details()
+    ops = _ops_of(path)
     producer = {int(o): op for op in ops for o in op["outputs"]}
     by_name = {d["name"]: i for i, d in det.items()}
     out = {}
@@ -187,7 +201,8 @@ def check_weights_on_grid(detail, w, lp, k_folded, op_name):
     assert codes.min() >= lo and codes.max() <= hi
     # the very codes of the plan, in the layout of the consuming TFLite op
     want = {"FULLY_CONNECTED": lambda c: c.T, "BATCH_MATMUL": lambda c: c,
-            "CONV_2D": lambda c: np.transpose(c, (3, 0, 1, 2))}[op_name](codes_ref)
+            "CONV_2D": lambda c: np.transpose(c, (3, 0, 1, 2)),
+            "DEPTHWISE_CONV_2D": lambda c: c.reshape(1, *c.shape[:2], -1)}[op_name](codes_ref)
     assert np.array_equal(codes, want)
     return codes
 
