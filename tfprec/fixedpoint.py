@@ -28,14 +28,29 @@ def int_limits(bits: int, signed: bool) -> tuple:
 
 
 def quantize_int(x, bits: int, range_scale: float, signed: bool) -> np.ndarray:
-    """Integer codes k (int64) of x in the format; x ~= k * step."""
+    """Integer codes k (int64) of x in the format; x ~= k * step.
+
+    k = clip(round_half_up(x / Delta), k_min, k_max), computed exactly:
+    q = x * (1 / Delta) is a multiplication by a power of two, k = floor(q),
+    plus one when q - k >= 1/2 (q - k is exact; no ``q + 1/2`` is rounded
+    by the float format).  float32 inputs are rounded in float32, all
+    others in float64, with the same ops as the TensorFlow quantizer
+    :func:`tfprec.quantization.quantizers.fixed_point_quantize`, so both
+    give bit-identical codes.
+    """
     lo, hi = int_limits(bits, signed)
-    k = np.floor(np.asarray(x, np.float64) / step(bits, range_scale) + 0.5)
+    x = np.asarray(x)
+    dt = np.float32 if x.dtype == np.float32 else np.float64
+    with np.errstate(over="ignore", invalid="ignore"):   # +-inf saturate
+        q = x.astype(dt, copy=False) * dt(1.0 / step(bits, range_scale))
+        k = np.floor(q)
+        k = k + (q - k >= 0.5)
     return np.clip(k, lo, hi).astype(np.int64)
 
 
 def quantize(x, bits: int, range_scale: float, signed: bool) -> np.ndarray:
-    """x rounded to the nearest level of the format and saturated (float64)."""
+    """x rounded to the nearest level of the format (ties upward) and
+    saturated, as float64 values k * Delta (see :func:`quantize_int`)."""
     return quantize_int(x, bits, range_scale, signed) * step(bits, range_scale)
 
 

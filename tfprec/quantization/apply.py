@@ -9,12 +9,13 @@ exactly the fixed-point network of METHOD.md section 1:
 2. a clone of the model is rebuilt with every inference BatchNormalization
    folded into the preceding weight layer (the plan's weight ranges are for
    the folded weights), the user's model is only read;
-3. an :class:`~tfprec.quantization.configs.InputQuantizer` is inserted in front of every
-   weight layer and annotated with the plan's input format (B_A, R_A,
-   signed), every weight layer is annotated with its weight format (B_W,
-   R_W) for kernel and bias, and ``tfmot.quantization.keras.quantize_apply``
-   wraps them, with :class:`~tfprec.quantization.configs.FixedPointQuantizeScheme` so no
-   other layer is quantized.
+3. an :class:`~tfprec.quantization.configs.InputQuantizer` is inserted in
+   front of every weight layer; it and the weight layer are wrapped in
+   TFMOT ``QuantizeWrapperV2`` (public API) with the plan's input format
+   (B_A, R_A, signed) and weight format (B_W, R_W, for kernel and bias);
+   no other layer is quantized.  Every layer is built with the dtype of the
+   layer it replaces, so ``keras.backend.floatx()`` is neither read nor
+   changed: float64 models stay float64.
 
 The weight layers of the fake-quant model carry no weight regularizers,
 constraints or custom initializers (they were stated for the unfolded
@@ -39,10 +40,10 @@ import numpy as np
 
 from tfprec import compat
 from tfprec._tf import keras  # selects Keras 2 before TFMOT is imported
-from tfprec.quantization.configs import (FixedPointQuantizeConfig, FixedPointQuantizeScheme,
-                            InputQuantizeConfig, InputQuantizer, quantize_scope)
+from tfprec.quantization.configs import (FixedPointQuantizeConfig, InputQuantizeConfig,
+                                         InputQuantizer)
 from tfprec.errors import PlanError, UnsupportedModelError
-from tfprec.fixedpoint import MAX_BITS, MIN_BITS
+from tfprec.fixedpoint import check_bits
 from tfprec.statistics.graph import parse_model
 
 import tensorflow_model_optimization as tfmot  # noqa: E402
@@ -56,16 +57,11 @@ PREFIX = "quant_"
 
 
 def check_plan_bits(plan) -> None:
-    """Raises PlanError naming the layer if a bit-width is outside 2..16."""
+    """Raises PlanError naming the layer if a bit-width is not an int in
+    2..16 (bits)."""
     for lp in plan.layers:
         for field in ("weight_bits", "act_bits"):
-            b = getattr(lp, field)
-            if (isinstance(b, bool) or not isinstance(b, (int, np.integer))
-                    or not MIN_BITS <= b <= MAX_BITS):
-                raise PlanError(
-                    f"layer {lp.name!r}: {field}={b!r} is outside the "
-                    f"supported {MIN_BITS}..{MAX_BITS} bits; tfprec's "
-                    "fake-quant model cannot realize it")
+            check_bits(f"layer {lp.name!r}: {field}", getattr(lp, field))
 
 
 def _flat(x):
@@ -81,11 +77,20 @@ def _activation_name(layer) -> str:
     return getattr(fn, "__name__", str(fn))
 
 
+def _wrap(layer, config):
+    """TFMOT ``QuantizeWrapperV2`` of ``layer`` computing in ``layer``'s own
+    dtype (TFMOT would otherwise give the wrapper ``keras.backend.floatx()``
+    and cast a float64 layer's inputs to float32)."""
+    return tfmot.quantization.keras.QuantizeWrapperV2(
+        layer, config, name_prefix=PREFIX, dtype=layer.dtype)
+
+
 def _rebuild(model, plan=None, split_softmax: bool = True):
     """Functional clone of ``model`` with BatchNormalization folded.
 
     With ``plan``, weight layers and new InputQuantizer layers are wrapped in
-    TFMOT ``QuantizeAnnotate`` with the plan's configs.
+    TFMOT ``QuantizeWrapperV2`` with the plan's configs, each in its layer's
+    dtype.
     """
     graph = parse_model(model)   # raises UnsupportedModelError
     wops = {op.name: op for op in graph.weight_ops}
@@ -109,7 +114,6 @@ def _rebuild(model, plan=None, split_softmax: bool = True):
     tmap = {id(in_t): new_in}
     out_t = model.outputs[0]
     nodes = compat.nodes_in_order(model)
-    to_set = []
     for node in nodes:
         if node.is_input:
             continue
@@ -141,24 +145,23 @@ def _rebuild(model, plan=None, split_softmax: bool = True):
                 cfg["activation"] = "linear"
             new = type(layer).from_config(cfg)
             x = ins[0]
+            # built and given the folded weights before any TFMOT wrapper
+            # takes its variables over
+            new.build(x.shape)
+            dt = np.dtype(layer.dtype)
+            new.set_weights([op.attrs[k].astype(dt) for k in ("kernel", "bias")
+                             if op.attrs[k] is not None])
             call = new
             if plan is not None:
                 lp = plan.layer(layer.name)
                 iq = InputQuantizer(target=layer.name,
                                     name=unique(layer.name + INPUT_SUFFIX),
                                     dtype=layer.dtype)
-                x = tfmot.quantization.keras.quantize_annotate_layer(
-                    iq, InputQuantizeConfig(int(lp.act_bits), float(lp.act_range),
-                                            bool(lp.act_signed)))(x)
-                call = tfmot.quantization.keras.quantize_annotate_layer(
-                    new, FixedPointQuantizeConfig(int(lp.weight_bits),
-                                                  float(lp.weight_range)))
+                x = _wrap(iq, InputQuantizeConfig(int(lp.act_bits), float(lp.act_range),
+                                                  bool(lp.act_signed)))(x)
+                call = _wrap(new, FixedPointQuantizeConfig(int(lp.weight_bits),
+                                                           float(lp.weight_range)))
             y = call(x)
-            dt = np.dtype(layer.dtype)
-            w = [op.attrs["kernel"].astype(dt)]
-            if op.attrs["bias"] is not None:
-                w.append(op.attrs["bias"].astype(dt))
-            to_set.append((new, w))
             if split:
                 y = L.Activation("softmax", name=unique(layer.name + SOFTMAX_SUFFIX),
                                  dtype=layer.dtype)(y)
@@ -166,8 +169,6 @@ def _rebuild(model, plan=None, split_softmax: bool = True):
             new = type(layer).from_config(layer.get_config())
             y = new(ins if isinstance(layer, (L.Add, L.Concatenate)) else ins[0])
         tmap[id(outs[0])] = y
-    for new, w in to_set:
-        new.set_weights(w)
     return keras.Model(new_in, tmap[id(out_t)], name=model.name)
 
 
@@ -219,29 +220,18 @@ def quantize_model(model, plan) -> keras.Model:
       is kept.  Use :func:`logits_model` for the pre-softmax logits.
 
     Raises:
-      PlanError: the plan does not match the model (names, order, classes or
+      PlanError: ``plan`` is not a plan or does not match the model (names, order, classes or
         geometry), or a bit-width is outside 2..16, or a range is not a
         power of two.  The message names the layer.
       UnsupportedModelError: the model cannot be analyzed.
     """
+    if plan is None or not callable(getattr(plan, "validate_for", None)):
+        raise PlanError(f"plan must be a tfprec PrecisionPlan, got "
+                        f"{type(plan).__name__}")
     plan.validate_for(model)
     check_plan_bits(plan)
     plan.check()
-    dtype = model.inputs[0].dtype
-    floatx = keras.backend.floatx()
-    try:
-        # TFMOT creates its wrappers with the default float type; make it
-        # the model's so a float64 model stays float64 end to end
-        if dtype.is_floating:
-            keras.backend.set_floatx(dtype.name)
-        with quantize_scope():
-            annotated = _rebuild(model, plan, split_softmax=True)
-            qmodel = tfmot.quantization.keras.quantize_apply(
-                annotated, scheme=FixedPointQuantizeScheme(),
-                quantized_layer_name_prefix=PREFIX)
-    finally:
-        keras.backend.set_floatx(floatx)
-    return qmodel
+    return _rebuild(model, plan, split_softmax=True)
 
 
 def logits_model(model) -> keras.Model:

@@ -17,23 +17,21 @@ built by :func:`tfprec.quantization.apply.quantize_model`:
   ``InputQuantizer`` (one per weight layer, so two weight layers reading the
   same tensor each get their own format).
 
-Nothing else is quantized: :class:`FixedPointQuantizeScheme` has no layout
-transforms and a registry that supports no layer, so TFMOT's default 8-bit
-quantization never touches the remaining layers.
+:func:`tfprec.quantization.apply.quantize_model` wraps exactly these layers
+in TFMOT's public ``QuantizeWrapperV2`` (in each layer's own dtype); nothing
+else is quantized (TFMOT's default 8-bit scheme is never applied).
 
 Use :func:`quantize_scope` to load a saved fake-quant model.
 """
 from __future__ import annotations
 
 from tfprec._tf import keras, tf  # noqa: F401  (selects Keras 2 before TFMOT)
-from tfprec.quantization.quantizers import FixedPointQuantizer, _check_format
+from tfprec.quantization.quantizers import (ConfigValue, FixedPointQuantizer,
+                                          _check_format)
 
 import tensorflow_model_optimization as tfmot  # noqa: E402
 
 _QuantizeConfig = tfmot.quantization.keras.QuantizeConfig
-_QuantizeScheme = tfmot.quantization.keras.QuantizeScheme
-_QuantizeRegistry = tfmot.quantization.keras.QuantizeRegistry
-_QuantizeLayoutTransform = tfmot.quantization.keras.QuantizeLayoutTransform
 
 
 def _weight_attrs(layer) -> list:
@@ -45,7 +43,7 @@ def _weight_attrs(layer) -> list:
     return attrs
 
 
-class FixedPointQuantizeConfig(_QuantizeConfig):
+class FixedPointQuantizeConfig(ConfigValue, _QuantizeConfig):
     """Quantizes a weight layer's kernel and bias with one signed format.
 
     Args:
@@ -89,23 +87,8 @@ class FixedPointQuantizeConfig(_QuantizeConfig):
     def get_config(self) -> dict:
         return {"weight_bits": self.weight_bits, "weight_range": self.weight_range}
 
-    @classmethod
-    def from_config(cls, config: dict) -> "FixedPointQuantizeConfig":
-        return cls(**config)
 
-    def __eq__(self, other) -> bool:
-        return (isinstance(other, FixedPointQuantizeConfig)
-                and self.get_config() == other.get_config())
-
-    def __ne__(self, other) -> bool:
-        return not self.__eq__(other)
-
-    def __repr__(self) -> str:
-        return (f"FixedPointQuantizeConfig(weight_bits={self.weight_bits}, "
-                f"weight_range={self.weight_range})")
-
-
-class InputQuantizeConfig(_QuantizeConfig):
+class InputQuantizeConfig(ConfigValue, _QuantizeConfig):
     """Quantizes the output of an :class:`InputQuantizer` layer.
 
     Args:
@@ -144,21 +127,6 @@ class InputQuantizeConfig(_QuantizeConfig):
         return {"act_bits": self.act_bits, "act_range": self.act_range,
                 "act_signed": self.act_signed}
 
-    @classmethod
-    def from_config(cls, config: dict) -> "InputQuantizeConfig":
-        return cls(**config)
-
-    def __eq__(self, other) -> bool:
-        return (isinstance(other, InputQuantizeConfig)
-                and self.get_config() == other.get_config())
-
-    def __ne__(self, other) -> bool:
-        return not self.__eq__(other)
-
-    def __repr__(self) -> str:
-        return (f"InputQuantizeConfig(act_bits={self.act_bits}, "
-                f"act_range={self.act_range}, act_signed={self.act_signed})")
-
 
 @keras.utils.register_keras_serializable(package="tfprec")
 class InputQuantizer(keras.layers.Layer):
@@ -186,38 +154,6 @@ class InputQuantizer(keras.layers.Layer):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "target": self.target}
-
-
-class _NoTransform(_QuantizeLayoutTransform):
-    """Layout transform that changes nothing (BN is folded beforehand)."""
-
-    def apply(self, model, layer_quantize_map):
-        return model, layer_quantize_map
-
-
-class _EmptyRegistry(_QuantizeRegistry):
-    """Registry that supports no layer: only annotated layers are quantized."""
-
-    def get_quantize_config(self, layer):
-        return None
-
-    def supports(self, layer) -> bool:
-        return False
-
-
-class FixedPointQuantizeScheme(_QuantizeScheme):
-    """TFMOT scheme for tfprec plans: no transforms, no default configs.
-
-    With TFMOT's default 8-bit scheme, ``quantize_apply`` would also give
-    8-bit output quantizers to the unannotated layers that feed annotated
-    ones and rewrite Conv+BN patterns; this scheme does neither.
-    """
-
-    def get_layout_transformer(self):
-        return _NoTransform()
-
-    def get_quantize_registry(self):
-        return _EmptyRegistry()
 
 
 CUSTOM_OBJECTS = {

@@ -26,13 +26,11 @@ holds no variables (``build`` returns an empty dict).
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from tfprec._tf import tf  # noqa: F401  (selects Keras 2 before TFMOT loads)
 from tfprec.errors import PlanError
-from tfprec.fixedpoint import MAX_BITS, MIN_BITS, int_limits, step
+from tfprec.fixedpoint import check_bits, check_pow2, int_limits, step
 
 import tensorflow_model_optimization as tfmot  # noqa: E402  (after tfprec._tf)
 
@@ -40,13 +38,10 @@ _Quantizer = tfmot.quantization.keras.quantizers.Quantizer
 
 
 def _check_format(bits, range_scale, signed, what: str = "quantizer"):
-    if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
-        raise PlanError(f"{what}: bits={bits!r} is outside the supported "
-                        f"{MIN_BITS}..{MAX_BITS} bits")
-    r = float(range_scale)
-    if not (r > 0 and math.isfinite(r) and math.log2(r) == round(math.log2(r))):
-        raise PlanError(f"{what}: range_scale={range_scale!r} is not a positive "
-                        "power of two")
+    """PlanError naming ``what`` unless bits is an int in 2..16 (bits), the
+    range scale a power of two and ``signed`` a bool."""
+    check_bits(f"{what}: bits", bits)
+    check_pow2(f"{what}: range_scale", range_scale)
     if not isinstance(signed, bool):
         raise PlanError(f"{what}: signed={signed!r} must be a bool")
 
@@ -90,7 +85,29 @@ def fixed_point_quantize(x, bits: int, range_scale: float, signed: bool):
     return _fq(x)
 
 
-class FixedPointQuantizer(_Quantizer):
+class ConfigValue:
+    """Mixin for objects defined by their ``get_config()`` dict: equality,
+    hash, repr and ``from_config`` all follow from it."""
+
+    @classmethod
+    def from_config(cls, config: dict):
+        return cls(**config)
+
+    def __eq__(self, other) -> bool:
+        return type(other) is type(self) and self.get_config() == other.get_config()
+
+    def __ne__(self, other) -> bool:
+        return not self.__eq__(other)
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, *sorted(self.get_config().items())))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+class FixedPointQuantizer(ConfigValue, _Quantizer):
     """TFMOT ``Quantizer`` for the METHOD.md fixed-point format.
 
     Args:
@@ -143,22 +160,3 @@ class FixedPointQuantizer(_Quantizer):
     def get_config(self) -> dict:
         return {"bits": self.bits, "range_scale": self.range_scale,
                 "signed": self.signed}
-
-    @classmethod
-    def from_config(cls, config: dict) -> "FixedPointQuantizer":
-        return cls(**config)
-
-    def __eq__(self, other) -> bool:
-        return (isinstance(other, FixedPointQuantizer)
-                and self.get_config() == other.get_config())
-
-    def __ne__(self, other) -> bool:
-        return not self.__eq__(other)
-
-    def __hash__(self) -> int:
-        return hash((type(self).__name__, self.bits, self.range_scale,
-                     self.signed))
-
-    def __repr__(self) -> str:
-        return (f"FixedPointQuantizer(bits={self.bits}, "
-                f"range_scale={self.range_scale}, signed={self.signed})")

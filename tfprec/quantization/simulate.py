@@ -4,7 +4,8 @@
 (:func:`tfprec.statistics.graph.parse_model`, BatchNormalization folded in float64) with
 plain numpy in float64: every weight layer's folded kernel and bias are
 rounded to the plan's B_W-bit grid and its input activation to the B_A-bit
-grid with :func:`tfprec.fixedpoint.quantize` (round half up, saturate);
+grid with :func:`tfprec.fixedpoint.quantize` (round half up, saturate: the
+one rounding rule, bit-identical to the TensorFlow quantizer);
 every other op runs in float64.  It shares no code with the TensorFlow
 fake-quant model of :mod:`tfprec.apply` beyond the graph parser and the
 numpy reference formats, so the two can be checked against each other.
@@ -21,7 +22,7 @@ from typing import Optional
 import numpy as np
 
 from tfprec import fixedpoint
-from tfprec.errors import InvalidDataError
+from tfprec import inputs as inputs_lib
 from tfprec.statistics.graph import WEIGHT_KINDS, parse_model
 
 
@@ -135,7 +136,8 @@ def simulate_logits(model, plan, x, batch_size: int = 256,
       model: the float tf_keras classifier the plan was made for (only read).
       plan: a :class:`~tfprec.planning.plan.PrecisionPlan` for ``model``, or None for
         the float64 network itself (BN folded, nothing quantized).
-      x: inputs, a numpy array [N, ...] in the units the model expects.
+      x: inputs in the units the model expects: a numpy array [N, ...] or a
+        tf.data dataset of inputs or of (input, label) pairs (streamed).
       batch_size: examples per numpy batch (memory only; results do not
         depend on it).
       graph: an already parsed ``parse_model(model)`` (optional, saves time).
@@ -145,21 +147,16 @@ def simulate_logits(model, plan, x, batch_size: int = 256,
 
     Raises:
       PlanError: the plan does not match the model.
-      InvalidDataError: x has the wrong per-example shape.
+      InvalidDataError: x is mis-shaped or not finite, or batch_size is not
+        a positive int.
       UnsupportedModelError: the model cannot be analyzed.
     """
     graph = parse_model(model) if graph is None else graph
     if plan is not None:
         plan.validate_for(model)
-    x = np.asarray(x, dtype=np.float64)
     in_shape = tuple(graph.shapes[graph.input_id])
-    if x.ndim < 1 or tuple(x.shape[1:]) != in_shape:
-        raise InvalidDataError(f"inputs have per-example shape {tuple(x.shape[1:])}"
-                               f", but the model expects {in_shape}.")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise InvalidDataError(f"batch_size must be a positive int, got {batch_size!r}")
-    out = [_run(graph, plan, x[s:s + batch_size])
-           for s in range(0, len(x), batch_size)]
+    out = [_run(graph, plan, b) for b in inputs_lib.iter_batches(
+        x, in_shape, batch_size, dtype="float64", what="x")]
     if not out:
         return np.zeros((0, graph.num_classes))
     return np.concatenate(out, axis=0)
@@ -175,5 +172,7 @@ def simulate_layer_inputs(model, plan, x, graph=None) -> dict:
     graph = parse_model(model) if graph is None else graph
     plan.validate_for(model)
     record: dict = {}
-    _run(graph, plan, np.asarray(x, np.float64), record)
+    x = inputs_lib.as_inputs(x, tuple(graph.shapes[graph.input_id]),
+                             dtype="float64", what="x")
+    _run(graph, plan, x, record)
     return record

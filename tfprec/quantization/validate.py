@@ -15,6 +15,7 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
+from tfprec import inputs as inputs_lib
 from tfprec._tf import tf
 from tfprec.planning import plan as plan_lib
 from tfprec.quantization.apply import logits_model, quantize_model
@@ -67,69 +68,47 @@ class ValidationResult:
 
 
 # ------------------------------------------------------------------ data
-def _inputs(model, x) -> np.ndarray:
-    if isinstance(x, (list, tuple)) or not hasattr(x, "shape"):
-        raise InvalidDataError("pass inputs as one numpy array [N, ...].")
-    x = np.asarray(x)
-    want = tuple(model.inputs[0].shape[1:])
-    if x.ndim < 1 or x.dtype.kind not in "fiub" or tuple(x.shape[1:]) != want:
-        raise InvalidDataError(
-            f"inputs have dtype {x.dtype} and per-example shape "
-            f"{tuple(x.shape[1:])}; the model expects numbers of shape {want}.")
-    if len(x) == 0:
-        raise InvalidDataError("no examples to validate on.")
-    x = x.astype(model.inputs[0].dtype.as_numpy_dtype, copy=False)
-    if not np.all(np.isfinite(x)):
-        raise InvalidDataError("inputs contain NaN or Inf.")
-    return x
+def _examples(model, x, y):
+    """(inputs in the model's dtype, int64 labels or None) of numpy arrays or
+    a tf.data dataset of inputs or (input, label) pairs."""
+    return inputs_lib.as_examples(
+        x, y, inputs_lib.model_input_shape(model), int(model.outputs[0].shape[-1]),
+        dtype=inputs_lib.model_dtype(model), what="x", label_what="y")
 
 
-def _labels(y, n: int) -> Optional[np.ndarray]:
-    if y is None:
-        return None
-    y = np.asarray(y)
-    if y.ndim == 2:               # one-hot / probabilities
-        y = y.argmax(axis=1)
-    if y.ndim != 1 or len(y) != n or y.dtype.kind not in "iu":
-        raise InvalidDataError(
-            f"labels must be {n} integer class ids (or {n} one-hot rows); "
-            f"got dtype {y.dtype} and shape {y.shape}.")
-    return y.astype(np.int64)
-
-
-def _check_batch(batch_size) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InvalidDataError(f"batch_size must be a positive int, got {batch_size!r}")
-    return batch_size
-
-
-def _decisions(model, x: np.ndarray, batch_size: int) -> np.ndarray:
-    """argmax of ``model``'s output over batches, in the model's dtype.
+def _decisions(model, x, batch_size: int) -> np.ndarray:
+    """argmax of ``model``'s output over batches of ``x`` (numpy or
+    tf.data, streamed), computed in the model's dtype.
 
     (``Model.predict`` would cast float64 inputs to ``floatx``.)
     """
-    batch_size = _check_batch(batch_size)
+    batch_size = inputs_lib.positive_int("batch_size", batch_size)
     dtype = model.inputs[0].dtype
+    in_shape = inputs_lib.model_input_shape(model)
     fn = tf.function(lambda t: tf.argmax(model(t, training=False), axis=1),
-                     input_signature=[tf.TensorSpec([None, *x.shape[1:]], dtype)])
-    out = [fn(tf.constant(x[s:s + batch_size], dtype)).numpy()
-           for s in range(0, len(x), batch_size)]
+                     input_signature=[tf.TensorSpec([None, *in_shape], dtype)])
+    out = [fn(tf.constant(b, dtype)).numpy()
+           for b in inputs_lib.iter_batches(x, in_shape, batch_size,
+                                            dtype=dtype.name, what="x")]
+    if not out:
+        raise InvalidDataError("x is empty: at least one example is needed.")
     return np.concatenate(out).astype(np.int64)
 
 
 def float_decisions(model, x, batch_size: int = 256) -> np.ndarray:
     """Argmax decisions (int64 [N]) of the float model (one batched pass).
 
-    The argmax of a final softmax equals the argmax of its logits, so the
-    model's own output is used.
+    ``x``: numpy [N, ...] or a tf.data dataset of inputs or of (input,
+    label) pairs (labels ignored).  The argmax of a final softmax equals the
+    argmax of its logits, so the model's own output is used.
     """
-    return _decisions(model, _inputs(model, x), batch_size)
+    return _decisions(model, x, batch_size)
 
 
 def quant_decisions(model, plan, x, batch_size: int = 256) -> np.ndarray:
     """Argmax decisions (int64 [N]) of the fake-quant model of ``plan``
-    (on its pre-softmax logits)."""
-    x = _inputs(model, x)
+    (on its pre-softmax logits); ``x`` as in :func:`float_decisions`."""
+    inputs_lib.positive_int("batch_size", batch_size)
     return _decisions(logits_model(quantize_model(model, plan)), x, batch_size)
 
 
@@ -153,9 +132,11 @@ def validate(model, plan, x, y=None, batch_size: int = 256) -> ValidationResult:
     Args:
       model: the trained float tf_keras classifier (only read).
       plan: a :class:`~tfprec.planning.plan.PrecisionPlan` made for ``model``.
-      x: held-out inputs, numpy [N, ...], in the units the model expects.
+      x: held-out inputs in the units the model expects: numpy [N, ...], or
+        a tf.data dataset of inputs or of (input, label) pairs (batched or
+        not; the labels are used when ``y`` is None).
       y: optional labels: N integer class ids or N one-hot rows.  Without
-        them the accuracies are None.
+        them (and without labels in ``x``) the accuracies are None.
       batch_size: examples per batch of each pass.
 
     Returns:
@@ -163,14 +144,21 @@ def validate(model, plan, x, y=None, batch_size: int = 256) -> ValidationResult:
       in [0, 1], bound as a probability, costs in full adders and bits).
 
     Raises:
-      PlanError: the plan does not match the model or has bad bit-widths.
-      InvalidDataError: inputs or labels are empty, mis-shaped or not finite.
+      PlanError: ``plan`` is not a plan, does not match the model or has bad
+        bit-widths.
+      InvalidDataError: x is None, inputs or labels are empty, mis-shaped or
+        not finite, or batch_size is not a positive int.
     """
-    x = _inputs(model, x)
-    y = _labels(y, len(x))
+    batch_size = inputs_lib.positive_int("batch_size", batch_size)
+    x, y = _examples(model, x, y)
     fdec = float_decisions(model, x, batch_size)
     qdec = quant_decisions(model, plan, x, batch_size)
     return _result(plan, fdec, qdec, y)
+
+
+def _check_method(method) -> None:
+    if method not in METHODS:
+        raise PlanError(f"unknown plan method {method!r}; choose from {METHODS}")
 
 
 def plan_at_level(gains, method: str, level: int) -> plan_lib.PrecisionPlan:
@@ -183,13 +171,12 @@ def plan_at_level(gains, method: str, level: int) -> plan_lib.PrecisionPlan:
       PlanError: unknown method.
       UnattainableTargetError: the level puts a tensor outside 2..16 bits.
     """
+    _check_method(method)
     if method == "paper":
         return plan_lib.paper_plan(gains, b_min=int(level))
     if method == "uniform":
         return plan_lib.uniform_plan(gains, bits=int(level))
-    if method == "icml2017":
-        return plan_lib.icml2017_plan(gains, act_bits=int(level))
-    raise PlanError(f"unknown plan method {method!r}; choose from {METHODS}")
+    return plan_lib.icml2017_plan(gains, act_bits=int(level))
 
 
 def sweep(model, gains, x, y=None, b_mins: Iterable[int] = range(2, 13),
@@ -214,10 +201,9 @@ def sweep(model, gains, x, y=None, b_mins: Iterable[int] = range(2, 13),
       exists, in the order of ``methods`` then ``b_mins``; ``level`` is set.
     """
     for m in methods:
-        if m not in METHODS:
-            raise PlanError(f"unknown plan method {m!r}; choose from {METHODS}")
-    x = _inputs(model, x)
-    y = _labels(y, len(x))
+        _check_method(m)
+    batch_size = inputs_lib.positive_int("batch_size", batch_size)
+    x, y = _examples(model, x, y)
     fdec = float_decisions(model, x, batch_size)
     rows = []
     for method in methods:
