@@ -4,8 +4,10 @@ A format is (bits B, range scale R, signed).  Signed values live on
 [-R, R) with step Delta = R * 2^(1-B) (B includes the sign bit), i.e. the
 integers k in [-2^(B-1), 2^(B-1) - 1] times Delta.  Unsigned values live on
 [0, 2R) with the same step: k in [0, 2^B - 1].  Values are rounded to the
-nearest level (ties upward: floor(v / Delta + 1/2)) and saturated at both
-ends of the range.
+nearest level (ties upward) and saturated at both ends of the range.  The
+rounding is computed exactly in the input's own precision (q = v / Delta,
+k = floor(q) + (q - floor(q) >= 1/2)), so this numpy reference and the TF
+quantizer give identical codes at every tie point, in float32 and float64.
 """
 from __future__ import annotations
 
