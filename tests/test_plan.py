@@ -2,6 +2,7 @@
 import dataclasses
 import itertools
 import json
+import math
 import os
 
 import numpy as np
@@ -66,14 +67,6 @@ def test_uniform_and_icml2017():
     assert bits(tfprec.icml2017_plan(G4, act_bits=3)) == [(4, 3), (4, 3)]
 
 
-def test_cost_formulas_by_hand():
-    # Dense 3 -> 2 with bias: D = 4, P = 2; B_A = 4, B_W = 5.
-    assert cost_lib.compute_cost(4, 2, 4, 5) == 2 * (4 * 4 * 5 + 3 * (4 + 5 + 2 - 1))
-    assert cost_lib.memory_cost(8, 3, 4, 5) == 5 * 8 + 4 * 3
-    # D = 19 (3x3x2 + bias): ceil(log2 19) = 5.
-    assert cost_lib.compute_cost(19, 144, 3, 2) == 144 * (19 * 6 + 18 * (3 + 2 + 5 - 1))
-
-
 def test_geometry_of_real_layers():
     m = keras.Sequential([L.Input((8, 8, 2)), L.Conv2D(4, 3),
                           L.DepthwiseConv2D(3, depth_multiplier=2, use_bias=False),
@@ -97,32 +90,85 @@ def test_plan_cost_totals():
     assert c.total_memory == 4 * 8 + 3 * 3 + 6 * 76 + 5 * 128
 
 
-def _exhaustive_min(g, target, kind, lo=2, hi=9):
-    best = None
-    for bw0, ba0, bw1, ba1 in itertools.product(range(lo, hi + 1), repeat=4):
-        b = plan_lib._bound(np.array([x.g_w for x in g.layers]),
-                            np.array([x.g_a for x in g.layers]),
-                            [bw0, bw1], [ba0, ba1])
-        if b > target:
+def bound_by_hand(g, bits):
+    """sum over tensors of 4^(1-B) R^2 E from the gains' own fields; a shared
+    input tensor (act_group) once, with its shared gain.  ``bits``: (B_W, B_A)
+    per layer."""
+    total, seen = 0.0, set()
+    for l, (bw, ba) in zip(g.layers, bits):
+        total += 4.0 ** (1 - bw) * l.r_w ** 2 * l.e_w
+        if l.act_group in seen:
             continue
-        c = sum(cost_lib.layer_cost(l, kind, ba, bw) for l, ba, bw in
-                zip(g.layers, (ba0, ba1), (bw0, bw1)))
-        best = c if best is None else min(best, c)
+        seen.add(l.act_group or l.name)
+        e = l.e_a if l.e_a_shared is None else l.e_a_shared
+        total += 4.0 ** (1 - ba) * l.r_a ** 2 * e
+    return total
+
+
+def cost_by_hand(g, bits, kind):
+    total, seen = 0, set()
+    for l, (bw, ba) in zip(g.layers, bits):
+        d, p = l.dot_length, l.num_dots
+        if kind == "compute":
+            total += p * (d * ba * bw + (d - 1) * (ba + bw + math.ceil(math.log2(d)) - 1))
+        else:
+            total += bw * l.num_weights + (0 if l.act_group in seen else ba * l.num_inputs)
+            seen.add(l.act_group or l.name)
+    return total
+
+
+def brute_force_min(g, target, kind, hi):
+    """Cheapest cost over every assignment of 2..hi bits meeting the target
+    (readers of one tensor share its bits)."""
+    lead = {}
+    for i, l in enumerate(g.layers):
+        lead.setdefault(l.act_group or l.name, i)
+    acts = sorted(set(lead.values()))
+    best = math.inf
+    for ws in itertools.product(range(2, hi + 1), repeat=len(g.layers)):
+        for a in itertools.product(range(2, hi + 1), repeat=len(acts)):
+            ab = dict(zip(acts, a))
+            bits = [(w, ab[lead[l.act_group or l.name]]) for w, l in zip(ws, g.layers)]
+            if bound_by_hand(g, bits) <= target:
+                best = min(best, cost_by_hand(g, bits, kind))
     return best
 
 
+def test_plan_bound_is_the_sum_over_tensors():
+    g = fake_gains([(4.0, 1.0), (64.0, 16.0), (2.0, 8.0)])
+    g = dataclasses.replace(g, layers=g.layers[:1] + tuple(
+        dataclasses.replace(l, act_group="l1+l2", e_a_shared=30.0, r_a=2.0)
+        for l in g.layers[1:]))
+    p = tfprec.paper_plan(g, b_min=4)
+    assert p.bound() == pytest.approx(bound_by_hand(g, bits(p)), rel=1e-12)
+
+
 @pytest.mark.parametrize("kind", ["compute", "memory"])
-def test_cost_aware_never_worse_than_paper_and_near_exhaustive(kind):
+def test_cost_aware_is_optimal_by_brute_force(kind):
     g = fake_gains([(4.0, 1.0), (64.0, 16.0)], geo=[(785, 512, 785 * 512, 784),
                                                     (513, 10, 513 * 10, 512)])
     for target in (0.3, 0.05, 0.01):
-        ca = tfprec.cost_aware_plan(g, target, cost=kind)
-        assert ca.bound() <= target
+        ca = tfprec.cost_aware_plan(g, target, cost=kind, max_bits=9)
+        assert bound_by_hand(g, bits(ca)) <= target
+        assert ca.cost().total(kind) == cost_by_hand(g, bits(ca), kind)
+        assert ca.cost().total(kind) == pytest.approx(brute_force_min(g, target, kind, 9),
+                                                      rel=1e-12)
         paper = tfprec.paper_plan(g, target)
         assert ca.cost().total(kind) <= paper.cost().total(kind)
-        assert ca.cost().total(kind) <= tfprec.uniform_plan(g, target).cost().total(kind)
-        best = _exhaustive_min(g, target, kind)
-        assert ca.cost().total(kind) <= 1.01 * best
+
+
+@pytest.mark.parametrize("kind", ["compute", "memory"])
+def test_cost_aware_with_a_shared_input_by_brute_force(kind):
+    g = fake_gains([(4.0, 1.0), (64.0, 16.0), (8.0, 16.0)],
+                   geo=[(17, 32, 17 * 32, 16), (33, 8, 33 * 8, 32), (33, 4, 33 * 4, 32)])
+    g = dataclasses.replace(g, layers=g.layers[:1] + tuple(
+        dataclasses.replace(l, act_group="l1+l2", e_a_shared=40.0) for l in g.layers[1:]))
+    for target in (0.1, 0.01):
+        ca = tfprec.cost_aware_plan(g, target, cost=kind, max_bits=8)
+        assert ca.layer("l1").act_bits == ca.layer("l2").act_bits
+        assert bound_by_hand(g, bits(ca)) <= target * (1 + 1e-12)
+        best = brute_force_min(g, target, kind, 8)
+        assert best <= ca.cost().total(kind) <= 1.05 * best
 
 
 def test_cost_aware_cheaper_when_layer_sizes_differ():
@@ -162,8 +208,10 @@ def test_json_round_trip_and_file(tmp_path):
     (lambda d: d.update(schema="other"), "schema"),
     (lambda d: d.update(version=99), "version 99"),
     (lambda d: d["layers"][0].pop("act_bits"), "act_bits"),
-    (lambda d: d["layers"][0].update(weight_bits=1), "weight_bits=1"),
-    (lambda d: d["layers"][1].update(act_bits=17), "act_bits=17"),
+    (lambda d: d["layers"][0].update(weight_bits=1), "weight_bits must be an int .* got 1"),
+    (lambda d: d["layers"][1].update(act_bits=17), "act_bits must be an int .* got 17"),
+    (lambda d: d["layers"][1].update(act_bits=4.5), "act_bits must be an int .* got 4.5"),
+    (lambda d: d["layers"][1].update(act_bits=True), "act_bits must be an int .* got True"),
     (lambda d: d["layers"][0].update(act_range=3.0), "power of two"),
     (lambda d: d["layers"][0].update(color="red"), "unknown fields"),
     (lambda d: d["layers"][1].update(name="l0"), "twice"),
@@ -223,3 +271,37 @@ def test_plan_for_another_model():
                                   + p.layers[1:])
     with pytest.raises(PlanError, match="zz"):
         renamed.validate_for(m)
+
+
+def test_with_bits_checks_names_and_bits():
+    p = tfprec.paper_plan(G4, b_min=4)
+    with pytest.raises(PlanError, match=r"no layers named \['zz'\]"):
+        p.with_bits(weight_bits={"zz": 4})
+    with pytest.raises(PlanError, match=r"no layers named \['yy'\]"):
+        p.with_bits(act_bits={"l0": 4, "yy": 3})
+    for bad in (3.5, float("nan"), True, 1, 17):
+        with pytest.raises(PlanError, match="must be an int number of bits in 2..16"):
+            p.with_bits(weight_bits={"l0": bad})
+    assert bits(p.with_bits(act_bits={"l1": np.int64(3)})) == [(5, 4), (7, 3)]
+
+
+@pytest.mark.parametrize("make", [
+    lambda **k: tfprec.paper_plan(G4, 0.01, **k),
+    lambda **k: tfprec.uniform_plan(G4, 0.01, **k),
+    lambda **k: tfprec.icml2017_plan(G4, 0.01, **k),
+    lambda **k: tfprec.cost_aware_plan(G4, 0.01, **k),
+    lambda **k: tfprec.make_plan(G4, "cost_aware", 0.01, **k),
+])
+def test_max_bits_is_checked(make):
+    for bad in (17, 1, 8.0, True):
+        with pytest.raises(PlanError, match="max_bits must be an int number of bits"):
+            make(max_bits=bad)
+
+
+def test_level_arguments_are_checked():
+    for make, arg in ((lambda v: tfprec.paper_plan(G4, b_min=v), "b_min"),
+                      (lambda v: tfprec.uniform_plan(G4, bits=v), "bits"),
+                      (lambda v: tfprec.icml2017_plan(G4, act_bits=v), "act_bits")):
+        for bad in (3.5, float("nan"), False, 17):
+            with pytest.raises(PlanError, match=f"{arg} must be an int number of bits"):
+                make(bad)

@@ -4,95 +4,25 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import weakref
-from typing import Optional, Sequence, Union
+from typing import Union
 
 import numpy as np
 
-from tfprec.planning import cost as cost_lib
 from tfprec import fixedpoint
+from tfprec.errors import PlanError, UnattainableTargetError
+from tfprec.planning import cost as cost_lib
 from tfprec.planning import plan as plan_lib
-from tfprec.statistics import registry
-from tfprec._tf import tf
-from tfprec.errors import InvalidDataError, PlanError, UnattainableTargetError
-from tfprec.statistics.gains import NoiseGains
-from tfprec.statistics.graph import WEIGHT_KINDS, parse_model
+from tfprec.planning.search import mckp
+from tfprec.statistics.graph import parse_model
 
-from tfprec.peers.common import (_check_bits, _check_cost_kind, _pos_int, _template,
-                                  _unit, _xy)
+from tfprec.peers.common import _check_cost_kind, _template, _unit
 
 
-# =========================================================== HAWQ plan
-def _cost_table(lp, kind, bits_w, bits_a) -> np.ndarray:
-    return np.array([[cost_lib.layer_cost(lp, kind, act_bits=ba, weight_bits=bw)
-                      for ba in bits_a] for bw in bits_w], float)
-
-
-def _mckp_min(objs, costs, budget: float, units: int = 4000):
-    """Multiple-choice knapsack: one option per group, min sum obj, cost <= budget.
-
-    ``objs[g]``, ``costs[g]``: 1-D arrays over group g's options.  Each
-    option's cost above its group's cheapest option is rounded *up* to units
-    of (budget - cheapest plan) / units (so the result always fits the
-    budget) and the objective is minimized exactly under that rounding by
-    dynamic programming; then single options are swapped greedily while the
-    exact budget allows and the objective drops.  Returns option indices or
-    None when nothing fits.
-    """
-    base = [float(c.min()) for c in costs]
-    slack = budget - sum(base)                  # budget above the cheapest plan
-    if slack < 0:
-        return None
-    unit = slack / units if slack > 0 else 1.0
-    f = np.zeros(units + 1)
-    args = []
-    for o, c, b0 in zip(objs, costs, base):
-        extra = c - b0                          # >= 0; cheapest option is 0
-        if slack > 0:
-            q = np.ceil(extra / unit - 1e-9).astype(int)
-        else:
-            q = np.where(extra <= 0, 0, units + 1)
-        q = np.maximum(q, 0)
-        new = np.full(units + 1, np.inf)
-        arg = np.full(units + 1, -1)
-        for k in np.argsort(o, kind="stable"):
-            if q[k] > units:
-                continue
-            cand = np.full(units + 1, np.inf)
-            cand[q[k]:] = f[:units + 1 - q[k]] + o[k]
-            better = cand < new
-            new[better] = cand[better]
-            arg[better] = k
-        f = new
-        args.append((q, arg))
-    if not np.isfinite(f[units]):
-        return None
-    u = units
-    pick = []
-    for q, arg in reversed(args):
-        k = int(arg[u])
-        pick.append(k)
-        u -= q[k]
-    pick = pick[::-1]
-    # Greedy improvement with exact costs (uses the slack rounding left).
-    total = sum(c[k] for c, k in zip(costs, pick))
-    while True:
-        best = None
-        for g, (o, c) in enumerate(zip(objs, costs)):
-            k0 = pick[g]
-            for k in range(len(o)):
-                dobj = o[k] - o[k0]
-                dc = c[k] - c[k0]
-                if dobj >= -1e-300 or total + dc > budget * (1 + 1e-12):
-                    continue
-                score = -dobj / max(dc, 1e-300) if dc > 0 else math.inf
-                if best is None or score > best[0]:
-                    best = (score, g, k, dc)
-        if best is None:
-            return pick
-        _, g, k, dc = best
-        pick[g] = k
-        total += dc
+def _check_bits(min_bits, max_bits) -> tuple:
+    """(min_bits, max_bits) as ints in 2..16 bits with min <= max."""
+    min_bits = fixedpoint.check_bits("min_bits", min_bits)
+    max_bits = fixedpoint.check_bits("max_bits", max_bits, min_bits)
+    return min_bits, max_bits
 
 
 def hawq_plan(model, gains_or_plan, traces, budget: float, cost: str = "compute",
@@ -124,8 +54,8 @@ def hawq_plan(model, gains_or_plan, traces, budget: float, cost: str = "compute"
     allocates only the weights.
 
     The allocation is a multiple-choice knapsack (one (B_W, B_A) per layer)
-    solved by dynamic programming over the budget (costs rounded up, so the
-    plan always fits), followed by greedy refinement with exact costs.
+    solved exactly (:func:`tfprec.planning.search.mckp`); the plan always
+    fits the budget.
 
     Args:
       model: the trained model the traces were computed for (weights are
@@ -175,17 +105,17 @@ def hawq_plan(model, gains_or_plan, traces, budget: float, cost: str = "compute"
                 "(hessian_trace_sensitivity's result); pass act_bits=<int> "
                 "to keep activations at a fixed precision instead.")
         bits_a = list(range(min_bits, max_bits + 1))
-    elif (not isinstance(act_bits, bool) and isinstance(act_bits, (int, np.integer))
-          and fixedpoint.MIN_BITS <= act_bits <= fixedpoint.MAX_BITS):
-        act_tr = None
-        bits_a = [int(act_bits)]
+    elif isinstance(act_bits, str):
+        raise PlanError(f"act_bits must be 'hessian' or an int number of bits, "
+                        f"got {act_bits!r}")
     else:
-        raise PlanError(f"act_bits must be 'hessian' or an int in "
-                        f"{fixedpoint.MIN_BITS}..{fixedpoint.MAX_BITS}, got {act_bits!r}")
+        act_tr = None
+        bits_a = [fixedpoint.check_bits("act_bits", act_bits)]
     bits_w = list(range(min_bits, max_bits + 1))
+    tables = cost_lib.cost_tables(tmpl.layers, cost)
     objs, costs, opts = [], [], []
     clipped = []
-    for lp in tmpl.layers:
+    for lp, table in zip(tmpl.layers, tables):
         op = wops[lp.name]
         tw = float(traces[lp.name])
         if not math.isfinite(tw):
@@ -205,7 +135,7 @@ def hawq_plan(model, gains_or_plan, traces, budget: float, cost: str = "compute"
         else:
             oa = np.zeros(1)
         objs.append((ow[:, None] + oa[None, :]).ravel())
-        costs.append(_cost_table(lp, cost, bits_w, bits_a).ravel())
+        costs.append(table[np.ix_(bits_w, bits_a)].ravel())
         opts.append([(bw, ba) for bw in bits_w for ba in bits_a])
     cheapest = sum(c.min() for c in costs)
     if budget < cheapest * (1 - 1e-12):
@@ -215,7 +145,7 @@ def hawq_plan(model, gains_or_plan, traces, budget: float, cost: str = "compute"
             + (f", activations at {min_bits} bits" if act_tr is not None
                else f", activations fixed at {bits_a[0]} bits")
             + "); raise the budget or lower min_bits.")
-    pick = _mckp_min(objs, costs, max(budget, cheapest))
+    pick = mckp(objs, costs, max(budget, cheapest))
     if pick is None:  # pragma: no cover - the cheapest plan always fits
         raise UnattainableTargetError(f"no plan fits budget {budget:.6g}")
     bw = {lp.name: opts[g][k][0] for g, (lp, k) in enumerate(zip(tmpl.layers, pick))}

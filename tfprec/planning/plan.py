@@ -7,7 +7,7 @@ and the layer geometry, so that the analytic mismatch bound
 
     p_m <= sum_T 4^(1 - B_T) * G_T
 
-and the cost model of :mod:`tfprec.cost` can be evaluated for any plan.
+and the cost model of :mod:`tfprec.planning.cost` can be evaluated for any plan.
 
 Constructors:
 
@@ -18,21 +18,23 @@ Constructors:
   weights with B_W - B_A = round(log2 sqrt(sum G_W / sum G_A));
 * :func:`cost_aware_plan`: minimizes computational or representational cost
   subject to the same bound; never costs more than the paper's plan.
+
+The constructors live in :mod:`tfprec.planning.rules` (one-level rules and
+:func:`make_plan`) and :mod:`tfprec.planning.cost_aware` (cost-aware and
+per-example plans), the searches in :mod:`tfprec.planning.search`; this
+module re-exports them.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
-import os
-import tempfile
-from typing import Optional, Sequence
+from typing import Optional
 
-import numpy as np
-
+from tfprec.errors import PlanError
+from tfprec.fileio import atomic_write_bytes, atomic_write_text  # noqa: F401 (re-export)
+from tfprec.fixedpoint import check_bits, check_pow2, step
 from tfprec.planning import cost as cost_lib
-from tfprec.errors import PlanError, UnattainableTargetError
-from tfprec.fixedpoint import MAX_BITS, MIN_BITS, step
 
 SCHEMA = "tfprec.plan"
 SCHEMA_VERSION = 1
@@ -55,10 +57,15 @@ class LayerPrecision:
       act_signed: whether the input activation format is signed.
       g_w, g_a: normalized noise gains R^2 E (probability).
       dot_length, num_dots, num_weights, num_inputs: geometry for the cost
-        model (see :mod:`tfprec.cost`).
+        model (see :mod:`tfprec.planning.cost`); ``num_inputs`` is the input
+        activations the layer reads per example.
       act_group: "" or the "+"-joined names of the weight layers that read
         the same input tensor; they share one activation format, and g_a is
-        then the gain of that one shared tensor, counted once in the bound.
+        then the gain of that one shared tensor, counted once in the bound
+        and stored once in the representational cost.
+      num_inputs_written: input activations per example as the producing
+        layer writes them (before max pooling), the authors' convention for
+        the representational cost; None means "same as ``num_inputs``".
     """
 
     name: str
@@ -75,6 +82,7 @@ class LayerPrecision:
     num_weights: int
     num_inputs: int
     act_group: str = ""
+    num_inputs_written: Optional[int] = None
 
     @property
     def weight_step(self) -> float:
@@ -146,22 +154,40 @@ class PrecisionPlan:
                 seen.add(l.act_group)
         return float(total)
 
-    def cost(self) -> cost_lib.PlanCost:
-        """Computational (full adders) and representational (bits) cost."""
-        return cost_lib.plan_cost(self.layers)
+    def cost(self, memory_convention: str = "written") -> cost_lib.PlanCost:
+        """Computational (full adders) and representational (bits) cost.
+
+        ``memory_convention``: "written" (default, the authors' tables: a
+        layer's inputs counted as the feature map its producer writes,
+        before max pooling) or "read" (the tensor the layer reads).  A
+        shared input tensor is stored once either way.
+        """
+        return cost_lib.plan_cost(self.layers, memory_convention)
 
     def with_bits(self, weight_bits: dict = None, act_bits: dict = None,
                   method: str = None) -> "PrecisionPlan":
-        """A copy with some layers' bits replaced (name -> bits)."""
-        weight_bits = weight_bits or {}
+        """A copy with some layers' bits replaced (layer name -> bits).
+
+        Raises:
+          PlanError: a name is not a layer of the plan, or bits are not an
+            int in 2..16.
+        """
+        weight_bits = dict(weight_bits or {})
         act_bits = dict(act_bits or {})
+        unknown = [n for n in list(weight_bits) + list(act_bits) if n not in self.names]
+        if unknown:
+            raise PlanError(f"with_bits: plan has no layers named {unknown}; it "
+                            f"has {self.names}")
+        for what, d in (("weight_bits", weight_bits), ("act_bits", act_bits)):
+            for name, b in d.items():
+                d[name] = check_bits(f"{what}[{name!r}]", b)
         for l in self.layers:          # a shared input changes for all readers
             if l.name in act_bits and l.act_group:
                 for other in l.act_group.split("+"):
                     act_bits.setdefault(other, act_bits[l.name])
         layers = tuple(dataclasses.replace(
-            l, weight_bits=int(weight_bits.get(l.name, l.weight_bits)),
-            act_bits=int(act_bits.get(l.name, l.act_bits))) for l in self.layers)
+            l, weight_bits=weight_bits.get(l.name, l.weight_bits),
+            act_bits=act_bits.get(l.name, l.act_bits)) for l in self.layers)
         plan = dataclasses.replace(self, layers=layers,
                                    method=method or self.method)
         plan.check()
@@ -178,17 +204,9 @@ class PrecisionPlan:
                 raise PlanError(f"plan lists layer {l.name!r} twice")
             seen.add(l.name)
             for f in ("weight_bits", "act_bits"):
-                b = getattr(l, f)
-                if not isinstance(b, (int, np.integer)) or not MIN_BITS <= b <= MAX_BITS:
-                    raise PlanError(
-                        f"layer {l.name!r}: {f}={b!r} is outside the supported "
-                        f"{MIN_BITS}..{MAX_BITS} bits")
+                check_bits(f"layer {l.name!r}: {f}", getattr(l, f))
             for f in ("weight_range", "act_range"):
-                r = getattr(l, f)
-                if not (isinstance(r, (int, float)) and r > 0
-                        and math.log2(r) == round(math.log2(r))):
-                    raise PlanError(f"layer {l.name!r}: {f}={r!r} is not a "
-                                    "positive power of two")
+                check_pow2(f"layer {l.name!r}: {f}", getattr(l, f))
             if l.act_group:
                 first = next(m for m in self.layers if m.act_group == l.act_group)
                 for f in ("act_bits", "act_range", "act_signed", "g_a"):
@@ -228,14 +246,22 @@ class PrecisionPlan:
                         f"plan does not match model '{model.name}' at layer "
                         f"{l.name!r}: {f} is {getattr(l, f)} in the plan but "
                         f"{g[f]} in the model")
+            written = g.get("num_inputs_written")
+            if (written is not None and l.num_inputs_written is not None
+                    and written != l.num_inputs_written):
+                raise PlanError(
+                    f"plan does not match model '{model.name}' at layer "
+                    f"{l.name!r}: num_inputs_written is {l.num_inputs_written} "
+                    f"in the plan but {written} in the model")
 
     # ------------------------------------------------------- serialization
     def to_dict(self) -> dict:
+        cost = self.cost()
         return {"schema": SCHEMA, "version": SCHEMA_VERSION,
                 "method": self.method, "target": self.target,
                 "bound": self.bound(),
-                "cost": {"compute_full_adders": self.cost().total_compute,
-                         "memory_bits": self.cost().total_memory},
+                "cost": {"compute_full_adders": cost.total_compute,
+                         "memory_bits": cost.total_memory},
                 "info": self.info,
                 "layers": [dataclasses.asdict(l) for l in self.layers]}
 
@@ -254,7 +280,8 @@ class PrecisionPlan:
         for i, ld in enumerate(d.get("layers") or []):
             if not isinstance(ld, dict):
                 raise PlanError(f"plan layer #{i} is not an object")
-            missing = [f for f in fields if f not in ld and f != "act_group"]
+            missing = [f for f in fields if f not in ld
+                       and f not in ("act_group", "num_inputs_written")]
             if missing:
                 raise PlanError(f"plan layer #{i} ({ld.get('name', '?')!r}) "
                                 f"lacks fields {missing}")
@@ -300,548 +327,11 @@ class PrecisionPlan:
             raise PlanError(f"{path}: {e}") from None
 
 
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Writes ``data`` to ``path`` via a temp file in the same directory.
-
-    OSError propagates unchanged; no partial file is left behind on failure.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tfprec-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-# ================================================================ rules
-def _round_half_up(v: float) -> int:
-    return int(math.floor(v + 0.5))
-
-
-def _layers_at(gains, weight_bits: Sequence[int], act_bits: Sequence[int]) -> tuple:
-    return tuple(LayerPrecision(
-        name=g.name, layer_class=g.layer_class, weight_bits=int(bw),
-        act_bits=int(ba), weight_range=g.r_w, act_range=g.r_a,
-        act_signed=g.act_signed, g_w=g.g_w, g_a=g.g_a_shared,
-        dot_length=g.dot_length, num_dots=g.num_dots,
-        num_weights=g.num_weights, num_inputs=g.num_inputs,
-        act_group=g.act_group)
-        for g, bw, ba in zip(gains.layers, weight_bits, act_bits))
-
-
-def _bound(gw, ga, bw, ba) -> float:
-    return float(np.sum(4.0 ** (1 - np.asarray(bw, float)) * gw)
-                 + np.sum(4.0 ** (1 - np.asarray(ba, float)) * ga))
-
-
-def _leads(gains) -> np.ndarray:
-    """Index of the first reader of each layer's input tensor (itself if the
-    input is not shared)."""
-    first: dict = {}
-    return np.array([first.setdefault(g.act_group or i, i)
-                     for i, g in enumerate(gains.layers)], int)
-
-
-def _gain_arrays(gains):
-    """Per-layer G_W and activation gains with a shared tensor's gain held
-    by its first reader only (so plain sums give the bound)."""
-    gw = np.array([g.g_w for g in gains.layers], float)
-    lead = _leads(gains)
-    ga = np.array([g.g_a_shared if lead[i] == i else 0.0
-                   for i, g in enumerate(gains.layers)], float)
-    return gw, ga
-
-
-def _check_target(target: float) -> float:
-    if not (isinstance(target, (int, float)) and 0 < target and math.isfinite(target)):
-        raise PlanError(f"target mismatch probability must be a positive "
-                        f"number, got {target!r}")
-    return float(target)
-
-
-def paper_offsets(gains) -> tuple:
-    """Offsets b_T = round(log2 sqrt(G_T / G_min)) for weights and activations.
-
-    G_min is the smallest positive normalized gain over all weight and
-    activation tensors; tensors with zero gain get offset 0.  Layers that
-    read one shared input tensor get that tensor's offset.
-    """
-    gw, ga = _gain_arrays(gains)
-    allg = np.concatenate([gw, ga])
-    pos = allg[allg > 0]
-    if pos.size == 0:
-        return np.zeros(len(gw), int), np.zeros(len(ga), int)
-    gmin = pos.min()
-
-    def off(g):
-        return np.array([_round_half_up(0.5 * math.log2(v / gmin)) if v > 0 else 0
-                         for v in g], int)
-    return off(gw), off(ga)[_leads(gains)]
-
-
-def paper_plan(gains, target: float = DEFAULT_TARGET, b_min: Optional[int] = None,
-               max_bits: int = MAX_BITS) -> PrecisionPlan:
-    """The ICASSP 2018 rule: B_T = B_min + b_T, smallest B_min meeting target.
-
-    Args:
-      gains: :class:`tfprec.NoiseGains`.
-      target: bound on the mismatch probability to meet (ignored if b_min).
-      b_min: use this B_min instead of searching (bits).
-      max_bits: no tensor may exceed this many bits.
-
-    Raises:
-      UnattainableTargetError: no B_min keeps every tensor <= max_bits and
-        meets the target.
-    """
-    ow, oa = paper_offsets(gains)
-    bw, ba, target = _level_or_search(gains, lambda b: (b + ow, b + oa), b_min,
-                                      target, range(MIN_BITS, max_bits + 1),
-                                      "B_min", max_bits)
-    return PrecisionPlan(_layers_at(gains, bw, ba), "paper", target,
-                         {"offsets_w": ow.tolist(), "offsets_a": oa.tolist()})
-
-
-def uniform_plan(gains, target: float = DEFAULT_TARGET, bits: Optional[int] = None,
-                 max_bits: int = MAX_BITS) -> PrecisionPlan:
-    """Every weight and activation tensor at the same B (bits)."""
-    n = len(gains.layers)
-    bw, ba, target = _level_or_search(gains, lambda b: (np.full(n, b), np.full(n, b)),
-                                      bits, target, range(MIN_BITS, max_bits + 1),
-                                      "uniform B", max_bits)
-    return PrecisionPlan(_layers_at(gains, bw, ba), "uniform", target)
-
-
-def icml2017_offset(gains) -> int:
-    """B_W - B_A = round(log2 sqrt(sum G_W / sum G_A)) of the ICML 2017 rule."""
-    gw, ga = _gain_arrays(gains)
-    sw, sa = gw.sum(), ga.sum()
-    if sw <= 0 or sa <= 0:
-        return 0
-    return _round_half_up(0.5 * math.log2(sw / sa))
-
-
-def icml2017_plan(gains, target: float = DEFAULT_TARGET, act_bits: Optional[int] = None,
-                  max_bits: int = MAX_BITS) -> PrecisionPlan:
-    """ICML 2017 rule: one B_A for all activations, B_W = B_A + offset."""
-    n = len(gains.layers)
-    d = icml2017_offset(gains)
-    bw, ba, target = _level_or_search(gains, lambda b: (np.full(n, b + d), np.full(n, b)),
-                                      act_bits, target,
-                                      range(MIN_BITS - min(d, 0), max_bits + 1),
-                                      "B_A", max_bits)
-    return PrecisionPlan(_layers_at(gains, bw, ba), "icml2017", target,
-                         {"weight_minus_act_bits": d})
-
-
-def _level_or_search(gains, make, level, target, levels, what, max_bits):
-    """(bw, ba, target) of a one-level rule: at ``level`` if given (target
-    None), else at the smallest of ``levels`` whose bound meets ``target``."""
-    if level is not None:
-        bw, ba = make(int(level))
-        lo, hi = min(bw.min(), ba.min()), max(bw.max(), ba.max())
-        if lo < MIN_BITS or hi > max_bits:
-            raise UnattainableTargetError(
-                f"{what}={level} puts a tensor outside {MIN_BITS}..{max_bits} "
-                f"bits (the plan needs {lo}..{hi}).")
-        return bw, ba, None
-    target = _check_target(target)
-    gw, ga = _gain_arrays(gains)
-    _, bw, ba = _search(levels, make, lambda bw, ba: _bound(gw, ga, bw, ba),
-                        target, what, max_bits)
-    return bw, ba, target
-
-
-def _search(levels, make, bound, target, what, max_bits):
-    last = None
-    for lev in levels:
-        bw, ba = make(lev)
-        if max(bw.max(), ba.max()) > max_bits:
-            break
-        if min(bw.min(), ba.min()) < MIN_BITS:
-            continue
-        last = (lev, bound(bw, ba))
-        if last[1] <= target:
-            return lev, bw, ba
-    detail = "" if last is None else f"; at {what}={last[0]} the bound is {last[1]:.3g}"
-    raise UnattainableTargetError(
-        f"no {what} keeps every tensor at most {max_bits} bits and meets the "
-        f"bound target {target:.3g}{detail}.")
-
-
-# ====================================================== cost-aware plan
-def _layer_costs(gains, kind):
-    """cost[l][bw, ba] tables for bits 0..MAX_BITS (index = bits)."""
-    b = np.arange(MAX_BITS + 1, dtype=float)
-    tabs = []
-    for g in gains.layers:
-        bw = b[:, None]
-        ba = b[None, :]
-        if kind == "compute":
-            d = g.dot_length
-            t = g.num_dots * (d * ba * bw + (d - 1) * (ba + bw + math.ceil(math.log2(d)) - 1))
-        elif kind == "memory":
-            t = bw * g.num_weights + ba * g.num_inputs
-        else:
-            raise PlanError(f"cost kind must be one of {cost_lib.COST_KINDS}, got {kind!r}")
-        tabs.append(np.broadcast_to(t, (MAX_BITS + 1, MAX_BITS + 1)))
-    return tabs
-
-
-def _total_cost(tabs, bw, ba) -> float:
-    return float(sum(t[w, a] for t, w, a in zip(tabs, bw, ba)))
-
-
-def _members(lead) -> list:
-    """For each layer i: the layers whose activation bits move with i's."""
-    return [np.flatnonzero(lead == lead[i]) for i in range(len(lead))]
-
-
-def _descend(tabs, gw, ga, bw, ba, target, max_bits, lead):
-    """Greedy: remove one bit at a time, best cost saved per bound added.
-
-    An activation move on a shared input lowers it for all its readers.
-    """
-    bw = np.array(bw, int)
-    ba = np.array(ba, int)
-    n = len(bw)
-    members = _members(lead)
-    cur = _bound(gw, ga, bw, ba)
-    while True:
-        best = None
-        for which, arr, g in (("w", bw, gw), ("a", ba, ga)):
-            for i in range(n):
-                if arr[i] <= MIN_BITS or (which == "a" and lead[i] != i):
-                    continue
-                dbound = g[i] * (4.0 ** (1 - (arr[i] - 1)) - 4.0 ** (1 - arr[i]))
-                if cur + dbound > target * (1 + 1e-12):
-                    continue
-                if which == "w":
-                    dcost = tabs[i][bw[i], ba[i]] - tabs[i][bw[i] - 1, ba[i]]
-                else:
-                    dcost = sum(tabs[j][bw[j], ba[j]] - tabs[j][bw[j], ba[j] - 1]
-                                for j in members[i])
-                if dcost <= 0 and dbound > 0:
-                    continue
-                score = dcost / dbound if dbound > 0 else math.inf
-                if best is None or score > best[0]:
-                    best = (score, which, i, dbound)
-        if best is None:
-            return bw, ba
-        _, which, i, dbound = best
-        if which == "w":
-            bw[i] -= 1
-        else:
-            ba[members[i]] -= 1
-        cur += dbound
-
-
-def _improve(tabs, gw, ga, bw, ba, target, max_bits, lead):
-    """Local search: raise one tensor by a bit, re-descend; keep if cheaper."""
-    bw, ba = _descend(tabs, gw, ga, bw, ba, target, max_bits, lead)
-    best = _total_cost(tabs, bw, ba)
-    members = _members(lead)
-    improved = True
-    while improved:
-        improved = False
-        for which in ("w", "a"):
-            for i in range(len(bw)):
-                if which == "a" and lead[i] != i:
-                    continue
-                tw, ta = bw.copy(), ba.copy()
-                arr = tw if which == "w" else ta
-                if arr[i] >= max_bits:
-                    continue
-                if which == "w":
-                    tw[i] += 1
-                else:
-                    ta[members[i]] += 1
-                tw, ta = _descend(tabs, gw, ga, tw, ta, target, max_bits, lead)
-                c = _total_cost(tabs, tw, ta)
-                if c < best - 1e-9:
-                    bw, ba, best, improved = tw, ta, c, True
-    return bw, ba
-
-
-def _knapsack(tabs, gw, ga, target, max_bits, units: int = 2000):
-    """Multiple-choice knapsack by dynamic programming over a bound budget.
-
-    Each layer picks (B_W, B_A); its bound terms are rounded *up* to units of
-    target/units, so the result always meets the target; cost is minimized
-    exactly under that rounding.  Returns (bw, ba) or None if infeasible.
-    """
-    b = np.arange(MAX_BITS + 1)
-    pw = 4.0 ** (1 - b.astype(float))
-    ok = (b >= MIN_BITS) & (b <= max_bits)
-    f = np.zeros(units + 1)
-    choices = []
-    for t, w, a in zip(tabs, gw, ga):
-        q = np.ceil((w * pw[:, None] + a * pw[None, :]) / target * units - 1e-9)
-        opts = [(int(q[i, j]), float(t[i, j]), i, j) for i in b[ok] for j in b[ok]
-                if q[i, j] <= units]
-        new = np.full(units + 1, np.inf)
-        arg = np.full(units + 1, -1)
-        for k, (qq, c, _, _) in enumerate(opts):
-            cand = np.full(units + 1, np.inf)
-            cand[qq:] = f[:units + 1 - qq] + c
-            better = cand < new
-            new[better] = cand[better]
-            arg[better] = k
-        f = new
-        choices.append((opts, arg))
-    if not np.isfinite(f[units]):
-        return None
-    u = units
-    bw, ba = [], []
-    for opts, arg in reversed(choices):
-        qq, _, i, j = opts[arg[u]]
-        bw.append(i)
-        ba.append(j)
-        u -= qq
-    return np.array(bw[::-1]), np.array(ba[::-1])
-
-
-def _lagrangian(tabs, gw, ga, lam, max_bits):
-    """Per layer: argmin over (bw, ba) of cost + lam * bound terms."""
-    b = np.arange(MAX_BITS + 1, dtype=float)
-    pw = 4.0 ** (1 - b)
-    bw_out, ba_out = [], []
-    for t, w, a in zip(tabs, gw, ga):
-        obj = t + lam * (w * pw[:, None] + a * pw[None, :])
-        obj = obj.copy()
-        obj[:MIN_BITS, :] = np.inf
-        obj[:, :MIN_BITS] = np.inf
-        obj[max_bits + 1:, :] = np.inf
-        obj[:, max_bits + 1:] = np.inf
-        i, j = np.unravel_index(np.argmin(obj), obj.shape)
-        bw_out.append(i)
-        ba_out.append(j)
-    return np.array(bw_out), np.array(ba_out)
-
-
-def cost_aware_plan(gains, target: float = DEFAULT_TARGET, cost: str = "compute",
-                    max_bits: int = MAX_BITS) -> PrecisionPlan:
-    """Cheapest plan found whose analytic bound meets ``target``.
-
-    Minimizes the computational cost (``cost="compute"``, full adders) or the
-    representational cost (``cost="memory"``, bits) subject to
-    sum_T 4^(1-B_T) G_T <= target, B_T in [2, max_bits].  Candidates: a
-    multiple-choice knapsack solved by dynamic programming over the bound
-    budget (exact up to rounding the budget into 2000 parts), the
-    Lagrangian relaxation (these two only when no layers share an input
-    tensor, since they optimize layer by layer) (per-layer exact minimization of cost + lambda *
-    bound, lambda bisected to the target) and the paper's and uniform plans,
-    each followed by a greedy descent that removes the bit with the best
-    cost saved per bound added while the target holds, and a local search
-    that raises one tensor by a bit and descends again while that helps.  The cheapest
-    candidate is returned, so the result never costs more than the paper's
-    plan at the same target.
-
-    Raises:
-      UnattainableTargetError: even max_bits everywhere misses the target.
-    """
-    target = _check_target(target)
-    gw, ga = _gain_arrays(gains)
-    n = len(gw)
-    top = np.full(n, max_bits)
-    if _bound(gw, ga, top, top) > target:
-        raise UnattainableTargetError(
-            f"even {max_bits} bits for every tensor gives a bound of "
-            f"{_bound(gw, ga, top, top):.3g} > target {target:.3g}.")
-    tabs = _layer_costs(gains, cost)
-    lead = _leads(gains)
-    independent = bool(np.all(lead == np.arange(n)))
-    cands = []
-    for make in (lambda: paper_plan(gains, target, max_bits=max_bits),
-                 lambda: uniform_plan(gains, target, max_bits=max_bits)):
-        try:
-            p = make()
-        except UnattainableTargetError:
-            continue
-        cands.append((np.array([l.weight_bits for l in p.layers]),
-                      np.array([l.act_bits for l in p.layers])))
-    # Lagrangian: bisection on lambda in log space (per-layer minimization:
-    # only when no layers share an input tensor).
-    lo, hi = -30.0, 60.0
-    best_lag = None
-    for _ in range(80 if independent else 0):
-        mid = 0.5 * (lo + hi)
-        bw, ba = _lagrangian(tabs, gw, ga, 10.0 ** mid, max_bits)
-        if _bound(gw, ga, bw, ba) <= target:
-            best_lag = (bw, ba)
-            hi = mid
-        else:
-            lo = mid
-    if best_lag is not None:
-        cands.append(best_lag)
-    knap = _knapsack(tabs, gw, ga, target, max_bits) if independent else None
-    if knap is not None:
-        cands.append(knap)
-    cands.append((top, top))
-    results = []
-    for bw, ba in cands:
-        bw2, ba2 = _improve(tabs, gw, ga, bw, ba, target, max_bits, lead)
-        results.append((_total_cost(tabs, bw2, ba2), _bound(gw, ga, bw2, ba2),
-                        bw2, ba2))
-    results.sort(key=lambda r: (r[0], r[1]))
-    _, _, bw, ba = results[0]
-    return PrecisionPlan(_layers_at(gains, bw, ba), f"cost_aware:{cost}", target)
-
-
-# ============================================ per-example (clipped) bound
-def _example_terms(gains):
-    """Per-example normalized gains [N, L] (weights, activations), a shared
-    input tensor held by its first reader only."""
-    if gains.example_w is None or gains.example_a is None:
-        raise PlanError("the per-example bound needs gains computed with "
-                        "noise_gains(..., per_example=True)")
-    rw2 = np.array([g.r_w ** 2 for g in gains.layers])
-    ra2 = np.array([g.r_a ** 2 for g in gains.layers])
-    lead = _leads(gains)
-    sa = gains.example_a * ra2 * (lead == np.arange(len(lead)))
-    return gains.example_w * rw2, sa
-
-
-def per_example_bound(plan: PrecisionPlan, gains) -> float:
-    """Per-example mismatch bound: mean_x min(1, sum_T 4^(1-B_T) G_T(x)).
-
-    The paper's argument bounds each example's flip probability by
-    sum_T Delta_T^2 e_T(x); a probability is also at most 1, so the mean of
-    the per-example bounds capped at 1 is a valid bound too, never above
-    ``plan.bound()`` and much tighter when a few near-tied examples dominate
-    the gains.  Needs ``noise_gains(..., per_example=True)``.
-    """
-    if [l.name for l in gains.layers] != plan.names:
-        raise PlanError(f"plan layers {plan.names} do not match the gains' "
-                        f"layers {[l.name for l in gains.layers]}")
-    sw, sa = _example_terms(gains)
-    bw = np.array([l.weight_bits for l in plan.layers], float)
-    ba = np.array([l.act_bits for l in plan.layers], float)
-    b = sw @ 4.0 ** (1 - bw) + sa @ 4.0 ** (1 - ba)
-    return float(np.mean(np.minimum(b, 1.0)))
-
-
-def _descend_per_example(tabs, sw, sa, bw, ba, target, lead):
-    """Greedy bit removal under the per-example bound (as _descend)."""
-    bw = np.array(bw, int)
-    ba = np.array(ba, int)
-    members = _members(lead)
-    cw = sw * 4.0 ** (1 - bw)                 # [N, L] current contributions
-    ca = sa * 4.0 ** (1 - ba)
-    b = cw.sum(1) + ca.sum(1)
-    cur = np.mean(np.minimum(b, 1.0))
-    n = len(bw)
-    while True:
-        # Removing a bit multiplies a tensor's contribution by 4.
-        new_w = np.minimum(b[:, None] + 3 * cw, 1.0).mean(0)
-        new_a = np.minimum(b[:, None] + 3 * ca, 1.0).mean(0)
-        best = None
-        for which, arr, new in (("w", bw, new_w), ("a", ba, new_a)):
-            for i in range(n):
-                if arr[i] <= MIN_BITS or (which == "a" and lead[i] != i):
-                    continue
-                if new[i] > target * (1 + 1e-12):
-                    continue
-                if which == "w":
-                    dcost = tabs[i][bw[i], ba[i]] - tabs[i][bw[i] - 1, ba[i]]
-                else:
-                    dcost = sum(tabs[j][bw[j], ba[j]] - tabs[j][bw[j], ba[j] - 1]
-                                for j in members[i])
-                dbound = new[i] - cur
-                if dcost <= 0 and dbound > 0:
-                    continue
-                score = dcost / dbound if dbound > 0 else math.inf
-                if best is None or score > best[0]:
-                    best = (score, which, i)
-        if best is None:
-            return bw, ba
-        _, which, i = best
-        if which == "w":
-            b += 3 * cw[:, i]
-            cw[:, i] *= 4
-            bw[i] -= 1
-        else:
-            b += 3 * ca[:, i]
-            ca[:, i] *= 4
-            ba[members[i]] -= 1
-        cur = np.mean(np.minimum(b, 1.0))
-
-
-def per_example_cost_aware_plan(gains, target: float = DEFAULT_TARGET,
-                                cost: str = "compute",
-                                max_bits: int = MAX_BITS) -> PrecisionPlan:
-    """Cheapest plan found whose *per-example* bound meets ``target``.
-
-    Like :func:`cost_aware_plan`, with the constraint
-    :func:`per_example_bound` <= target (probability) instead of the
-    paper's bound.  Starts from every plan of :func:`cost_aware_plan` and
-    :func:`uniform_plan` that meets the per-example target (the paper's
-    bound is never below it) and removes bits greedily while it holds.
-    Needs ``noise_gains(..., per_example=True)``.
-    """
-    target = _check_target(target)
-    sw, sa = _example_terms(gains)
-    n = len(gains.layers)
-    lead = _leads(gains)
-    tabs = _layer_costs(gains, cost)
-
-    def pe(bw, ba):
-        return float(np.mean(np.minimum(sw @ 4.0 ** (1 - np.asarray(bw, float))
-                                        + sa @ 4.0 ** (1 - np.asarray(ba, float)), 1.0)))
-    top = np.full(n, max_bits)
-    if pe(top, top) > target:
-        raise UnattainableTargetError(
-            f"even {max_bits} bits for every tensor gives a per-example bound "
-            f"of {pe(top, top):.3g} > target {target:.3g}.")
-    starts = [(top, top)]
-    for b in range(MIN_BITS, max_bits + 1):    # cheapest uniform start
-        u = np.full(n, b)
-        if pe(u, u) <= target:
-            starts.append((u, u))
-            break
-    try:
-        ca = cost_aware_plan(gains, target, cost=cost, max_bits=max_bits)
-        starts.append((np.array([l.weight_bits for l in ca.layers]),
-                       np.array([l.act_bits for l in ca.layers])))
-    except UnattainableTargetError:
-        pass
-    results = []
-    for bw, ba in starts:
-        bw2, ba2 = _descend_per_example(tabs, sw, sa, bw, ba, target, lead)
-        results.append((_total_cost(tabs, bw2, ba2), pe(bw2, ba2), bw2, ba2))
-    results.sort(key=lambda r: (r[0], r[1]))
-    _, bound, bw, ba = results[0]
-    return PrecisionPlan(_layers_at(gains, bw, ba), f"cost_aware_pe:{cost}", target,
-                         {"per_example_bound": bound})
-
-
-PLAN_METHODS = ("paper", "cost_aware", "uniform", "icml2017")
-
-
-def make_plan(gains, method: str = "paper", target: float = DEFAULT_TARGET,
-              cost: str = "compute", max_bits: int = MAX_BITS) -> PrecisionPlan:
-    """The plan of ``method`` that meets the analytic ``target``.
-
-    Args:
-      gains: :class:`tfprec.NoiseGains`.
-      method: one of ``PLAN_METHODS``.
-      target: bound on the mismatch probability.
-      cost: "compute" or "memory", for ``method="cost_aware"``.
-      max_bits: largest bit-width allowed for any tensor.
-    """
-    if method == "paper":
-        return paper_plan(gains, target, max_bits=max_bits)
-    if method == "cost_aware":
-        return cost_aware_plan(gains, target, cost=cost, max_bits=max_bits)
-    if method == "uniform":
-        return uniform_plan(gains, target, max_bits=max_bits)
-    if method == "icml2017":
-        return icml2017_plan(gains, target, max_bits=max_bits)
-    raise PlanError(f"unknown plan method {method!r}; choose one of {PLAN_METHODS}")
+# Re-exports: the constructors and helpers other modules reach through
+# tfprec.planning.plan (imported last: they import the classes above).
+from tfprec.planning.rules import (  # noqa: E402,F401
+    PLAN_METHODS, _bound, _check_target, _gain_arrays, _layers_at, _leads,
+    icml2017_offset, icml2017_plan, make_plan, paper_offsets, paper_plan,
+    uniform_plan)
+from tfprec.planning.cost_aware import (  # noqa: E402,F401
+    cost_aware_plan, per_example_bound, per_example_cost_aware_plan)

@@ -1,0 +1,185 @@
+"""Cost-aware plans: the cheapest bits whose mismatch bound meets a target.
+
+* :func:`cost_aware_plan`: subject to the paper's bound
+  sum_T 4^(1-B_T) G_T <= target (probability);
+* :func:`per_example_cost_aware_plan`: subject to the per-example bound
+  :func:`per_example_bound` <= target.
+
+Costs are METHOD.md section 4's (:mod:`tfprec.planning.cost`): full adders
+("compute") or bits ("memory").
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from tfprec.errors import PlanError, UnattainableTargetError
+from tfprec.fixedpoint import MAX_BITS, MIN_BITS, check_bits
+from tfprec.planning import cost as cost_lib
+from tfprec.planning import search
+from tfprec.planning.plan import DEFAULT_TARGET, PrecisionPlan
+from tfprec.planning.rules import (_check_target, _gain_arrays, _layers_at, _leads,
+                                   paper_plan, uniform_plan)
+
+# The knapsack keeps this relative margin under the target so that the
+# bound summed in another order (plan.bound()) still meets it.
+_SUM_MARGIN = 1e-12
+
+
+def _bits_of(plan) -> tuple:
+    return (np.array([l.weight_bits for l in plan.layers]),
+            np.array([l.act_bits for l in plan.layers]))
+
+
+def _knapsack(tabs, gw, ga, target: float, max_bits: int):
+    """Exact cheapest per-layer (B_W, B_A) with bound <= target when no input
+    tensor is shared (:func:`tfprec.planning.search.mckp`); None if none.
+
+    A layer whose cost is a sum of a weight part and an activation part (the
+    representational cost) gives two groups of 15 options instead of one of
+    225: the same problem, solved faster."""
+    b = np.arange(MIN_BITS, max_bits + 1)
+    pw = 4.0 ** (1 - b.astype(float))
+    grids = [t[np.ix_(b, b)] for t in tabs]
+    if all(np.array_equal(t, t[:, :1] + t[:1, :] - t[0, 0]) for t in grids):
+        values = [part for t in grids for part in (t[:, 0], t[0, :] - t[0, 0])]
+        weights = [part for w, a in zip(gw, ga) for part in (w * pw, a * pw)]
+        pick = search.mckp(values, weights, target * (1 - _SUM_MARGIN))
+        return None if pick is None else (b[pick[0::2]], b[pick[1::2]])
+    values = grids
+    weights = [w * pw[:, None] + a * pw[None, :] for w, a in zip(gw, ga)]
+    pick = search.mckp(values, weights, target * (1 - _SUM_MARGIN))
+    if pick is None:
+        return None
+    rows, cols = np.divmod(np.array(pick), b.size)
+    return b[rows], b[cols]
+
+
+def cost_aware_plan(gains, target: float = DEFAULT_TARGET, cost: str = "compute",
+                    max_bits: int = MAX_BITS,
+                    memory_convention: str = "written") -> PrecisionPlan:
+    """Cheapest plan found whose analytic bound meets ``target``.
+
+    Minimizes the computational cost (``cost="compute"``, full adders) or the
+    representational cost (``cost="memory"``, bits, inputs counted by
+    ``memory_convention``, see :mod:`tfprec.planning.cost`) subject to
+    sum_T 4^(1-B_T) G_T <= target (probability), B_T in [2, max_bits] bits.
+
+    When no two layers share an input tensor the problem is a
+    multiple-choice knapsack over the layers' (B_W, B_A) pairs, solved
+    exactly (:func:`tfprec.planning.search.mckp`).  Otherwise (and as extra
+    candidates) the paper's, the uniform and the all-``max_bits`` plans are
+    improved by a greedy descent that removes the bit with the best cost
+    saved per bound added while the target holds, and a local search that
+    raises one tensor by a bit and descends again while that helps (a
+    shared input tensor's readers move together).  The cheapest candidate
+    is returned, so the result never costs more than the paper's plan at
+    the same target.
+
+    Raises:
+      UnattainableTargetError: even max_bits everywhere misses the target.
+      PlanError: bad target, cost kind or max_bits (an int in 2..16).
+    """
+    target = _check_target(target)
+    max_bits = check_bits("max_bits", max_bits)
+    gw, ga = _gain_arrays(gains)
+    bound = search.AnalyticBound(gw, ga)
+    n = len(gw)
+    top = np.full(n, max_bits)
+    if bound.value(top, top) > target:
+        raise UnattainableTargetError(
+            f"even {max_bits} bits for every tensor gives a bound of "
+            f"{bound.value(top, top):.3g} > target {target:.3g}.")
+    tabs = cost_lib.cost_tables(gains.layers, cost, memory_convention)
+    lead = _leads(gains)
+    cands = [(top, top)]
+    for make in (paper_plan, uniform_plan):
+        try:
+            cands.append(_bits_of(make(gains, target, max_bits=max_bits)))
+        except UnattainableTargetError:
+            continue
+    if np.all(lead == np.arange(n)):
+        knap = _knapsack(tabs, gw, ga, target, max_bits)
+        if knap is not None:
+            cands.append(knap)
+    results = []
+    for bw, ba in cands:
+        bw2, ba2 = search.improve(tabs, bound, bw, ba, target, max_bits, lead)
+        results.append((search.total_cost(tabs, bw2, ba2), bound.value(bw2, ba2),
+                        bw2, ba2))
+    results.sort(key=lambda r: (r[0], r[1]))
+    _, _, bw, ba = results[0]
+    return PrecisionPlan(_layers_at(gains, bw, ba), f"cost_aware:{cost}", target)
+
+
+# ============================================ per-example (clipped) bound
+def _example_bound(gains) -> search.PerExampleBound:
+    """The per-example bound model of ``gains`` (normalized per-example
+    gains [N, L], a shared input tensor held by its first reader only)."""
+    if gains.example_w is None or gains.example_a is None:
+        raise PlanError("the per-example bound needs gains computed with "
+                        "noise_gains(..., per_example=True)")
+    rw2 = np.array([g.r_w ** 2 for g in gains.layers])
+    ra2 = np.array([g.r_a ** 2 for g in gains.layers])
+    lead = _leads(gains)
+    sa = gains.example_a * ra2 * (lead == np.arange(len(lead)))
+    return search.PerExampleBound(gains.example_w * rw2, sa)
+
+
+def per_example_bound(plan: PrecisionPlan, gains) -> float:
+    """Per-example mismatch bound: mean_x min(1, sum_T 4^(1-B_T) G_T(x)).
+
+    The paper's argument bounds each example's flip probability by
+    sum_T Delta_T^2 e_T(x); a probability is also at most 1, so the mean of
+    the per-example bounds capped at 1 is a valid bound too, never above
+    ``plan.bound()`` and much tighter when a few near-tied examples dominate
+    the gains.  Needs ``noise_gains(..., per_example=True)``.
+    """
+    if [l.name for l in gains.layers] != plan.names:
+        raise PlanError(f"plan layers {plan.names} do not match the gains' "
+                        f"layers {[l.name for l in gains.layers]}")
+    return _example_bound(gains).value(*_bits_of(plan))
+
+
+def per_example_cost_aware_plan(gains, target: float = DEFAULT_TARGET,
+                                cost: str = "compute", max_bits: int = MAX_BITS,
+                                memory_convention: str = "written") -> PrecisionPlan:
+    """Cheapest plan found whose *per-example* bound meets ``target``.
+
+    Like :func:`cost_aware_plan`, with the constraint
+    :func:`per_example_bound` <= target (probability) instead of the
+    paper's bound.  Starts from every plan of :func:`cost_aware_plan` and
+    :func:`uniform_plan` that meets the per-example target (the paper's
+    bound is never below it) and removes bits greedily while it holds.
+    Needs ``noise_gains(..., per_example=True)``.
+    """
+    target = _check_target(target)
+    max_bits = check_bits("max_bits", max_bits)
+    bound = _example_bound(gains)
+    n = len(gains.layers)
+    lead = _leads(gains)
+    tabs = cost_lib.cost_tables(gains.layers, cost, memory_convention)
+    top = np.full(n, max_bits)
+    if bound.value(top, top) > target:
+        raise UnattainableTargetError(
+            f"even {max_bits} bits for every tensor gives a per-example bound "
+            f"of {bound.value(top, top):.3g} > target {target:.3g}.")
+    starts = [(top, top)]
+    for b in range(MIN_BITS, max_bits + 1):    # cheapest uniform start
+        u = np.full(n, b)
+        if bound.value(u, u) <= target:
+            starts.append((u, u))
+            break
+    try:
+        starts.append(_bits_of(cost_aware_plan(gains, target, cost, max_bits,
+                                               memory_convention)))
+    except UnattainableTargetError:
+        pass
+    results = []
+    for bw, ba in starts:
+        bw2, ba2 = search.descend(tabs, bound, bw, ba, target, lead)
+        results.append((search.total_cost(tabs, bw2, ba2), bound.value(bw2, ba2),
+                        bw2, ba2))
+    results.sort(key=lambda r: (r[0], r[1]))
+    _, value, bw, ba = results[0]
+    return PrecisionPlan(_layers_at(gains, bw, ba), f"cost_aware_pe:{cost}", target,
+                         {"per_example_bound": value})

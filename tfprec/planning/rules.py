@@ -1,0 +1,204 @@
+"""One-level precision rules (METHOD.md section 3) and :func:`make_plan`.
+
+* :func:`paper_plan`: the ICASSP 2018 rule, B_T = B_min + b_T with offsets
+  b_T = round(log2 sqrt(G_T / G_min)), smallest B_min meeting the target;
+* :func:`uniform_plan`: one B for every tensor;
+* :func:`icml2017_plan`: one B_A for all activations and one B_W for all
+  weights with B_W - B_A = round(log2 sqrt(sum G_W / sum G_A)).
+
+Bit-widths are in bits (sign included); targets and bounds are mismatch
+probabilities.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import numpy as np
+
+from tfprec.errors import PlanError, UnattainableTargetError
+from tfprec.fixedpoint import MAX_BITS, MIN_BITS, check_bits
+from tfprec.planning.plan import DEFAULT_TARGET, LayerPrecision, PrecisionPlan
+from tfprec.planning.search import AnalyticBound
+
+def _round_half_up(v: float) -> int:
+    return int(math.floor(v + 0.5))
+
+
+def _layers_at(gains, weight_bits: Sequence[int], act_bits: Sequence[int]) -> tuple:
+    return tuple(LayerPrecision(
+        name=g.name, layer_class=g.layer_class, weight_bits=int(bw),
+        act_bits=int(ba), weight_range=g.r_w, act_range=g.r_a,
+        act_signed=g.act_signed, g_w=g.g_w, g_a=g.g_a_shared,
+        dot_length=g.dot_length, num_dots=g.num_dots,
+        num_weights=g.num_weights, num_inputs=g.num_inputs,
+        act_group=g.act_group,
+        num_inputs_written=getattr(g, "num_inputs_written", None))
+        for g, bw, ba in zip(gains.layers, weight_bits, act_bits))
+
+
+def _bound(gw, ga, bw, ba) -> float:
+    """The analytic bound sum_T 4^(1-B_T) G_T (probability)."""
+    return AnalyticBound(gw, ga).value(bw, ba)
+
+
+def _leads(gains) -> np.ndarray:
+    """Index of the first reader of each layer's input tensor (itself if the
+    input is not shared)."""
+    first: dict = {}
+    return np.array([first.setdefault(g.act_group or i, i)
+                     for i, g in enumerate(gains.layers)], int)
+
+
+def _gain_arrays(gains):
+    """Per-layer G_W and activation gains with a shared tensor's gain held
+    by its first reader only (so plain sums give the bound)."""
+    gw = np.array([g.g_w for g in gains.layers], float)
+    lead = _leads(gains)
+    ga = np.array([g.g_a_shared if lead[i] == i else 0.0
+                   for i, g in enumerate(gains.layers)], float)
+    return gw, ga
+
+
+def _check_target(target: float) -> float:
+    if not (isinstance(target, (int, float)) and 0 < target and math.isfinite(target)):
+        raise PlanError(f"target mismatch probability must be a positive "
+                        f"number, got {target!r}")
+    return float(target)
+
+
+def paper_offsets(gains) -> tuple:
+    """Offsets b_T = round(log2 sqrt(G_T / G_min)) for weights and activations.
+
+    G_min is the smallest positive normalized gain over all weight and
+    activation tensors; tensors with zero gain get offset 0.  Layers that
+    read one shared input tensor get that tensor's offset.
+    """
+    gw, ga = _gain_arrays(gains)
+    allg = np.concatenate([gw, ga])
+    pos = allg[allg > 0]
+    if pos.size == 0:
+        return np.zeros(len(gw), int), np.zeros(len(ga), int)
+    gmin = pos.min()
+
+    def off(g):
+        return np.array([_round_half_up(0.5 * math.log2(v / gmin)) if v > 0 else 0
+                         for v in g], int)
+    return off(gw), off(ga)[_leads(gains)]
+
+
+def paper_plan(gains, target: float = DEFAULT_TARGET, b_min: Optional[int] = None,
+               max_bits: int = MAX_BITS) -> PrecisionPlan:
+    """The ICASSP 2018 rule: B_T = B_min + b_T, smallest B_min meeting target.
+
+    Args:
+      gains: :class:`tfprec.NoiseGains`.
+      target: bound on the mismatch probability to meet (ignored if b_min).
+      b_min: use this B_min instead of searching (bits).
+      max_bits: no tensor may exceed this many bits.
+
+    Raises:
+      UnattainableTargetError: no B_min keeps every tensor <= max_bits and
+        meets the target.
+    """
+    ow, oa = paper_offsets(gains)
+    bw, ba, target = _level_or_search(gains, lambda b: (b + ow, b + oa), b_min,
+                                      target, MIN_BITS, "b_min", "B_min", max_bits)
+    return PrecisionPlan(_layers_at(gains, bw, ba), "paper", target,
+                         {"offsets_w": ow.tolist(), "offsets_a": oa.tolist()})
+
+
+def uniform_plan(gains, target: float = DEFAULT_TARGET, bits: Optional[int] = None,
+                 max_bits: int = MAX_BITS) -> PrecisionPlan:
+    """Every weight and activation tensor at the same B (bits)."""
+    n = len(gains.layers)
+    bw, ba, target = _level_or_search(gains, lambda b: (np.full(n, b), np.full(n, b)),
+                                      bits, target, MIN_BITS, "bits", "uniform B",
+                                      max_bits)
+    return PrecisionPlan(_layers_at(gains, bw, ba), "uniform", target)
+
+
+def icml2017_offset(gains) -> int:
+    """B_W - B_A = round(log2 sqrt(sum G_W / sum G_A)) of the ICML 2017 rule."""
+    gw, ga = _gain_arrays(gains)
+    sw, sa = gw.sum(), ga.sum()
+    if sw <= 0 or sa <= 0:
+        return 0
+    return _round_half_up(0.5 * math.log2(sw / sa))
+
+
+def icml2017_plan(gains, target: float = DEFAULT_TARGET, act_bits: Optional[int] = None,
+                  max_bits: int = MAX_BITS) -> PrecisionPlan:
+    """ICML 2017 rule: one B_A for all activations, B_W = B_A + offset."""
+    n = len(gains.layers)
+    d = icml2017_offset(gains)
+    bw, ba, target = _level_or_search(gains, lambda b: (np.full(n, b + d), np.full(n, b)),
+                                      act_bits, target, MIN_BITS - min(d, 0),
+                                      "act_bits", "B_A", max_bits)
+    return PrecisionPlan(_layers_at(gains, bw, ba), "icml2017", target,
+                         {"weight_minus_act_bits": d})
+
+
+def _level_or_search(gains, make, level, target, first, arg, what, max_bits):
+    """(bw, ba, target) of a one-level rule: at ``level`` (argument ``arg``,
+    bits) if given (target None), else at the smallest level from ``first``
+    up whose bound meets ``target``."""
+    max_bits = check_bits("max_bits", max_bits)
+    if level is not None:
+        bw, ba = make(check_bits(arg, level, MIN_BITS, max_bits))
+        lo, hi = min(bw.min(), ba.min()), max(bw.max(), ba.max())
+        if lo < MIN_BITS or hi > max_bits:
+            raise UnattainableTargetError(
+                f"{what}={level} puts a tensor outside {MIN_BITS}..{max_bits} "
+                f"bits (the plan needs {lo}..{hi}).")
+        return bw, ba, None
+    target = _check_target(target)
+    gw, ga = _gain_arrays(gains)
+    _, bw, ba = _search(range(first, max_bits + 1), make, lambda bw, ba: _bound(gw, ga, bw, ba),
+                        target, what, max_bits)
+    return bw, ba, target
+
+
+def _search(levels, make, bound, target, what, max_bits):
+    last = None
+    for lev in levels:
+        bw, ba = make(lev)
+        if max(bw.max(), ba.max()) > max_bits:
+            break
+        if min(bw.min(), ba.min()) < MIN_BITS:
+            continue
+        last = (lev, bound(bw, ba))
+        if last[1] <= target:
+            return lev, bw, ba
+    detail = "" if last is None else f"; at {what}={last[0]} the bound is {last[1]:.3g}"
+    raise UnattainableTargetError(
+        f"no {what} keeps every tensor at most {max_bits} bits and meets the "
+        f"bound target {target:.3g}{detail}.")
+
+
+
+
+PLAN_METHODS = ("paper", "cost_aware", "uniform", "icml2017")
+
+
+def make_plan(gains, method: str = "paper", target: float = DEFAULT_TARGET,
+              cost: str = "compute", max_bits: int = MAX_BITS) -> PrecisionPlan:
+    """The plan of ``method`` that meets the analytic ``target``.
+
+    Args:
+      gains: :class:`tfprec.NoiseGains`.
+      method: one of ``PLAN_METHODS``.
+      target: bound on the mismatch probability.
+      cost: "compute" or "memory", for ``method="cost_aware"``.
+      max_bits: largest bit-width allowed for any tensor (bits, at most 16).
+    """
+    if method == "paper":
+        return paper_plan(gains, target, max_bits=max_bits)
+    if method == "cost_aware":
+        from tfprec.planning.cost_aware import cost_aware_plan  # avoids a cycle
+        return cost_aware_plan(gains, target, cost=cost, max_bits=max_bits)
+    if method == "uniform":
+        return uniform_plan(gains, target, max_bits=max_bits)
+    if method == "icml2017":
+        return icml2017_plan(gains, target, max_bits=max_bits)
+    raise PlanError(f"unknown plan method {method!r}; choose one of {PLAN_METHODS}")
