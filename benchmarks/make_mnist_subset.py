@@ -9,11 +9,13 @@ stored with the images (``train_index``, ``test_index``) for provenance.
 
 Usage::
 
-    python benchmarks/make_mnist_subset.py [--src /work/shared/data/mnist.npz]
+    python benchmarks/make_mnist_subset.py [--src DATA_DIR/mnist.npz]
         [--out tfprec/application/assets/mnist_subset.npz] [--train_per_class 800]
         [--test_per_class 200] [--seed 0]
 
-The source file must hold x_train (60000, 28, 28), y_train, x_test, y_test as
+--src defaults to mnist.npz in the data folder of
+:func:`tfprec.application.data.resolve_data_dir` ($TFPREC_DATA_DIR, else
+../shared/data next to the repository).  The source file must hold x_train (60000, 28, 28), y_train, x_test, y_test as
 uint8 (the layout of keras.datasets.mnist's mnist.npz).
 """
 from __future__ import annotations
@@ -23,6 +25,9 @@ import hashlib
 import os
 
 import numpy as np
+
+from tfprec.application.data import ENV_DATA_DIR, resolve_data_dir
+from tfprec.fileio import atomic_write_with
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_OUT = os.path.join(HERE, os.pardir, "tfprec", "application", "assets", "mnist_subset.npz")
@@ -43,12 +48,18 @@ def stratified_indices(y: np.ndarray, per_class: int, rng: np.random.Generator) 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--src", default="/work/shared/data/mnist.npz")
+    p.add_argument("--src", default=None,
+                   help="MNIST .npz (default: mnist.npz in the data folder)")
     p.add_argument("--out", default=os.path.normpath(DEFAULT_OUT))
     p.add_argument("--train_per_class", type=int, default=800)
     p.add_argument("--test_per_class", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
+    if a.src is None:
+        d = resolve_data_dir()
+        if d is None:
+            raise SystemExit(f"no data folder: pass --src or set {ENV_DATA_DIR}")
+        a.src = os.path.join(d, "mnist.npz")
 
     with np.load(a.src) as d:
         src = {k: d[k] for k in ("x_train", "y_train", "x_test", "y_test")}
@@ -64,9 +75,7 @@ def main(argv=None) -> None:
         "train_index": tr.astype(np.int32), "test_index": te.astype(np.int32),
     }
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    tmp = a.out + ".tmp.npz"
-    np.savez_compressed(tmp, **out)
-    os.replace(tmp, a.out)
+    atomic_write_with(a.out, lambda tmp: np.savez_compressed(tmp, **out))
     with open(a.out, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
     print(f"wrote {a.out}: {os.path.getsize(a.out)} bytes, sha256 {digest}")

@@ -1,10 +1,13 @@
 """Shared test setup.
 
 ``import tfprec`` first: it sets TF_USE_LEGACY_KERAS=1 before TensorFlow loads.
-``tfprec.application.cli`` next: its absl flags are then defined before any
-example script (imported by test_examples.py) declares flags of the same
-names, which the examples skip when they already exist, whatever order pytest
-collects in.
+``tfprec.application.cli`` next: its absl flags (tfprec.application.flags)
+are then defined before any example script (imported by test_examples.py)
+declares flags of the same names, which the examples skip when they already
+exist, whatever order pytest collects in.
+
+``slow``: a marker for long tests whose coverage faster tests repeat;
+``pytest -m "not slow"`` leaves them out.
 
 ``shared_data_dir``: the offline dataset folder (``../shared/data`` next to
 the repository, or ``$TFPREC_DATA_DIR``).  Tests that need it skip on a
@@ -18,6 +21,12 @@ import pytest
 import tfprec  # noqa: F401
 import tfprec.application.cli  # noqa: F401
 from tfprec.application import data as data_lib
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: a long test (> ~15 s) whose coverage faster tests "
+        "repeat; deselect with -m \"not slow\"")
 
 
 def shared_file(name: str) -> str:

@@ -20,6 +20,7 @@ from absl import flags
 
 import tfprec
 from tfprec.application import cli
+from tfprec.application import flags as cli_flags
 from tfprec.application import data as data_lib
 from tfprec.application import report as report_lib
 from tfprec.statistics.gains import LayerGains, NoiseGains
@@ -98,7 +99,7 @@ def test_demo_plan_json_loads_back(demo):
 
 def test_demo_outputs_load_and_run(demo):
     from tfprec._tf import keras
-    from tfprec.quantization.apply import quantize_scope
+    from tfprec.quantization.configs import quantize_scope
     from tfprec.export import tflite_predict
     from tfprec.application import data
     x = data.load_dataset("mnist_subset", flatten=True, num_train=1, num_test=20).x_test
@@ -284,13 +285,13 @@ def test_positional_arguments_are_rejected(tmp_path, capsys):
 
 
 def test_every_flag_has_help():
-    names = [f.name for f in FLAGS.get_flags_for_module(cli.__name__)]
+    names = [f.name for f in FLAGS.get_flags_for_module(cli_flags.__name__)]
     for required in ("model", "data", "data_dir", "calibration_examples",
                      "eval_examples", "target_mismatch", "max_accuracy_drop",
                      "target_measured_mismatch", "cost_budget", "allocation", "cost",
                      "output_dir", "demo", "plots", "export_tflite"):
         assert required in names
-    for f in FLAGS.get_flags_for_module(cli.__name__):
+    for f in FLAGS.get_flags_for_module(cli_flags.__name__):
         assert f.help and len(f.help) > 15, f.name
     assert FLAGS["target_mismatch"].default == 0.01
     assert FLAGS["allocation"].default == "best"
@@ -305,7 +306,7 @@ def test_helpfull_lists_every_flag():
                        capture_output=True, text=True, env=ENV, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     text = r.stdout + r.stderr
-    for f in FLAGS.get_flags_for_module(cli.__name__):
+    for f in FLAGS.get_flags_for_module(cli_flags.__name__):
         flag = f"--[no]{f.name}" if f.boolean else f"--{f.name}"
         assert flag in text, flag
     assert "tfprec --demo" in text                    # the usage text
@@ -342,25 +343,66 @@ def _gains():
     return NoiseGains(layers, 100, 10, 0)
 
 
+def _level_plan(rule, g, **level):
+    """The rule's plan at one level, None when the level needs > 16 bits."""
+    try:
+        return rule(g, **level)
+    except tfprec.UnattainableTargetError:
+        return None
+
+
 @pytest.mark.parametrize("cost", ["compute", "memory"])
-def test_budget_plan_bisects_to_the_budget(cost):
+def test_budget_plans_fit_the_budget(cost):
+    """select.budget_plans, as the CLI's --cost_budget uses it: every plan
+    fits, the bisected cost-aware bound is no worse than any rule's level
+    scan, and the minimum cost is every tensor at 2 bits."""
+    from tfprec.planning import select
     g = _gains()
     full = tfprec.uniform_plan(g, bits=16).cost().total(cost)
     low = tfprec.uniform_plan(g, bits=2).cost().total(cost)
     for frac in (0.2, 0.45, 0.7):
         budget = low + frac * (full - low)
-        plan, min_cost = cli.budget_plan(g, "cost_aware", budget, cost, 16)
-        assert min_cost == pytest.approx(low)
+        plans, min_costs = select.budget_plans(g, budget, cost=cost)
+        plan = plans["cost_aware"]
+        assert min_costs["cost_aware"] == pytest.approx(low)
         assert plan.cost().total(cost) <= budget
         assert plan.info["cost_budget"]["budget"] == budget
-        # no rule's plan that fits has a smaller bound than the bisected one
-        # by more than the bisection's resolution
-        for m in ("paper", "uniform", "icml2017"):
-            other, _ = cli.budget_plan(g, m, budget, cost, 16)
-            if other is not None:
-                assert other.cost().total(cost) <= budget
-                assert plan.bound() <= other.bound() * 1.01
-    plan, _ = cli.budget_plan(g, "cost_aware", full * 2, cost, 16)
-    assert plan.cost().total(cost) == pytest.approx(full)      # everything fits
-    plan, min_cost = cli.budget_plan(g, "cost_aware", low * 0.5, cost, 16)
-    assert plan is None and min_cost == pytest.approx(low)
+        # brute force over each single-level rule's levels: the best that fits
+        for m, make in (("paper", lambda b: _level_plan(tfprec.paper_plan, g, b_min=b)),
+                        ("uniform", lambda b: _level_plan(tfprec.uniform_plan, g, bits=b))):
+            fits = [p for p in map(make, range(2, 17))
+                    if p is not None and p.cost().total(cost) <= budget]
+            if fits:
+                best = min(p.bound() for p in fits)
+                assert plans[m].bound() == pytest.approx(best)
+                assert plan.bound() <= best * 1.01
+        assert select.tightest(plans, cost) in plans
+    plans, _ = select.budget_plans(g, full * 2, cost=cost, methods=("cost_aware",))
+    assert plans["cost_aware"].cost().total(cost) == pytest.approx(full)
+    plans, min_costs = select.budget_plans(g, low * 0.5, cost=cost,
+                                           methods=("cost_aware",))
+    assert plans == {} and min_costs["cost_aware"] == pytest.approx(low)
+
+
+def test_choices_take_settings_not_flags():
+    """steps.choose_* work from a Settings object (the flags are not parsed
+    here: reading FLAGS would raise); the choices match a direct search."""
+    import dataclasses
+    from tfprec.application import steps
+    g = _gains()
+    s = cli.Settings(mode="analytic", target_mismatch=0.01, cost="memory")
+    ch = steps.choose_analytic(s, g, None, None)
+    direct = {m: tfprec.make_plan(g, m, 0.01, cost="memory")
+              for m in ("cost_aware", "paper", "uniform", "icml2017")}
+    assert set(ch.plans) == set(direct)
+    assert ch.plan.cost().total_memory == min(p.cost().total_memory
+                                              for p in direct.values())
+    ch = steps.choose_analytic(dataclasses.replace(s, allocation="paper"), g, None, None)
+    assert ch.chosen == "paper" and ch.plan.bound() == pytest.approx(direct["paper"].bound())
+    full = tfprec.uniform_plan(g, bits=16).cost().total_compute
+    b = cli.Settings(mode="budget", cost_budget=0.5 * full)
+    ch = steps.choose_budget(b, g, None, None)
+    assert ch.plan.cost().total_compute <= 0.5 * full
+    assert ch.plan.bound() == min(p.bound() for p in ch.plans.values())
+    with pytest.raises(cli.CliError, match="minimum achievable compute cost"):
+        steps.choose_budget(dataclasses.replace(b, cost_budget=10.0), g, None, None)

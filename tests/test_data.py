@@ -1,25 +1,33 @@
-"""Tests of tfprec.data: embedded subset, data-folder loaders, errors."""
+"""Tests of tfprec.data: embedded subset, data-folder loaders, errors.
+
+The real datasets come from the shared data folder (conftest.shared_file:
+skipped on a developer machine without it, a failure under CI)."""
 import os
 
 import numpy as np
 import pytest
 
+from conftest import shared_file
 from tfprec.application import data as tdata
 from tfprec.application.data import Dataset, load_dataset
 from tfprec.errors import InvalidDataError
 
-SHARED = "/work/shared/data"
-HAVE_SHARED_MNIST = os.path.isfile(os.path.join(SHARED, "mnist.npz"))
-HAVE_SHARED_CIFAR = os.path.isfile(os.path.join(SHARED, "cifar10_jpeg75.npz"))
-needs_mnist = pytest.mark.skipif(not HAVE_SHARED_MNIST,
-                                 reason=f"{SHARED}/mnist.npz not available")
-needs_cifar = pytest.mark.skipif(not HAVE_SHARED_CIFAR,
-                                 reason=f"{SHARED}/cifar10_jpeg75.npz not available")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(autouse=True)
-def _no_env_data_dir(monkeypatch):
+def _no_env_data_dir(request, monkeypatch):
+    """Every test starts without $TFPREC_DATA_DIR (the shared folder, when a
+    test asks for it, is resolved first, with the environment as given)."""
+    if "shared_data_dir" in request.fixturenames:
+        request.getfixturevalue("shared_data_dir")
     monkeypatch.delenv(tdata.ENV_DATA_DIR, raising=False)
+
+
+@pytest.fixture
+def no_repository_data(monkeypatch):
+    """No ../shared/data next to the repository: the online loaders are used."""
+    monkeypatch.setattr(tdata, "repository_data_dir", lambda: None)
 
 
 def _write(path, n_train=20, n_test=10, shape=(28, 28), dtype=np.uint8, **over):
@@ -61,10 +69,9 @@ def test_embedded_subset_shapes_dtypes_ranges():
     assert "embedded" in ds.source
 
 
-@needs_mnist
-def test_embedded_subset_is_real_mnist():
+def test_embedded_subset_is_real_mnist(shared_data_dir):
     sub = np.load(tdata.embedded_subset_path())
-    with np.load(os.path.join(SHARED, "mnist.npz")) as full:
+    with np.load(os.path.join(shared_data_dir, "mnist.npz")) as full:
         np.testing.assert_array_equal(sub["x_train"], full["x_train"][sub["train_index"]])
         np.testing.assert_array_equal(sub["y_test"], full["y_test"][sub["test_index"]])
 
@@ -87,18 +94,17 @@ def test_bad_subset_sizes(kw):
 
 
 # ------------------------------------------------------- data folder
-@needs_mnist
-def test_mnist_from_shared_data_dir():
-    ds = load_dataset("mnist", SHARED, flatten=True)
+def test_mnist_from_shared_data_dir(shared_data_dir):
+    ds = load_dataset("mnist", shared_data_dir, flatten=True)
     assert ds.x_train.shape == (60000, 784) and ds.x_test.shape == (10000, 784)
     assert ds.x_train.dtype == np.float32 and 0.0 <= ds.x_train.min() <= ds.x_train.max() <= 1.0
-    assert ds.source == os.path.join(SHARED, "mnist.npz")
+    assert ds.source == os.path.join(shared_data_dir, "mnist.npz")
     assert np.bincount(ds.y_test).sum() == 10000 and ds.num_classes == 10
 
 
-@needs_cifar
 def test_cifar10_from_shared_data_dir():
-    ds = load_dataset("cifar10", SHARED, num_train=500, num_test=200)
+    shared = os.path.dirname(shared_file("cifar10_jpeg75.npz"))
+    ds = load_dataset("cifar10", shared, num_train=500, num_test=200)
     assert ds.x_train.shape == (500, 32, 32, 3) and ds.x_test.shape == (200, 32, 32, 3)
     assert ds.x_train.dtype == np.float32 and ds.x_train.max() <= 1.0
     assert ds.y_train.shape == (500,) and ds.y_train.max() <= 9
@@ -120,11 +126,10 @@ def test_env_var_data_dir(tmp_path, monkeypatch):
     assert ds.source == p and ds.x_train.shape == (20, 28, 28, 1)
 
 
-@needs_mnist
-def test_env_var_shared_data_dir(monkeypatch):
-    monkeypatch.setenv(tdata.ENV_DATA_DIR, SHARED)
+def test_env_var_shared_data_dir(shared_data_dir, monkeypatch):
+    monkeypatch.setenv(tdata.ENV_DATA_DIR, shared_data_dir)
     ds = load_dataset("mnist", num_train=10, num_test=10)
-    assert ds.source == os.path.join(SHARED, "mnist.npz")
+    assert ds.source == os.path.join(shared_data_dir, "mnist.npz")
 
 
 def test_data_dir_argument_beats_env(tmp_path, monkeypatch):
@@ -135,6 +140,38 @@ def test_data_dir_argument_beats_env(tmp_path, monkeypatch):
     monkeypatch.setenv(tdata.ENV_DATA_DIR, str(b))
     assert load_dataset("mnist", data_dir=str(a)).num_train == 5
     assert load_dataset("mnist").num_train == 7
+
+
+def test_data_dir_resolution_order(tmp_path, monkeypatch):
+    """--data_dir beats $TFPREC_DATA_DIR beats ../shared/data next to the
+    repository; with none of them the online loader is used."""
+    folders = {}
+    for n_train, name in enumerate(("flag", "env", "repo"), start=5):
+        folders[name] = tmp_path / name
+        folders[name].mkdir()
+        _write(folders[name] / "mnist.npz", n_train=n_train)
+    monkeypatch.setattr(tdata, "repository_data_dir", lambda: str(folders["repo"]))
+    monkeypatch.setenv(tdata.ENV_DATA_DIR, str(folders["env"]))
+    assert load_dataset("mnist", str(folders["flag"])).num_train == 5
+    assert load_dataset("mnist").num_train == 6
+    monkeypatch.setenv(tdata.ENV_DATA_DIR, "  ")         # blank: as if unset
+    assert load_dataset("mnist").num_train == 7
+    monkeypatch.delenv(tdata.ENV_DATA_DIR)
+    ds = load_dataset("mnist")
+    assert ds.num_train == 7 and ds.source == str(folders["repo"] / "mnist.npz")
+    monkeypatch.setattr(tdata, "repository_data_dir", lambda: None)
+    from tfprec._tf import keras
+    fake = ((np.zeros((3, 28, 28), np.uint8), np.arange(3)),
+            (np.zeros((2, 28, 28), np.uint8), np.arange(2)))
+    monkeypatch.setattr(keras.datasets.mnist, "load_data", lambda: fake)
+    ds = load_dataset("mnist")
+    assert ds.num_train == 3 and "keras.datasets.mnist" in ds.source
+
+
+def test_repository_data_dir_is_next_to_the_checkout():
+    expected = os.path.join(os.path.dirname(REPO), "shared", "data")
+    got = tdata.repository_data_dir()
+    assert got == (expected if os.path.isdir(expected) else None)
 
 
 def test_npz_path_and_float_inputs(tmp_path):
@@ -204,7 +241,7 @@ def test_bad_labels_and_garbage_file(tmp_path):
         load_dataset(str(g))
 
 
-def test_offline_online_loader_failure(monkeypatch):
+def test_offline_online_loader_failure(monkeypatch, no_repository_data):
     from tfprec._tf import keras
 
     def boom():
@@ -215,7 +252,7 @@ def test_offline_online_loader_failure(monkeypatch):
         load_dataset("mnist")
 
 
-def test_online_loader_used_without_data_dir(monkeypatch):
+def test_online_loader_used_without_data_dir(monkeypatch, no_repository_data):
     from tfprec._tf import keras
     rng = np.random.default_rng(0)
     fake = ((rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8),

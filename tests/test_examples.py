@@ -2,9 +2,9 @@
 
 * ``examples/mnist_mlp.py``: a 784-32-32-10 MLP, one epoch on the embedded
   MNIST subset, the equal-accuracy search of all four allocations (through
-  ``tfprec.calibrate`` when present and through the examples' own fallback
-  bisection, which must agree on the integer families), the 16-bit and
-  binarized rows and the markdown table;
+  ``tfprec.calibrate``; its uniform level is checked against a direct
+  measurement of the neighbouring levels), the 16-bit and binarized rows and
+  the markdown table;
 * ``examples/cifar10_vgg.py``: the binarized network's geometry and a run on
   a few random CIFAR-shaped examples (one training step);
 * ``examples/resnet20_cifar10.py`` and ``examples/mobilenet_cifar10.py``:
@@ -115,17 +115,28 @@ def test_mnist_markdown(mnist_result, tmp_path):
     assert [p.name for p in out.parent.iterdir()] == ["results.md"]
 
 
-def test_fallback_search_matches_calibrate(mnist_result):
+def test_equal_accuracy_level_is_the_first_that_meets_the_drop(mnist_result):
+    """The uniform level of the equal-accuracy search meets the 0.1 pp drop
+    and the level below does not, both measured directly with validate()."""
+    import paper_common
+    from tfprec.planning.plan import uniform_plan
+    from tfprec.quantization import validate
     res = mnist_result
     ds = data_lib.load_dataset("mnist_subset", flatten=True, num_train=1, num_test=1000)
-    rows, engine = common.equal_accuracy(res.model, res.gains, ds.x_test, ds.y_test,
-                                         methods=("uniform",), use_calibrate=False)
-    assert engine.startswith("examples.common fallback")
-    assert [r.method for r in rows] == ["uniform"]
-    for r in rows:
-        assert r.met and r.accuracy_drop_pp <= 0.1 + 1e-9
-        if res.engine == "tfprec.calibrate":
-            assert r.level == res.row(r.method).level, r.method
+    rows, engine = paper_common.equal_accuracy(res.model, res.gains, ds.x_test,
+                                               ds.y_test, methods=("uniform",))
+    assert [r.method for r in rows] == ["uniform"] and engine == "tfprec.calibrate"
+    level = int(rows[0].level)
+
+    def drop_pp(bits):
+        v = validate.validate(res.model, uniform_plan(res.gains, bits=bits),
+                              ds.x_test, ds.y_test)
+        return 100.0 * (v.float_accuracy - v.quant_accuracy)
+
+    assert drop_pp(level) <= 0.1 + 1e-9
+    assert rows[0].accuracy_drop_pp == pytest.approx(drop_pp(level), abs=1e-9)
+    if level > 2:
+        assert drop_pp(level - 1) > 0.1 + 1e-9
 
 
 # ------------------------------------------------------------ CIFAR VGG

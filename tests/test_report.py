@@ -51,13 +51,34 @@ def case():
     return g, chosen, val, comps, sweep
 
 
-def test_mismatch_ucl_matches_calibrate():
-    from tfprec.planning.calibrate import clopper_pearson_upper
-    for k, n in ((0, 1), (0, 2000), (1, 2000), (7, 300), (300, 300)):
-        assert R.mismatch_ucl(k, n) == pytest.approx(clopper_pearson_upper(k, n),
-                                                     rel=1e-9)
-    assert R.mismatch_ucl(0, 0) is None
-    assert R.mismatch_ucl(0, 1000) == pytest.approx(1 - 0.05 ** (1 / 1000))
+def _ucl_by_bisection(k, n, confidence=0.95):
+    """The u with P(Binomial(n, u) <= k) = 1 - confidence, by bisection on
+    scipy's binomial CDF (decreasing in u)."""
+    from scipy.stats import binom
+    lo, hi = 0.0, 1.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if binom.cdf(k, n, mid) > 1 - confidence:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+@pytest.mark.parametrize("k,n", [(1, 2000), (7, 300), (3, 10), (299, 300), (50, 100)])
+def test_mismatch_ucl_solves_the_binomial_tail(k, n):
+    assert R.mismatch_ucl(k, n) == pytest.approx(_ucl_by_bisection(k, n), rel=1e-7)
+    assert R.mismatch_ucl(k, n, 0.99) == pytest.approx(_ucl_by_bisection(k, n, 0.99),
+                                                       rel=1e-7)
+    assert k / n < R.mismatch_ucl(k, n) < 1.0
+
+
+def test_mismatch_ucl_closed_forms_and_edges():
+    for n in (1, 2, 1000):           # k = 0: (1 - u)^n = 1 - confidence
+        assert R.mismatch_ucl(0, n) == pytest.approx(1 - 0.05 ** (1 / n), rel=1e-9)
+    assert R.mismatch_ucl(300, 300) == 1.0 and R.mismatch_ucl(1, 1) == 1.0
+    assert R.mismatch_ucl(0, 0) is None          # nothing measured
+    assert R.mismatch_ucl(5, 3) is None          # inconsistent counts
 
 
 def test_plan_level_and_family():

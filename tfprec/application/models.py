@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from typing import Callable, Optional, Sequence
 
@@ -40,6 +39,7 @@ import numpy as np
 from tfprec._tf import keras, tf
 from tfprec.application.data import Dataset
 from tfprec.errors import InvalidDataError
+from tfprec.fileio import atomic_write_with
 
 L = keras.layers
 
@@ -323,9 +323,9 @@ def cached_trained(builder_name: str, ds: Dataset, epochs: int = 3,
     weights (HDF5, at :func:`cache_path`); later calls with the same settings
     load them instead of training.  Returns the compiled, trained model.
 
-    The cache write is atomic (temporary file in the cache folder, then
-    ``os.replace``), so concurrent or interrupted runs never leave a partial
-    file.  An unreadable cache file is ignored (with a warning) and replaced.
+    The cache write is atomic (:func:`tfprec.fileio.atomic_write_with`), so
+    concurrent or interrupted runs never leave a partial file.  An unreadable
+    cache file is ignored (with a warning) and replaced.
     """
     kw = dict(builder_kwargs or {})
     path = cache_path(builder_name, ds, epochs, batch_size, lr, seed, cache_dir, kw)
@@ -341,15 +341,6 @@ def cached_trained(builder_name: str, ds: Dataset, epochs: int = 3,
             model = build(builder_name, **kw)
     train(model, ds, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
           verbose=verbose)
-    d = os.path.dirname(path)
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".h5", dir=d)
-    os.close(fd)
-    try:
-        model.save_weights(tmp, save_format="h5")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    atomic_write_with(path, lambda tmp: model.save_weights(tmp, save_format="h5"))
     return model

@@ -1,0 +1,346 @@
+"""The command-line flags of ``tfprec`` and the :class:`Settings` they give.
+
+The flags are defined here (absl); :func:`read_settings` is the only reader
+of ``FLAGS``: it checks the flags against each other and returns a frozen
+:class:`Settings` that the rest of the command line works from.  Units:
+probabilities are fractions, accuracy drops percentage points, costs full
+adders per example (compute) or bits (memory), bit-widths bits.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import shlex
+from typing import Optional
+
+from absl import flags
+
+from tfprec.application.figures import have_matplotlib
+from tfprec.errors import InvalidDataError, PlanError, TfprecError
+from tfprec.fixedpoint import MAX_BITS, MIN_BITS, check_bits
+from tfprec.inputs import positive_int
+
+ALLOCATIONS = ("best", "cost_aware", "paper", "uniform", "icml2017")
+DEFAULT_OUTPUT_DIR = "tfprec_out"
+
+FLAGS = flags.FLAGS
+
+# ------------------------------------------------------------------ inputs
+flags.DEFINE_string(
+    "model", None,
+    "Saved tf_keras classifier to analyze: a .keras file, an .h5 file or a "
+    "SavedModel folder.  Its output must be the class scores (logits or "
+    "softmax).  Loaded under tfprec.quantization.configs.quantize_scope() with tfprec's "
+    "custom objects (e.g. models.ClipWeights).  Exclusive with --demo.")
+flags.DEFINE_bool(
+    "demo", False,
+    "Train the paper's MNIST MLP (784-512-512-512-10, clip(x, 0, 2), weights "
+    "in [-1, 1]) for --demo_epochs epochs on --data (default: the embedded "
+    "MNIST subset, no network needed), then run the whole pipeline on it.")
+flags.DEFINE_string(
+    "data", "mnist_subset",
+    "Dataset: 'mnist', 'cifar10' (from --data_dir, else keras.datasets "
+    "online), 'mnist_subset' (embedded in tfprec, 8000 train / 2000 test "
+    "images) or a path to an .npz file holding x_train, y_train, x_test, "
+    "y_test.  Integer images are divided by 255.")
+flags.DEFINE_string(
+    "data_dir", None,
+    "Folder holding offline copies mnist.npz / cifar10_jpeg75.npz (or "
+    "cifar10.npz), e.g. ../shared/data.  Default: $TFPREC_DATA_DIR if set.")
+flags.DEFINE_integer(
+    "calibration_examples", 1000,
+    "Examples from the TRAINING split over which the noise gains are averaged "
+    "(the first N; capped at the split size).")
+flags.DEFINE_integer(
+    "eval_examples", 2000,
+    "Held-out examples from the TEST split for validation, the plan "
+    "comparison, the sweep and measured targets (the first N; capped at the "
+    "split size).")
+
+# ------------------------------------------------------------------ target
+flags.DEFINE_float(
+    "target_mismatch", 0.01,
+    "Analytic target: the plan's bound on the probability that the "
+    "fixed-point decision differs from the float decision, "
+    "sum_T 4^(1-B_T) G_T <= this (a fraction in (0, 1)).  Used unless "
+    "--max_accuracy_drop, --target_measured_mismatch or --cost_budget is "
+    "given.")
+flags.DEFINE_float(
+    "max_accuracy_drop", None,
+    "Measured target: float accuracy - fixed-point accuracy <= this many "
+    "percentage points (in [0, 100)).  The level of each allocation is "
+    "calibrated with tfprec.calibrate on the first half of the held-out "
+    "examples and the chosen plan is confirmed on the second half.")
+flags.DEFINE_float(
+    "target_measured_mismatch", None,
+    "Measured target: fraction of held-out examples whose fixed-point "
+    "decision differs from the float decision <= this (in [0, 1)).  "
+    "Calibrated and confirmed like --max_accuracy_drop.")
+flags.DEFINE_float(
+    "cost_budget", None,
+    "Cost budget, in 1-bit full adders per example (--cost=compute) or in "
+    "bits (--cost=memory): the plan with the smallest analytic bound whose "
+    "cost fits (the bound target of the cost-aware plan is bisected in log "
+    "space; rules with one level take their most precise level that fits).")
+flags.DEFINE_enum(
+    "allocation", "best", list(ALLOCATIONS),
+    "Precision allocation rule: 'paper' (ICASSP 2018: equalized bound "
+    "contributions, offsets from the normalized gains), 'cost_aware' (the "
+    "cheapest per-tensor bits under the bound, by --cost), 'uniform' (one B "
+    "for every tensor), 'icml2017' (one B_W, one B_A), or 'best': the "
+    "cheapest plan of all rules that meets the target (with --cost_budget: "
+    "the smallest bound that fits).")
+flags.DEFINE_enum(
+    "cost", "compute", ["compute", "memory"],
+    "Cost to minimize and to compare by: 'compute' (1-bit full adders per "
+    "example) or 'memory' (bits of weights plus input activations).")
+flags.DEFINE_integer(
+    "max_bits", 16, "Largest bit-width allowed for any tensor (2..16).")
+
+# ------------------------------------------------------------------ outputs
+flags.DEFINE_string(
+    "output_dir", DEFAULT_OUTPUT_DIR,
+    "Folder for plan.json, report.md, quantized.h5, model.tflite, "
+    "summary.json and the PNG figures; created if missing (files of an "
+    "earlier run with the same names are replaced).")
+flags.DEFINE_bool(
+    "plots", have_matplotlib(),
+    "Write PNG figures (needs matplotlib: pip install 'tfprec[plots]').  On "
+    "by default when matplotlib is importable.")
+flags.DEFINE_bool(
+    "export_tflite", True,
+    "Write model.tflite realizing the chosen plan exactly "
+    "(tfprec.export.export_tflite) and add its grid-check report.")
+flags.DEFINE_enum(
+    "tflite_kernels", "xnnpack", ["xnnpack", "reference", "optimized"],
+    "TFLite kernel family whose int8 rounding the export matches exactly.")
+flags.DEFINE_string(
+    "sweep_levels", "2-12",
+    "Precision levels (bits) of the validation sweep of the paper rule "
+    "(B_min) and the uniform (B) and ICML 2017 (B_A) baselines: a range "
+    "'LO-HI', a list '2,4,8', or 'none' to skip the sweep.")
+
+# ------------------------------------------------------------------ knobs
+flags.DEFINE_integer("demo_epochs", 3, "Training epochs of the --demo model.")
+flags.DEFINE_list("demo_hidden", ["512", "512", "512"],
+                  "Hidden layer widths of the --demo MLP, comma separated.")
+flags.DEFINE_integer("demo_batch_size", 128, "Training batch size of --demo.")
+flags.DEFINE_integer("batch_size", 256,
+                     "Batch size of the gains, validation and sweep passes.")
+flags.DEFINE_integer("seed", 0, "Random seed (demo training).")
+
+
+# ==================================================================== errors
+class CliError(Exception):
+    """A problem with the command line or its inputs; exit status ``code``."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+# ==================================================================== validators
+def _checked(name: str, check) -> None:
+    """Registers ``check(f"--{name}", value)`` (a tfprec argument check that
+    raises a TfprecError naming the flag) as the validator of ``--name``."""
+    def validate(value):
+        try:
+            check(f"--{name}", value)
+        except TfprecError as e:
+            raise flags.ValidationError(str(e)) from None
+        return True
+    flags.register_validator(name, validate)
+
+
+def _bits(name, value):
+    return check_bits(name, value, MIN_BITS, MAX_BITS)
+
+
+for _n in ("calibration_examples", "eval_examples", "demo_epochs",
+           "demo_batch_size", "batch_size"):
+    _checked(_n, positive_int)
+_checked("max_bits", _bits)
+
+flags.register_validator(
+    "target_mismatch", lambda v: v is not None and 0.0 < v < 1.0,
+    message="--target_mismatch must be a probability in (0, 1), e.g. 0.01")
+flags.register_validator(
+    "max_accuracy_drop", lambda v: v is None or 0.0 <= v < 100.0,
+    message="--max_accuracy_drop must be in [0, 100) percentage points")
+flags.register_validator(
+    "target_measured_mismatch", lambda v: v is None or 0.0 <= v < 1.0,
+    message="--target_measured_mismatch must be a fraction in [0, 1)")
+flags.register_validator(
+    "cost_budget", lambda v: v is None or (v > 0 and math.isfinite(v)),
+    message="--cost_budget must be a positive number (full adders or bits)")
+flags.register_validator(
+    "output_dir", lambda v: bool(v and v.strip()),
+    message="--output_dir must not be empty")
+
+
+def _hidden(name, value):
+    try:
+        widths = [int(h) for h in value]
+    except (TypeError, ValueError):
+        widths = []
+    if not widths or min(widths) < 1:
+        raise InvalidDataError(f"{name} must be positive integers, e.g. 512,512,512; "
+                               f"got {','.join(map(str, value or []))!r}")
+
+
+_checked("demo_hidden", _hidden)
+
+
+def parse_levels(text: str) -> list:
+    """'2-12' -> [2..12]; '2,4,8' -> [2, 4, 8]; 'none' or '' -> [] (bits).
+
+    Raises ValueError for anything else or levels outside 2..16 bits.
+    """
+    t = (text or "").strip().lower()
+    if t in ("", "none", "off", "no"):
+        return []
+    if "-" in t and "," not in t:
+        a, b = t.split("-", 1)
+        lv = list(range(int(a), int(b) + 1))
+        if not lv:
+            raise ValueError(f"empty range {text!r}")
+    else:
+        lv = sorted({int(p) for p in t.split(",") if p.strip()})
+    try:
+        for level in lv:
+            _bits("level", level)
+    except PlanError as e:
+        raise ValueError(f"{text!r}: {e}") from None
+    return lv
+
+
+def _levels(name, value):
+    try:
+        parse_levels(value)
+    except ValueError as e:
+        raise InvalidDataError(
+            f"{name} must be 'LO-HI', a list like '2,4,8' (bits in 2..16) or "
+            f"'none' ({e})") from None
+
+
+_checked("sweep_levels", _levels)
+
+
+# ==================================================================== settings
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What one run of ``tfprec`` does: the flags, checked and resolved.
+
+    ``mode`` is 'analytic' (--target_mismatch, a probability), 'budget'
+    (--cost_budget, full adders per example or bits) or 'measured'
+    (--max_accuracy_drop in percentage points or --target_measured_mismatch,
+    a probability); ``levels`` are the sweep levels in bits; ``command`` the
+    command line that was given.
+    """
+
+    mode: str
+    model: Optional[str] = None
+    demo: bool = False
+    data: str = "mnist_subset"
+    data_dir: Optional[str] = None
+    calibration_examples: int = 1000
+    eval_examples: int = 2000
+    target_mismatch: float = 0.01
+    max_accuracy_drop: Optional[float] = None
+    target_measured_mismatch: Optional[float] = None
+    cost_budget: Optional[float] = None
+    allocation: str = "best"
+    cost: str = "compute"
+    max_bits: int = 16
+    output_dir: str = DEFAULT_OUTPUT_DIR
+    plots: bool = False
+    export_tflite: bool = True
+    tflite_kernels: str = "xnnpack"
+    levels: tuple = ()
+    demo_epochs: int = 3
+    demo_hidden: tuple = (512, 512, 512)
+    demo_batch_size: int = 128
+    batch_size: int = 256
+    seed: int = 0
+    command: str = "tfprec"
+
+    @property
+    def measured_flag(self) -> str:
+        """The flag of a measured target ('max_accuracy_drop' or
+        'target_measured_mismatch')."""
+        return ("max_accuracy_drop" if self.max_accuracy_drop is not None
+                else "target_measured_mismatch")
+
+    def target_text(self) -> str:
+        """The target in words, with its unit."""
+        if self.mode == "analytic":
+            return f"analytic bound <= {self.target_mismatch:g}"
+        if self.mode == "budget":
+            unit = "full adders per example" if self.cost == "compute" else "bits"
+            return (f"{self.cost} cost <= {self.cost_budget:g} {unit} (smallest bound "
+                    "that fits)")
+        if self.max_accuracy_drop is not None:
+            return f"measured accuracy drop <= {self.max_accuracy_drop:g} pp"
+        return f"measured mismatch <= {self.target_measured_mismatch:g}"
+
+
+def command_line(fv=FLAGS) -> str:
+    """The tfprec command with the flags given on this run (for the report)."""
+    parts = [f.serialize() for f in fv.get_flags_for_module(__name__) if f.present]
+    return "tfprec " + " ".join(shlex.quote(p) for p in parts)
+
+
+def _mode(fv, target_given: bool) -> str:
+    measured = [n for n in ("max_accuracy_drop", "target_measured_mismatch")
+                if getattr(fv, n) is not None]
+    kinds = measured + (["cost_budget"] if fv.cost_budget is not None else [])
+    if target_given:
+        kinds = ["target_mismatch"] + kinds
+    if len(kinds) > 1:
+        raise CliError("give one target: " + " and ".join(f"--{k}" for k in kinds)
+                       + " exclude each other", 2)
+    if measured:
+        if fv.eval_examples < 2:
+            raise CliError("--eval_examples must be at least 2 with a measured "
+                           "target (half calibrates, half confirms)", 2)
+        return "measured"
+    return "budget" if fv.cost_budget is not None else "analytic"
+
+
+def _check_paths(fv) -> None:
+    if fv.demo and fv.model:
+        raise CliError("--demo and --model exclude each other: --demo trains its "
+                       "own model", 2)
+    if not fv.demo and not fv.model:
+        raise CliError("give --model=PATH (a saved tf_keras classifier) or --demo "
+                       "(see --helpfull)", 2)
+    if fv.model and not os.path.exists(fv.model):
+        raise CliError(f"--model: no such file or folder: {fv.model!r}", 2)
+
+
+def _check_inputs(fv, plots_given: bool) -> None:
+    if plots_given and fv.plots and not have_matplotlib():
+        raise CliError("--plots needs matplotlib, which is not installed "
+                       "(pip install 'tfprec[plots]'), or pass --noplots", 2)
+    data = fv.data
+    if data and (data.endswith(".npz") or os.sep in data) and not os.path.isfile(data):
+        raise CliError(f"--data: no such file: {data!r}", 2)
+    if fv.data_dir and not os.path.isdir(fv.data_dir):
+        raise CliError(f"--data_dir: no such folder: {fv.data_dir!r}", 2)
+
+
+def read_settings(fv=FLAGS) -> Settings:
+    """Cross-flag checks of the parsed ``fv``; the :class:`Settings`.
+
+    Raises CliError (exit status 2) naming the flags at fault.
+    """
+    _check_paths(fv)
+    mode = _mode(fv, bool(fv["target_mismatch"].present))
+    _check_inputs(fv, bool(fv["plots"].present))
+    names = [f.name for f in dataclasses.fields(Settings)
+             if f.name not in ("mode", "levels", "demo_hidden", "command")]
+    return Settings(mode=mode, levels=tuple(parse_levels(fv.sweep_levels)),
+                    demo_hidden=tuple(int(h) for h in fv.demo_hidden),
+                    command=command_line(fv),
+                    **{n: getattr(fv, n) for n in names})

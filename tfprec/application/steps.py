@@ -1,0 +1,257 @@
+"""The steps of a ``tfprec`` run, each a function of explicit arguments
+(a :class:`tfprec.application.flags.Settings`, never the absl flags).
+
+Loading (model, data), the demo model, the choice of a plan (analytic
+target, cost budget or measured target: the planning itself is
+:mod:`tfprec.planning.select` and :mod:`tfprec.planning.calibrate`), the
+comparison of every rule's plan and the TFLite export.  Problems raise
+:class:`tfprec.application.flags.CliError` naming the flag at fault.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+import warnings
+from typing import Optional
+
+from tfprec.application import report as report_lib
+from tfprec.application.flags import CliError, Settings
+from tfprec.planning import select
+
+PLAN_FILE = "plan.json"
+QUANTIZED_FILE = "quantized.h5"
+TFLITE_FILE = "model.tflite"
+SUMMARY_FILE = "summary.json"
+FLOAT_MODEL_FILE = "float_model.h5"
+
+
+def log(msg: str) -> None:
+    """A progress line on stderr."""
+    print(f"[tfprec] {msg}", file=sys.stderr, flush=True)
+
+
+def fmt_cost(v: float, cost: str) -> str:
+    """A cost with its unit: full adders (compute) or bits (memory)."""
+    unit = "full adders" if cost == "compute" else "bits"
+    return f"{v:,.0f} {unit}"
+
+
+# ==================================================================== loading
+def load_model(path: str):
+    """Loads a tf_keras model with tfprec's custom objects.  CliError on failure."""
+    from tfprec._tf import keras
+    from tfprec.application import models
+    from tfprec.quantization.configs import quantize_scope
+    extra = {"ClipWeights": models.ClipWeights, "tfprec>ClipWeights": models.ClipWeights}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with quantize_scope(extra):
+                model = keras.models.load_model(path, compile=False)
+    except Exception as e:  # anything Keras / h5py / SavedModel raise
+        raise CliError(f"--model: cannot load {path!r} as a tf_keras model "
+                       f"({type(e).__name__}: {str(e).strip()[:500]})") from e
+    if not isinstance(model, keras.Model):
+        raise CliError(f"--model: {path!r} holds a {type(model).__name__}, not a "
+                       "tf_keras Model")
+    return model
+
+
+def load_data(s: Settings):
+    """The dataset of ``--data`` (flattened for the demo MLP)."""
+    from tfprec.application import data as data_lib
+    from tfprec.errors import InvalidDataError
+    try:
+        return data_lib.load_dataset(s.data, s.data_dir, flatten=s.demo)
+    except InvalidDataError as e:
+        raise CliError(f"--data={s.data}: {e}") from e
+
+
+def take(s: Settings, model, x, y, n: int, what: str, flag: str, notes: list):
+    """The first ``n`` examples (all, with a note, when there are fewer),
+    reshaped to the model's input."""
+    from tfprec.application import models
+    from tfprec.errors import InvalidDataError
+    if n > len(x):
+        notes.append(f"--{flag}={n} exceeds the {len(x)} {what} examples; using all {len(x)}")
+        n = len(x)
+    try:
+        return models.fit_inputs(model, x[:n]), y[:n]
+    except InvalidDataError as e:
+        raise CliError(f"--data={s.data} does not fit the model (--{flag}): {e}") from e
+
+
+def save_model(model, path: str) -> None:
+    """model.save(path) (HDF5 for .h5) without Keras' legacy-format chatter."""
+    from tfprec._tf import tf
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel("ERROR")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.save(path)
+    finally:
+        logger.setLevel(level)
+
+
+def demo_model(s: Settings, ds, staging, timings: dict):
+    """Trains the demo MLP on ``ds``, stages it as float_model.h5; returns
+    (model, a line describing the training)."""
+    import numpy as np
+    from tfprec._tf import keras
+    from tfprec.application import models as models_lib
+    t0 = time.time()
+    n_in = int(np.prod(ds.input_shape))
+    keras.utils.set_random_seed(s.seed)
+    model = models_lib.mnist_mlp(hidden=s.demo_hidden, input_shape=(n_in,),
+                                 num_classes=ds.num_classes)
+    widths = (n_in,) + tuple(s.demo_hidden) + (ds.num_classes,)
+    log(f"training the demo MLP {'-'.join(map(str, widths))} "
+        f"for {s.demo_epochs} epochs on {ds.num_train} {ds.name} images")
+    models_lib.train(model, ds, epochs=s.demo_epochs, batch_size=s.demo_batch_size,
+                     seed=s.seed)
+    timings["train (demo)"] = time.time() - t0
+    staging.write_with(FLOAT_MODEL_FILE, lambda p: save_model(model, p))
+    info = (f"trained here for {s.demo_epochs} epochs, batch "
+            f"{s.demo_batch_size}, Adam 1e-3, seed {s.seed}, on "
+            f"{ds.num_train} {ds.name} training images "
+            f"({timings['train (demo)']:.1f} s)")
+    return model, info
+
+
+# ==================================================================== choice
+@dataclasses.dataclass
+class Choice:
+    """The plans a run made and the one it chose.
+
+    Attributes:
+      plans: method family -> plan, in comparison order.
+      chosen: the family of the chosen plan (a key of ``plans``).
+      x_val, y_val: where the chosen plan is validated.
+      calibration: the :class:`tfprec.calibrate.CalibrationResult` of a
+        measured target, else None.
+      validation_note: how the validation data relates to the choice.
+      notes: remarks for the report (rules that met no plan, ...).
+    """
+
+    plans: dict
+    chosen: str
+    x_val: object
+    y_val: object
+    calibration: object = None
+    validation_note: Optional[str] = None
+    notes: list = dataclasses.field(default_factory=list)
+
+    @property
+    def plan(self):
+        return self.plans[self.chosen]
+
+
+def _methods(s: Settings) -> tuple:
+    return select.PLAN_ORDER if s.allocation == "best" else (s.allocation,)
+
+
+def choose_analytic(s: Settings, gains, x_eval, y_eval) -> Choice:
+    """Every rule at the analytic target (a probability); 'best' is the
+    cheapest by ``s.cost``."""
+    target, alloc = s.target_mismatch, s.allocation
+    plans, unmet = select.analytic_plans(gains, target, cost=s.cost,
+                                         max_bits=s.max_bits)
+    if alloc == "best" and not plans:
+        raise CliError(f"--target_mismatch={target:g}: no allocation meets the "
+                       "analytic target: "
+                       + "; ".join(f"{k}: {v}" for k, v in unmet.items()))
+    if alloc != "best" and alloc not in plans:
+        raise CliError(f"--target_mismatch={target:g} with --allocation={alloc}: "
+                       f"{unmet[alloc]}")
+    chosen = select.cheapest(plans, s.cost) if alloc == "best" else alloc
+    notes = [f"{m}: no plan meets the target ({why})" for m, why in unmet.items()]
+    return Choice(plans, chosen, x_eval, y_eval, notes=notes)
+
+
+def choose_budget(s: Settings, gains, x_eval, y_eval) -> Choice:
+    """Each rule's smallest-bound plan within the cost budget (full adders
+    per example or bits); 'best' is the smallest bound of them."""
+    budget, cost, alloc = s.cost_budget, s.cost, s.allocation
+    methods = _methods(s)
+    plans, min_costs = select.budget_plans(gains, budget, cost=cost,
+                                           max_bits=s.max_bits, methods=methods)
+    if not plans:
+        raise CliError(
+            f"--cost_budget={budget:g}: no "
+            + ("plan" if alloc == "best" else f"{alloc} plan")
+            + f" fits; the minimum achievable {cost} cost is "
+            + fmt_cost(min(min_costs.values()), cost)
+            + (" (every tensor at 2 bits)" if alloc in ("best", "cost_aware", "uniform")
+               else f" (the {alloc} rule's lowest level)"))
+    chosen = select.tightest(plans, cost) if alloc == "best" else alloc
+    notes = [f"{m}: no plan fits the budget (its minimum is "
+             f"{fmt_cost(min_costs[m], cost)})" for m in methods if m not in plans]
+    return Choice(plans, chosen, x_eval, y_eval, notes=notes)
+
+
+def choose_measured(s: Settings, model, gains, x_eval, y_eval) -> Choice:
+    """tfprec.calibrate on the first half of the held-out examples; the chosen
+    plan is validated on the second half."""
+    from tfprec.errors import TfprecError
+    from tfprec.planning import calibrate as cal_lib
+    half = len(x_eval) // 2
+    methods = _methods(s)
+    log(f"calibrating {', '.join(methods)} on {half} held-out examples")
+    try:
+        cal = cal_lib.calibrate(
+            model, gains, x_eval[:half], y_eval[:half],
+            target_mismatch=s.target_measured_mismatch,
+            max_accuracy_drop=s.max_accuracy_drop, methods=methods,
+            cost=s.cost, batch_size=s.batch_size, max_bits=s.max_bits)
+    except TfprecError as e:
+        flag = s.measured_flag
+        raise CliError(f"--{flag}={getattr(s, flag):g}: {e}") from e
+    plans = {c.method: c.plan for c in cal.candidates}
+    note = (f"Measured target: each rule's level was calibrated on the first {half} "
+            f"held-out examples; the numbers above are on the other "
+            f"{len(x_eval) - half}, which the calibration did not see.")
+    return Choice(plans, cal.best.method, x_eval[half:], y_eval[half:], cal, note,
+                  [f"{m}: {why}" for m, why in cal.unmet.items()])
+
+
+def choose(s: Settings, model, gains, x_eval, y_eval) -> Choice:
+    """The choice of ``s.mode``."""
+    if s.mode == "analytic":
+        return choose_analytic(s, gains, x_eval, y_eval)
+    if s.mode == "budget":
+        return choose_budget(s, gains, x_eval, y_eval)
+    return choose_measured(s, model, gains, x_eval, y_eval)
+
+
+# ==================================================================== after
+def compare(s: Settings, model, choice: Choice, validation) -> list:
+    """PlanSummary rows of every plan (validated where not measured already)."""
+    from tfprec.quantization import validate as validate_lib
+    if choice.calibration is not None:
+        return [report_lib.PlanSummary.from_calibrated(c, chosen=(c.method == choice.chosen))
+                for c in choice.calibration.candidates]
+    rows = []
+    for m, p in choice.plans.items():
+        v = validation if m == choice.chosen else validate_lib.validate(
+            model, p, choice.x_val, choice.y_val, batch_size=s.batch_size)
+        rows.append(report_lib.PlanSummary.from_plan(p, v, chosen=(m == choice.chosen)))
+    return rows
+
+
+def export(s: Settings, model, plan, x_eval, staging):
+    """Stages model.tflite realizing ``plan``; its ExportReport."""
+    from tfprec import export as export_lib
+    from tfprec.errors import ExportError
+    log("exporting TFLite")
+    try:
+        rep = export_lib.export_tflite(model, plan, staging.path(TFLITE_FILE),
+                                       representative_data=x_eval[:500],
+                                       kernels=s.tflite_kernels)
+    except ExportError as e:
+        raise CliError(f"TFLite export failed: {e} (pass --noexport_tflite to "
+                       "skip it)") from e
+    rep.path = staging.final_path(TFLITE_FILE)
+    return rep
