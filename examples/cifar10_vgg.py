@@ -13,8 +13,7 @@ METHOD.md section 5) and, for each precision allocation
 
 finds the cheapest level at EQUAL ACCURACY: fake-quant test accuracy within
 0.1 percentage point of float on held-out test data (``tfprec.calibrate``
-with ``max_accuracy_drop=0.1`` when available, else a bisection over the
-same levels).  Reports each allocation's minimum precision, accuracy,
+with ``max_accuracy_drop=0.1``).  Reports each allocation's minimum precision, accuracy,
 computational cost (1-bit full adders) and representational cost (bits),
 next to a 16-bit fixed-point network of the same widths (accuracy measured)
 and a binarized network in the style the paper compares with (B_A = B_W = 1,
@@ -45,10 +44,10 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402  (imports tfprec first)
+import paper_common  # noqa: E402
 
 from absl import app, flags  # noqa: E402
 
-from tfprec.application import data as data_lib  # noqa: E402
 from tfprec._tf import keras  # noqa: E402
 from tfprec.statistics.gains import layer_geometry  # noqa: E402
 
@@ -56,13 +55,7 @@ L = keras.layers
 SCHEDULE = ("{epochs} epochs on {n} training images, batch 128, Adam lr 1e-3, "
             "seed {seed}, no augmentation")
 
-common.define_common_flags(epochs=5, calibration_examples=1000, eval_examples=10000)
-common.define_flag("float", "binarized_widen", 3.0,
-                   "Width factor of the cost-model-only binarized network's "
-                   "hidden layers.")
-common.define_flag("float", "max_accuracy_drop", 0.1,
-                   "Equal accuracy: fake-quant test accuracy within this many "
-                   "percentage points of float.")
+paper_common.define_paper_flags(epochs=5, calibration_examples=1000)
 flags.adopt_module_key_flags(common)  # --help lists the shared flags
 FLAGS = flags.FLAGS
 
@@ -95,11 +88,12 @@ def wide_geometry(widen: float):
 
 def run(ds, *, epochs: int = 5, cache_dir: str = "", calibration_examples: int = 1000,
         eval_examples: int = 10000, binarized_widen: float = 3.0,
-        max_accuracy_drop: float = 0.1, seed: int = 0, use_calibrate: bool = True,
-        methods=common.PAPER_METHODS, log=common.log_to_stdout) -> common.PaperResult:
+        max_accuracy_drop: float = 0.1, seed: int = 0,
+        methods=common.PAPER_METHODS,
+        log=common.log_to_stdout) -> paper_common.PaperResult:
     """The whole reproduction on dataset ``ds`` (CIFAR-10-like, 32x32x3)."""
     w = lambda c: int(round(c * binarized_widen))  # noqa: E731
-    return common.run_paper(
+    return paper_common.run_paper(
         "cifar10_vgg", ds,
         title="CIFAR-10 VGG 32C3-32C3-MP2-64C3-64C3-MP2-128C3-128C3-FC256-FC256-10",
         wide_geometry=wide_geometry, widen=binarized_widen,
@@ -108,26 +102,13 @@ def run(ds, *, epochs: int = 5, cache_dir: str = "", calibration_examples: int =
         epochs=epochs, cache_dir=cache_dir,
         calibration_examples=calibration_examples, eval_examples=eval_examples,
         max_accuracy_drop=max_accuracy_drop, methods=methods, seed=seed,
-        use_calibrate=use_calibrate, log=log,
+        log=log,
         schedule=SCHEDULE.format(epochs=epochs, n=ds.num_train, seed=seed))
 
 
 def main(argv):
     del argv
-    timer = common.Timer()
-    ds = data_lib.load_dataset("cifar10", FLAGS.data_dir or None)
-    print(f"data: {ds}", flush=True)
-    res = run(ds, epochs=FLAGS.epochs, cache_dir=FLAGS.cache_dir,
-              calibration_examples=FLAGS.calibration_examples,
-              eval_examples=FLAGS.eval_examples,
-              binarized_widen=FLAGS.binarized_widen,
-              max_accuracy_drop=FLAGS.max_accuracy_drop, seed=FLAGS.seed)
-    print()
-    print(res.markdown, flush=True)
-    if FLAGS.output:
-        common.write_atomic(FLAGS.output, res.markdown)
-        print(f"wrote {FLAGS.output}")
-    print(f"cifar10_vgg: wall time {timer.total:.1f} s", flush=True)
+    paper_common.paper_main("cifar10_vgg", "cifar10", run)
 
 
 if __name__ == "__main__":

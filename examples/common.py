@@ -6,13 +6,8 @@
 * data and cache defaults: :func:`default_data_dir`, :func:`default_cache_dir`;
 * training: :func:`trained_model` (cached with ``tfprec.models.cached_trained``
   or trained in place), timed;
-* equal-accuracy search: :func:`equal_accuracy` finds, for each allocation
-  family, the cheapest level whose fake-quant accuracy on held-out data is
-  within ``max_accuracy_drop`` percentage points of float
-  (``tfprec.calibrate.calibrate`` when it is importable, else a bisection
-  over the same levels with :mod:`tfprec.validate`);
-* paper reproduction (METHOD.md sections 4 and 5): :func:`run_paper` and its
-  markdown table, with the cost-model-only binarized and 16-bit networks;
+* the paper reproduction (equal-accuracy search, binarized and 16-bit
+  networks, markdown) is in :mod:`paper_common`;
 * architectures: :func:`run_architecture` (gains, paper and cost-aware plans,
   fake-quant validation, TFLite export, shared-input formats).
 """
@@ -20,16 +15,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import os
 import tempfile
 import time
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import numpy as np
 
 import tfprec  # noqa: F401  (first: selects Keras 2 before TensorFlow loads)
-from tfprec.planning import cost as cost_lib
+from tfprec import fileio
 from tfprec.application import models
 from tfprec.quantization import validate
 from tfprec.application import data as data_lib
@@ -38,12 +32,8 @@ from tfprec._tf import keras
 from tfprec.quantization.apply import logits_model, quantize_model
 from tfprec.errors import UnattainableTargetError
 from tfprec.fixedpoint import MAX_BITS, MIN_BITS
-from tfprec.statistics.gains import layer_geometry
 
-try:  # written in parallel; the examples fall back to their own search
-    from tfprec.planning.calibrate import calibrate as _calibrate
-except ImportError:  # pragma: no cover - depends on the checkout
-    _calibrate = None
+from tfprec.planning.calibrate import calibrate as _calibrate
 
 from absl import flags
 
@@ -125,12 +115,18 @@ def architecture_main(builder: str, run) -> None:
                                    if f.calibrated_mismatch >= 0 else None),
               select_examples=f.select_examples,
               int8_baseline=f.int8_baseline, export_dir=f.export_dir, seed=f.seed)
+    print_result(builder, res.markdown, timer)
+
+
+def print_result(name: str, markdown: str, timer: "Timer") -> None:
+    """Prints an example's markdown (and writes it to --output) and its wall time."""
+    output = flags.FLAGS.output
     print()
-    print(res.markdown, flush=True)
-    if f.output:
-        write_atomic(f.output, res.markdown)
-        print(f"wrote {f.output}")
-    print(f"{builder}: wall time {timer.total:.1f} s", flush=True)
+    print(markdown, flush=True)
+    if output:
+        write_atomic(output, markdown)
+        print(f"wrote {output}")
+    print(f"{name}: wall time {timer.total:.1f} s", flush=True)
 
 
 def default_data_dir() -> str:
@@ -178,7 +174,7 @@ def write_atomic(path: str, text: str) -> None:
     """Writes ``text`` to ``path`` (temp file in the same folder + rename)."""
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
-    plan_lib.atomic_write_text(path, text)
+    fileio.atomic_write_text(path, text)
 
 
 def trained_model(builder: str, ds, *, epochs: int, cache_dir: str = "",
@@ -204,360 +200,14 @@ def trained_model(builder: str, ds, *, epochs: int, cache_dir: str = "",
     return m, "trained (no cache)"
 
 
-# ================================================================ search
-@dataclasses.dataclass(frozen=True)
-class Row:
-    """One allocation family at its cheapest equal-accuracy level."""
-
-    method: str
-    level: Optional[float]
-    plan: Optional[plan_lib.PrecisionPlan]
-    float_accuracy: Optional[float]
-    quant_accuracy: Optional[float]
-    accuracy_drop_pp: Optional[float]
-    num_mismatch: Optional[int]
-    num_examples: int
-    evaluations: int
-    note: str = ""
-
-    @property
-    def met(self) -> bool:
-        return self.plan is not None
-
-    @property
-    def b_min(self) -> Optional[int]:
-        return None if self.plan is None else int(self.plan.b_min)
-
-    @property
-    def b_max(self) -> Optional[int]:
-        if self.plan is None:
-            return None
-        return int(max(max(l.weight_bits, l.act_bits) for l in self.plan.layers))
-
-    @property
-    def bound(self) -> Optional[float]:
-        return None if self.plan is None else float(self.plan.bound())
-
-    def cost(self, kind: str) -> Optional[float]:
-        return None if self.plan is None else float(self.plan.cost().total(kind))
-
-    @property
-    def level_str(self) -> str:
-        if self.level is None:
-            return "-"
-        if self.method == "cost_aware":
-            return f"t={self.level:.3g}"
-        return f"{LEVEL_NAMES.get(self.method, 'level')}={int(self.level)}"
-
-
-def equal_accuracy(model, gains, x, y, *, max_accuracy_drop: float = 0.1,
-                   methods: Sequence[str] = PAPER_METHODS, batch_size: int = 256,
-                   use_calibrate: bool = True) -> tuple:
-    """Cheapest level of each family within ``max_accuracy_drop`` pp of float.
-
-    Returns (rows in ``methods`` order, engine) where engine names what ran
-    the search.  Uses ``tfprec.calibrate.calibrate`` when importable (and
-    ``use_calibrate``), else :func:`_fallback_search`.
-    """
-    if use_calibrate and _calibrate is not None:
-        try:
-            res = _calibrate(model, gains, x, y, max_accuracy_drop=max_accuracy_drop,
-                             methods=tuple(methods), batch_size=batch_size)
-        except UnattainableTargetError as e:
-            return [Row(m, None, None, None, None, None, None, len(x), 0,
-                        f"not met: {e}") for m in methods], "tfprec.calibrate"
-        rows = []
-        for m in methods:
-            try:
-                c = res[m]
-            except KeyError:
-                rows.append(Row(m, None, None, res.float_accuracy, None, None, None,
-                                res.num_examples, 0,
-                                f"not met: {res.unmet.get(m, 'no level met the target')}"))
-                continue
-            rows.append(Row(m, float(c.level), c.plan, c.float_accuracy,
-                            c.quant_accuracy, c.accuracy_drop_pp, int(c.num_mismatch),
-                            int(c.num_examples), int(c.evaluations)))
-        return rows, "tfprec.calibrate"
-    return _fallback_search(model, gains, x, y, max_accuracy_drop, methods,
-                            batch_size), "examples.common fallback bisection"
-
-
-def _levels(gains, method: str) -> tuple:
-    """(levels most precise first, level -> plan) of one family."""
-    if method == "paper":
-        ow, oa = plan_lib.paper_offsets(gains)
-        top = MAX_BITS - int(max(ow.max(), oa.max()))
-        return (list(range(top, MIN_BITS - 1, -1)),
-                lambda b: plan_lib.paper_plan(gains, b_min=int(b)))
-    if method == "uniform":
-        return (list(range(MAX_BITS, MIN_BITS - 1, -1)),
-                lambda b: plan_lib.uniform_plan(gains, bits=int(b)))
-    if method == "icml2017":
-        d = plan_lib.icml2017_offset(gains)
-        return (list(range(MAX_BITS - max(d, 0), MIN_BITS - min(d, 0) - 1, -1)),
-                lambda b: plan_lib.icml2017_plan(gains, act_bits=int(b)))
-    if method == "cost_aware":
-        lo = plan_lib.uniform_plan(gains, bits=MAX_BITS).bound() * (1 + 1e-9)
-        hi = plan_lib.uniform_plan(gains, bits=MIN_BITS).bound()
-        k = int(math.ceil(4 * math.log2(hi / lo))) if lo > 0 else 0
-        return ([lo * 2.0 ** (i / 4) for i in range(max(k, 0) + 1)],
-                lambda t: plan_lib.cost_aware_plan(gains, t, cost="compute"))
-    raise ValueError(f"unknown method {method!r}")
-
-
-def _fallback_search(model, gains, x, y, max_drop, methods, batch_size) -> list:
-    """Bisection over each family's levels on measured accuracy (the same
-    search as tfprec.calibrate, for checkouts without it)."""
-    fdec = validate.float_decisions(model, x, batch_size)
-    n = len(x)
-    float_correct = int(np.sum(fdec == y))
-    allowed = int(math.floor(max_drop / 100.0 * n + 1e-9))
-    cache: dict = {}
-
-    def measure(plan):
-        key = tuple((l.weight_bits, l.act_bits) for l in plan.layers)
-        if key not in cache:
-            q = validate.quant_decisions(model, plan, x, batch_size)
-            cache[key] = (int(np.sum(q != fdec)), int(np.sum(q == y)))
-        return cache[key]
-
-    rows = []
-    for m in methods:
-        levels, make = _levels(gains, m)
-        plans: dict = {}
-        evals = 0
-        lo, hi = -1, len(levels)           # lo feasible sentinel, hi infeasible
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            plans[mid] = make(levels[mid])
-            mis, correct = measure(plans[mid])
-            evals += 1
-            if float_correct - correct <= allowed:
-                lo = mid
-            else:
-                hi = mid
-        if lo < 0:
-            rows.append(Row(m, None, None, float_correct / n, None, None, None, n,
-                            evals, "not met at the most precise level"))
-            continue
-        mis, correct = measure(plans[lo])
-        rows.append(Row(m, float(levels[lo]), plans[lo], float_correct / n,
-                        correct / n, 100.0 * (float_correct - correct) / n, mis, n,
-                        evals))
-    return rows
-
-
-# ================================================================ cost models
-def geometry_cost(geometry: Sequence[dict], act_bits: int, weight_bits: int) -> tuple:
-    """(compute FA, memory bits) of layers with the given geometry, every
-    tensor at the same bits (METHOD.md section 4)."""
-    comp = sum(cost_lib.compute_cost(g["dot_length"], g["num_dots"], act_bits,
-                                     weight_bits) for g in geometry)
-    mem = sum(cost_lib.memory_cost(g["num_weights"], g["num_inputs"], act_bits,
-                                   weight_bits) for g in geometry)
-    return float(comp), float(mem)
-
-
-# ================================================================ paper run
-@dataclasses.dataclass
-class PaperResult:
-    """Everything :func:`run_paper` measured; ``markdown`` is the report."""
-
-    title: str
-    float_accuracy: float
-    rows: list
-    fixed16: validate.ValidationResult
-    binarized_cost: tuple
-    binarized_widen: float
-    binarized_geometry: list
-    fixed16_cost: tuple
-    ratios: dict
-    engine: str
-    timings: dict
-    markdown: str
-    gains: object = None
-    model: object = None
-
-    def row(self, method: str) -> Row:
-        for r in self.rows:
-            if r.method == method:
-                return r
-        raise KeyError(method)
-
-
 def _pct(v) -> str:
     return "n/a" if v is None else f"{100 * v:.2f}"
 
 
-def _num(v, spec=".4g") -> str:
-    return "n/a" if v is None else format(v, spec)
-
-
-def _ratio(a, b) -> Optional[float]:
-    return None if a is None or b is None or b == 0 else float(a) / float(b)
-
-
-def run_paper(builder: str, ds, *, title: str, wide_geometry: Callable[[float], list],
-              widen: float = 3.0, widen_note: str = "",
-              builder_kwargs: Optional[dict] = None, epochs: int = 3,
-              batch_size: int = 128, cache_dir: str = "", calibration_examples: int = 2000,
-              eval_examples: int = 10000, max_accuracy_drop: float = 0.1,
-              methods: Sequence[str] = PAPER_METHODS, seed: int = 0,
-              use_calibrate: bool = True, schedule: str = "",
-              log: Callable[[str], None] = print) -> PaperResult:
-    """Trains ``builder`` on ``ds``, computes gains on ``calibration_examples``
-    training examples and, for every allocation family, the cheapest level at
-    equal accuracy on the first ``eval_examples`` test examples; adds the
-    cost-model-only binarized network (widths x ``widen``, every tensor 1 bit,
-    geometry from ``wide_geometry(widen)``) and the 16-bit network (same
-    widths as the trained one, fake-quant accuracy measured)."""
-    timer = Timer()
-    with timer("train"):
-        model, how = trained_model(builder, ds, epochs=epochs, cache_dir=cache_dir,
-                                   builder_kwargs=builder_kwargs,
-                                   batch_size=batch_size, seed=seed)
-    log(f"[{title}] model {how} ({timer.phases['train']:.1f} s)")
-    n_cal = min(int(calibration_examples), ds.num_train)
-    n_eval = min(int(eval_examples), ds.num_test)
-    x_cal = models.fit_inputs(model, ds.x_train[:n_cal])
-    x_eval = models.fit_inputs(model, ds.x_test[:n_eval])
-    y_eval = ds.y_test[:n_eval]
-    with timer("gains"):
-        gains = tfprec.noise_gains(model, x_cal, batch_size=min(256, n_cal),
-                                    per_example=True)
-    log(f"[{title}] noise gains on {n_cal} training examples "
-        f"({timer.phases['gains']:.1f} s)")
-    with timer("equal-accuracy search"):
-        rows, engine = equal_accuracy(model, gains, x_eval, y_eval,
-                                      max_accuracy_drop=max_accuracy_drop,
-                                      methods=methods, use_calibrate=use_calibrate)
-    log(f"[{title}] equal-accuracy search with {engine} "
-        f"({timer.phases['equal-accuracy search']:.1f} s)")
-    with timer("16-bit check"):
-        p16 = plan_lib.uniform_plan(gains, bits=16)
-        v16 = validate.validate(model, p16, x_eval, y_eval)
-    float_acc = v16.float_accuracy
-    geo = layer_geometry(model)
-    c16 = geometry_cost(geo, 16, 16)
-    wide = wide_geometry(widen)
-    cbin = geometry_cost(wide, 1, 1)
-
-    by = {r.method: r for r in rows}
-    ratios = {}
-    uni = by.get("uniform")
-    for m in ("paper", "cost_aware"):
-        r = by.get(m)
-        if r is None or not r.met:
-            continue
-        if uni is not None and uni.met:
-            ratios[f"uniform_minus_{m}_min_bits"] = uni.b_min - r.b_min
-            ratios[f"uniform_over_{m}_compute"] = _ratio(uni.cost("compute"), r.cost("compute"))
-            ratios[f"uniform_over_{m}_memory"] = _ratio(uni.cost("memory"), r.cost("memory"))
-        ratios[f"binarized_over_{m}_compute"] = _ratio(cbin[0], r.cost("compute"))
-        ratios[f"binarized_over_{m}_memory"] = _ratio(cbin[1], r.cost("memory"))
-        ratios[f"fixed16_over_{m}_compute"] = _ratio(c16[0], r.cost("compute"))
-        ratios[f"fixed16_over_{m}_memory"] = _ratio(c16[1], r.cost("memory"))
-    timings = dict(timer.phases)
-    timings["total"] = timer.total
-    res = PaperResult(title, float_acc, rows, v16, cbin, float(widen), wide, c16,
-                      ratios, engine, timings, "", gains, model)
-    res.markdown = paper_markdown(res, n_cal=n_cal, n_eval=n_eval,
-                                  max_drop=max_accuracy_drop, trained=how,
-                                  schedule=schedule, widen_note=widen_note)
-    return res
-
-
-def paper_markdown(res: PaperResult, *, n_cal: int, n_eval: int, max_drop: float,
-                   trained: str, schedule: str = "", widen_note: str = "") -> str:
-    ref = next((r for r in res.rows if r.method == "paper" and r.met), None)
-    base_c = None if ref is None else ref.cost("compute")
-    base_m = None if ref is None else ref.cost("memory")
-    L = [f"## {res.title}: minimum precision at equal accuracy", ""]
-    if schedule:
-        L += [f"Training: {schedule}; {trained}.", ""]
-    L += [f"Float test accuracy {_pct(res.float_accuracy)} % on {n_eval} held-out "
-          f"test examples. Noise gains on {n_cal} training examples. Each "
-          f"allocation is at its cheapest level whose fake-quant test accuracy is "
-          f"within {max_drop:g} percentage point of float (search: {res.engine}; "
-          "the level is chosen on these test examples). Costs per METHOD.md "
-          "section 4: computational cost in 1-bit full adders (FA) per example, "
-          "representational cost in bits; \"vs paper\" divides by the paper "
-          "rule's per-layer plan.", ""]
-    L += ["| network / allocation | level | min precision (bits) | max precision "
-          "(bits) | test acc % | drop pp | mismatch | bound | compute (FA) | "
-          "memory (bits) | compute vs paper | memory vs paper |",
-          "|" + "---|" * 12]
-    for r in res.rows:
-        label = METHOD_LABELS.get(r.method, r.method)
-        if not r.met:
-            L.append(f"| {label} | {r.note} | | | | | | | | | | |")
-            continue
-        L.append(
-            f"| {label} | {r.level_str} | {r.b_min} | {r.b_max} | "
-            f"{_pct(r.quant_accuracy)} | {_num(r.accuracy_drop_pp, '.2f')} | "
-            f"{r.num_mismatch}/{r.num_examples} | {_num(r.bound, '.3g')} | "
-            f"{_num(r.cost('compute'))} | {_num(r.cost('memory'))} | "
-            f"{_num(_ratio(r.cost('compute'), base_c), '.2f')} | "
-            f"{_num(_ratio(r.cost('memory'), base_m), '.2f')} |")
-    v = res.fixed16
-    L.append(
-        f"| 16-bit fixed point, same widths (measured) | B=16 | 16 | 16 | "
-        f"{_pct(v.quant_accuracy)} | {100 * (v.float_accuracy - v.quant_accuracy):.2f} | "
-        f"{v.num_mismatch}/{v.num_examples} | {v.bound:.3g} | "
-        f"{_num(res.fixed16_cost[0])} | {_num(res.fixed16_cost[1])} | "
-        f"{_num(_ratio(res.fixed16_cost[0], base_c), '.2f')} | "
-        f"{_num(_ratio(res.fixed16_cost[1], base_m), '.2f')} |")
-    L.append(
-        f"| binarized, {res.binarized_widen:g}x wider (cost model only, not "
-        f"trained) | B_A=B_W=1 | 1 | 1 | n/a | n/a | n/a | n/a | "
-        f"{_num(res.binarized_cost[0])} | {_num(res.binarized_cost[1])} | "
-        f"{_num(_ratio(res.binarized_cost[0], base_c), '.2f')} | "
-        f"{_num(_ratio(res.binarized_cost[1], base_m), '.2f')} |")
-    L.append("")
-    wide_desc = ", ".join(f"{g['name']} {g['num_dots']}x{g['dot_length']}"
-                          for g in res.binarized_geometry)
-    L += [f"Binarized network: the same topology with every hidden layer "
-          f"{res.binarized_widen:g}x wider ({widen_note or 'hidden widths and channels multiplied'}; "
-          f"the output layer keeps 10 units), every weight and activation "
-          f"1 bit, priced with the same cost formulas; its accuracy is not "
-          f"measured (it is not trained). Geometry (dot products x length): "
-          f"{wide_desc}.", ""]
-
-    # per-layer bits
-    met = [r for r in res.rows if r.met]
-    if met:
-        L += ["Per-layer precision (B_W / B_A) of each allocation:", "",
-              "| layer | " + " | ".join(r.method for r in met) + " |",
-              "|" + "---|" * (len(met) + 1)]
-        for i, lp in enumerate(met[0].plan.layers):
-            L.append(f"| {lp.name} | " + " | ".join(
-                f"{r.plan.layers[i].weight_bits} / {r.plan.layers[i].act_bits}"
-                for r in met) + " |")
-        L.append("")
-
-    # claims
-    q = res.ratios
-    L += ["Paper claims, as measured here:", ""]
-    for m in ("paper", "cost_aware"):
-        if f"binarized_over_{m}_compute" not in q:
-            L.append(f"- {m}: no plan met the target; no ratios.")
-            continue
-        who = "paper rule" if m == "paper" else "cost-aware plan"
-        if f"uniform_minus_{m}_min_bits" in q:
-            L.append(f"- \"up to 8 bits lower minimum precision\": uniform B minus the "
-                     f"{who}'s minimum precision = {q[f'uniform_minus_{m}_min_bits']} "
-                     f"bits (uniform costs {q[f'uniform_over_{m}_compute']:.2f}x "
-                     f"compute, {q[f'uniform_over_{m}_memory']:.2f}x memory).")
-        L.append(f"- \"~3.5x lower cost than binarized\": binarized / {who} = "
-                 f"{q[f'binarized_over_{m}_compute']:.2f}x compute, "
-                 f"{q[f'binarized_over_{m}_memory']:.2f}x memory (cost model only).")
-        L.append(f"- \"up to 14x lower cost than 16-bit\": 16-bit / {who} = "
-                 f"{q[f'fixed16_over_{m}_compute']:.2f}x compute, "
-                 f"{q[f'fixed16_over_{m}_memory']:.2f}x memory.")
-    t = res.timings
-    L += ["", "Wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in t.items()) + "."]
-    return "\n".join(L) + "\n"
+def md_header(title: str, schedule: str, trained: str) -> list:
+    """Markdown lines: the section title, then the training schedule if any."""
+    return [f"## {title}", ""] + ([f"Training: {schedule}; {trained}.", ""]
+                                  if schedule else [])
 
 
 # ================================================================ architectures
@@ -645,6 +295,27 @@ def _safe_plan(make, target: float, floor: float, log) -> tuple:
                                   f"{t / 10:g} ({err})")
 
 
+ARCH_SCHEDULE = ("epochs {epochs} on the first {n} CIFAR-10 training images, batch "
+                 "{batch}, Adam lr 1e-3, seed {seed}")
+
+
+def architecture_runner(builder: str, title: str,
+                        schedule: str = ARCH_SCHEDULE) -> Callable:
+    """The ``run(ds, **kw)`` of an architecture example: :func:`run_architecture`
+    with its builder, title and training schedule text (``schedule`` is
+    formatted with epochs, n (training images), batch and seed)."""
+    def run(ds, *, epochs: int = 2, batch_size: int = 128, seed: int = 0,
+            export_dir=None, log=log_to_stdout, **kw) -> ArchResult:
+        return run_architecture(
+            builder, ds, title=title, epochs=epochs, batch_size=batch_size, seed=seed,
+            export_dir=export_dir or None, log=log, **kw,
+            schedule=schedule.format(epochs=epochs, n=ds.num_train, batch=batch_size,
+                                     seed=seed))
+    run.__doc__ = (f"Trains and analyzes {title} on ``ds`` (CIFAR-10-like, "
+                   "32x32x3); keywords as common.run_architecture.")
+    return run
+
+
 def run_architecture(builder: str, ds, *, title: str, epochs: int = 2,
                      batch_size: int = 128, cache_dir: str = "",
                      calibration_examples: int = 500, eval_examples: int = 2000,
@@ -715,8 +386,6 @@ def run_architecture(builder: str, ds, *, title: str, epochs: int = 2,
         what = f"calibrated, measured mismatch <= {calibrated_mismatch:g}"
         if n_sel < 1:
             plans.append((what, None, "no test examples left for the level search"))
-        elif _calibrate is None:
-            plans.append((what, None, "tfprec.calibrate is not available"))
         else:
             x_sel = ds.x_test[n_eval:n_eval + n_sel]
             with timer("calibration (level search)"):
@@ -790,9 +459,7 @@ def run_architecture(builder: str, ds, *, title: str, epochs: int = 2,
 def arch_markdown(res: ArchResult, *, n_cal: int, n_eval: int, target: float,
                   trained: str, schedule: str = "", n_sel: int = 0) -> str:
     yes = lambda b: "yes" if b else "**NO**"  # noqa: E731
-    L = [f"## {res.title}: end-to-end analysis", ""]
-    if schedule:
-        L += [f"Training: {schedule}; {trained}.", ""]
+    L = md_header(f"{res.title}: end-to-end analysis", schedule, trained)
     L += [f"Float test accuracy {_pct(res.float_accuracy)} % on {n_eval} test "
           f"examples; noise gains on {n_cal} training examples "
           f"({len(res.gains.layers)} weight layers); plans at analytic bound "

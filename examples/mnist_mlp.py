@@ -11,8 +11,7 @@ Sakr & Shanbhag, ICASSP 2018 (METHOD.md): trains the paper's MNIST MLP
 
 finds the cheapest level at EQUAL ACCURACY: fake-quant test accuracy within
 0.1 percentage point of float on held-out test data (``tfprec.calibrate``
-with ``max_accuracy_drop=0.1`` when available, else a bisection over the
-same levels).  Reports each allocation's minimum precision, accuracy,
+with ``max_accuracy_drop=0.1``).  Reports each allocation's minimum precision, accuracy,
 computational cost (1-bit full adders) and representational cost (bits),
 next to a 16-bit fixed-point network of the same widths (accuracy measured)
 and a binarized network in the style the paper compares with (B_A = B_W = 1,
@@ -42,10 +41,10 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402  (imports tfprec first)
+import paper_common  # noqa: E402
 
 from absl import app, flags  # noqa: E402
 
-from tfprec.application import data as data_lib  # noqa: E402
 from tfprec.application import models  # noqa: E402
 from tfprec.statistics.gains import layer_geometry  # noqa: E402
 
@@ -53,13 +52,7 @@ HIDDEN = (512, 512, 512)
 SCHEDULE = ("{epochs} epochs on {n} training images, batch 128, Adam lr 1e-3, "
             "seed {seed}")
 
-common.define_common_flags(epochs=3, calibration_examples=2000, eval_examples=10000)
-common.define_flag("float", "binarized_widen", 3.0,
-                   "Width factor of the cost-model-only binarized network's "
-                   "hidden layers.")
-common.define_flag("float", "max_accuracy_drop", 0.1,
-                   "Equal accuracy: fake-quant test accuracy within this many "
-                   "percentage points of float.")
+paper_common.define_paper_flags(epochs=3, calibration_examples=2000)
 common.define_flag("float", "dropout", 0.0, "Dropout rate during training.")
 flags.adopt_module_key_flags(common)  # --help lists the shared flags
 FLAGS = flags.FLAGS
@@ -77,14 +70,15 @@ def wide_geometry(hidden=HIDDEN, num_classes: int = 10):
 def run(ds, *, hidden=HIDDEN, epochs: int = 3, cache_dir: str = "",
         calibration_examples: int = 2000, eval_examples: int = 10000,
         binarized_widen: float = 3.0, max_accuracy_drop: float = 0.1,
-        dropout: float = 0.0, seed: int = 0, use_calibrate: bool = True,
-        methods=common.PAPER_METHODS, log=common.log_to_stdout) -> common.PaperResult:
+        dropout: float = 0.0, seed: int = 0,
+        methods=common.PAPER_METHODS,
+        log=common.log_to_stdout) -> paper_common.PaperResult:
     """The whole reproduction on dataset ``ds`` (flattened MNIST-like)."""
     kw = {"hidden": tuple(int(h) for h in hidden)}
     if dropout:
         kw["dropout"] = float(dropout)
     arch = "-".join(str(v) for v in (784, *kw["hidden"], ds.num_classes))
-    return common.run_paper(
+    return paper_common.run_paper(
         "mnist_mlp", ds, title=f"MNIST MLP {arch}", builder_kwargs=kw,
         wide_geometry=wide_geometry(kw["hidden"], ds.num_classes),
         widen=binarized_widen,
@@ -92,28 +86,15 @@ def run(ds, *, hidden=HIDDEN, epochs: int = 3, cache_dir: str = "",
         epochs=epochs, cache_dir=cache_dir,
         calibration_examples=calibration_examples, eval_examples=eval_examples,
         max_accuracy_drop=max_accuracy_drop, methods=methods, seed=seed,
-        use_calibrate=use_calibrate, log=log,
+        log=log,
         schedule=SCHEDULE.format(epochs=epochs, n=ds.num_train, seed=seed)
         + (f", dropout {dropout:g}" if dropout else ""))
 
 
 def main(argv):
     del argv
-    timer = common.Timer()
-    ds = data_lib.load_dataset("mnist", FLAGS.data_dir or None, flatten=True)
-    print(f"data: {ds}", flush=True)
-    res = run(ds, epochs=FLAGS.epochs, cache_dir=FLAGS.cache_dir,
-              calibration_examples=FLAGS.calibration_examples,
-              eval_examples=FLAGS.eval_examples,
-              binarized_widen=FLAGS.binarized_widen,
-              max_accuracy_drop=FLAGS.max_accuracy_drop, dropout=FLAGS.dropout,
-              seed=FLAGS.seed)
-    print()
-    print(res.markdown, flush=True)
-    if FLAGS.output:
-        common.write_atomic(FLAGS.output, res.markdown)
-        print(f"wrote {FLAGS.output}")
-    print(f"mnist_mlp: wall time {timer.total:.1f} s", flush=True)
+    paper_common.paper_main("mnist_mlp", "mnist", run, flatten=True,
+                            dropout=FLAGS.dropout)
 
 
 if __name__ == "__main__":

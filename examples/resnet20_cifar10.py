@@ -54,30 +54,13 @@ from absl import app, flags  # noqa: E402
 
 BUILDER = "resnet20"
 TITLE = "ResNet-20 / CIFAR-10"
-SCHEDULE = ("epochs {epochs} on the first {n} CIFAR-10 training images, batch "
-            "{batch}, Adam lr 1e-3, seed {seed}")
 
 common.define_architecture_flags(train_examples=20000)
 flags.adopt_module_key_flags(common)  # --help lists the shared flags
 FLAGS = flags.FLAGS
 
 
-def run(ds, *, epochs: int = 2, cache_dir: str = "", calibration_examples: int = 500,
-        eval_examples: int = 2000, target: float = 0.01,
-        calibrated_mismatch=None, select_examples: int = 2000,
-        int8_baseline: bool = True, export_dir=None,
-        export: bool = True, batch_size: int = 128, seed: int = 0,
-        log=common.log_to_stdout) -> common.ArchResult:
-    """Trains and analyzes ResNet-20 on ``ds`` (CIFAR-10-like, 32x32x3)."""
-    return common.run_architecture(
-        BUILDER, ds, title=TITLE, epochs=epochs, batch_size=batch_size,
-        cache_dir=cache_dir, calibration_examples=calibration_examples,
-        eval_examples=eval_examples, target=target,
-        calibrated_mismatch=calibrated_mismatch, select_examples=select_examples,
-        int8_baseline=int8_baseline, export_dir=export_dir or None,
-        export=export, seed=seed, log=log,
-        schedule=SCHEDULE.format(epochs=epochs, n=ds.num_train, batch=batch_size,
-                                 seed=seed))
+run = common.architecture_runner(BUILDER, TITLE)
 
 
 def main(argv):

@@ -1,5 +1,6 @@
 """Peer baselines: Hutchinson Hessian traces, HAWQ-style plans, greedy search."""
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -179,7 +180,7 @@ def test_traces_refresh_after_weight_change(tiny):
 
 def test_hessian_bad_input(tiny):
     m, x, y, _ = tiny
-    with pytest.raises(InvalidDataError, match="needs labels y"):
+    with pytest.raises(InvalidDataError, match="needs labels"):
         hessian.hessian_trace_sensitivity(m, x, None)
     with pytest.raises(InvalidDataError, match="40 integer class ids"):
         hessian.hessian_trace_sensitivity(m, x, y[:10])
@@ -292,6 +293,107 @@ def test_cost_aware_at_budget(tiny):
         budget_lib.cost_aware_at_budget(g, 0.5 * lo)
 
 
+def _hand_compute_cost(b):
+    """Full adders of the tiny 5-4-3 network with every tensor at b bits
+    (METHOD.md section 4, written out): per dot product of length d
+    (inputs + bias), d b^2 for the products and (d - 1)(2 b + ceil(log2 d) - 1)
+    for the adder tree."""
+    total = 0
+    for n_in, n_out in ((5, 4), (4, 3)):
+        d = n_in + 1
+        total += n_out * (d * b * b + (d - 1) * (2 * b + math.ceil(math.log2(d)) - 1))
+    return total
+
+
+def test_smallest_bound_plan_against_brute_force(tiny):
+    from tfprec.planning import select
+    _, _, _, g = tiny
+    lo = _hand_compute_cost(2)
+    for budget in (lo, 1.7 * lo, 3 * lo, 20 * lo):
+        # uniform: bound falls with B, so the answer is the largest B that fits
+        p, mc = budget_lib.smallest_bound_plan(g, "uniform", budget)
+        want = max(b for b in range(2, 17) if _hand_compute_cost(b) <= budget)
+        assert p.b_min == want and mc == pytest.approx(lo)
+        assert p.info["cost_budget"] == {"budget": budget, "cost": "compute",
+                                         "bound_target": None}
+        # paper: every B_min that gives a plan within 16 bits, by brute force
+        fits = []
+        for b in range(2, 17):
+            try:
+                q = tfprec.paper_plan(g, b_min=b)
+            except UnattainableTargetError:
+                continue
+            if q.cost().total_compute <= budget:
+                fits.append(q.bound())
+        p, _ = budget_lib.smallest_bound_plan(g, "paper", budget)
+        assert (p is None) == (not fits)
+        if fits:
+            assert p.bound() == pytest.approx(min(fits))
+        # cost_aware: no plan on a dense grid of bound targets that fits has
+        # a smaller bound than the bisection's
+        p, _ = budget_lib.smallest_bound_plan(g, "cost_aware", budget)
+        assert p.cost().total_compute <= budget * (1 + 1e-12)
+        t = p.info["cost_budget"]["bound_target"]
+        assert p.target == t and tfprec.cost_aware_plan(g, t).bound() == p.bound()
+        grid = np.geomspace(tfprec.uniform_plan(g, bits=16).bound(),
+                            tfprec.uniform_plan(g, bits=2).bound(), 300)
+        grid_best = min(q.bound() for q in (tfprec.cost_aware_plan(g, t) for t in grid)
+                        if q.cost().total_compute <= budget)
+        assert p.bound() <= grid_best * (1 + 1e-9)
+    p, mc = budget_lib.smallest_bound_plan(g, "cost_aware", 0.5 * lo)
+    assert p is None and mc == pytest.approx(lo)
+    with pytest.raises(PlanError, match="budget must be a positive"):
+        budget_lib.smallest_bound_plan(g, "uniform", float("nan"))
+    with pytest.raises(PlanError, match="cost"):
+        budget_lib.smallest_bound_plan(g, "uniform", lo, cost="energy")
+    # select.budget_plans is the same per method, with the minimum costs
+    plans, mins = select.budget_plans(g, 3 * lo)
+    assert set(mins) == set(select.PLAN_ORDER)
+    bits = lambda p: [(l.weight_bits, l.act_bits) for l in p.layers]  # noqa: E731
+    assert set(plans) == set(select.PLAN_ORDER)
+    for m, q in plans.items():
+        assert bits(q) == bits(budget_lib.smallest_bound_plan(g, m, 3 * lo)[0])
+        assert q.cost().total_compute <= 3 * lo
+
+
+def test_bisect_log_finds_the_threshold():
+    # (the discrete cheapest_feasible: tests/test_calibrate.py)
+    # the threshold of a step function, to the requested width
+    for thr in (1.5, 10.0, 77.7, 99.9):
+        calls = []
+        lo, hi = budget_lib.bisect_log(1.0, 100.0, lambda v: calls.append(v) or v >= thr,
+                                       log_width=1e-3)
+        assert lo < thr <= hi and math.log(hi / lo) <= 1e-3
+        assert len(calls) == math.ceil(math.log2(math.log(100.0) / 1e-3))
+
+
+def test_select_analytic_and_choice(tiny):
+    import types
+    from tfprec.planning import select
+    _, _, _, g = tiny
+    plans, unmet = select.analytic_plans(g, 0.05)
+    assert set(plans) | set(unmet) == set(select.PLAN_ORDER)
+    for m, p in plans.items():
+        assert p.bound() <= 0.05 * (1 + 1e-9)
+        want = tfprec.make_plan(g, m, 0.05)
+        assert [(l.weight_bits, l.act_bits) for l in p.layers] == \
+            [(l.weight_bits, l.act_bits) for l in want.layers]
+    plans, unmet = select.analytic_plans(g, 1e-30, methods=("paper", "uniform"))
+    assert plans == {} and set(unmet) == {"paper", "uniform"}
+
+    def stub(cost, bound):
+        return types.SimpleNamespace(cost=lambda: types.SimpleNamespace(
+            total=lambda kind: cost if kind == "compute" else -cost),
+            bound=lambda: bound)
+    ps = {"icml2017": stub(1.0, 0.5), "paper": stub(1.0, 0.5), "uniform": stub(2.0, 0.1),
+          "cost_aware": stub(3.0, 0.1)}
+    assert select.cheapest(ps) == "paper"               # tie on cost and bound: order
+    assert select.cheapest(ps, "memory") == "cost_aware"
+    assert select.tightest(ps) == "uniform"             # tie on bound: less cost
+    with pytest.raises(PlanError, match="empty"):
+        select.cheapest({})
+
+
 # -------------------------------------------------------- greedy search
 @pytest.fixture(scope="module")
 def clf():
@@ -342,7 +444,7 @@ def test_greedy_search_within_tolerance(clf, monkeypatch):
 
 def test_greedy_search_bad_input(clf):
     m, x, y, g = clf
-    with pytest.raises(InvalidDataError, match="needs labels y"):
+    with pytest.raises(InvalidDataError, match="needs labels"):
         greedy.greedy_search_plan(m, g, x, None)
     with pytest.raises(InvalidDataError, match="tolerance_pp"):
         greedy.greedy_search_plan(m, g, x, y, tolerance_pp=-1)
@@ -358,7 +460,7 @@ def test_bisect_budget_plan(clf):
     assert evals in range(1, 9) and plan.info["evaluations"] == evals
     r = V.validate(m, plan, x, y)
     assert r.quant_accuracy >= r.float_accuracy - 0.015 - 1e-12
-    with pytest.raises(InvalidDataError, match="needs labels y"):
+    with pytest.raises(InvalidDataError, match="needs labels"):
         budget_lib.bisect_target_plan(m, g, x, None)
     plan2, evals2 = budget_lib.bisect_target_plan(m, g, x, y, tolerance_pp=1.5)
     assert plan2.info["evaluations"] == evals2 <= 6

@@ -3,13 +3,16 @@ import math
 
 import numpy as np
 import pytest
+from scipy.optimize import brentq
 from scipy.stats import binom
 
 from tfprec._tf import keras
 
 import tfprec
 from tfprec.planning import calibrate as C
+from tfprec.planning.evaluate import Evaluator
 from tfprec.quantization import validate as V
+from tfprec.quantization.apply import logits_model, quantize_model
 from tfprec.errors import InvalidDataError, PlanError, UnattainableTargetError
 
 L = keras.layers
@@ -44,7 +47,7 @@ def cached_quant(monkeypatch, qcache):
     calls = []
 
     def quant(model, plan, x, batch_size=256):
-        key = (id(model), len(x), C._Evaluator.key(plan))
+        key = (id(model), len(x), Evaluator.key(plan))
         calls.append(key)
         if key not in qcache:
             qcache[key] = real(model, plan, x, batch_size)
@@ -70,24 +73,38 @@ def _values(m, g, x, y, family, levels, kind):
 
 
 # ------------------------------------------------------------------ confidence
-def test_clopper_pearson_known_cases():
+def _cp_by_root(k, n, confidence):
+    """Independent one-sided upper limit: the root u of
+    P(Binomial(n, u) <= k) = 1 - confidence (Brent's method on binom.cdf)."""
+    if k == n:
+        return 1.0
+    return brentq(lambda u: binom.cdf(k, n, u) - (1 - confidence), k / n, 1.0,
+                  xtol=1e-15, rtol=1e-13)
+
+
+def test_clopper_pearson_against_independent_computation():
+    # closed forms: k = 0 gives 1 - (1 - c)^(1/n); k = n gives 1
     for n in (1, 10, 400, 5000):
-        assert C.clopper_pearson_upper(0, n) == pytest.approx(1 - 0.05 ** (1 / n),
-                                                              rel=1e-9)
-        assert C.clopper_pearson_upper(n, n) == 1.0
-    assert C.clopper_pearson_upper(0, 100, 0.99) == pytest.approx(
-        1 - 0.01 ** (1 / 100), rel=1e-9)
-    # definition: P(Binomial(n, u) <= k) = 1 - confidence at the limit u
-    for k, n in ((1, 10), (3, 400), (17, 5000), (250, 500)):
-        u = C.clopper_pearson_upper(k, n)
-        assert binom.cdf(k, n, u) == pytest.approx(0.05, rel=1e-6)
+        for c in (0.5, 0.95, 0.99):
+            assert C.clopper_pearson_upper(0, n, c) == pytest.approx(
+                1 - (1 - c) ** (1 / n), rel=1e-9)
+            assert C.clopper_pearson_upper(n, n, c) == 1.0
+    # k = n - 1: P(X <= n-1) = 1 - u^n = 1 - c  =>  u = c^(1/n)
+    for n in (2, 10, 400):
+        assert C.clopper_pearson_upper(n - 1, n, 0.95) == pytest.approx(
+            0.95 ** (1 / n), rel=1e-9)
+    for k, n, c in ((1, 10, 0.95), (3, 400, 0.95), (17, 5000, 0.95),
+                    (250, 500, 0.95), (5, 40, 0.8), (2, 7, 0.99)):
+        u = C.clopper_pearson_upper(k, n, c)
+        assert u == pytest.approx(_cp_by_root(k, n, c), rel=1e-7, abs=1e-12)
         assert u > k / n
-        assert C.clopper_pearson_upper(k + 1, n) > u
-    for bad in ((-1, 10), (11, 10), (0, 0), (1.5, 10)):
+        assert C.clopper_pearson_upper(k + 1, n, c) > u
+    for bad in ((-1, 10), (11, 10), (0, 0), (1.5, 10), (True, 10)):
         with pytest.raises(InvalidDataError):
             C.clopper_pearson_upper(*bad)
-    with pytest.raises(InvalidDataError, match="confidence"):
-        C.clopper_pearson_upper(0, 10, 1.0)
+    for c in (0.0, 1.0, float("nan")):
+        with pytest.raises(InvalidDataError, match="confidence"):
+            C.clopper_pearson_upper(0, 10, c)
 
 
 # ------------------------------------------------------------------ search
@@ -165,15 +182,21 @@ def test_never_returns_a_plan_that_misses(toy, cached_quant, target):
     assert r.best is r.candidates[0]
     costs = [c.compute_cost for c in r.candidates]
     assert costs == sorted(costs) and r.best.compute_cost == min(costs)
+    fdec = m.predict(x, verbose=0).argmax(1)
     for c in r.candidates:
-        # independent re-measurement of the returned plan
-        v = V.validate(m, c.plan, x, y)
-        assert v.num_mismatch == c.num_mismatch
-        assert v.quant_accuracy == pytest.approx(c.quant_accuracy)
+        # independent re-measurement: a fresh fake-quant model of the plan,
+        # its decisions compared with the float model's (no calibrate cache)
+        qdec = logits_model(quantize_model(m, c.plan)).predict(x, verbose=0).argmax(1)
+        mis = int(np.sum(qdec != fdec))
+        float_acc, quant_acc = np.mean(fdec == y), np.mean(qdec == y)
+        assert mis == c.num_mismatch
+        assert c.measured_mismatch == pytest.approx(mis / len(x))
+        assert quant_acc == pytest.approx(c.quant_accuracy)
+        assert float_acc == pytest.approx(c.float_accuracy)
         if "target_mismatch" in target:
-            assert v.mismatch_rate <= target["target_mismatch"] + 1e-12
+            assert mis / len(x) <= target["target_mismatch"] + 1e-12
         else:
-            drop = 100 * (v.float_accuracy - v.quant_accuracy)
+            drop = 100 * (float_acc - quant_acc)
             assert drop <= target["max_accuracy_drop"] + 1e-9
             assert c.accuracy_drop_pp == pytest.approx(drop)
         assert c.bound == pytest.approx(c.plan.bound())
@@ -199,7 +222,7 @@ def test_never_returns_a_plan_that_misses(toy, cached_quant, target):
 
 def test_analytic_guarantee_wording(toy):
     m, g, x, y = toy
-    ev = C._Evaluator(m, x, y, 256, "mismatch", 0.5)
+    ev = Evaluator(m, x, y, 256, "mismatch", 0.5)
     plan = tfprec.uniform_plan(g, bits=16)
     found = C._Found(plan, 16, 1, [(16, 0.0, True)], ev.measure(plan))
     c = C._calibrated("uniform", found, ev, "mismatch", 0.5, 0.5, 0.95, g)
@@ -232,16 +255,17 @@ def test_unattainable_target_is_a_clear_error():
 
 def test_input_errors(toy, cached_quant):
     m, g, x, y = toy
-    with pytest.raises(InvalidDataError, match=r"x_val has shape \(400, 5\).*takes"):
+    with pytest.raises(InvalidDataError, match=r"x_val has per-example shape \(5,\)"
+                                               r", but the model expects \(12,\)"):
         C.calibrate(m, g, x[:, :5], target_mismatch=0.1)
     with pytest.raises(InvalidDataError, match="x_val is empty"):
         C.calibrate(m, g, x[:0], target_mismatch=0.1)
-    with pytest.raises(InvalidDataError, match="x_val contains NaN"):
+    with pytest.raises(InvalidDataError, match="x_val: example 0 contains NaN"):
         C.calibrate(m, g, np.full_like(x, np.nan), target_mismatch=0.1)
-    with pytest.raises(InvalidDataError, match="x_val must be one numpy array"):
+    with pytest.raises(InvalidDataError, match="x_val as one numpy array"):
         C.calibrate(m, g, list(x), target_mismatch=0.1)
-    with pytest.raises(InvalidDataError, match=r"y_val has shape \(10,\) but x_val "
-                                               r"has 400 examples"):
+    with pytest.raises(InvalidDataError, match=r"y_val has shape \(10,\), but there "
+                                               r"are 400 examples"):
         C.calibrate(m, g, x, y[:10], target_mismatch=0.1)
     with pytest.raises(InvalidDataError, match=r"labels in 4..7; the model has 4 classes"):
         C.calibrate(m, g, x, y + 4, target_mismatch=0.1)
@@ -253,6 +277,12 @@ def test_input_errors(toy, cached_quant):
         C.calibrate(m, g, x, y)
     with pytest.raises(PlanError, match="target_mismatch"):
         C.calibrate(m, g, x, target_mismatch=1.5)
+    with pytest.raises(PlanError, match="max_accuracy_drop"):
+        C.calibrate(m, g, x, y, max_accuracy_drop=float("nan"))
+    with pytest.raises(PlanError, match="max_bits"):
+        C.calibrate(m, g, x, target_mismatch=0.1, max_bits=17)
+    with pytest.raises(InvalidDataError, match="batch_size"):
+        C.calibrate(m, g, x, target_mismatch=0.1, batch_size=0)
     with pytest.raises(PlanError, match="unknown calibration family"):
         C.calibrate(m, g, x, target_mismatch=0.1, methods=("nope",))
     with pytest.raises(PlanError, match="cost"):
@@ -264,3 +294,18 @@ def test_input_errors(toy, cached_quant):
     r1 = C.calibrate(m, g, x, np.eye(4)[y], max_accuracy_drop=1.0, methods=("uniform",))
     r2 = C.calibrate(m, g, x, y, max_accuracy_drop=1.0, methods=("uniform",))
     assert r1.best.level == r2.best.level
+
+
+def test_dataset_input_gives_the_numpy_result(toy, cached_quant):
+    """A tf.data dataset of (input, label) pairs, batched or not, is the
+    same held-out data as the numpy arrays."""
+    from tfprec._tf import tf
+    m, g, x, y = toy
+    want = C.calibrate(m, g, x, y, max_accuracy_drop=1.0, methods=("uniform", "paper"))
+    for ds in (tf.data.Dataset.from_tensor_slices((x, y)),
+               tf.data.Dataset.from_tensor_slices((x, y)).batch(64)):
+        got = C.calibrate(m, g, ds, max_accuracy_drop=1.0, methods=("uniform", "paper"))
+        assert [(c.method, c.level, c.num_mismatch, c.quant_accuracy)
+                for c in got.candidates] == [
+            (c.method, c.level, c.num_mismatch, c.quant_accuracy)
+            for c in want.candidates]

@@ -25,8 +25,8 @@ from tfprec.quantization.configs import FixedPointQuantizeConfig, quantize_scope
 from tfprec.quantization.apply import fold_batchnorm, logits_model, quantize_model
 from tfprec.quantization.simulate import simulate_logits
 from tfprec.quantization.validate import ValidationResult, sweep
-from tfprec.planning.calibrate import (CalibratedPlan, CalibrationResult,
-                                       clopper_pearson_upper)
+from tfprec.planning.evaluate import CalibratedPlan, CalibrationResult
+from tfprec.planning.calibrate import clopper_pearson_upper
 # Stage modules users reach as tfprec.<name> (tfprec.validate.validate, ...).
 from tfprec import export  # noqa: F401
 from tfprec.application import data, models  # noqa: F401

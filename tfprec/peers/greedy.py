@@ -4,57 +4,18 @@ stays within a tolerance of float."""
 from __future__ import annotations
 
 import dataclasses
-import math
-import weakref
-from typing import Optional, Sequence, Union
 
-import numpy as np
-
-from tfprec.planning import cost as cost_lib
-from tfprec import fixedpoint
+from tfprec import inputs
+from tfprec.errors import PlanError, UnattainableTargetError
+from tfprec.fixedpoint import check_bits
 from tfprec.planning import plan as plan_lib
-from tfprec.statistics import registry
-from tfprec._tf import tf
-from tfprec.errors import InvalidDataError, PlanError, UnattainableTargetError
+from tfprec.planning.budget import (check_tolerance_pp, cost_kind,
+                                   labelled_examples)
+from tfprec.planning.evaluate import Evaluator
 from tfprec.statistics.gains import NoiseGains
-from tfprec.statistics.graph import WEIGHT_KINDS, parse_model
-
-from tfprec.peers.common import (_check_bits, _check_cost_kind, _pos_int, _template,
-                                  _unit, _xy)
 
 
-# ================================================ simulation-driven search
-class _Evaluator:
-    """Counts fake-quant evaluations of plans on fixed labelled data."""
-
-    def __init__(self, model, x, y, batch_size):
-        from tfprec.quantization import validate as _validate
-        self.v = _validate
-        self.model = model
-        self.x, self.y = x, y
-        self.batch_size = batch_size
-        fdec = _validate.float_decisions(model, x, batch_size)
-        self.float_accuracy = float(np.mean(fdec == y))
-        self.evaluations = 0
-
-    def accuracy(self, plan) -> float:
-        self.evaluations += 1
-        q = self.v.quant_decisions(self.model, plan, self.x, self.batch_size)
-        return float(np.mean(q == self.y))
-
-    def ok(self, acc: float, tolerance_pp: float) -> bool:
-        return acc >= self.float_accuracy - tolerance_pp / 100.0 - 1e-12
-
-
-def _check_tol(tolerance_pp) -> float:
-    if isinstance(tolerance_pp, bool) or not isinstance(tolerance_pp, (int, float)) \
-            or not (tolerance_pp >= 0 and math.isfinite(tolerance_pp)):
-        raise InvalidDataError(f"tolerance_pp must be a non-negative number of "
-                               f"percentage points, got {tolerance_pp!r}")
-    return float(tolerance_pp)
-
-
-def greedy_search_plan(model, gains, x, y, tolerance_pp: float = 0.1,
+def greedy_search_plan(model, gains, x, y=None, tolerance_pp: float = 0.1,
                        start_bits: int = 8, min_bits: int = 2,
                        batch_size: int = 256, cost: str = "compute"):
     """Simulation-driven greedy precision search (the search-based peers).
@@ -75,7 +36,8 @@ def greedy_search_plan(model, gains, x, y, tolerance_pp: float = 0.1,
       model: trained tf_keras classifier (only read).
       gains: :class:`tfprec.NoiseGains` of the model (formats and geometry
         only; the search does not use the gains).
-      x, y: labelled data the accuracy is measured on (numpy; y required).
+      x, y: labelled data the accuracy is measured on: numpy arrays, or a
+        tf.data dataset of (input, label) pairs as ``x`` with ``y`` None.
       tolerance_pp: allowed accuracy drop, percentage points.
       start_bits, min_bits: starting and smallest bit-width.
       batch_size: examples per fake-quant batch.
@@ -94,25 +56,24 @@ def greedy_search_plan(model, gains, x, y, tolerance_pp: float = 0.1,
       UnattainableTargetError: the start plan itself misses the tolerance.
       PlanError: bad bit arguments or gains that do not match the model.
     """
-    cost = _check_cost_kind(cost)
-    min_bits, start_bits = _check_bits(min_bits, start_bits)
-    tol = _check_tol(tolerance_pp)
-    batch_size = _pos_int("batch_size", batch_size)
-    graph = parse_model(model)
-    x, y = _xy(x, y, graph.shapes[graph.input_id], graph.num_classes,
-               "greedy_search_plan")
-    plan = _template(gains)
-    plan = plan.with_bits(weight_bits={n: start_bits for n in plan.names},
-                          act_bits={n: start_bits for n in plan.names},
-                          method="greedy_search")
+    cost = cost_kind(cost)
+    min_bits = check_bits("min_bits", min_bits)
+    start_bits = check_bits("start_bits", start_bits, lo=min_bits)
+    tol = check_tolerance_pp(tolerance_pp)
+    batch_size = inputs.positive_int("batch_size", batch_size)
+    if not isinstance(gains, NoiseGains):
+        raise PlanError(f"gains must be tfprec.NoiseGains (from noise_gains), got "
+                        f"{type(gains).__name__}")
+    x, y = labelled_examples(model, x, y, "greedy_search_plan")
+    plan = plan_lib.uniform_plan(gains, bits=start_bits)
+    plan = dataclasses.replace(plan, method="greedy_search", info={})
     plan.validate_for(model)
-    ev = _Evaluator(model, x, y, batch_size)
-    acc = ev.accuracy(plan)
-    if not ev.ok(acc, tol):
+    ev = Evaluator(model, x, y, batch_size, "accuracy_drop", tol)
+    m = ev.measure(plan)
+    if not ev.meets(m):
         raise UnattainableTargetError(
-            f"the uniform {start_bits}-bit start plan already has accuracy "
-            f"{100 * acc:.2f} % vs float {100 * ev.float_accuracy:.2f} %, more "
-            f"than {tol:g} pp lower; raise start_bits.")
+            f"the uniform {start_bits}-bit start plan already has "
+            f"{ev.accuracy_text(m)}, more than {tol:g} pp lower; raise start_bits.")
     rounds = 0
     tried_all = 1          # evaluations if every candidate were measured
     while True:
@@ -130,16 +91,16 @@ def greedy_search_plan(model, gains, x, y, tolerance_pp: float = 0.1,
         tried_all += len(cands)
         accepted = None
         for _, _, p in cands:
-            a = ev.accuracy(p)
-            if ev.ok(a, tol):
-                accepted = (p, a)
+            if ev.meets(ev.measure(p)):
+                accepted = p
                 break
         if accepted is None:
             break
-        plan, acc = accepted
+        plan = accepted
         rounds += 1
     plan = dataclasses.replace(plan, info={
-        "float_accuracy": ev.float_accuracy, "quant_accuracy": acc,
-        "tolerance_pp": tol, "rounds": rounds, "evaluations": ev.evaluations,
+        "float_accuracy": ev.float_accuracy,
+        "quant_accuracy": ev.accuracy(ev.measure(plan)),
+        "tolerance_pp": tol, "rounds": rounds, "evaluations": ev.passes,
         "evaluations_if_all_candidates": tried_all, "cost_kind": cost})
-    return plan, ev.evaluations
+    return plan, ev.passes

@@ -1,91 +1,247 @@
-"""tfprec's plans at a cost budget and confirmed by measurement: bisection on
-the bound target or on the budget."""
+"""Searches over plan levels: bisections, plans at a cost budget, and plans
+confirmed by measurement.
+
+The one place for the two monotone bisections of tfprec:
+
+* :func:`cheapest_feasible`: over a list of levels ordered from the most
+  precise to the cheapest, the cheapest level whose (monotone) test passes
+  (used by :func:`tfprec.calibrate.calibrate` and :func:`bisect_target_plan`);
+* :func:`bisect_log`: over a positive interval in log space, the smallest
+  value whose (monotone) test passes (used by :func:`smallest_bound_plan`
+  on the cost-aware bound target and by :func:`bisect_budget_plan` on the
+  cost budget).
+
+Every allocation rule's levels (:func:`rule_levels`, :func:`rule_plan`):
+``paper``: B_min, ``uniform``: B, ``icml2017``: B_A (bits, most precise
+first); ``cost_aware``: its bound target t (probability).
+"""
 from __future__ import annotations
 
 import dataclasses
 import math
-import weakref
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from tfprec.planning import cost as cost_lib
-from tfprec import fixedpoint
-from tfprec.planning import plan as plan_lib
-from tfprec.statistics import registry
-from tfprec._tf import tf
+from tfprec import inputs
 from tfprec.errors import InvalidDataError, PlanError, UnattainableTargetError
-from tfprec.statistics.gains import NoiseGains
-from tfprec.statistics.graph import WEIGHT_KINDS, parse_model
+from tfprec.fixedpoint import MAX_BITS, MIN_BITS, check_bits
+from tfprec.planning import cost as cost_lib
+from tfprec.planning import plan as plan_lib
+from tfprec.planning.evaluate import Evaluator
 
-from tfprec.peers.greedy import _Evaluator, _check_tol
-from tfprec.peers.common import (_check_bits, _check_cost_kind, _pos_int, _template,
-                                  _unit, _xy)
+RULES = ("cost_aware", "paper", "uniform", "icml2017")
+BUDGET_LOG_WIDTH = 1e-4      # final bracket of the bound target, natural log
 
 
-# ====================================== tfprec on the same footing
+# ================================================================ checks
+def cost_kind(cost) -> str:
+    """``cost`` if it is "compute" (full adders) or "memory" (bits); else PlanError."""
+    try:
+        return inputs.choice("cost", cost, cost_lib.COST_KINDS)
+    except InvalidDataError as e:
+        raise PlanError(str(e)) from None
+
+
+def cost_unit(cost: str) -> str:
+    return "full adders" if cost == "compute" else "bits"
+
+
+def check_tolerance_pp(value) -> float:
+    """An accuracy tolerance as a finite float >= 0 (percentage points)."""
+    if (isinstance(value, bool) or not isinstance(value, (int, float, np.floating))
+            or not (value >= 0 and math.isfinite(value))):
+        raise InvalidDataError(f"tolerance_pp must be a non-negative number of "
+                               f"percentage points, got {value!r}")
+    return float(value)
+
+
+def _budget(budget, cost: str) -> float:
+    if isinstance(budget, bool) or not isinstance(budget, (int, float, np.number)) \
+            or not (budget > 0 and math.isfinite(budget)):
+        raise PlanError(f"budget must be a positive finite cost in "
+                        f"{cost_unit(cost)}, got {budget!r}")
+    return float(budget)
+
+
+def labelled_examples(model, x, y, what: str):
+    """(x, y) as checked arrays from numpy or tf.data (:func:`tfprec.inputs.as_examples`
+    with the model's input shape, classes and dtype); labels required."""
+    return inputs.as_examples(
+        x, y, inputs.model_input_shape(model), int(model.outputs[0].shape[-1]),
+        dtype=inputs.model_dtype(model), what=f"{what}: x", label_what=f"{what}: y",
+        need_labels=True)
+
+
+# ================================================================ bisections
+def cheapest_feasible(num_levels: int, feasible: Callable[[int], bool]) -> int:
+    """Bisection over levels ordered from most precise (0) to cheapest.
+
+    Assumes ``feasible`` is monotone (True up to some index, False after).
+    Returns the largest feasible index, or -1 if none is; calls ``feasible``
+    at most ceil(log2(num_levels + 1)) times.
+    """
+    lo, hi = -1, int(num_levels)       # lo: feasible sentinel, hi: infeasible
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if feasible(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def bisect_log(lo: float, hi: float, ok: Callable[[float], bool], *,
+               log_width: float, max_steps: int = 60) -> tuple:
+    """Bisection in log space for the smallest value that passes ``ok``.
+
+    Assumes ``ok`` is monotone (False below some value, True above), ``lo``
+    fails and ``hi`` passes (neither is called).  Probes geometric means
+    until ln(hi / lo) <= ``log_width`` or ``max_steps`` probes; returns the
+    final bracket (lo, hi).
+    """
+    a, b = math.log(lo), math.log(hi)
+    for _ in range(int(max_steps)):
+        if b - a <= log_width:
+            break
+        mid = 0.5 * (a + b)
+        if ok(math.exp(mid)):
+            b = mid
+        else:
+            a = mid
+    return math.exp(a), math.exp(b)
+
+
+# ================================================================ rule levels
+def rule_levels(gains, method: str, max_bits: int = MAX_BITS) -> list:
+    """Integer levels (bits) of "paper" (B_min), "uniform" (B) or "icml2017"
+    (B_A) that keep every tensor within 2..max_bits, most precise first."""
+    if method == "paper":
+        ow, oa = plan_lib.paper_offsets(gains)
+        top = max_bits - int(max(ow.max(), oa.max()))
+        return list(range(top, MIN_BITS - 1, -1))
+    if method == "uniform":
+        return list(range(max_bits, MIN_BITS - 1, -1))
+    if method == "icml2017":
+        d = plan_lib.icml2017_offset(gains)
+        return list(range(max_bits - max(d, 0), MIN_BITS - min(d, 0) - 1, -1))
+    raise PlanError(f"{method!r} has no integer levels; choose from "
+                    "('paper', 'uniform', 'icml2017')")
+
+
+def rule_plan(gains, method: str, level: int, max_bits: int = MAX_BITS):
+    """The plan of an integer-level rule at ``level`` bits (see rule_levels)."""
+    level = int(level)
+    if method == "paper":
+        return plan_lib.paper_plan(gains, b_min=level, max_bits=max_bits)
+    if method == "uniform":
+        return plan_lib.uniform_plan(gains, bits=level, max_bits=max_bits)
+    if method == "icml2017":
+        return plan_lib.icml2017_plan(gains, act_bits=level, max_bits=max_bits)
+    raise PlanError(f"{method!r} has no integer levels")
+
+
+# ================================================================ at a budget
+def _with_budget_info(plan, budget: float, cost: str, target=None):
+    info = dict(plan.info, cost_budget={"budget": budget, "cost": cost,
+                                        "bound_target": target})
+    return dataclasses.replace(plan, info=info,
+                               target=plan.target if target is None else target)
+
+
+def smallest_bound_plan(gains, method: str, budget: float, *, cost: str = "compute",
+                        max_bits: int = MAX_BITS,
+                        log_width: float = BUDGET_LOG_WIDTH) -> tuple:
+    """The plan of ``method`` with the smallest analytic bound whose cost fits.
+
+    ``cost_aware``: bisects the bound target t of
+    :func:`~tfprec.planning.plan.cost_aware_plan` in log space (a smaller t
+    gives a costlier plan) between the bounds with every tensor at
+    ``max_bits`` and at 2 bits, to a bracket of ``log_width`` (natural log);
+    ``paper`` / ``uniform`` / ``icml2017``: scans their levels.  Pure
+    arithmetic on the gains: no data pass.
+
+    Args:
+      gains: :class:`tfprec.NoiseGains`.
+      method: one of :data:`RULES`.
+      budget: cost limit, full adders per example ("compute") or bits
+        ("memory").
+      cost: the cost kind of ``budget``.
+      max_bits: no tensor above this many bits.
+
+    Returns:
+      (plan or None when nothing fits, the method's minimum cost).  The plan's
+      ``info["cost_budget"]`` is {"budget", "cost", "bound_target"} (t for
+      cost_aware, else None).
+    """
+    cost = cost_kind(cost)
+    budget = _budget(budget, cost)
+    max_bits = check_bits("max_bits", max_bits)
+    inputs.choice("method", method, RULES)
+    limit = budget * (1 + 1e-12)
+    total = lambda p: p.cost().total(cost)  # noqa: E731
+    if method != "cost_aware":
+        fits, min_cost = None, math.inf
+        for level in rule_levels(gains, method, max_bits):
+            p = rule_plan(gains, method, level, max_bits)
+            c = total(p)
+            min_cost = min(min_cost, c)
+            if c <= limit and (fits is None or p.bound() < fits.bound()):
+                fits = p
+        return (None if fits is None else _with_budget_info(fits, budget, cost)), min_cost
+    cheapest = plan_lib.uniform_plan(gains, bits=MIN_BITS, max_bits=max_bits)
+    min_cost = total(cheapest)
+    if min_cost > limit:
+        return None, min_cost
+    lo_b = plan_lib.uniform_plan(gains, bits=max_bits, max_bits=max_bits).bound()
+    hi_b = cheapest.bound()
+    if not (lo_b > 0 and math.isfinite(hi_b)):      # all gains zero
+        p = plan_lib.cost_aware_plan(gains, 1.0, cost=cost, max_bits=max_bits)
+        return _with_budget_info(p, budget, cost, 1.0), min_cost
+    best = []
+
+    def fits(t):
+        try:
+            p = plan_lib.cost_aware_plan(gains, t, cost=cost, max_bits=max_bits)
+        except UnattainableTargetError:
+            return False
+        ok = total(p) <= limit
+        if ok and (not best or p.bound() < best[0].bound()):
+            best[:] = [p, t]
+        return ok
+
+    lo_t, hi_t = lo_b * (1 + 1e-9), hi_b * (1 + 1e-9)
+    if not fits(lo_t):
+        if not fits(hi_t):       # the cheapest plan fits; cost_aware should find it
+            best[:] = [cheapest, hi_t]
+        bisect_log(lo_t, hi_t, fits, log_width=log_width)
+    p, t = best
+    return _with_budget_info(p, budget, cost, t), min_cost
+
+
 def cost_aware_at_budget(gains, budget: float, cost: str = "compute",
-                         max_bits: int = 16, precision: float = 2e-3,
-                         iterations: int = 60):
+                         max_bits: int = MAX_BITS,
+                         log_width: float = BUDGET_LOG_WIDTH):
     """tfprec's plan for a cost budget: the smallest-bound cost-aware plan
-    that fits.
-
-    Bisects log10 of the bound target of :func:`tfprec.cost_aware_plan`
-    (a smaller target gives a costlier plan) between the bounds of the
-    uniform ``max_bits`` and all-2-bit plans, until the bracket is narrower
-    than ``precision`` decades (or ``iterations`` steps), and returns the
-    plan with the smallest analytic bound among those tried whose cost is
-    <= ``budget``.  Pure arithmetic on the gains: no data pass (about a
-    dozen cost_aware_plan calls).
+    that fits (:func:`smallest_bound_plan` of "cost_aware");
+    ``info["budget"]`` is the budget.
 
     Raises:
       UnattainableTargetError: even the all-2-bit plan costs more than the
         budget.
       PlanError: bad budget or cost kind.
     """
-    cost = _check_cost_kind(cost)
-    if isinstance(budget, bool) or not isinstance(budget, (int, float, np.number)) \
-            or not (budget > 0 and math.isfinite(budget)):
-        raise PlanError(f"budget must be a positive finite cost in "
-                        f"{_unit(cost)}, got {budget!r}")
-    floor = plan_lib.uniform_plan(gains, bits=fixedpoint.MIN_BITS)
-    if floor.cost().total(cost) > budget * (1 + 1e-12):
+    plan, min_cost = smallest_bound_plan(gains, "cost_aware", budget, cost=cost,
+                                         max_bits=max_bits, log_width=log_width)
+    if plan is None:
+        unit = cost_unit(cost)
         raise UnattainableTargetError(
-            f"budget {budget:.6g} {_unit(cost)} is below the cheapest plan "
-            f"({floor.cost().total(cost):.6g} {_unit(cost)}: every tensor at "
-            f"{fixedpoint.MIN_BITS} bits).")
-    best = None
-
-    def consider(p):
-        nonlocal best
-        if p.cost().total(cost) <= budget * (1 + 1e-12):
-            if best is None or p.bound() < best.bound():
-                best = p
-            return True
-        return False
-
-    ceil_bound = plan_lib.uniform_plan(gains, bits=max_bits).bound()
-    lo = math.log10(max(ceil_bound, 1e-300)) - 1e-3
-    hi = math.log10(max(floor.bound(), 1e-300)) + 1e-3
-    for _ in range(int(iterations)):
-        mid = 0.5 * (lo + hi)
-        try:
-            p = plan_lib.cost_aware_plan(gains, 10.0 ** mid, cost=cost,
-                                         max_bits=max_bits)
-        except UnattainableTargetError:
-            lo = mid
-            continue
-        if consider(p):
-            hi = mid
-        else:
-            lo = mid
-        if hi - lo < precision:
-            break
-    if best is None:
-        best = floor
-    return dataclasses.replace(best, info=dict(best.info, budget=float(budget)))
+            f"budget {budget:.6g} {unit} is below the cheapest plan "
+            f"({min_cost:.6g} {unit}: every tensor at {MIN_BITS} bits).")
+    return dataclasses.replace(plan, info=dict(plan.info, budget=float(budget)))
 
 
+# ================================================================ measured
 def default_targets(gains, tolerance_pp: float, per_decade: int = 4) -> list:
     """Bound targets worth trying for an accuracy tolerance.
 
@@ -96,23 +252,30 @@ def default_targets(gains, tolerance_pp: float, per_decade: int = 4) -> list:
     give that plan).
     """
     lo = max(tolerance_pp / 100.0, 1e-6)
-    hi = max(plan_lib.uniform_plan(gains, bits=fixedpoint.MIN_BITS).bound(), lo)
+    hi = max(plan_lib.uniform_plan(gains, bits=MIN_BITS).bound(), lo)
     n = int(math.ceil(per_decade * math.log10(hi / lo)))
     return [lo * (hi / lo) ** (k / max(n, 1)) for k in range(n + 1)]
 
 
-def bisect_target_plan(model, gains, x, y, tolerance_pp: float = 0.1,
+def _measured_info(plan, ev: Evaluator, m, tol: float):
+    return dataclasses.replace(plan, info=dict(
+        plan.info, float_accuracy=ev.float_accuracy, quant_accuracy=ev.accuracy(m),
+        tolerance_pp=tol, evaluations=ev.passes))
+
+
+def bisect_target_plan(model, gains, x, y=None, tolerance_pp: float = 0.1,
                        cost: str = "compute",
                        targets: Optional[Sequence[float]] = None,
                        batch_size: int = 256):
     """tfprec's cheapest plan confirmed by measurement, in a few evaluations.
 
-    Bisects over ``targets`` (bound targets; default
-    :func:`default_targets`) for the largest target whose
+    Bisects (:func:`cheapest_feasible`) over ``targets`` (bound targets;
+    default :func:`default_targets`) for the largest target whose
     :func:`tfprec.cost_aware_plan` has measured fake-quant accuracy on
     (x, y) within ``tolerance_pp`` percentage points of float, assuming
     accuracy falls as the target grows (about log2(len(targets)) + 1
-    fake-quant evaluations).
+    fake-quant evaluations).  ``x`` may be a numpy array or a tf.data
+    dataset (of (input, label) pairs when ``y`` is None).
 
     Returns:
       (plan, evaluations).  ``plan.info`` holds the measured accuracies.
@@ -120,53 +283,40 @@ def bisect_target_plan(model, gains, x, y, tolerance_pp: float = 0.1,
     Raises:
       UnattainableTargetError: not even the smallest target's plan is within
         tolerance.
+      InvalidDataError: data or labels malformed or missing.
     """
-    cost = _check_cost_kind(cost)
-    tol = _check_tol(tolerance_pp)
-    batch_size = _pos_int("batch_size", batch_size)
-    graph = parse_model(model)
-    x, y = _xy(x, y, graph.shapes[graph.input_id], graph.num_classes,
-               "bisect_target_plan")
-    if targets is None:
-        targets = default_targets(gains, tol)
-    targets = sorted(float(t) for t in targets)
+    cost = cost_kind(cost)
+    tol = check_tolerance_pp(tolerance_pp)
+    batch_size = inputs.positive_int("batch_size", batch_size)
+    x, y = labelled_examples(model, x, y, "bisect_target_plan")
+    targets = sorted(float(t) for t in (default_targets(gains, tol)
+                                        if targets is None else targets))
     if not targets:
         raise PlanError("targets is empty")
-    ev = _Evaluator(model, x, y, batch_size)
-    plans, accs = {}, {}
+    ev = Evaluator(model, x, y, batch_size, "accuracy_drop", tol)
+    plans = {}
 
-    def passes(i):
-        if i not in plans:
-            plans[i] = plan_lib.cost_aware_plan(gains, targets[i], cost=cost)
-            accs[i] = ev.accuracy(plans[i])
-        return ev.ok(accs[i], tol)
+    def feasible(i):
+        plans[i] = plan_lib.cost_aware_plan(gains, targets[i], cost=cost)
+        return ev.meets(ev.measure(plans[i]))
 
-    lo, hi = -1, len(targets)        # invariant: lo passes (or -1), hi fails
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if passes(mid):
-            lo = mid
-        else:
-            hi = mid
-    if lo < 0:
+    i = cheapest_feasible(len(targets), feasible)
+    if i < 0:
+        m = ev.measure(plans[0])
         raise UnattainableTargetError(
             f"the cost-aware plan for the smallest target {targets[0]:.3g} has "
-            f"accuracy {100 * accs[0]:.2f} % vs float "
-            f"{100 * ev.float_accuracy:.2f} %, more than {tol:g} pp lower; pass "
-            "smaller targets.")
-    plan = plans[lo]
-    plan = dataclasses.replace(plan, info=dict(
-        plan.info, float_accuracy=ev.float_accuracy, quant_accuracy=accs[lo],
-        tolerance_pp=tol, evaluations=ev.evaluations))
-    return plan, ev.evaluations
+            f"{ev.accuracy_text(m)}, more than {tol:g} pp lower; pass smaller "
+            "targets.")
+    plan = _measured_info(plans[i], ev, ev.measure(plans[i]), tol)
+    return plan, ev.passes
 
 
-def bisect_budget_plan(model, gains, x, y, tolerance_pp: float = 0.1,
+def bisect_budget_plan(model, gains, x, y=None, tolerance_pp: float = 0.1,
                        cost: str = "compute", rel_step: float = 0.05,
                        batch_size: int = 256):
     """tfprec's cheapest plan confirmed by measurement, bisecting the budget.
 
-    Bisects (geometrically) the cost budget between the all-2-bit plan's
+    Bisects (:func:`bisect_log`) the cost budget between the all-2-bit plan's
     cost (assumed to miss the tolerance) and the cost of the cost-aware plan
     whose bound meets tolerance_pp / 100 (assumed to pass: its analytic
     bound promises at most that accuracy loss in expectation), until the
@@ -175,6 +325,7 @@ def bisect_budget_plan(model, gains, x, y, tolerance_pp: float = 0.1,
     evaluation on (x, y) decides whether its accuracy is within
     ``tolerance_pp`` percentage points of float.  Assumes accuracy grows
     with the budget.  The returned plan is always one that was measured.
+    ``x`` may be numpy or tf.data (see :func:`bisect_target_plan`).
 
     Returns:
       (plan, evaluations); ``plan.info`` holds the measured accuracies and
@@ -183,40 +334,35 @@ def bisect_budget_plan(model, gains, x, y, tolerance_pp: float = 0.1,
     Raises:
       UnattainableTargetError: even the upper plan misses the tolerance.
     """
-    cost = _check_cost_kind(cost)
-    tol = _check_tol(tolerance_pp)
-    batch_size = _pos_int("batch_size", batch_size)
-    if not (isinstance(rel_step, (int, float)) and rel_step > 0):
+    cost = cost_kind(cost)
+    tol = check_tolerance_pp(tolerance_pp)
+    batch_size = inputs.positive_int("batch_size", batch_size)
+    if isinstance(rel_step, bool) or not isinstance(rel_step, (int, float)) \
+            or not rel_step > 0:
         raise PlanError(f"rel_step must be a positive number, got {rel_step!r}")
-    graph = parse_model(model)
-    x, y = _xy(x, y, graph.shapes[graph.input_id], graph.num_classes,
-               "bisect_budget_plan")
-    ev = _Evaluator(model, x, y, batch_size)
-    floor = plan_lib.uniform_plan(gains, bits=fixedpoint.MIN_BITS)
+    x, y = labelled_examples(model, x, y, "bisect_budget_plan")
+    ev = Evaluator(model, x, y, batch_size, "accuracy_drop", tol)
+    floor = plan_lib.uniform_plan(gains, bits=MIN_BITS)
     try:
         top = plan_lib.cost_aware_plan(gains, max(tol / 100.0, 1e-6), cost=cost)
     except UnattainableTargetError:
-        top = plan_lib.uniform_plan(gains, bits=fixedpoint.MAX_BITS)
-    lo = floor.cost().total(cost)
-    hi_plan, hi_acc = top, None
-    hi = top.cost().total(cost)
-    while hi > lo * (1 + rel_step):
-        mid = math.sqrt(lo * hi)
-        p = cost_aware_at_budget(gains, mid, cost=cost)
-        c = p.cost().total(cost)
-        a = ev.accuracy(p)
-        if ev.ok(a, tol):
-            hi_plan, hi_acc, hi = p, a, c
-        else:
-            lo = mid
-    if hi_acc is None:
-        hi_acc = ev.accuracy(hi_plan)
-        if not ev.ok(hi_acc, tol):
-            raise UnattainableTargetError(
-                f"the cost-aware plan whose bound meets {tol / 100:.3g} has "
-                f"accuracy {100 * hi_acc:.2f} % vs float "
-                f"{100 * ev.float_accuracy:.2f} %, more than {tol:g} pp lower.")
-    plan = dataclasses.replace(hi_plan, info=dict(
-        hi_plan.info, float_accuracy=ev.float_accuracy, quant_accuracy=hi_acc,
-        tolerance_pp=tol, evaluations=ev.evaluations))
-    return plan, ev.evaluations
+        top = plan_lib.uniform_plan(gains, bits=MAX_BITS)
+    passed = [top]
+
+    def ok(budget):
+        p = cost_aware_at_budget(gains, budget, cost=cost)
+        if ev.meets(ev.measure(p)):
+            passed.append(p)
+            return True
+        return False
+
+    lo, hi = floor.cost().total(cost), top.cost().total(cost)
+    if hi > lo:
+        bisect_log(lo, hi, ok, log_width=math.log1p(rel_step))
+    plan = passed[-1]
+    m = ev.measure(plan)
+    if not ev.meets(m):
+        raise UnattainableTargetError(
+            f"the cost-aware plan whose bound meets {tol / 100:.3g} has "
+            f"{ev.accuracy_text(m)}, more than {tol:g} pp lower.")
+    return _measured_info(plan, ev, m, tol), ev.passes

@@ -59,7 +59,9 @@ Targets (exactly one):
 Held-out data: ``x_val`` (and ``y_val``) must NOT be the examples the noise
 gains were computed on, nor the training set; use a validation or test
 split.  The float decisions on ``x_val`` are computed once and reused by
-every evaluation; identical plans are evaluated once (cached by bits).
+every evaluation; identical plans are evaluated once (cached by bits): both
+by :class:`tfprec.planning.evaluate.Evaluator`.  The bisection is
+:func:`tfprec.planning.budget.cheapest_feasible`.
 
 Confidence: every candidate reports the measured mismatch k / n with a
 one-sided Clopper-Pearson upper confidence limit (:func:`clopper_pearson_upper`)
@@ -75,20 +77,22 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import Callable, Optional, Sequence
 
-import numpy as np
-
+from tfprec import inputs
+from tfprec.errors import InvalidDataError, PlanError, UnattainableTargetError
+from tfprec.fixedpoint import MAX_BITS, MIN_BITS, check_bits
+from tfprec.planning import budget as budget_lib
 from tfprec.planning import cost as cost_lib
 from tfprec.planning import plan as plan_lib
-from tfprec.quantization import validate as validate_lib
-from tfprec.errors import InvalidDataError, PlanError, UnattainableTargetError
-from tfprec.fixedpoint import MAX_BITS, MIN_BITS
+from tfprec.planning.budget import cheapest_feasible  # noqa: F401  (re-export)
+from tfprec.planning.evaluate import (LEVEL_NAMES, CalibratedPlan,  # noqa: F401
+                                      CalibrationResult, Evaluator, Measurement,
+                                      _describe, _fmt_level)
 
 FAMILIES = ("cost_aware", "paper", "uniform", "icml2017", "measured_greedy")
 DEFAULT_METHODS = ("cost_aware", "paper", "uniform")
-LEVEL_NAMES = {"paper": "B_min", "uniform": "B", "icml2017": "B_A",
-               "cost_aware": "bound target t", "measured_greedy": "bound target t"}
 GRID_PER_OCTAVE = 4
 GREEDY_BUDGET = 40
 
@@ -97,9 +101,11 @@ GREEDY_BUDGET = 40
 def clopper_pearson_upper(k: int, n: int, confidence: float = 0.95) -> float:
     """One-sided Clopper-Pearson upper confidence limit of a binomial rate.
 
-    The smallest u such that P(Binomial(n, u) <= k) <= 1 - confidence, i.e.
-    the ``confidence`` quantile of Beta(k + 1, n - k); 1 when k == n.  For
-    k = 0 it is 1 - (1 - confidence)^(1/n).
+    The largest rate u not rejected by the exact one-sided binomial test of
+    "rate < u" at level 1 - ``confidence``: P(Binomial(n, u) <= k) =
+    1 - confidence (the upper end of the two-sided exact interval at level
+    2 confidence - 1); 1 when k == n, 1 - (1 - confidence)^(1/n) when k == 0.
+    Computed by :func:`scipy.stats.binomtest`.
 
     Args:
       k: observed events (mismatches), 0 <= k <= n.
@@ -109,279 +115,26 @@ def clopper_pearson_upper(k: int, n: int, confidence: float = 0.95) -> float:
     Raises:
       InvalidDataError: k, n or confidence out of range.
     """
-    from scipy.stats import beta
+    from scipy.stats import binomtest
 
-    if (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1
-            or isinstance(k, bool) or not isinstance(k, (int, np.integer))
-            or not 0 <= k <= n):
-        raise InvalidDataError(f"need integers 0 <= k <= n and n >= 1, got "
-                               f"k={k!r}, n={n!r}")
-    _check_confidence(confidence)
-    if k == n:
-        return 1.0
-    return float(beta.ppf(confidence, int(k) + 1, int(n) - int(k)))
+    n = inputs.positive_int("n", n)
+    k = inputs.nonnegative_int("k", k)
+    if k > n:
+        raise InvalidDataError(f"need 0 <= k <= n, got k={k}, n={n}")
+    confidence = _check_confidence(confidence)
+    res = binomtest(k, n, alternative="less")
+    return float(res.proportion_ci(confidence_level=confidence, method="exact").high)
 
 
 def _check_confidence(confidence) -> float:
-    if (isinstance(confidence, bool) or not isinstance(confidence, (int, float))
-            or not 0.0 < confidence < 1.0):
+    c = inputs.probability("confidence", confidence)
+    if c >= 1.0:
         raise InvalidDataError(f"confidence must be a number in (0, 1), got "
                                f"{confidence!r}")
-    return float(confidence)
-
-
-# ================================================================ results
-@dataclasses.dataclass(frozen=True)
-class CalibratedPlan:
-    """One plan family at the cheapest level that meets the measured target.
-
-    Attributes:
-      plan: the :class:`~tfprec.planning.plan.PrecisionPlan`; ``plan.info
-        ["calibration"]`` records the target and the measurement.
-      method: the family ("cost_aware", "paper", "uniform", "icml2017",
-        "measured_greedy").
-      level: the chosen level: B_min / B / B_A in bits, or the bound target t
-        (probability) of the cost-aware plan (for "measured_greedy": t of
-        the plan it started from).
-      evaluations: fake-quant evaluations this family's search asked for
-        (including ones another family had already run, which the cache
-        answered; for "measured_greedy" including its cost-aware start).
-      measured_mismatch: mismatch rate on the held-out data, fraction in
-        [0, 1].
-      mismatch_ucl: one-sided Clopper-Pearson upper limit of the mismatch
-        rate at ``confidence``.
-      float_accuracy, quant_accuracy: fractions in [0, 1]; None without
-        labels.
-      accuracy_drop_pp: (float - quant accuracy) in percentage points; None
-        without labels.
-      accuracy_drop_se_pp: standard error of ``accuracy_drop_pp`` (paired:
-        100 sqrt(h + g - (h - g)^2 / n) / n with h examples the fake-quant
-        model gets wrong that the float model got right and g the reverse),
-        to show how much of the drop is sampling noise; None without labels.
-      bound: the analytic bound of the plan (probability; may exceed 1).
-      compute_cost: full adders per example.
-      memory_cost: bits.
-      num_examples: held-out examples measured on.
-      guarantee: which guarantee holds, in words (see the module doc).
-      num_mismatch: held-out examples whose decision changed.
-      analytic_guarantee: True only when the bound, or the per-example
-        bound, is <= the target probability.
-      per_example_bound: :func:`~tfprec.planning.plan.per_example_bound` of the plan
-        when the gains carry per-example data, else None.
-      confidence: the level of ``mismatch_ucl``.
-      trace: ((level, measured value, met), ...) in evaluation order; the
-        measured value is the mismatch rate or the accuracy drop in pp; a
-        "measured_greedy" move appears as level "<layer>.W-1" / ".A-1".
-    """
-
-    plan: plan_lib.PrecisionPlan
-    method: str
-    level: float
-    evaluations: int
-    measured_mismatch: float
-    mismatch_ucl: float
-    float_accuracy: Optional[float]
-    quant_accuracy: Optional[float]
-    accuracy_drop_pp: Optional[float]
-    bound: float
-    compute_cost: float
-    memory_cost: float
-    num_examples: int
-    guarantee: str
-    num_mismatch: int = 0
-    analytic_guarantee: bool = False
-    confidence: float = 0.95
-    trace: tuple = ()
-    accuracy_drop_se_pp: Optional[float] = None
-    per_example_bound: Optional[float] = None
-
-    def cost(self, kind: str = "compute") -> float:
-        """``compute_cost`` (full adders) or ``memory_cost`` (bits)."""
-        if kind == "compute":
-            return self.compute_cost
-        if kind == "memory":
-            return self.memory_cost
-        raise PlanError(f"cost kind must be 'compute' or 'memory', got {kind!r}")
-
-    def to_dict(self) -> dict:
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        d["plan"] = self.plan.to_dict()
-        d["trace"] = [list(t) for t in self.trace]
-        return d
-
-
-@dataclasses.dataclass(frozen=True)
-class CalibrationResult:
-    """Result of :func:`calibrate`.
-
-    Attributes:
-      best: the candidate meeting the target at the lowest ``cost``.
-      candidates: every family that met the target, each at its own cheapest
-        level, sorted by ``cost`` (``best`` first).
-      target_kind: "mismatch" or "accuracy_drop".
-      target: p (fraction) or d (percentage points).
-      target_probability: the probability the analytic bound is compared
-        with: p, or d / 100.
-      cost: "compute" or "memory", the cost ``best`` minimizes.
-      num_examples: held-out examples.
-      float_accuracy: float accuracy on them (None without labels).
-      total_evaluations: fake-quant passes actually run (cache hits shared
-        between families counted once).
-      unmet: family -> why it met the target at none of its levels.
-      confidence: level of the upper confidence limits.
-    """
-
-    best: CalibratedPlan
-    candidates: tuple
-    target_kind: str
-    target: float
-    target_probability: float
-    cost: str
-    num_examples: int
-    float_accuracy: Optional[float]
-    total_evaluations: int
-    unmet: dict
-    confidence: float = 0.95
-
-    def __getitem__(self, method: str) -> CalibratedPlan:
-        for c in self.candidates:
-            if c.method == method:
-                return c
-        raise KeyError(f"no candidate of family {method!r}; candidates: "
-                       f"{[c.method for c in self.candidates]}"
-                       + (f"; unmet: {self.unmet}" if self.unmet else ""))
-
-    def describe_target(self) -> str:
-        return _describe(self.target_kind, self.target)
-
-    def to_dict(self) -> dict:
-        return {"best": self.best.method,
-                "candidates": [c.to_dict() for c in self.candidates],
-                "target_kind": self.target_kind, "target": self.target,
-                "target_probability": self.target_probability,
-                "cost": self.cost, "num_examples": self.num_examples,
-                "float_accuracy": self.float_accuracy,
-                "total_evaluations": self.total_evaluations,
-                "unmet": dict(self.unmet), "confidence": self.confidence}
-
-    def to_markdown(self) -> str:
-        """Markdown summary: target, then one row per candidate, cheapest
-        first (costs relative to ``best``), bound next to the measured
-        mismatch and its upper confidence limit."""
-        pct = lambda v: "n/a" if v is None else f"{100 * v:.2f}"
-        lines = [
-            f"Target: {self.describe_target()} on {self.num_examples} held-out "
-            f"examples; cheapest by {self.cost} cost: **{self.best.method}**; "
-            f"{self.total_evaluations} fake-quant evaluations in all.",
-            "",
-            f"| method | level | evals | compute (FA) | memory (bits) | "
-            f"{self.cost} vs best | bound | mismatch | UCL {100 * self.confidence:g}% | "
-            "float acc % | quant acc % | drop pp ± se | guarantee |",
-            "|" + "---|" * 13]
-        base = self.best.cost(self.cost)
-        for c in self.candidates:
-            drop = ("n/a" if c.accuracy_drop_pp is None else
-                    f"{c.accuracy_drop_pp:.2f} ± {c.accuracy_drop_se_pp:.2f}")
-            lines.append(
-                f"| {c.method} | {_fmt_level(c.method, c.level)} | {c.evaluations} | "
-                f"{c.compute_cost:.4g} | {c.memory_cost:.4g} | "
-                f"{c.cost(self.cost) / base:.3f} | {c.bound:.3g} | "
-                f"{c.measured_mismatch:.4f} ({c.num_mismatch}/{c.num_examples}) | "
-                f"{c.mismatch_ucl:.4f} | {pct(c.float_accuracy)} | "
-                f"{pct(c.quant_accuracy)} | {drop} | {c.guarantee} |")
-        for m, why in self.unmet.items():
-            lines.append(f"\n{m}: target not met ({why})")
-        return "\n".join(lines) + "\n"
-
-
-def _fmt_level(method: str, level) -> str:
-    if method in ("cost_aware", "measured_greedy"):
-        return f"t={level:.3g}"
-    return f"{LEVEL_NAMES.get(method, 'level')}={int(level)}"
-
-
-def _describe(kind: str, target: float) -> str:
-    if kind == "mismatch":
-        return f"measured mismatch vs float <= {target:g}"
-    return f"accuracy drop <= {target:g} pp"
-
-
-# ================================================================ evaluation
-@dataclasses.dataclass(frozen=True)
-class _Measurement:
-    num_mismatch: int
-    num_quant_correct: Optional[int]
-    num_harmed: Optional[int] = None     # float right, fake-quant wrong
-    num_helped: Optional[int] = None     # float wrong, fake-quant right
-
-
-class _Evaluator:
-    """Float decisions once; one cached fake-quant pass per distinct plan."""
-
-    def __init__(self, model, x, y, batch_size, target_kind, target):
-        self.model, self.x, self.y = model, x, y
-        self.batch_size = batch_size
-        self.n = len(x)
-        self.fdec = validate_lib.float_decisions(model, x, batch_size)
-        self.float_correct = None if y is None else int(np.sum(self.fdec == y))
-        self.kind, self.target = target_kind, target
-        self.cache = {}
-        self.passes = 0
-        if target_kind == "mismatch":
-            # compare integer counts: k / n <= p  <=>  k <= floor(p n)
-            self.allowed = int(math.floor(target * self.n + 1e-9))
-        else:
-            self.allowed = int(math.floor(target / 100.0 * self.n + 1e-9))
-
-    @staticmethod
-    def key(plan):
-        return tuple((l.weight_bits, l.act_bits) for l in plan.layers)
-
-    def measure(self, plan) -> _Measurement:
-        k = self.key(plan)
-        if k not in self.cache:
-            qdec = validate_lib.quant_decisions(self.model, plan, self.x,
-                                                self.batch_size)
-            self.passes += 1
-            if self.y is None:
-                self.cache[k] = _Measurement(int(np.sum(qdec != self.fdec)), None)
-            else:
-                fok, qok = self.fdec == self.y, qdec == self.y
-                self.cache[k] = _Measurement(
-                    int(np.sum(qdec != self.fdec)), int(np.sum(qok)),
-                    int(np.sum(fok & ~qok)), int(np.sum(~fok & qok)))
-        return self.cache[k]
-
-    def value(self, m: _Measurement) -> float:
-        """The measured quantity the target is on (rate, or drop in pp)."""
-        if self.kind == "mismatch":
-            return m.num_mismatch / self.n
-        return 100.0 * (self.float_correct - m.num_quant_correct) / self.n
-
-    def meets(self, m: _Measurement) -> bool:
-        if self.kind == "mismatch":
-            return m.num_mismatch <= self.allowed
-        return self.float_correct - m.num_quant_correct <= self.allowed
+    return c
 
 
 # ================================================================ search
-def cheapest_feasible(num_levels: int, feasible: Callable[[int], bool]) -> int:
-    """Bisection over levels ordered from most precise (0) to cheapest.
-
-    Assumes ``feasible`` is monotone (True up to some index, False after).
-    Returns the largest feasible index, or -1 if none is; calls ``feasible``
-    ceil(log2(num_levels + 1)) times.
-    """
-    lo, hi = -1, int(num_levels)       # lo: feasible sentinel, hi: infeasible
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if feasible(mid):
-            lo = mid
-        else:
-            hi = mid
-    return lo
-
-
 class _Family:
     """Levels of one family, most precise first, with lazily built plans."""
 
@@ -398,19 +151,8 @@ class _Family:
 
 
 def _int_family(gains, name: str, max_bits: int) -> _Family:
-    if name == "paper":
-        ow, oa = plan_lib.paper_offsets(gains)
-        top = max_bits - int(max(ow.max(), oa.max()))
-        levels = range(top, MIN_BITS - 1, -1)
-        make = lambda b: plan_lib.paper_plan(gains, b_min=b, max_bits=max_bits)
-    elif name == "uniform":
-        levels = range(max_bits, MIN_BITS - 1, -1)
-        make = lambda b: plan_lib.uniform_plan(gains, bits=b, max_bits=max_bits)
-    else:  # icml2017
-        d = plan_lib.icml2017_offset(gains)
-        levels = range(max_bits - max(d, 0), MIN_BITS - min(d, 0) - 1, -1)
-        make = lambda b: plan_lib.icml2017_plan(gains, act_bits=b, max_bits=max_bits)
-    return _Family(name, list(levels), make)
+    return _Family(name, budget_lib.rule_levels(gains, name, max_bits),
+                   lambda b: budget_lib.rule_plan(gains, name, b, max_bits))
 
 
 def _cost_aware_family(gains, cost: str, max_bits: int, per_octave: int) -> _Family:
@@ -422,7 +164,6 @@ def _cost_aware_family(gains, cost: str, max_bits: int, per_octave: int) -> _Fam
     typical examples rather than on the few near-tied ones that dominate
     the paper's bound; otherwise :func:`~tfprec.planning.plan.cost_aware_plan`.
     """
-    n = len(gains.layers)
     if gains.example_w is not None:
         def bound_at(b):
             p = plan_lib.uniform_plan(gains, bits=b, max_bits=max_bits)
@@ -439,7 +180,6 @@ def _cost_aware_family(gains, cost: str, max_bits: int, per_octave: int) -> _Fam
         lo *= 1 + 1e-9       # the all-max_bits plan meets t_0 despite rounding
         k = int(math.ceil(per_octave * math.log2(hi / lo) - 1e-9))
         levels = [lo * 2.0 ** (i / per_octave) for i in range(max(k, 0) + 1)]
-    del n
     return _Family("cost_aware", levels, make)
 
 
@@ -449,10 +189,10 @@ class _Found:
     level: float
     evaluations: int
     trace: list
-    measurement: _Measurement
+    measurement: Measurement
 
 
-def _search(fam: _Family, ev: _Evaluator):
+def _search(fam: _Family, ev: Evaluator):
     """Cheapest level of ``fam`` meeting the target, or (None, trace)."""
     trace = []
     hits = {}
@@ -470,7 +210,7 @@ def _search(fam: _Family, ev: _Evaluator):
     return _Found(fam.plan(i), fam.levels[i], len(trace), trace, hits[i]), trace
 
 
-def _greedy(start: _Found, gains, ev: _Evaluator, cost: str, max_bits: int,
+def _greedy(start: _Found, gains, ev: Evaluator, cost: str, max_bits: int,
             budget: int) -> _Found:
     """Measured greedy descent from ``start`` (see the module doc)."""
     plan, meas = start.plan, start.measurement
@@ -511,73 +251,25 @@ def _greedy(start: _Found, gains, ev: _Evaluator, cost: str, max_bits: int,
 
 
 # ================================================================ inputs
-def _check_x(model, x_val) -> np.ndarray:
-    if x_val is None or isinstance(x_val, (list, tuple)) or not hasattr(x_val, "shape"):
-        raise InvalidDataError(
-            "x_val must be one numpy array [N, ...] of held-out inputs, got "
-            f"{type(x_val).__name__}")
-    x = np.asarray(x_val)
-    want = tuple(model.inputs[0].shape[1:])
-    if x.ndim < 1 or tuple(x.shape[1:]) != want:
-        raise InvalidDataError(
-            f"x_val has shape {tuple(x.shape)} (per-example shape "
-            f"{tuple(x.shape[1:])}) but model '{model.name}' takes examples of "
-            f"shape {want}; pass x_val as [N, {', '.join(map(str, want))}]")
-    if x.dtype.kind not in "fiub":
-        raise InvalidDataError(f"x_val has dtype {x.dtype}; it must hold numbers")
-    if len(x) == 0:
-        raise InvalidDataError("x_val is empty: calibration needs held-out examples")
-    x = x.astype(model.inputs[0].dtype.as_numpy_dtype, copy=False)
-    if not np.all(np.isfinite(x)):
-        raise InvalidDataError("x_val contains NaN or Inf")
-    return x
-
-
-def _check_y(y_val, n: int, num_classes: int) -> Optional[np.ndarray]:
-    if y_val is None:
-        return None
-    y = np.asarray(y_val)
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    elif y.ndim == 2 and y.shape[1] == num_classes:   # one-hot / probabilities
-        y = y.argmax(axis=1)
-    if y.ndim != 1 or y.shape[0] != n:
-        raise InvalidDataError(
-            f"y_val has shape {tuple(y.shape)} but x_val has {n} examples; pass "
-            f"{n} integer labels (or {n} one-hot rows of {num_classes})")
-    if y.dtype.kind == "f":
-        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
-            raise InvalidDataError("y_val must hold integer class ids")
-    elif y.dtype.kind not in "iu":
-        raise InvalidDataError(f"y_val has dtype {y.dtype}; labels must be integers")
-    y = y.astype(np.int64)
-    if y.min() < 0 or y.max() >= num_classes:
-        raise InvalidDataError(
-            f"y_val has labels in {int(y.min())}..{int(y.max())}; the model has "
-            f"{num_classes} classes (0..{num_classes - 1})")
-    return y
-
-
 def _check_target(target_mismatch, max_accuracy_drop, has_labels: bool):
+    """(kind, target, target as a probability) of the one target given."""
     if (target_mismatch is None) == (max_accuracy_drop is None):
         raise PlanError("pass exactly one of target_mismatch (fraction of "
                         "decisions that may change) and max_accuracy_drop "
                         "(percentage points)")
-    num = lambda v: (not isinstance(v, bool) and isinstance(v, (int, float, np.floating))
-                     and math.isfinite(v))
-    if target_mismatch is not None:
-        if not num(target_mismatch) or not 0 <= target_mismatch <= 1:
-            raise PlanError(f"target_mismatch must be a fraction in [0, 1], got "
-                            f"{target_mismatch!r}")
-        return "mismatch", float(target_mismatch), float(target_mismatch)
-    if not num(max_accuracy_drop) or not 0 <= max_accuracy_drop <= 100:
-        raise PlanError(f"max_accuracy_drop must be in [0, 100] percentage "
-                        f"points, got {max_accuracy_drop!r}")
-    if not has_labels:
+    kind, name, v, top, unit = (
+        ("mismatch", "target_mismatch", target_mismatch, 1.0, "a fraction")
+        if target_mismatch is not None else
+        ("accuracy_drop", "max_accuracy_drop", max_accuracy_drop, 100.0,
+         "percentage points"))
+    if (isinstance(v, bool) or not isinstance(v, numbers.Real)
+            or not 0 <= v <= top):             # NaN fails the comparison
+        raise PlanError(f"{name} must be {unit} in [0, {top:g}], got {v!r}")
+    if kind == "accuracy_drop" and not has_labels:
         raise InvalidDataError(
             "max_accuracy_drop needs held-out labels: pass y_val, or use "
             "target_mismatch, which needs none")
-    return "accuracy_drop", float(max_accuracy_drop), float(max_accuracy_drop) / 100.0
+    return kind, float(v), float(v) / top
 
 
 # ================================================================ API
@@ -594,7 +286,9 @@ def calibrate(model, gains, x_val, y_val=None, *, target_mismatch: Optional[floa
       gains: :class:`tfprec.NoiseGains` of ``model`` (they fix each family's
         shape).
       x_val: held-out inputs [N, ...] that were NOT used for the gains (nor
-        for training): a validation or test split.
+        for training): a validation or test split; a numpy array or a
+        tf.data dataset (of inputs, or of (input, label) pairs that also
+        give ``y_val``), read once (:func:`tfprec.inputs.as_examples`).
       y_val: their labels (N integer ids or N one-hot rows); needed only for
         ``max_accuracy_drop``, reported when given.
       target_mismatch: measured float/fixed-point decision mismatch rate on
@@ -630,34 +324,31 @@ def calibrate(model, gains, x_val, y_val=None, *, target_mismatch: Optional[floa
             raise PlanError(f"unknown calibration family {m!r}; choose from {FAMILIES}")
     if len(set(methods)) != len(methods):
         raise PlanError(f"methods lists a family twice: {methods}")
-    if cost not in ("compute", "memory"):
-        raise PlanError(f"cost must be 'compute' or 'memory', got {cost!r}")
+    cost = budget_lib.cost_kind(cost)
     confidence = _check_confidence(confidence)
-    for name, v, lo in (("batch_size", batch_size, 1), ("grid_per_octave", grid_per_octave, 1),
-                        ("greedy_budget", greedy_budget, 0)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-            raise InvalidDataError(f"{name} must be an int >= {lo}, got {v!r}")
-    if (isinstance(max_bits, bool) or not isinstance(max_bits, (int, np.integer))
-            or not MIN_BITS <= max_bits <= MAX_BITS):
-        raise PlanError(f"max_bits must be an int in {MIN_BITS}..{MAX_BITS}, got {max_bits!r}")
+    batch_size = inputs.positive_int("batch_size", batch_size)
+    grid_per_octave = inputs.positive_int("grid_per_octave", grid_per_octave)
+    greedy_budget = inputs.nonnegative_int("greedy_budget", greedy_budget)
+    max_bits = check_bits("max_bits", max_bits)
     if not hasattr(gains, "layers"):
         raise PlanError(f"gains must be tfprec.NoiseGains, got {type(gains).__name__}")
-    x = _check_x(model, x_val)
-    num_classes = int(model.outputs[0].shape[-1])
-    y = _check_y(y_val, len(x), num_classes)
+    x, y = inputs.as_examples(x_val, y_val, inputs.model_input_shape(model),
+                              int(model.outputs[0].shape[-1]),
+                              dtype=inputs.model_dtype(model), what="x_val",
+                              label_what="y_val")
     kind, target, p = _check_target(target_mismatch, max_accuracy_drop, y is not None)
-    top_plan = plan_lib.uniform_plan(gains, bits=int(max_bits), max_bits=int(max_bits))
+    top_plan = plan_lib.uniform_plan(gains, bits=max_bits, max_bits=max_bits)
     top_plan.validate_for(model)            # gains of another model: PlanError now
 
-    ev = _Evaluator(model, x, y, batch_size, kind, target)
+    ev = Evaluator(model, x, y, batch_size, kind, target)
     found, unmet = {}, {}
     ca_result = None
     order = [m for m in methods if m != "measured_greedy"]
     if "measured_greedy" in methods and "cost_aware" not in order:
         order.append("cost_aware")          # the greedy starts from it
     for m in order:
-        fam = (_cost_aware_family(gains, cost, int(max_bits), int(grid_per_octave))
-               if m == "cost_aware" else _int_family(gains, m, int(max_bits)))
+        fam = (_cost_aware_family(gains, cost, max_bits, grid_per_octave)
+               if m == "cost_aware" else _int_family(gains, m, max_bits))
         if not fam.levels:
             if m in methods:
                 unmet[m] = f"no level keeps every tensor within {MIN_BITS}..{max_bits} bits"
@@ -680,7 +371,7 @@ def calibrate(model, gains, x_val, y_val=None, *, target_mismatch: Optional[floa
             unmet["measured_greedy"] = "its cost_aware start met the target at no level"
         else:
             found["measured_greedy"] = _greedy(ca_result, gains, ev, cost,
-                                               int(max_bits), int(greedy_budget))
+                                               max_bits, greedy_budget)
 
     if not found:
         m16 = ev.measure(top_plan)
@@ -708,7 +399,7 @@ def _value_str(kind: str, v: float) -> str:
     return f"mismatch {v:.4g}" if kind == "mismatch" else f"accuracy drop {v:.3g} pp"
 
 
-def _calibrated(method, f: _Found, ev: _Evaluator, kind, target, p,
+def _calibrated(method, f: _Found, ev: Evaluator, kind, target, p,
                 confidence, gains) -> CalibratedPlan:
     m = f.measurement
     n = ev.n

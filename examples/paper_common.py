@@ -1,0 +1,340 @@
+"""The paper reproduction shared by ``mnist_mlp.py`` and ``cifar10_vgg.py``
+(not part of the tfprec API).
+
+* equal-accuracy search: :func:`equal_accuracy` finds, for each allocation
+  family, the cheapest level whose fake-quant accuracy on held-out data is
+  within ``max_accuracy_drop`` percentage points of float
+  (``tfprec.calibrate.calibrate``);
+* paper reproduction (METHOD.md sections 4 and 5): :func:`run_paper` and its
+  markdown table, with the cost-model-only binarized and 16-bit networks.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Optional, Sequence
+
+import tfprec  # noqa: F401  (first: selects Keras 2 before TensorFlow loads)
+from tfprec.application import models
+from tfprec.errors import UnattainableTargetError
+from tfprec.planning import cost as cost_lib
+from tfprec.planning import plan as plan_lib
+from tfprec.planning.calibrate import calibrate
+from tfprec.quantization import validate
+from tfprec.statistics.gains import layer_geometry
+
+from absl import flags
+
+from tfprec.application import data as data_lib
+
+from common import (LEVEL_NAMES, METHOD_LABELS, PAPER_METHODS, Timer, _pct,
+                    define_common_flags, define_flag, md_header, print_result,
+                    trained_model)
+
+
+def paper_main(name: str, dataset: str, run: Callable, *, flatten: bool = False,
+               **extra) -> None:
+    """main() of a paper example: load ``dataset``, ``run`` with the flags
+    (and ``extra`` keywords), print and write the markdown."""
+    f = flags.FLAGS
+    timer = Timer()
+    ds = data_lib.load_dataset(dataset, f.data_dir or None, flatten=flatten)
+    print(f"data: {ds}", flush=True)
+    res = run(ds, epochs=f.epochs, cache_dir=f.cache_dir,
+              calibration_examples=f.calibration_examples,
+              eval_examples=f.eval_examples, binarized_widen=f.binarized_widen,
+              max_accuracy_drop=f.max_accuracy_drop, seed=f.seed, **extra)
+    print_result(name, res.markdown, timer)
+
+
+def define_paper_flags(*, epochs: int, calibration_examples: int) -> None:
+    """Flags of the paper reproductions (with :func:`common.define_common_flags`)."""
+    define_common_flags(epochs=epochs, calibration_examples=calibration_examples,
+                        eval_examples=10000)
+    define_flag("float", "binarized_widen", 3.0,
+                "Width factor of the cost-model-only binarized network's "
+                "hidden layers.")
+    define_flag("float", "max_accuracy_drop", 0.1,
+                "Equal accuracy: fake-quant test accuracy within this many "
+                "percentage points of float.")
+
+
+# ================================================================ search
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One allocation family at its cheapest equal-accuracy level."""
+
+    method: str
+    level: Optional[float]
+    plan: Optional[plan_lib.PrecisionPlan]
+    float_accuracy: Optional[float]
+    quant_accuracy: Optional[float]
+    accuracy_drop_pp: Optional[float]
+    num_mismatch: Optional[int]
+    num_examples: int
+    evaluations: int
+    note: str = ""
+
+    @property
+    def met(self) -> bool:
+        return self.plan is not None
+
+    @property
+    def b_min(self) -> Optional[int]:
+        return None if self.plan is None else int(self.plan.b_min)
+
+    @property
+    def b_max(self) -> Optional[int]:
+        if self.plan is None:
+            return None
+        return int(max(max(l.weight_bits, l.act_bits) for l in self.plan.layers))
+
+    @property
+    def bound(self) -> Optional[float]:
+        return None if self.plan is None else float(self.plan.bound())
+
+    def cost(self, kind: str) -> Optional[float]:
+        return None if self.plan is None else float(self.plan.cost().total(kind))
+
+    @property
+    def level_str(self) -> str:
+        if self.level is None:
+            return "-"
+        if self.method == "cost_aware":
+            return f"t={self.level:.3g}"
+        return f"{LEVEL_NAMES.get(self.method, 'level')}={int(self.level)}"
+
+
+def equal_accuracy(model, gains, x, y, *, max_accuracy_drop: float = 0.1,
+                   methods: Sequence[str] = PAPER_METHODS, batch_size: int = 256) -> tuple:
+    """Cheapest level of each family within ``max_accuracy_drop`` pp of float
+    (``tfprec.calibrate.calibrate``).
+
+    Returns (rows in ``methods`` order, engine) where engine names what ran
+    the search.
+    """
+    engine = "tfprec.calibrate"
+    try:
+        res = calibrate(model, gains, x, y, max_accuracy_drop=max_accuracy_drop,
+                        methods=tuple(methods), batch_size=batch_size)
+    except UnattainableTargetError as e:
+        return [Row(m, None, None, None, None, None, None, len(x), 0,
+                    f"not met: {e}") for m in methods], engine
+    rows = []
+    for m in methods:
+        try:
+            c = res[m]
+        except KeyError:
+            rows.append(Row(m, None, None, res.float_accuracy, None, None, None,
+                            res.num_examples, 0,
+                            f"not met: {res.unmet.get(m, 'no level met the target')}"))
+            continue
+        rows.append(Row(m, float(c.level), c.plan, c.float_accuracy,
+                        c.quant_accuracy, c.accuracy_drop_pp, int(c.num_mismatch),
+                        int(c.num_examples), int(c.evaluations)))
+    return rows, engine
+
+
+# ================================================================ cost models
+def geometry_cost(geometry: Sequence[dict], act_bits: int, weight_bits: int) -> tuple:
+    """(compute FA, memory bits) of layers with the given geometry, every
+    tensor at the same bits (METHOD.md section 4)."""
+    comp = sum(cost_lib.compute_cost(g["dot_length"], g["num_dots"], act_bits,
+                                     weight_bits) for g in geometry)
+    mem = sum(cost_lib.memory_cost(g["num_weights"], g["num_inputs"], act_bits,
+                                   weight_bits) for g in geometry)
+    return float(comp), float(mem)
+
+
+# ================================================================ paper run
+@dataclasses.dataclass
+class PaperResult:
+    """Everything :func:`run_paper` measured; ``markdown`` is the report."""
+
+    title: str
+    float_accuracy: float
+    rows: list
+    fixed16: validate.ValidationResult
+    binarized_cost: tuple
+    binarized_widen: float
+    binarized_geometry: list
+    fixed16_cost: tuple
+    ratios: dict
+    engine: str
+    timings: dict
+    markdown: str
+    gains: object = None
+    model: object = None
+
+    def row(self, method: str) -> Row:
+        for r in self.rows:
+            if r.method == method:
+                return r
+        raise KeyError(method)
+
+
+def _num(v, spec=".4g") -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def _ratio(a, b) -> Optional[float]:
+    return None if a is None or b is None or b == 0 else float(a) / float(b)
+
+
+def run_paper(builder: str, ds, *, title: str, wide_geometry: Callable[[float], list],
+              widen: float = 3.0, widen_note: str = "",
+              builder_kwargs: Optional[dict] = None, epochs: int = 3,
+              batch_size: int = 128, cache_dir: str = "", calibration_examples: int = 2000,
+              eval_examples: int = 10000, max_accuracy_drop: float = 0.1,
+              methods: Sequence[str] = PAPER_METHODS, seed: int = 0,
+              schedule: str = "",
+              log: Callable[[str], None] = print) -> PaperResult:
+    """Trains ``builder`` on ``ds``, computes gains on ``calibration_examples``
+    training examples and, for every allocation family, the cheapest level at
+    equal accuracy on the first ``eval_examples`` test examples; adds the
+    cost-model-only binarized network (widths x ``widen``, every tensor 1 bit,
+    geometry from ``wide_geometry(widen)``) and the 16-bit network (same
+    widths as the trained one, fake-quant accuracy measured)."""
+    timer = Timer()
+    with timer("train"):
+        model, how = trained_model(builder, ds, epochs=epochs, cache_dir=cache_dir,
+                                   builder_kwargs=builder_kwargs,
+                                   batch_size=batch_size, seed=seed)
+    log(f"[{title}] model {how} ({timer.phases['train']:.1f} s)")
+    n_cal = min(int(calibration_examples), ds.num_train)
+    n_eval = min(int(eval_examples), ds.num_test)
+    x_cal = models.fit_inputs(model, ds.x_train[:n_cal])
+    x_eval = models.fit_inputs(model, ds.x_test[:n_eval])
+    y_eval = ds.y_test[:n_eval]
+    with timer("gains"):
+        gains = tfprec.noise_gains(model, x_cal, batch_size=min(256, n_cal),
+                                    per_example=True)
+    log(f"[{title}] noise gains on {n_cal} training examples "
+        f"({timer.phases['gains']:.1f} s)")
+    with timer("equal-accuracy search"):
+        rows, engine = equal_accuracy(model, gains, x_eval, y_eval,
+                                      max_accuracy_drop=max_accuracy_drop,
+                                      methods=methods)
+    log(f"[{title}] equal-accuracy search with {engine} "
+        f"({timer.phases['equal-accuracy search']:.1f} s)")
+    with timer("16-bit check"):
+        p16 = plan_lib.uniform_plan(gains, bits=16)
+        v16 = validate.validate(model, p16, x_eval, y_eval)
+    float_acc = v16.float_accuracy
+    geo = layer_geometry(model)
+    c16 = geometry_cost(geo, 16, 16)
+    wide = wide_geometry(widen)
+    cbin = geometry_cost(wide, 1, 1)
+
+    by = {r.method: r for r in rows}
+    ratios = {}
+    uni = by.get("uniform")
+    for m in ("paper", "cost_aware"):
+        r = by.get(m)
+        if r is None or not r.met:
+            continue
+        if uni is not None and uni.met:
+            ratios[f"uniform_minus_{m}_min_bits"] = uni.b_min - r.b_min
+            ratios[f"uniform_over_{m}_compute"] = _ratio(uni.cost("compute"), r.cost("compute"))
+            ratios[f"uniform_over_{m}_memory"] = _ratio(uni.cost("memory"), r.cost("memory"))
+        ratios[f"binarized_over_{m}_compute"] = _ratio(cbin[0], r.cost("compute"))
+        ratios[f"binarized_over_{m}_memory"] = _ratio(cbin[1], r.cost("memory"))
+        ratios[f"fixed16_over_{m}_compute"] = _ratio(c16[0], r.cost("compute"))
+        ratios[f"fixed16_over_{m}_memory"] = _ratio(c16[1], r.cost("memory"))
+    timings = dict(timer.phases)
+    timings["total"] = timer.total
+    res = PaperResult(title, float_acc, rows, v16, cbin, float(widen), wide, c16,
+                      ratios, engine, timings, "", gains, model)
+    res.markdown = paper_markdown(res, n_cal=n_cal, n_eval=n_eval,
+                                  max_drop=max_accuracy_drop, trained=how,
+                                  schedule=schedule, widen_note=widen_note)
+    return res
+
+
+def paper_markdown(res: PaperResult, *, n_cal: int, n_eval: int, max_drop: float,
+                   trained: str, schedule: str = "", widen_note: str = "") -> str:
+    ref = next((r for r in res.rows if r.method == "paper" and r.met), None)
+    base_c = None if ref is None else ref.cost("compute")
+    base_m = None if ref is None else ref.cost("memory")
+    L = md_header(f"{res.title}: minimum precision at equal accuracy", schedule, trained)
+    L += [f"Float test accuracy {_pct(res.float_accuracy)} % on {n_eval} held-out "
+          f"test examples. Noise gains on {n_cal} training examples. Each "
+          f"allocation is at its cheapest level whose fake-quant test accuracy is "
+          f"within {max_drop:g} percentage point of float (search: {res.engine}; "
+          "the level is chosen on these test examples). Costs per METHOD.md "
+          "section 4: computational cost in 1-bit full adders (FA) per example, "
+          "representational cost in bits; \"vs paper\" divides by the paper "
+          "rule's per-layer plan.", ""]
+    L += ["| network / allocation | level | min precision (bits) | max precision "
+          "(bits) | test acc % | drop pp | mismatch | bound | compute (FA) | "
+          "memory (bits) | compute vs paper | memory vs paper |",
+          "|" + "---|" * 12]
+    for r in res.rows:
+        label = METHOD_LABELS.get(r.method, r.method)
+        if not r.met:
+            L.append(f"| {label} | {r.note} | | | | | | | | | | |")
+            continue
+        L.append(
+            f"| {label} | {r.level_str} | {r.b_min} | {r.b_max} | "
+            f"{_pct(r.quant_accuracy)} | {_num(r.accuracy_drop_pp, '.2f')} | "
+            f"{r.num_mismatch}/{r.num_examples} | {_num(r.bound, '.3g')} | "
+            f"{_num(r.cost('compute'))} | {_num(r.cost('memory'))} | "
+            f"{_num(_ratio(r.cost('compute'), base_c), '.2f')} | "
+            f"{_num(_ratio(r.cost('memory'), base_m), '.2f')} |")
+    v = res.fixed16
+    L.append(
+        f"| 16-bit fixed point, same widths (measured) | B=16 | 16 | 16 | "
+        f"{_pct(v.quant_accuracy)} | {100 * (v.float_accuracy - v.quant_accuracy):.2f} | "
+        f"{v.num_mismatch}/{v.num_examples} | {v.bound:.3g} | "
+        f"{_num(res.fixed16_cost[0])} | {_num(res.fixed16_cost[1])} | "
+        f"{_num(_ratio(res.fixed16_cost[0], base_c), '.2f')} | "
+        f"{_num(_ratio(res.fixed16_cost[1], base_m), '.2f')} |")
+    L.append(
+        f"| binarized, {res.binarized_widen:g}x wider (cost model only, not "
+        f"trained) | B_A=B_W=1 | 1 | 1 | n/a | n/a | n/a | n/a | "
+        f"{_num(res.binarized_cost[0])} | {_num(res.binarized_cost[1])} | "
+        f"{_num(_ratio(res.binarized_cost[0], base_c), '.2f')} | "
+        f"{_num(_ratio(res.binarized_cost[1], base_m), '.2f')} |")
+    L.append("")
+    wide_desc = ", ".join(f"{g['name']} {g['num_dots']}x{g['dot_length']}"
+                          for g in res.binarized_geometry)
+    L += [f"Binarized network: the same topology with every hidden layer "
+          f"{res.binarized_widen:g}x wider ({widen_note or 'hidden widths and channels multiplied'}; "
+          f"the output layer keeps 10 units), every weight and activation "
+          f"1 bit, priced with the same cost formulas; its accuracy is not "
+          f"measured (it is not trained). Geometry (dot products x length): "
+          f"{wide_desc}.", ""]
+
+    # per-layer bits
+    met = [r for r in res.rows if r.met]
+    if met:
+        L += ["Per-layer precision (B_W / B_A) of each allocation:", "",
+              "| layer | " + " | ".join(r.method for r in met) + " |",
+              "|" + "---|" * (len(met) + 1)]
+        for i, lp in enumerate(met[0].plan.layers):
+            L.append(f"| {lp.name} | " + " | ".join(
+                f"{r.plan.layers[i].weight_bits} / {r.plan.layers[i].act_bits}"
+                for r in met) + " |")
+        L.append("")
+
+    # claims
+    q = res.ratios
+    L += ["Paper claims, as measured here:", ""]
+    for m in ("paper", "cost_aware"):
+        if f"binarized_over_{m}_compute" not in q:
+            L.append(f"- {m}: no plan met the target; no ratios.")
+            continue
+        who = "paper rule" if m == "paper" else "cost-aware plan"
+        if f"uniform_minus_{m}_min_bits" in q:
+            L.append(f"- \"up to 8 bits lower minimum precision\": uniform B minus the "
+                     f"{who}'s minimum precision = {q[f'uniform_minus_{m}_min_bits']} "
+                     f"bits (uniform costs {q[f'uniform_over_{m}_compute']:.2f}x "
+                     f"compute, {q[f'uniform_over_{m}_memory']:.2f}x memory).")
+        L.append(f"- \"~3.5x lower cost than binarized\": binarized / {who} = "
+                 f"{q[f'binarized_over_{m}_compute']:.2f}x compute, "
+                 f"{q[f'binarized_over_{m}_memory']:.2f}x memory (cost model only).")
+        L.append(f"- \"up to 14x lower cost than 16-bit\": 16-bit / {who} = "
+                 f"{q[f'fixed16_over_{m}_compute']:.2f}x compute, "
+                 f"{q[f'fixed16_over_{m}_memory']:.2f}x memory.")
+    t = res.timings
+    L += ["", "Wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in t.items()) + "."]
+    return "\n".join(L) + "\n"
