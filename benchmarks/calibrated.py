@@ -43,9 +43,10 @@ epochs (~45 s each, ~210 s; 70.6 % test accuracy), trained once with
 (gitignored), so reruns only load the weights.
 
 Usage:
-  python benchmarks/calibrated.py [--data_dir /work/shared/data]
+  python benchmarks/calibrated.py [--data_dir ../shared/data]
       [--networks mnist_mlp,cifar10_vgg] [--max_drop 0.1]
-  (the data folder defaults to $TFPREC_DATA_DIR, then /work/shared/data)
+  (the data folder defaults to $TFPREC_DATA_DIR, then ../shared/data next to
+  the repository)
 """
 from __future__ import annotations
 
@@ -182,7 +183,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data_dir", default=None,
                     help="folder with mnist.npz / cifar10_jpeg75.npz "
-                         "(default $TFPREC_DATA_DIR, then /work/shared/data)")
+                         "(default $TFPREC_DATA_DIR, then ../shared/data)")
     ap.add_argument("--cache_dir", default=os.path.join(HERE, ".cache"))
     ap.add_argument("--networks", default="mnist_mlp,cifar10_vgg")
     ap.add_argument("--mnist_epochs", type=int, default=None)
@@ -197,7 +198,7 @@ def main(argv=None) -> int:
     ap.add_argument("--markdown", action="store_true",
                     help="also print each network's markdown table")
     args = ap.parse_args(argv)
-    args.data_dir = data.resolve_data_dir(args.data_dir) or "/work/shared/data"
+    args.data_dir = data.resolve_data_dir(args.data_dir)
     for net in args.networks.split(","):
         if net not in NETS:
             ap.error(f"unknown network {net!r}; choose from {', '.join(NETS)}")

@@ -4,7 +4,7 @@ One run, one network, one data set: the paper's MNIST MLP 784-512-512-512-10
 (clip(0, 2) activations, weights in [-1, 1]) trained with
 ``tfprec.models.cached_trained`` (3 epochs, Adam, seed 0; weights cached
 under benchmarks/.cache) on MNIST from ``--data_dir`` / ``$TFPREC_DATA_DIR``
-(default /work/shared/data).  Sensitivities (tfprec's noise gains and the
+(default $TFPREC_DATA_DIR, then ../shared/data).  Sensitivities (tfprec's noise gains and the
 Hessian traces) use the first 2000 training examples; plans are evaluated on
 the first 2000 test examples ("eval set"); the other 8000 test examples are a
 hold-out the searches never saw.  Every plan is a tfprec PrecisionPlan
@@ -108,6 +108,7 @@ from tfprec.peers import greedy, hawq, hessian
 from tfprec.planning import budget as budget_lib
 from tfprec.application import models
 from tfprec.quantization import validate as V
+from tfprec.application import data as data_lib
 from tfprec.application.data import load_dataset
 from tfprec._tf import keras
 from tfprec.planning.plan import uniform_plan
@@ -127,8 +128,8 @@ def acc_pct(model, plan, x, y) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data_dir", default=None,
-                    help="folder with mnist.npz (default $TFPREC_DATA_DIR or "
-                         "/work/shared/data)")
+                    help="folder with mnist.npz (default $TFPREC_DATA_DIR, then "
+                         "../shared/data next to the repository)")
     ap.add_argument("--cache_dir", default=os.path.join(HERE, ".cache"))
     ap.add_argument("--calib", type=int, default=2000)
     ap.add_argument("--eval", type=int, default=2000)
@@ -139,8 +140,7 @@ def main() -> None:
                     help="budgets as fractions of the uniform 8-bit compute cost")
     a = ap.parse_args()
     t_all = time.perf_counter()
-    data_dir = (a.data_dir or os.environ.get("TFPREC_DATA_DIR")
-                or "/work/shared/data")
+    data_dir = data_lib.resolve_data_dir(a.data_dir)
     ds = load_dataset("mnist", data_dir=data_dir, flatten=True)
     model = models.cached_trained("mnist_mlp", ds, epochs=a.epochs,
                                   cache_dir=a.cache_dir)

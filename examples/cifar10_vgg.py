@@ -26,7 +26,7 @@ minimum precision than uniform; ~3.5x lower cost than binarized; up to 14x
 lower than 16-bit).
 
 CPU schedule (2 cores, no GPU): 5 epochs on the 50000 CIFAR-10 training
-images (the JPEG-75 copy in /work/shared/data), batch 128, Adam lr 1e-3,
+images (the JPEG-75 copy in ../shared/data), batch 128, Adam lr 1e-3,
 seed 0, no augmentation: 30-45 s per epoch, 70.6 % test accuracy (after 4
 epochs the test accuracy dips to ~62 %, BatchNormalization statistics still
 settling, hence 5).  Weights are cached in ``--cache_dir``.  Gains on 1000

@@ -13,7 +13,9 @@ the fixed-point model before and after fine-tuning.
     python examples/finetune_qat.py --data /path/to/mnist.npz --hidden 256,256
 
 ``--data`` is an ``.npz`` with uint8 arrays x_train, y_train, x_test, y_test
-(as /work/shared/data/mnist.npz); without it the file is downloaded with
+(default: mnist.npz in the data folder that ``tfprec.data.resolve_data_dir``
+finds: $TFPREC_DATA_DIR, then ../shared/data next to the repository);
+without one the file is downloaded with
 ``keras.datasets.mnist``.
 """
 from __future__ import annotations
@@ -30,7 +32,8 @@ from tfprec.quantization import apply
 from tfprec.quantization import validate
 
 L = keras.layers
-DEFAULT_DATA = "/work/shared/data/mnist.npz"
+_DIR = tfprec.data.resolve_data_dir()
+DEFAULT_DATA = os.path.join(_DIR, "mnist.npz") if _DIR else ""
 
 
 def load_mnist(path):

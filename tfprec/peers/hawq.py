@@ -12,10 +12,22 @@ from tfprec import fixedpoint
 from tfprec.errors import PlanError, UnattainableTargetError
 from tfprec.planning import cost as cost_lib
 from tfprec.planning import plan as plan_lib
+from tfprec.planning.budget import cost_kind as _check_cost_kind
+from tfprec.planning.budget import cost_unit as _unit
 from tfprec.planning.search import mckp
+from tfprec.statistics.gains import NoiseGains
 from tfprec.statistics.graph import parse_model
 
-from tfprec.peers.common import _check_cost_kind, _template, _unit
+
+def _template(gains_or_plan) -> plan_lib.PrecisionPlan:
+    """A plan carrying formats, gains and geometry, from gains or a plan."""
+    if isinstance(gains_or_plan, NoiseGains):
+        return plan_lib.uniform_plan(gains_or_plan, bits=8)
+    if isinstance(gains_or_plan, plan_lib.PrecisionPlan):
+        return gains_or_plan
+    raise PlanError("expected tfprec.NoiseGains (from noise_gains) or a "
+                    f"PrecisionPlan to take formats from, got "
+                    f"{type(gains_or_plan).__name__}.")
 
 
 def _check_bits(min_bits, max_bits) -> tuple:
