@@ -1,19 +1,28 @@
 """Speed and memory of the noise-gain pass, measured side by side in one run.
 
 Network: the paper's CIFAR-10 VGG (METHOD.md section 5, clip(0, 2)
-activations, BatchNormalization), random weights, 1024 random inputs of
-CIFAR shape.  Prints one ``name: value`` line per figure:
+activations, BatchNormalization), random weights, random inputs of CIFAR
+shape.  Every side runs at the SAME batch size and is timed by the SAME
+rule: one warm-up call on one batch (tracing), then the median of 3 timed
+runs.  Prints one line per side saying what it computes, then one
+``name: value`` line per figure:
 
-* gains_over_fit_epoch: gains-pass time over 1024 examples / time of one
-  model.fit epoch over the same examples (same batch size, both warmed up).
-* speedup_vs_jacobian_reference: time per example of a straightforward
-  reference (eager, per-class tape.jacobian w.r.t. the weights, batch 16, on
-  128 examples) / tfprec's time per example; also the same reference
-  compiled with tf.function (speedup_vs_compiled_jacobian_reference).
+* gains_over_fit_epoch: gains-pass time over ``--examples`` examples / time
+  of one model.fit epoch over the same examples.
+* speedup_vs_jacobian_reference: seconds per example of a straightforward
+  exact reference (eager, per-class ``tape.jacobian`` w.r.t. the weights,
+  timed on ``--reference_examples`` examples, a multiple of the batch size,
+  because it is slow) / tfprec's seconds per example; the same reference
+  compiled with tf.function gives speedup_vs_compiled_jacobian_reference.
 * peak_memory_over_fit: peak RSS of a process running only the gains pass /
   that of a process running only one fit epoch (same batch size).
 
-Usage:  python benchmarks/gains_speed.py [--batch_size 128] [--examples 1024]
+The default batch is 16 because the jacobian reference vectorizes each
+per-class jacobian over the batch (pfor): at batch 128 it needs more than
+23 GB (OOM-killed on a 24 GB machine), at 16 about a few GB.
+
+Usage:  python benchmarks/gains_speed.py [--batch_size 16] [--examples 1024]
+            [--reference_examples 32]
 """
 from __future__ import annotations
 
@@ -52,37 +61,52 @@ def compiled(model):
     return model
 
 
+REPEATS = 3
+
+
+def median_time(run, warm_up) -> float:
+    """The rule for every side: ``warm_up()`` once, then the median wall
+    time of REPEATS calls of ``run()``, in seconds."""
+    warm_up()
+    times = []
+    for _ in range(REPEATS):
+        t = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
 def time_fit(model, x, y, bs):
-    model.fit(x, y, batch_size=bs, epochs=1, verbose=0)       # warm up
-    t = time.perf_counter()
-    model.fit(x, y, batch_size=bs, epochs=1, verbose=0)
-    return time.perf_counter() - t
+    """Seconds of one model.fit epoch over x."""
+    return median_time(
+        lambda: model.fit(x, y, batch_size=bs, epochs=1, verbose=0),
+        lambda: model.fit(x[:bs], y[:bs], batch_size=bs, epochs=1, verbose=0))
 
 
 def time_gains(model, x, bs):
-    tfprec.noise_gains(model, x[:bs], batch_size=bs)          # warm up (trace)
-    t = time.perf_counter()
-    tfprec.noise_gains(model, x, batch_size=bs)
-    return time.perf_counter() - t
+    """Seconds of tfprec.noise_gains over x."""
+    return median_time(lambda: tfprec.noise_gains(model, x, batch_size=bs),
+                       lambda: tfprec.noise_gains(model, x[:bs], batch_size=bs))
 
 
-def reference_time_per_example(model, x, n=128, bs=16, compiled=False):
-    """Straightforward exact reference: per-class jacobians w.r.t. weights.
+def reference_time_per_example(model, x, bs, compiled=False):
+    """Seconds per example of a straightforward exact reference over x.
 
-    What a user would write first: eager mode, one persistent tape per batch
-    of 16, and for each class a ``tape.jacobian`` of the margins with respect
-    to every trainable weight (TF vectorizes each jacobian with pfor).
+    What a user would write first: one persistent tape per batch and, for
+    each class, a ``tape.jacobian`` of the margins with respect to every
+    trainable weight (TF vectorizes each jacobian with pfor); eager, or the
+    same function under tf.function with ``compiled``.
     """
     weights = model.trainable_weights
 
-    def batch_terms(xb):  # eager; compiled=True wraps it in tf.function
+    def batch_terms(xb):
         with tf.GradientTape(persistent=True) as tape:
             z = model(xb, training=False)
             y = tf.argmax(z, axis=1)
             zy = tf.gather(z, y, batch_dims=1)
             diffs = [z[:, i] - zy for i in range(z.shape[1])]
         total = tf.zeros([tf.shape(xb)[0]])
-        for i, d in enumerate(diffs):
+        for d in diffs:
             jac = tape.jacobian(d, weights)
             sq = tf.add_n([tf.reduce_sum(tf.square(tf.reshape(j, [tf.shape(xb)[0], -1])), 1)
                            for j in jac])
@@ -92,11 +116,11 @@ def reference_time_per_example(model, x, n=128, bs=16, compiled=False):
 
     if compiled:
         batch_terms = tf.function(batch_terms)
-    batch_terms(x[:bs])                                        # warm up
-    t = time.perf_counter()
-    for s in range(0, n, bs):
-        batch_terms(x[s:s + bs])
-    return (time.perf_counter() - t) / n
+
+    def run():
+        for s in range(0, len(x), bs):
+            batch_terms(x[s:s + bs])
+    return median_time(run, lambda: batch_terms(x[:bs])) / len(x)
 
 
 def child(mode: str, n: int, bs: int) -> None:
@@ -121,31 +145,47 @@ def peak_rss(mode: str, n: int, bs: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--batch_size", type=int, default=128)
+    ap.add_argument("--batch_size", type=int, default=16)
     ap.add_argument("--examples", type=int, default=1024)
-    ap.add_argument("--reference_examples", type=int, default=128)
+    ap.add_argument("--reference_examples", type=int, default=32,
+                    help="examples the slow references are timed on (rounded "
+                         "up to a multiple of --batch_size)")
     ap.add_argument("--child", choices=["fit", "gains"])
     a = ap.parse_args()
     if a.child:
         child(a.child, a.examples, a.batch_size)
         return
-    mem_gains = peak_rss("gains", a.examples, a.batch_size)
-    mem_fit = peak_rss("fit", a.examples, a.batch_size)
+    bs = a.batch_size
+    n_ref = -(-a.reference_examples // bs) * bs
+    print(f"rule: batch size {bs} on every side; one warm-up call on one batch, "
+          f"then the median of {REPEATS} timed runs")
+    print(f"tfprec: noise_gains, compiled forward + stacked backward over all "
+          f"M-1 wrong classes, per-example weight-gradient norms from the layer "
+          f"registry; {a.examples} examples")
+    print(f"fit: model.fit, one epoch of Adam on sparse categorical "
+          f"cross-entropy; {a.examples} examples")
+    print(f"reference: eager per-class tape.jacobian w.r.t. the weights, "
+          f"squared norms / squared margins; {n_ref} examples")
+    print(f"compiled_reference: the same under tf.function; {n_ref} examples")
+    print(f"memory: peak RSS (VmHWM) of a fresh process running only the gains "
+          f"pass / only one fit epoch; {a.examples} examples")
+    mem_gains = peak_rss("gains", a.examples, bs)
+    mem_fit = peak_rss("fit", a.examples, bs)
     model, x, y = make(a.examples)
-    t_gains = time_gains(model, x, a.batch_size)
-    t_fit = time_fit(compiled(make(a.examples)[0]), x, y, a.batch_size)
-    t_gains2 = time_gains(model, x, a.batch_size)   # interleave: less drift
-    t_gains = min(t_gains, t_gains2)
-    ref = reference_time_per_example(model, x, a.reference_examples)
-    ref_c = reference_time_per_example(model, x, a.reference_examples, compiled=True)
+    t_gains = time_gains(model, x, bs)
+    t_fit = time_fit(compiled(make(a.examples)[0]), x, y, bs)
+    ref = reference_time_per_example(model, x[:n_ref], bs)
+    ref_c = reference_time_per_example(model, x[:n_ref], bs, compiled=True)
+    per_ex = t_gains / a.examples
     print(f"gains_pass_seconds: {t_gains:.3f}")
     print(f"fit_epoch_seconds: {t_fit:.3f}")
     print(f"gains_over_fit_epoch: {t_gains / t_fit:.2f}")
+    print(f"tfprec_seconds_per_example: {per_ex:.5f}")
+    print(f"fit_seconds_per_example: {t_fit / a.examples:.5f}")
     print(f"reference_seconds_per_example: {ref:.4f}")
-    print(f"tfprec_seconds_per_example: {t_gains / a.examples:.5f}")
-    print(f"speedup_vs_jacobian_reference: {ref / (t_gains / a.examples):.1f}")
+    print(f"speedup_vs_jacobian_reference: {ref / per_ex:.1f}")
     print(f"compiled_reference_seconds_per_example: {ref_c:.4f}")
-    print(f"speedup_vs_compiled_jacobian_reference: {ref_c / (t_gains / a.examples):.1f}")
+    print(f"speedup_vs_compiled_jacobian_reference: {ref_c / per_ex:.1f}")
     print(f"peak_rss_gains_mb: {mem_gains / 1024:.0f}")
     print(f"peak_rss_fit_mb: {mem_fit / 1024:.0f}")
     print(f"peak_memory_over_fit: {mem_gains / mem_fit:.2f}")

@@ -1,6 +1,7 @@
 """Independent float64 brute-force reference for tfprec's noise gains.
 
-Nothing here uses tfprec's graph parser, layer registry or gain engine: the
+Nothing here uses tfprec's graph parser, layer registry or gain executor
+(only ``tfprec.compat``'s look-up of the layer call that produced a tensor): the
 model is re-executed in float64 by walking its Keras tensors and calling the
 plain TensorFlow math of each layer; BatchNormalization is folded here with
 numpy; gradients come from ``tf.GradientTape``, one example and one logit at a
@@ -20,6 +21,7 @@ import math
 
 import numpy as np
 
+from tfprec import compat  # only the two tensor -> producer look-ups
 from tfprec._tf import keras, tf  # only to get TF with Keras 2 selected
 
 L = keras.layers
@@ -78,7 +80,7 @@ class Reference:
     def __init__(self, model):
         self.model = model
         out_t = model.outputs[0]
-        self.out_layer = out_t._keras_history[0]
+        self.out_layer = compat.producing_layer(out_t)
         # Does the model end in a softmax? (Dense(activation='softmax') or a
         # trailing Activation('softmax') / Softmax layer.)
         self.final_softmax = (
@@ -90,7 +92,7 @@ class Reference:
         self.folded_bn = {}  # weight layer name -> BN layer
         for layer in model.layers:
             if isinstance(layer, L.BatchNormalization):
-                src = layer.input._keras_history[0]
+                src = compat.producing_layer(layer.input)
                 assert type(src) in WEIGHT_CLASSES, layer.name
                 assert _act_name(src.activation) == "linear", layer.name
                 self.folded_bn[src.name] = layer
@@ -144,8 +146,8 @@ class Reference:
         key = id(t)
         if key in memo:
             return memo[key]
-        layer, node_index, _ = t._keras_history
-        node = layer._inbound_nodes[node_index]
+        layer = compat.producing_layer(t)
+        node = compat.producing_node(t)
         if isinstance(layer, L.InputLayer) or node.is_input:
             memo[key] = x
             return x

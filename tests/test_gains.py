@@ -227,7 +227,7 @@ def test_float64_gains_match_reference_tightly(name):
                                   "pooled_head"])
 def test_conv_gram_and_materialized_forms(name, use_gram, monkeypatch):
     _, x, _, want = case(name)
-    model = BUILDERS[name]()  # a fresh model: tfprec may cache per-model engines
+    model = BUILDERS[name]()  # a fresh model: tfprec caches one executor per model
     calls = []
 
     def forced(*args, **kwargs):

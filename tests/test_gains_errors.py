@@ -192,3 +192,23 @@ def test_other_bad_arguments(mlp, x8):
         tfprec.noise_gains(mlp, x8, max_examples=0)
     with raises(InvalidDataError, "dict"):
         tfprec.noise_gains(mlp, tf.data.Dataset.from_tensor_slices({"a": x8}))
+
+
+def test_infinite_dataset_needs_max_examples(mlp, x8):
+    ds = tf.data.Dataset.from_tensor_slices(x8).repeat()
+    with raises(InvalidDataError, "infinite", "max_examples"):
+        tfprec.noise_gains(mlp, ds)
+    g = tfprec.noise_gains(mlp, ds, max_examples=20, batch_size=8, dtype="float64")
+    want = tfprec.noise_gains(mlp, np.concatenate([x8] * 3)[:20], dtype="float64")
+    assert g.num_examples == 20
+    for a, b in zip(g.layers, want.layers):
+        assert a.e_w == pytest.approx(b.e_w, rel=1e-12)
+        assert a.e_a == pytest.approx(b.e_a, rel=1e-12)
+
+
+@pytest.mark.parametrize("arg,value", [("batch_size", True), ("top_k", 0),
+                                       ("sketch", -1), ("class_chunk", 1.5),
+                                       ("max_examples", False)])
+def test_scalar_arguments_are_named(mlp, x8, arg, value):
+    with raises(InvalidDataError, arg, repr(value)):
+        tfprec.noise_gains(mlp, x8, **{arg: value})

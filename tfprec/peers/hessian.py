@@ -5,22 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import weakref
-from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from tfprec.planning import cost as cost_lib
-from tfprec import fixedpoint
-from tfprec.planning import plan as plan_lib
-from tfprec.statistics import registry
+from tfprec import inputs
 from tfprec._tf import tf
-from tfprec.errors import InvalidDataError, PlanError, UnattainableTargetError
-from tfprec.statistics.gains import NoiseGains
-from tfprec.statistics.graph import WEIGHT_KINDS, parse_model
-
-from tfprec.peers.common import (_check_bits, _check_cost_kind, _pos_int, _template,
-                                  _unit, _xy)
+from tfprec.statistics.executor import Executor, executor_for
+from tfprec.statistics.graph import parse_model
 
 
 # ================================================ Hessian traces (HAWQ-v2)
@@ -70,28 +61,20 @@ class HessianTraces(dict):
                 f"num_examples={self.num_examples})")
 
 
-class _HvpEngine:
-    """Compiled forward + Hessian-vector product over a parsed graph.
+class _HvpPass:
+    """Compiled Hessian-vector products on the graph executor.
 
-    The forward pass mirrors tfprec's gains engine: the folded kernel and
-    bias of every weight op are inputs of the function, and a zero tensor e_l
-    is added to every weight op's input so that derivatives with respect to
-    e_l are derivatives with respect to that layer's input activation.
+    The executor's forward pass is run with the folded kernel and bias of
+    every weight op passed in as tensors and a zero tensor e_l added to
+    every weight op's input, so that derivatives with respect to e_l are
+    derivatives with respect to that layer's input activation.
     """
 
-    def __init__(self, graph, dtype):
-        self.g = graph
-        self.dtype = dtype
-        self.wops = graph.weight_ops
-        # Variables, so one trace serves later calls; load() refreshes them.
-        self.params = []
-        for op in self.wops:
-            k = tf.Variable(op.attrs["kernel"], dtype=dtype, trainable=False)
-            b = (None if op.attrs["bias"] is None else
-                 tf.Variable(op.attrs["bias"], dtype=dtype, trainable=False))
-            self.params.append((k, b))
-        shape = [None, *graph.shapes[graph.input_id]]
-        sig = [tf.TensorSpec(shape, dtype), tf.TensorSpec([None], tf.int64),
+    def __init__(self, ex: Executor):
+        self.ex = ex
+        g = ex.g
+        shape = [None, *g.shapes[g.input_id]]
+        sig = [tf.TensorSpec(shape, ex.dtype), tf.TensorSpec([None], tf.int64),
                tf.TensorSpec([2], tf.int64)]
         self.fns = {
             "joint": tf.function(lambda x, y, s: self._quad(x, y, s, False),
@@ -99,40 +82,16 @@ class _HvpEngine:
             "per_block": tf.function(lambda x, y, s: self._quad(x, y, s, True),
                                      input_signature=sig)}
 
-    def load(self, graph) -> None:
-        """Copies the (folded) weights of a freshly parsed graph."""
-        for (k, b), op in zip(self.params, graph.weight_ops):
-            k.assign(op.attrs["kernel"])
-            if b is not None:
-                b.assign(op.attrs["bias"])
-
-    # ---------------------------------------------------------- forward
-    def forward(self, x, params, eps):
-        vals = {self.g.input_id: x}
-        wi = 0
-        for op in self.g.ops:
-            ins = [vals[i] for i in op.inputs]
-            a = op.attrs
-            k = op.kind
-            if k in WEIGHT_KINDS:
-                kern, bias = params[wi]
-                attrs = dict(a, kernel_t=kern, bias_t=bias)
-                y = registry.lookup(k).forward(attrs, ins[0] + eps[wi])
-                wi += 1
-            else:
-                y = registry.forward_op(op, ins, self.g.shapes[op.output], self.dtype)
-            vals[op.output] = y
-        return vals[self.g.output_id]
-
     def loss_sum(self, x, y, params, eps):
-        z = self.forward(x, params, eps)
+        z = self.ex.forward(x, params, eps, pool_by_gather=True)[self.ex.g.output_id]
         return tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(
             labels=y, logits=z))
 
     def zeros_eps(self, x):
         n = tf.shape(x)[0]
-        return [tf.zeros(tf.concat([[n], list(self.g.shapes[op.inputs[0]])], 0),
-                         self.dtype) for op in self.wops]
+        g = self.ex.g
+        return [tf.zeros(tf.concat([[n], list(g.shapes[op.inputs[0]])], 0),
+                         self.ex.dtype) for op in self.ex.weight_ops]
 
     # ------------------------------------------------------------- HVP
     def hvp(self, x, y, params, eps, tangents):
@@ -152,31 +111,27 @@ class _HvpEngine:
 
     def flat_params(self):
         """Current weights as tensors (read inside the compiled function)."""
-        out = []
-        for k, b in self.params:
-            out.append(tf.convert_to_tensor(k))
-            if b is not None:
-                out.append(tf.convert_to_tensor(b))
-        return out
+        return [tf.convert_to_tensor(v) for kb in self.ex.params for v in kb
+                if v is not None]
 
     def _pack(self, flat):
         it = iter(flat)
-        return [(next(it), None if b is None else next(it)) for _, b in self.params]
+        return [(next(it), None if b is None else next(it)) for _, b in self.ex.params]
 
     def _blocks(self):
         """Indices into params + eps of each weight block, then each
         activation block."""
         wb, i = [], 0
-        for _, b in self.params:
+        for _, b in self.ex.params:
             n = 1 if b is None else 2
             wb.append(list(range(i, i + n)))
             i += n
-        ab = [[i + j] for j in range(len(self.params))]
+        ab = [[i + j] for j in range(len(self.ex.params))]
         return wb, ab
 
     def _rademacher(self, t, seed, i):
         s = tf.random.experimental.stateless_fold_in(seed, i)
-        u = tf.random.stateless_uniform(tf.shape(t), s, dtype=self.dtype)
+        u = tf.random.stateless_uniform(tf.shape(t), s, dtype=self.ex.dtype)
         return tf.where(u < 0.5, -tf.ones_like(u), tf.ones_like(u))
 
     def _quad(self, x, y, seed, per_block: bool):
@@ -204,20 +159,6 @@ class _HvpEngine:
             hv = self.hvp(x, y, params, eps, tangents)
             out.append(tf.add_n([tf.reduce_sum(tangents[i] * hv[i]) for i in blk]))
         return tf.stack(out[:len(wb)]), tf.stack(out[len(wb):])
-
-
-_ENGINES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def _hvp_engine(model, graph, dtype) -> _HvpEngine:
-    """The model's cached HVP engine for ``dtype``, loaded with its weights."""
-    per_model = _ENGINES.setdefault(model, {})
-    engine = per_model.get(dtype.name)
-    if engine is None:
-        engine = per_model[dtype.name] = _HvpEngine(graph, dtype)
-    else:
-        engine.load(graph)
-    return engine
 
 
 def hessian_trace_sensitivity(model, x, y, num_samples: int = 32,
@@ -256,8 +197,10 @@ def hessian_trace_sensitivity(model, x, y, num_samples: int = 32,
 
     Args:
       model: a trained tf_keras classifier tfprec supports (only read).
-      x: inputs, numpy [N, ...].
-      y: labels, N integer class ids (or one-hot rows).  Required.
+      x: inputs, numpy [N, ...] or a ``tf.data.Dataset`` (of (input, label)
+        pairs when ``y`` is None); see :mod:`tfprec.inputs`.
+      y: labels, N integer class ids (or one-hot rows).  Required unless x
+        is a dataset of (input, label) pairs.
       num_samples: Rademacher probes per batch.
       batch_size: examples per HVP.
       seed: seed of the probes (results are deterministic).
@@ -273,18 +216,16 @@ def hessian_trace_sensitivity(model, x, y, num_samples: int = 32,
         or a bad argument.
       UnsupportedModelError: the model cannot be analyzed by tfprec.
     """
-    num_samples = _pos_int("num_samples", num_samples)
-    batch_size = _pos_int("batch_size", batch_size)
-    if dtype not in ("float32", "float64"):
-        raise InvalidDataError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
-    if probes not in ("joint", "per_block"):
-        raise InvalidDataError(f"probes must be 'joint' or 'per_block', got {probes!r}")
+    num_samples = inputs.positive_int("num_samples", num_samples)
+    batch_size = inputs.positive_int("batch_size", batch_size)
+    dtype = inputs.choice("dtype", dtype, ("float32", "float64"))
+    probes = inputs.choice("probes", probes, ("joint", "per_block"))
     graph = parse_model(model)
-    x, y = _xy(x, y, graph.shapes[graph.input_id], graph.num_classes,
-               "hessian_trace_sensitivity")
-    engine = _hvp_engine(model, graph, tf.as_dtype(dtype))
-    fn = engine.fns[probes]
-    nl = len(engine.wops)
+    x, y = inputs.as_examples(x, y, graph.shapes[graph.input_id], graph.num_classes,
+                              dtype=dtype, need_labels=True)
+    ex = executor_for(model, graph, tf.as_dtype(dtype))
+    fn = ex.cached("hvp", _HvpPass).fns[probes]
+    nl = len(ex.weight_ops)
     wsum = np.zeros((num_samples, nl))
     asum = np.zeros((num_samples, nl))
     n = len(x)
@@ -303,11 +244,11 @@ def hessian_trace_sensitivity(model, x, y, num_samples: int = 32,
             return np.full(a.shape[1], np.nan)
         return a.std(axis=0, ddof=1) / math.sqrt(num_samples)
 
-    names = [op.name for op in engine.wops]
+    names = [op.name for op in ex.weight_ops]
     wse, ase = stderr(wsum), stderr(asum)
     nparams = {op.name: int(op.attrs["kernel"].size
                             + (0 if op.attrs["bias"] is None else op.attrs["bias"].size))
-               for op in engine.wops}
+               for op in ex.weight_ops}
     stats = _TraceStats(
         weight_stderr=dict(zip(names, map(float, wse))),
         activation=dict(zip(names, map(float, asum.mean(axis=0)))),

@@ -15,8 +15,8 @@ import math
 from typing import Optional
 
 
+from tfprec import inputs
 from tfprec._tf import keras, tf
-from tfprec.errors import TfprecError
 from tfprec.statistics.gains import NoiseGains, noise_gains
 from tfprec.planning.plan import DEFAULT_TARGET, PLAN_METHODS, PrecisionPlan, make_plan
 
@@ -36,7 +36,7 @@ class NoiseGainCallback(keras.callbacks.Callback):
 
     Args:
       calibration_data: inputs for the pass (numpy array or tf.data.Dataset).
-      target: bound on the mismatch probability for the plan.
+      target: bound on the mismatch probability (a probability) for the plan.
       method: plan rule, one of ``tfprec.planning.plan.PLAN_METHODS``.
       cost: "compute" (full adders) or "memory" (bits), for cost_aware.
       every_n_epochs: also run after every N-th epoch (None: only at the end).
@@ -45,6 +45,10 @@ class NoiseGainCallback(keras.callbacks.Callback):
       log_dir: if set, write per-layer gains, bits and the bound to
         TensorBoard under this directory (step = epoch).
       verbose: show a Keras progress bar during the pass.
+
+    Raises:
+      InvalidDataError (a TfprecError): a bad method, every_n_epochs,
+        batch_size or max_examples (checked when the callback is made).
     """
 
     def __init__(self, calibration_data, target: float = DEFAULT_TARGET,
@@ -53,19 +57,15 @@ class NoiseGainCallback(keras.callbacks.Callback):
                  max_examples: Optional[int] = None, log_dir: Optional[str] = None,
                  verbose: bool = True):
         super().__init__()
-        if method not in PLAN_METHODS:
-            raise TfprecError(f"method must be one of {PLAN_METHODS}, got {method!r}")
-        if every_n_epochs is not None and (not isinstance(every_n_epochs, int)
-                                           or every_n_epochs < 1):
-            raise TfprecError(f"every_n_epochs must be a positive int or None, "
-                              f"got {every_n_epochs!r}")
+        # Checked now, not after a training run.
+        self.method = inputs.choice("method", method, PLAN_METHODS)
+        self.every_n_epochs = inputs.optional_positive_int("every_n_epochs",
+                                                           every_n_epochs)
+        self.batch_size = inputs.positive_int("batch_size", batch_size)
+        self.max_examples = inputs.optional_positive_int("max_examples", max_examples)
         self.calibration_data = calibration_data
         self.target = target
-        self.method = method
         self.cost = cost
-        self.every_n_epochs = every_n_epochs
-        self.batch_size = batch_size
-        self.max_examples = max_examples
         self.log_dir = log_dir
         self.verbose = verbose
         self.history: list = []

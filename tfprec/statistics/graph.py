@@ -373,6 +373,28 @@ def _propagate_bounds(ops: list) -> dict:
     return b
 
 
+#: Ops that pass a stored tensor on without being a new one for the cost
+#: model's author convention (:func:`written_tensor`).
+WRITE_THROUGH_KINDS = ("maxpool", "avgpool", "act", "identity", "reshape")
+
+
+def written_tensor(graph: Graph, tensor_id: str) -> str:
+    """The tensor a previous layer *writes* that ``tensor_id`` is read from.
+
+    Walks back from ``tensor_id`` through max/avg pooling, activations,
+    dropout and reshapes to the first tensor produced otherwise: the output
+    of a weight op (its activation included), the network input, or the
+    output of an add, concat or global average pool.  The paper's authors
+    count the feature map a layer writes before any pooling.
+    """
+    producer = {op.output: op for op in graph.ops}
+    op = producer.get(tensor_id)
+    while op is not None and op.kind in WRITE_THROUGH_KINDS:
+        tensor_id = op.inputs[0]
+        op = producer.get(tensor_id)
+    return tensor_id
+
+
 def pow2_ceil(x: float) -> float:
     """Smallest power of two >= x (1.0 for x <= 0)."""
     if not x > 0 or not math.isfinite(x):

@@ -18,7 +18,9 @@ slice per wrong class.  ``sq_norms`` returns [B].
 ``geometry(attrs, in_shape, out_shape)`` gives the cost-model quantities of
 METHOD.md section 4: dot-product length D (bias included), number of dot
 products P per example, number of weights (bias included) and number of input
-activations per example.
+activations per example; :func:`geometry` adds, for the author's cost
+convention, the elements per example the previous layer writes before any
+pooling.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from typing import Callable
 import numpy as np
 
 from tfprec._tf import tf
+from tfprec.statistics.graph import written_tensor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,13 +53,13 @@ def lookup(kind: str) -> WeightLayerFns:
     return _REGISTRY[kind]
 
 
-def _merge(t):
+def merge_classes(t):
     """[C, B, ...] -> [C*B, ...]."""
     s = tf.shape(t)
     return tf.reshape(t, tf.concat([[s[0] * s[1]], s[2:]], 0))
 
 
-def _split(t, c: int):
+def split_classes(t, c: int):
     """[C*B, ...] -> [C, B, ...]."""
     s = tf.shape(t)
     return tf.reshape(t, tf.concat([[c, s[0] // c], s[1:]], 0))
@@ -71,7 +74,7 @@ def _dense_forward(attrs, a):
 
 
 def _dense_vjp(attrs, a, dy):
-    return tf.matmul(_merge(dy), attrs["kernel_t"], transpose_b=True)
+    return tf.matmul(merge_classes(dy), attrs["kernel_t"], transpose_b=True)
 
 
 def _dense_sq(attrs, a, dy):
@@ -117,20 +120,28 @@ def _patches(attrs, a):
     return tf.reshape(p, [tf.shape(a)[0], ho * wo, kh * kw * a.shape[-1]])
 
 
-def _conv_forward(attrs, a):
-    y = tf.nn.conv2d(a, attrs["kernel_t"], _strides4(attrs), attrs["padding"])
-    if attrs["bias_t"] is not None:
-        y = y + attrs["bias_t"]
-    return y
+def _spatial_forward(conv):
+    """forward(attrs, a) of a 2-D convolution op ``conv`` (NHWC) plus bias."""
+    def forward(attrs, a):
+        y = conv(a, attrs["kernel_t"], _strides4(attrs), attrs["padding"])
+        return y if attrs["bias_t"] is None else y + attrs["bias_t"]
+    return forward
 
 
-def _conv_vjp(attrs, a, dy):
-    dy = _merge(dy)
-    s = tf.shape(a)
-    in_sizes = tf.stack([tf.shape(dy)[0], s[1], s[2], s[3]])
-    return tf.raw_ops.Conv2DBackpropInput(
-        input_sizes=in_sizes, filter=attrs["kernel_t"], out_backprop=dy,
-        strides=_strides4(attrs), padding=attrs["padding"])
+def _spatial_vjp(backprop_input):
+    """input_vjp(attrs, a, dy) from a raw ``*BackpropInput`` op."""
+    def vjp(attrs, a, dy):
+        dy = merge_classes(dy)
+        s = tf.shape(a)
+        return backprop_input(
+            input_sizes=tf.stack([tf.shape(dy)[0], s[1], s[2], s[3]]),
+            filter=attrs["kernel_t"], out_backprop=dy, strides=_strides4(attrs),
+            padding=attrs["padding"])
+    return vjp
+
+
+_conv_forward = _spatial_forward(tf.nn.conv2d)
+_conv_vjp = _spatial_vjp(tf.raw_ops.Conv2DBackpropInput)
 
 
 def _classes_last(d):
@@ -171,21 +182,8 @@ def _conv_geometry(attrs, in_shape, out_shape):
 
 
 # -------------------------------------------------------- DepthwiseConv2D
-def _dw_forward(attrs, a):
-    y = tf.nn.depthwise_conv2d(a, attrs["kernel_t"], _strides4(attrs),
-                               attrs["padding"])
-    if attrs["bias_t"] is not None:
-        y = y + attrs["bias_t"]
-    return y
-
-
-def _dw_vjp(attrs, a, dy):
-    dy = _merge(dy)
-    s = tf.shape(a)
-    in_sizes = tf.stack([tf.shape(dy)[0], s[1], s[2], s[3]])
-    return tf.raw_ops.DepthwiseConv2dNativeBackpropInput(
-        input_sizes=in_sizes, filter=attrs["kernel_t"], out_backprop=dy,
-        strides=_strides4(attrs), padding=attrs["padding"])
+_dw_forward = _spatial_forward(tf.nn.depthwise_conv2d)
+_dw_vjp = _spatial_vjp(tf.raw_ops.DepthwiseConv2dNativeBackpropInput)
 
 
 def _dw_sq(attrs, a, dy):
@@ -218,6 +216,20 @@ register("conv2d", WeightLayerFns(_conv_forward, _conv_vjp, _conv_sq,
                                   _conv_geometry))
 register("depthwise", WeightLayerFns(_dw_forward, _dw_vjp, _dw_sq,
                                      _dw_geometry))
+
+
+def geometry(graph, op) -> dict:
+    """Cost-model geometry of weight op ``op`` of parsed ``graph``.
+
+    The kind's ``geometry`` (dot_length D, num_dots P, num_weights,
+    num_inputs: elements per example of the tensor the layer reads) plus
+    ``num_inputs_written``: elements per example of the tensor the previous
+    layer writes before any pooling (:func:`tfprec.statistics.graph.written_tensor`).
+    """
+    geo = lookup(op.kind).geometry(op.attrs, graph.shapes[op.inputs[0]],
+                                   graph.shapes[op.output])
+    shape = graph.shapes[written_tensor(graph, op.inputs[0])]
+    return dict(geo, num_inputs_written=int(np.prod(shape)))
 
 
 def forward_op(op, ins: list, out_shape: tuple, dtype):
