@@ -111,7 +111,7 @@ from tfprec.quantization import validate as V
 from tfprec.application import data as data_lib
 from tfprec.application.data import load_dataset
 from tfprec._tf import keras
-from tfprec.planning.plan import uniform_plan
+from tfprec.planning.rules import uniform_plan
 from tfprec.errors import UnattainableTargetError
 
 HERE = os.path.dirname(os.path.abspath(__file__))

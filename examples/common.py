@@ -28,6 +28,8 @@ from tfprec.application import models
 from tfprec.quantization import validate
 from tfprec.application import data as data_lib
 from tfprec.planning import plan as plan_lib
+from tfprec.planning import rules as rules_lib
+from tfprec.planning import cost_aware as cost_aware_lib
 from tfprec._tf import keras
 from tfprec.quantization.apply import logits_model, quantize_model
 from tfprec.errors import UnattainableTargetError
@@ -352,21 +354,21 @@ def run_architecture(builder: str, ds, *, title: str, epochs: int = 2,
         gains = tfprec.noise_gains(model, x_cal, batch_size=min(128, n_cal))
     log(f"[{title}] noise gains on {n_cal} training examples "
         f"({timer.phases['gains']:.1f} s)")
-    floor = plan_lib.uniform_plan(gains, bits=MAX_BITS).bound() * (1 + 1e-9)
+    floor = rules_lib.uniform_plan(gains, bits=MAX_BITS).bound() * (1 + 1e-9)
     with timer("float pass"):
         fdec = validate.float_decisions(model, x_eval)
 
     # ---- the plans: (label, plan or None, note)
     plans = []
-    for name, make in (("paper", lambda t: plan_lib.paper_plan(gains, t)),
+    for name, make in (("paper", lambda t: rules_lib.paper_plan(gains, t)),
                        ("cost_aware:compute",
-                        lambda t: plan_lib.cost_aware_plan(gains, t, cost="compute"))):
+                        lambda t: cost_aware_lib.cost_aware_plan(gains, t, cost="compute"))):
         with timer("plan"):
             try:
                 plan, t_used = _safe_plan(make, target, floor, log)
             except UnattainableTargetError as e:
                 if name == "paper":
-                    ow, oa = plan_lib.paper_offsets(gains)
+                    ow, oa = rules_lib.paper_offsets(gains)
                     span = int(max(ow.max(), oa.max()))
                     if span > MAX_BITS - MIN_BITS:
                         e = (f"the paper rule's offsets span {span} bits, so no "
@@ -379,7 +381,7 @@ def run_architecture(builder: str, ds, *, title: str, epochs: int = 2,
         plans.append((label, plan, ""))
     if int8_baseline:
         plans.append(("uniform 8 bits (int8 baseline)",
-                      plan_lib.uniform_plan(gains, bits=8), ""))
+                      rules_lib.uniform_plan(gains, bits=8), ""))
     n_sel = 0
     if calibrated_mismatch is not None:
         n_sel = min(int(select_examples), ds.num_test - n_eval)
@@ -464,7 +466,7 @@ def arch_markdown(res: ArchResult, *, n_cal: int, n_eval: int, target: float,
           f"examples; noise gains on {n_cal} training examples "
           f"({len(res.gains.layers)} weight layers); plans at analytic bound "
           f"target {target:g} (the bound with every tensor at 16 bits is "
-          f"{plan_lib.uniform_plan(res.gains, bits=MAX_BITS).bound():.3g})"
+          f"{rules_lib.uniform_plan(res.gains, bits=MAX_BITS).bound():.3g})"
           + (f" and calibrated plans whose level was chosen on the next {n_sel} "
              f"test examples (not the {n_eval} they are validated on)" if n_sel else "")
           + ". TFLite int8 kernels are used where B_W and B_A are at most 8 bits.", "",

@@ -18,6 +18,7 @@ from tfprec.application import models
 from tfprec.errors import UnattainableTargetError
 from tfprec.planning import cost as cost_lib
 from tfprec.planning import plan as plan_lib
+from tfprec.planning import rules as rules_lib
 from tfprec.planning.calibrate import calibrate
 from tfprec.quantization import validate
 from tfprec.statistics.gains import layer_geometry
@@ -217,7 +218,7 @@ def run_paper(builder: str, ds, *, title: str, wide_geometry: Callable[[float], 
     log(f"[{title}] equal-accuracy search with {engine} "
         f"({timer.phases['equal-accuracy search']:.1f} s)")
     with timer("16-bit check"):
-        p16 = plan_lib.uniform_plan(gains, bits=16)
+        p16 = rules_lib.uniform_plan(gains, bits=16)
         v16 = validate.validate(model, p16, x_eval, y_eval)
     float_acc = v16.float_accuracy
     geo = layer_geometry(model)

@@ -14,7 +14,7 @@ from tfprec.quantization import apply
 from tfprec.quantization.configs import (FixedPointQuantizeConfig, InputQuantizeConfig,
                             InputQuantizer, quantize_scope)
 from tfprec.errors import PlanError
-from tfprec.planning.plan import paper_plan
+from tfprec.planning.rules import paper_plan
 from tfprec.quantization.quantizers import FixedPointQuantizer
 from tfprec.quantization.simulate import simulate_layer_inputs, simulate_logits
 

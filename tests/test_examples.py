@@ -119,7 +119,7 @@ def test_equal_accuracy_level_is_the_first_that_meets_the_drop(mnist_result):
     """The uniform level of the equal-accuracy search meets the 0.1 pp drop
     and the level below does not, both measured directly with validate()."""
     import paper_common
-    from tfprec.planning.plan import uniform_plan
+    from tfprec.planning.rules import uniform_plan
     from tfprec.quantization import validate
     res = mnist_result
     ds = data_lib.load_dataset("mnist_subset", flatten=True, num_train=1, num_test=1000)
@@ -149,6 +149,7 @@ def test_vgg_wide_geometry():
     assert g3["logits"]["num_dots"] == 10 and g3["logits"]["dot_length"] == 769
 
 
+@pytest.mark.slow      # run_paper's plumbing is covered by the MNIST example tests
 def test_vgg_pipeline_random():
     ds = random_cifar(32, 64)
     res = cifar10_vgg.run(ds, epochs=1, cache_dir="", calibration_examples=16,
@@ -199,6 +200,7 @@ def _check_arch(res, groups, names, paper_may_fail=False):
     assert "TFLite grid checks" in md and "**NO**" not in md
 
 
+@pytest.mark.slow      # shared-input groups end to end: test_mobilenet_end_to_end
 def test_resnet20_end_to_end(tmp_path):
     ds = random_cifar(16, 24)
     res = resnet20_cifar10.run(ds, epochs=1, batch_size=16, cache_dir="",
@@ -230,11 +232,12 @@ class _FakeCalibration:
 
 def test_mobilenet_end_to_end(monkeypatch):
     from tfprec.planning import plan as plan_lib
+    from tfprec.planning import cost_aware as cost_aware_lib
     calls = []
 
     def fake_calibrate(model, gains, x, y, **kw):
         calls.append((len(x), kw))
-        return _FakeCalibration(plan_lib.cost_aware_plan(gains, 1e3), len(x))
+        return _FakeCalibration(cost_aware_lib.cost_aware_plan(gains, 1e3), len(x))
 
     monkeypatch.setattr(common, "_calibrate", fake_calibrate)
     ds = random_cifar(16, 24 + 8, seed=1)

@@ -4,6 +4,7 @@ import pytest
 
 import tfprec
 from tfprec.planning import plan as plan_lib
+from tfprec.planning import cost_aware as cost_aware_lib
 from tfprec._tf import keras
 from tfprec.errors import PlanError, UnattainableTargetError
 
@@ -47,15 +48,15 @@ def test_per_example_bound_by_hand(setup):
                 e = o.e_a if o.e_a_shared is None else o.e_a_shared
                 s += 4.0 ** (1 - l.act_bits) * l.act_range ** 2 * e
         by_hand += min(1.0, s)
-    assert plan_lib.per_example_bound(p, g) == pytest.approx(by_hand / len(x), rel=1e-9)
-    assert plan_lib.per_example_bound(p, g) <= p.bound()
+    assert cost_aware_lib.per_example_bound(p, g) == pytest.approx(by_hand / len(x), rel=1e-9)
+    assert cost_aware_lib.per_example_bound(p, g) <= p.bound()
 
 
 def test_per_example_plan_meets_target_and_is_cheaper(setup):
     m, x, g = setup
     for t in (0.2, 0.05, 0.01):
-        pe = plan_lib.per_example_cost_aware_plan(g, t)
-        assert plan_lib.per_example_bound(pe, g) <= t
+        pe = cost_aware_lib.per_example_cost_aware_plan(g, t)
+        assert cost_aware_lib.per_example_bound(pe, g) <= t
         assert pe.layer("b1").act_bits == pe.layer("b2").act_bits
         ca = tfprec.cost_aware_plan(g, t)
         assert pe.cost().total_compute <= ca.cost().total_compute
@@ -63,7 +64,7 @@ def test_per_example_plan_meets_target_and_is_cheaper(setup):
         for l in pe.layers:
             if l.weight_bits > 2:
                 q = pe.with_bits(weight_bits={l.name: l.weight_bits - 1})
-                assert (plan_lib.per_example_bound(q, g) > t
+                assert (cost_aware_lib.per_example_bound(q, g) > t
                         or q.cost().total_compute >= pe.cost().total_compute)
 
 
@@ -71,6 +72,6 @@ def test_per_example_errors(setup):
     m, x, g = setup
     plain = tfprec.noise_gains(m, x)
     with pytest.raises(PlanError, match="per_example=True"):
-        plan_lib.per_example_bound(tfprec.paper_plan(plain), plain)
+        cost_aware_lib.per_example_bound(tfprec.paper_plan(plain), plain)
     with pytest.raises(UnattainableTargetError, match="per-example"):
-        plan_lib.per_example_cost_aware_plan(g, 1e-30)
+        cost_aware_lib.per_example_cost_aware_plan(g, 1e-30)

@@ -11,6 +11,7 @@ import pytest
 import tfprec
 from tfprec.planning import cost as cost_lib
 from tfprec.planning import plan as plan_lib
+from tfprec.planning import rules as rules_lib
 from tfprec._tf import keras
 from tfprec.errors import PlanError, UnattainableTargetError
 from tfprec.statistics.gains import LayerGains, NoiseGains, layer_geometry
@@ -39,7 +40,7 @@ def bits(plan):
 
 
 def test_paper_offsets_and_bmin():
-    ow, oa = plan_lib.paper_offsets(G4)
+    ow, oa = rules_lib.paper_offsets(G4)
     assert ow.tolist() == [1, 3] and oa.tolist() == [0, 2]
     # Equalized terms: bound = 4 * 4^(1 - B_min); <= 0.01 first at B_min = 6.
     p = tfprec.paper_plan(G4, target=0.01)
@@ -51,7 +52,7 @@ def test_paper_offsets_and_bmin():
 
 def test_offset_rounds_half_up():
     g = fake_gains([(2.0, 1.0)])       # 0.5 * log2(2) = 0.5 -> 1
-    ow, oa = plan_lib.paper_offsets(g)
+    ow, oa = rules_lib.paper_offsets(g)
     assert ow.tolist() == [1] and oa.tolist() == [0]
 
 
@@ -59,7 +60,7 @@ def test_uniform_and_icml2017():
     u = tfprec.uniform_plan(G4, target=0.01)
     assert bits(u) == [(8, 8), (8, 8)]                 # 85 * 4^(1-B) <= 0.01
     assert u.bound() == pytest.approx(85 * 4.0 ** -7)
-    assert plan_lib.icml2017_offset(G4) == 1          # sum G_W / sum G_A = 4
+    assert rules_lib.icml2017_offset(G4) == 1          # sum G_W / sum G_A = 4
     i = tfprec.icml2017_plan(G4, target=0.01)
     assert bits(i) == [(8, 7), (8, 7)]                 # 136 * 4^-B_A <= 0.01
     assert i.bound() == pytest.approx(136 * 4.0 ** -7)

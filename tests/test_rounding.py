@@ -10,7 +10,7 @@ from tfprec._tf import keras, tf
 
 import tfprec
 from tfprec import fixedpoint
-from tfprec.planning.plan import uniform_plan
+from tfprec.planning.rules import uniform_plan
 from tfprec.quantization.quantizers import fixed_point_quantize
 from tfprec.quantization.simulate import simulate_layer_inputs
 

@@ -14,7 +14,7 @@ import tfprec
 from tfprec.quantization import validate as V
 from tfprec.quantization.simulate import simulate_logits
 from tfprec.errors import InvalidDataError, PlanError
-from tfprec.planning.plan import paper_plan, uniform_plan
+from tfprec.planning.rules import paper_plan, uniform_plan
 
 L = keras.layers
 

@@ -15,10 +15,10 @@ from tfprec.errors import (ExportError, InvalidDataError, PlanError, TfprecError
                            UnattainableTargetError, UnsupportedModelError)
 from tfprec.planning.cost import PlanCost, compute_cost, memory_cost
 from tfprec.statistics.gains import LayerGains, NoiseGains, noise_gains
-from tfprec.planning.plan import (LayerPrecision, PrecisionPlan, cost_aware_plan,
-                                  icml2017_plan, make_plan, paper_plan,
-                                  per_example_bound, per_example_cost_aware_plan,
-                                  uniform_plan)
+from tfprec.planning.plan import LayerPrecision, PrecisionPlan
+from tfprec.planning.rules import icml2017_plan, paper_plan, uniform_plan
+from tfprec.planning.cost_aware import (cost_aware_plan, make_plan, per_example_bound,
+                                        per_example_cost_aware_plan)
 from tfprec.statistics.callback import NoiseGainCallback
 from tfprec.quantization.quantizers import FixedPointQuantizer
 from tfprec.quantization.configs import FixedPointQuantizeConfig, quantize_scope

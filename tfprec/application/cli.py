@@ -141,7 +141,7 @@ def _sweep(r: RunState) -> None:
 
 def _write(r: RunState) -> None:
     """Stages plan.json, quantized.h5, model.tflite, report.md, summary.json."""
-    from tfprec.planning.plan import uniform_plan
+    from tfprec.planning.rules import uniform_plan
     from tfprec.quantization import apply as apply_lib
     plan = r.choice.plan
     with _timed(r, "fake-quant model"):

@@ -152,7 +152,7 @@ def _summary_lines(plan, gains, v, export_report, full16) -> list:
     out.append(f"  analytic bound        {plan.bound():.4g}"
                + (f"  ({note})" if note else ""))
     if getattr(gains, "example_w", None) is not None:
-        from tfprec.planning.plan import per_example_bound
+        from tfprec.planning.cost_aware import per_example_bound
         out.append(f"  per-example bound     {per_example_bound(plan, gains):.4g}"
                    "  (mean over examples of min(1, per-example bound): also valid)")
     out.append(f"  measured mismatch     {v.mismatch_rate:.4f}  ({v.num_mismatch}/"

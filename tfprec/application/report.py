@@ -35,7 +35,7 @@ from tfprec.application.tables import (  # noqa: F401  (re-exported)
     comparison_markdown, layer_rows, layer_table_markdown, layer_table_text,
     mismatch_ucl, plan_level, sweep_markdown)
 from tfprec.fileio import atomic_write_text
-from tfprec.planning.plan import per_example_bound
+from tfprec.planning.cost_aware import per_example_bound
 
 REPORT_FILE = "report.md"
 

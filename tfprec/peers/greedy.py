@@ -9,6 +9,7 @@ from tfprec import inputs
 from tfprec.errors import PlanError, UnattainableTargetError
 from tfprec.fixedpoint import check_bits
 from tfprec.planning import plan as plan_lib
+from tfprec.planning import rules as rules_lib
 from tfprec.planning.budget import (check_tolerance_pp, cost_kind,
                                    labelled_examples)
 from tfprec.planning.evaluate import Evaluator
@@ -65,7 +66,7 @@ def greedy_search_plan(model, gains, x, y=None, tolerance_pp: float = 0.1,
         raise PlanError(f"gains must be tfprec.NoiseGains (from noise_gains), got "
                         f"{type(gains).__name__}")
     x, y = labelled_examples(model, x, y, "greedy_search_plan")
-    plan = plan_lib.uniform_plan(gains, bits=start_bits)
+    plan = rules_lib.uniform_plan(gains, bits=start_bits)
     plan = dataclasses.replace(plan, method="greedy_search", info={})
     plan.validate_for(model)
     ev = Evaluator(model, x, y, batch_size, "accuracy_drop", tol)

@@ -12,6 +12,7 @@ from tfprec import fixedpoint
 from tfprec.errors import PlanError, UnattainableTargetError
 from tfprec.planning import cost as cost_lib
 from tfprec.planning import plan as plan_lib
+from tfprec.planning import rules as rules_lib
 from tfprec.planning.budget import cost_kind as _check_cost_kind
 from tfprec.planning.budget import cost_unit as _unit
 from tfprec.planning.search import mckp
@@ -22,7 +23,7 @@ from tfprec.statistics.graph import parse_model
 def _template(gains_or_plan) -> plan_lib.PrecisionPlan:
     """A plan carrying formats, gains and geometry, from gains or a plan."""
     if isinstance(gains_or_plan, NoiseGains):
-        return plan_lib.uniform_plan(gains_or_plan, bits=8)
+        return rules_lib.uniform_plan(gains_or_plan, bits=8)
     if isinstance(gains_or_plan, plan_lib.PrecisionPlan):
         return gains_or_plan
     raise PlanError("expected tfprec.NoiseGains (from noise_gains) or a "

@@ -28,6 +28,8 @@ from tfprec.errors import InvalidDataError, PlanError, UnattainableTargetError
 from tfprec.fixedpoint import MAX_BITS, MIN_BITS, check_bits
 from tfprec.planning import cost as cost_lib
 from tfprec.planning import plan as plan_lib
+from tfprec.planning import rules as rules_lib
+from tfprec.planning import cost_aware as cost_aware_lib
 from tfprec.planning.evaluate import Evaluator
 
 RULES = ("cost_aware", "paper", "uniform", "icml2017")
@@ -117,13 +119,13 @@ def rule_levels(gains, method: str, max_bits: int = MAX_BITS) -> list:
     """Integer levels (bits) of "paper" (B_min), "uniform" (B) or "icml2017"
     (B_A) that keep every tensor within 2..max_bits, most precise first."""
     if method == "paper":
-        ow, oa = plan_lib.paper_offsets(gains)
+        ow, oa = rules_lib.paper_offsets(gains)
         top = max_bits - int(max(ow.max(), oa.max()))
         return list(range(top, MIN_BITS - 1, -1))
     if method == "uniform":
         return list(range(max_bits, MIN_BITS - 1, -1))
     if method == "icml2017":
-        d = plan_lib.icml2017_offset(gains)
+        d = rules_lib.icml2017_offset(gains)
         return list(range(max_bits - max(d, 0), MIN_BITS - min(d, 0) - 1, -1))
     raise PlanError(f"{method!r} has no integer levels; choose from "
                     "('paper', 'uniform', 'icml2017')")
@@ -133,11 +135,11 @@ def rule_plan(gains, method: str, level: int, max_bits: int = MAX_BITS):
     """The plan of an integer-level rule at ``level`` bits (see rule_levels)."""
     level = int(level)
     if method == "paper":
-        return plan_lib.paper_plan(gains, b_min=level, max_bits=max_bits)
+        return rules_lib.paper_plan(gains, b_min=level, max_bits=max_bits)
     if method == "uniform":
-        return plan_lib.uniform_plan(gains, bits=level, max_bits=max_bits)
+        return rules_lib.uniform_plan(gains, bits=level, max_bits=max_bits)
     if method == "icml2017":
-        return plan_lib.icml2017_plan(gains, act_bits=level, max_bits=max_bits)
+        return rules_lib.icml2017_plan(gains, act_bits=level, max_bits=max_bits)
     raise PlanError(f"{method!r} has no integer levels")
 
 
@@ -189,20 +191,20 @@ def smallest_bound_plan(gains, method: str, budget: float, *, cost: str = "compu
             if c <= limit and (fits is None or p.bound() < fits.bound()):
                 fits = p
         return (None if fits is None else _with_budget_info(fits, budget, cost)), min_cost
-    cheapest = plan_lib.uniform_plan(gains, bits=MIN_BITS, max_bits=max_bits)
+    cheapest = rules_lib.uniform_plan(gains, bits=MIN_BITS, max_bits=max_bits)
     min_cost = total(cheapest)
     if min_cost > limit:
         return None, min_cost
-    lo_b = plan_lib.uniform_plan(gains, bits=max_bits, max_bits=max_bits).bound()
+    lo_b = rules_lib.uniform_plan(gains, bits=max_bits, max_bits=max_bits).bound()
     hi_b = cheapest.bound()
     if not (lo_b > 0 and math.isfinite(hi_b)):      # all gains zero
-        p = plan_lib.cost_aware_plan(gains, 1.0, cost=cost, max_bits=max_bits)
+        p = cost_aware_lib.cost_aware_plan(gains, 1.0, cost=cost, max_bits=max_bits)
         return _with_budget_info(p, budget, cost, 1.0), min_cost
     best = []
 
     def fits(t):
         try:
-            p = plan_lib.cost_aware_plan(gains, t, cost=cost, max_bits=max_bits)
+            p = cost_aware_lib.cost_aware_plan(gains, t, cost=cost, max_bits=max_bits)
         except UnattainableTargetError:
             return False
         ok = total(p) <= limit
@@ -252,7 +254,7 @@ def default_targets(gains, tolerance_pp: float, per_decade: int = 4) -> list:
     give that plan).
     """
     lo = max(tolerance_pp / 100.0, 1e-6)
-    hi = max(plan_lib.uniform_plan(gains, bits=MIN_BITS).bound(), lo)
+    hi = max(rules_lib.uniform_plan(gains, bits=MIN_BITS).bound(), lo)
     n = int(math.ceil(per_decade * math.log10(hi / lo)))
     return [lo * (hi / lo) ** (k / max(n, 1)) for k in range(n + 1)]
 
@@ -297,7 +299,7 @@ def bisect_target_plan(model, gains, x, y=None, tolerance_pp: float = 0.1,
     plans = {}
 
     def feasible(i):
-        plans[i] = plan_lib.cost_aware_plan(gains, targets[i], cost=cost)
+        plans[i] = cost_aware_lib.cost_aware_plan(gains, targets[i], cost=cost)
         return ev.meets(ev.measure(plans[i]))
 
     i = cheapest_feasible(len(targets), feasible)
@@ -342,11 +344,11 @@ def bisect_budget_plan(model, gains, x, y=None, tolerance_pp: float = 0.1,
         raise PlanError(f"rel_step must be a positive number, got {rel_step!r}")
     x, y = labelled_examples(model, x, y, "bisect_budget_plan")
     ev = Evaluator(model, x, y, batch_size, "accuracy_drop", tol)
-    floor = plan_lib.uniform_plan(gains, bits=MIN_BITS)
+    floor = rules_lib.uniform_plan(gains, bits=MIN_BITS)
     try:
-        top = plan_lib.cost_aware_plan(gains, max(tol / 100.0, 1e-6), cost=cost)
+        top = cost_aware_lib.cost_aware_plan(gains, max(tol / 100.0, 1e-6), cost=cost)
     except UnattainableTargetError:
-        top = plan_lib.uniform_plan(gains, bits=MAX_BITS)
+        top = rules_lib.uniform_plan(gains, bits=MAX_BITS)
     passed = [top]
 
     def ok(budget):

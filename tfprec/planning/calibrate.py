@@ -86,6 +86,8 @@ from tfprec.fixedpoint import MAX_BITS, MIN_BITS, check_bits
 from tfprec.planning import budget as budget_lib
 from tfprec.planning import cost as cost_lib
 from tfprec.planning import plan as plan_lib
+from tfprec.planning import rules as rules_lib
+from tfprec.planning import cost_aware as cost_aware_lib
 from tfprec.planning.budget import cheapest_feasible  # noqa: F401  (re-export)
 from tfprec.planning.evaluate import (LEVEL_NAMES, CalibratedPlan,  # noqa: F401
                                       CalibrationResult, Evaluator, Measurement,
@@ -166,13 +168,13 @@ def _cost_aware_family(gains, cost: str, max_bits: int, per_octave: int) -> _Fam
     """
     if gains.example_w is not None:
         def bound_at(b):
-            p = plan_lib.uniform_plan(gains, bits=b, max_bits=max_bits)
-            return plan_lib.per_example_bound(p, gains)
-        make = lambda t: plan_lib.per_example_cost_aware_plan(
+            p = rules_lib.uniform_plan(gains, bits=b, max_bits=max_bits)
+            return cost_aware_lib.per_example_bound(p, gains)
+        make = lambda t: cost_aware_lib.per_example_cost_aware_plan(
             gains, t, cost=cost, max_bits=max_bits)
     else:
-        bound_at = lambda b: plan_lib.uniform_plan(gains, bits=b, max_bits=max_bits).bound()
-        make = lambda t: plan_lib.cost_aware_plan(gains, t, cost=cost, max_bits=max_bits)
+        bound_at = lambda b: rules_lib.uniform_plan(gains, bits=b, max_bits=max_bits).bound()
+        make = lambda t: cost_aware_lib.cost_aware_plan(gains, t, cost=cost, max_bits=max_bits)
     lo, hi = bound_at(max_bits), bound_at(MIN_BITS)
     if not (lo > 0 and math.isfinite(hi)) or hi <= lo:
         levels = [max(lo, 1e-300) * (1 + 1e-9)]   # every target: the same plan
@@ -337,7 +339,7 @@ def calibrate(model, gains, x_val, y_val=None, *, target_mismatch: Optional[floa
                               dtype=inputs.model_dtype(model), what="x_val",
                               label_what="y_val")
     kind, target, p = _check_target(target_mismatch, max_accuracy_drop, y is not None)
-    top_plan = plan_lib.uniform_plan(gains, bits=max_bits, max_bits=max_bits)
+    top_plan = rules_lib.uniform_plan(gains, bits=max_bits, max_bits=max_bits)
     top_plan.validate_for(model)            # gains of another model: PlanError now
 
     ev = Evaluator(model, x, y, batch_size, kind, target)
@@ -406,7 +408,7 @@ def _calibrated(method, f: _Found, ev: Evaluator, kind, target, p,
     k = m.num_mismatch
     ucl = clopper_pearson_upper(k, n, confidence)
     bound = float(f.plan.bound())
-    pe = (plan_lib.per_example_bound(f.plan, gains)
+    pe = (cost_aware_lib.per_example_bound(f.plan, gains)
           if getattr(gains, "example_w", None) is not None else None)
     analytic = bound <= p or (pe is not None and pe <= p)
     if bound <= p:

@@ -18,7 +18,7 @@ from tfprec.planning import cost as cost_lib
 from tfprec.planning import search
 from tfprec.planning.plan import DEFAULT_TARGET, PrecisionPlan
 from tfprec.planning.rules import (_check_target, _gain_arrays, _layers_at, _leads,
-                                   paper_plan, uniform_plan)
+                                   icml2017_plan, paper_plan, uniform_plan)
 
 # The knapsack keeps this relative margin under the target so that the
 # bound summed in another order (plan.bound()) still meets it.
@@ -183,3 +183,28 @@ def per_example_cost_aware_plan(gains, target: float = DEFAULT_TARGET,
     _, value, bw, ba = results[0]
     return PrecisionPlan(_layers_at(gains, bw, ba), f"cost_aware_pe:{cost}", target,
                          {"per_example_bound": value})
+
+
+PLAN_METHODS = ("paper", "cost_aware", "uniform", "icml2017")
+
+
+def make_plan(gains, method: str = "paper", target: float = DEFAULT_TARGET,
+              cost: str = "compute", max_bits: int = MAX_BITS) -> PrecisionPlan:
+    """The plan of ``method`` that meets the analytic ``target``.
+
+    Args:
+      gains: :class:`tfprec.NoiseGains`.
+      method: one of ``PLAN_METHODS``.
+      target: bound on the mismatch probability.
+      cost: "compute" or "memory", for ``method="cost_aware"``.
+      max_bits: largest bit-width allowed for any tensor (bits, at most 16).
+    """
+    if method == "paper":
+        return paper_plan(gains, target, max_bits=max_bits)
+    if method == "cost_aware":
+        return cost_aware_plan(gains, target, cost=cost, max_bits=max_bits)
+    if method == "uniform":
+        return uniform_plan(gains, target, max_bits=max_bits)
+    if method == "icml2017":
+        return icml2017_plan(gains, target, max_bits=max_bits)
+    raise PlanError(f"unknown plan method {method!r}; choose one of {PLAN_METHODS}")

@@ -325,13 +325,3 @@ class PrecisionPlan:
             return cls.from_json(text)
         except PlanError as e:
             raise PlanError(f"{path}: {e}") from None
-
-
-# Re-exports: the constructors and helpers other modules reach through
-# tfprec.planning.plan (imported last: they import the classes above).
-from tfprec.planning.rules import (  # noqa: E402,F401
-    PLAN_METHODS, _bound, _check_target, _gain_arrays, _layers_at, _leads,
-    icml2017_offset, icml2017_plan, make_plan, paper_offsets, paper_plan,
-    uniform_plan)
-from tfprec.planning.cost_aware import (  # noqa: E402,F401
-    cost_aware_plan, per_example_bound, per_example_cost_aware_plan)

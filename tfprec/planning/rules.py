@@ -175,30 +175,3 @@ def _search(levels, make, bound, target, what, max_bits):
         f"no {what} keeps every tensor at most {max_bits} bits and meets the "
         f"bound target {target:.3g}{detail}.")
 
-
-
-
-PLAN_METHODS = ("paper", "cost_aware", "uniform", "icml2017")
-
-
-def make_plan(gains, method: str = "paper", target: float = DEFAULT_TARGET,
-              cost: str = "compute", max_bits: int = MAX_BITS) -> PrecisionPlan:
-    """The plan of ``method`` that meets the analytic ``target``.
-
-    Args:
-      gains: :class:`tfprec.NoiseGains`.
-      method: one of ``PLAN_METHODS``.
-      target: bound on the mismatch probability.
-      cost: "compute" or "memory", for ``method="cost_aware"``.
-      max_bits: largest bit-width allowed for any tensor (bits, at most 16).
-    """
-    if method == "paper":
-        return paper_plan(gains, target, max_bits=max_bits)
-    if method == "cost_aware":
-        from tfprec.planning.cost_aware import cost_aware_plan  # avoids a cycle
-        return cost_aware_plan(gains, target, cost=cost, max_bits=max_bits)
-    if method == "uniform":
-        return uniform_plan(gains, target, max_bits=max_bits)
-    if method == "icml2017":
-        return icml2017_plan(gains, target, max_bits=max_bits)
-    raise PlanError(f"unknown plan method {method!r}; choose one of {PLAN_METHODS}")

@@ -18,6 +18,7 @@ from tfprec.errors import PlanError, UnattainableTargetError
 from tfprec.fixedpoint import MAX_BITS, check_bits
 from tfprec.planning import budget as budget_lib
 from tfprec.planning import plan as plan_lib
+from tfprec.planning import cost_aware as cost_aware_lib
 
 PLAN_ORDER = ("cost_aware", "paper", "uniform", "icml2017")
 
@@ -51,7 +52,7 @@ def analytic_plans(gains, target: float, *, cost: str = "compute",
     plans, unmet = {}, {}
     for m in _methods(methods):
         try:
-            plans[m] = plan_lib.make_plan(gains, m, target, cost=cost, max_bits=max_bits)
+            plans[m] = cost_aware_lib.make_plan(gains, m, target, cost=cost, max_bits=max_bits)
         except UnattainableTargetError as e:
             unmet[m] = str(e)
     return plans, unmet

@@ -18,6 +18,7 @@ import numpy as np
 from tfprec import inputs as inputs_lib
 from tfprec._tf import tf
 from tfprec.planning import plan as plan_lib
+from tfprec.planning import rules as rules_lib
 from tfprec.quantization.apply import logits_model, quantize_model
 from tfprec.errors import InvalidDataError, PlanError, UnattainableTargetError
 
@@ -173,10 +174,10 @@ def plan_at_level(gains, method: str, level: int) -> plan_lib.PrecisionPlan:
     """
     _check_method(method)
     if method == "paper":
-        return plan_lib.paper_plan(gains, b_min=int(level))
+        return rules_lib.paper_plan(gains, b_min=int(level))
     if method == "uniform":
-        return plan_lib.uniform_plan(gains, bits=int(level))
-    return plan_lib.icml2017_plan(gains, act_bits=int(level))
+        return rules_lib.uniform_plan(gains, bits=int(level))
+    return rules_lib.icml2017_plan(gains, act_bits=int(level))
 
 
 def sweep(model, gains, x, y=None, b_mins: Iterable[int] = range(2, 13),

@@ -18,7 +18,8 @@ from typing import Optional
 from tfprec import inputs
 from tfprec._tf import keras, tf
 from tfprec.statistics.gains import NoiseGains, noise_gains
-from tfprec.planning.plan import DEFAULT_TARGET, PLAN_METHODS, PrecisionPlan, make_plan
+from tfprec.planning.plan import DEFAULT_TARGET, PrecisionPlan
+from tfprec.planning.cost_aware import PLAN_METHODS, make_plan
 
 
 @dataclasses.dataclass(frozen=True)
