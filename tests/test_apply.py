@@ -323,7 +323,7 @@ def test_user_model_is_not_modified():
 
 
 # ------------------------------------------------------------ save / load
-@pytest.mark.parametrize("fmt", ["h5", "savedmodel"])
+@pytest.mark.parametrize("fmt", ["h5", pytest.param("savedmodel", marks=pytest.mark.slow)])
 def test_save_load_round_trip(models32, tmp_path, fmt):
     model, x = models32[1]
     plan = mixed_plans(model, x)[2]

@@ -82,7 +82,8 @@ def tiny():
 
 
 # ------------------------------------------------------- Hessian traces
-@pytest.mark.parametrize("probes,samples", [("joint", 800), ("per_block", 300)])
+@pytest.mark.parametrize("probes,samples", [pytest.param("joint", 800, marks=pytest.mark.slow),
+                                            ("per_block", 300)])
 def test_hutchinson_matches_exact_trace(tiny, probes, samples):
     m, x, y, _ = tiny
     tr = hessian.hessian_trace_sensitivity(m, x, y, num_samples=samples, batch_size=16,
