@@ -33,7 +33,7 @@ settling, hence 5).  Weights are cached in ``--cache_dir``.  Gains on 1000
 training examples, levels searched on the 10000 test images.  The whole run
 takes 3.5-5.5 minutes (about 1 with cached weights), depending on the load.
 
-    python examples/cifar10_vgg.py --output /tmp/cifar_results.md
+    python examples/cifar10_vgg.py --output cifar_results.md
     python examples/cifar10_vgg.py --epochs 10 --eval_examples 5000
 """
 from __future__ import annotations

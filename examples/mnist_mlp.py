@@ -30,7 +30,7 @@ accuracy.  Weights are cached in ``--cache_dir`` (reruns skip training).
 Gains on 2000 training examples, levels searched on the 10000 test images.
 The whole run takes about 40 s (about 15 s with cached weights).
 
-    python examples/mnist_mlp.py --output /tmp/mnist_results.md
+    python examples/mnist_mlp.py --output mnist_results.md
     python examples/mnist_mlp.py --data_dir ../shared/data --epochs 5
 """
 from __future__ import annotations

@@ -39,7 +39,7 @@ BatchNormalization moving statistics lag behind).  Cached in
 ``--cache_dir``.  Whole run: about 2 minutes (1 with cached weights).
 
     python examples/mobilenet_cifar10.py
-    python examples/mobilenet_cifar10.py --epochs 10 --export_dir /tmp/tfl
+    python examples/mobilenet_cifar10.py --epochs 10 --export_dir tflite_out
 """
 from __future__ import annotations
 
