@@ -48,8 +48,6 @@ METHOD_LABELS = {
     "uniform": "uniform (one B for all tensors)",
     "icml2017": "ICML 2017 (one B_A, one B_W)",
 }
-LEVEL_NAMES = {"paper": "B_min", "uniform": "B", "icml2017": "B_A",
-               "cost_aware": "t"}
 
 
 # ================================================================ flags

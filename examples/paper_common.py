@@ -20,6 +20,7 @@ from tfprec.planning import cost as cost_lib
 from tfprec.planning import plan as plan_lib
 from tfprec.planning import rules as rules_lib
 from tfprec.planning.calibrate import calibrate
+from tfprec.planning.rules import level_text
 from tfprec.quantization import validate
 from tfprec.statistics.gains import layer_geometry
 
@@ -27,7 +28,7 @@ from absl import flags
 
 from tfprec.application import data as data_lib
 
-from common import (LEVEL_NAMES, METHOD_LABELS, PAPER_METHODS, Timer, _pct,
+from common import (METHOD_LABELS, PAPER_METHODS, Timer, _pct,
                     define_common_flags, define_flag, md_header, print_result,
                     trained_model)
 
@@ -98,11 +99,7 @@ class Row:
 
     @property
     def level_str(self) -> str:
-        if self.level is None:
-            return "-"
-        if self.method == "cost_aware":
-            return f"t={self.level:.3g}"
-        return f"{LEVEL_NAMES.get(self.method, 'level')}={int(self.level)}"
+        return level_text(self.method, self.level)
 
 
 def equal_accuracy(model, gains, x, y, *, max_accuracy_drop: float = 0.1,

@@ -10,6 +10,7 @@ from tfprec._tf import keras
 
 import tfprec
 from tfprec.planning import calibrate as C
+from tfprec.planning import budget as budget_lib
 from tfprec.planning.evaluate import Evaluator
 from tfprec.quantization import validate as V
 from tfprec.quantization.apply import logits_model, quantize_model
@@ -116,7 +117,7 @@ def test_bisection_exhaustive_on_monotone_oracles():
             def feasible(i):
                 calls.append(i)
                 return i <= boundary
-            assert C.cheapest_feasible(k, feasible) == boundary
+            assert budget_lib.cheapest_feasible(k, feasible) == boundary
             assert (math.floor(math.log2(k + 1)) <= len(calls)
                     <= math.ceil(math.log2(k + 1)))
 

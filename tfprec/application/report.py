@@ -31,11 +31,12 @@ from tfprec.application.figures import (  # noqa: F401  (re-exported)
     eng as _eng, figure_bits, figure_cost_accuracy, figure_mismatch,
     have_matplotlib, write_figures)
 from tfprec.application.tables import (  # noqa: F401  (re-exported)
-    CONFIDENCE, LEVEL_NAMES, PlanSummary, _g, _int, _level_str, _pct,
+    CONFIDENCE, PlanSummary, _g, _int, _pct,
     comparison_markdown, layer_rows, layer_table_markdown, layer_table_text,
     mismatch_ucl, plan_level, sweep_markdown)
 from tfprec.fileio import atomic_write_text
 from tfprec.planning.cost_aware import per_example_bound
+from tfprec.planning.rules import level_text
 
 REPORT_FILE = "report.md"
 
@@ -119,7 +120,7 @@ def _summary_section(plan, validation, export_report, settings: dict, notes) -> 
     level = plan_level(plan)
     top = max(max(l.weight_bits, l.act_bits) for l in plan.layers)
     out.append(f"- Chosen plan: **{plan.method}**"
-               + (f", {_level_str(plan.method, level)}" if level is not None else "")
+               + (f", {level_text(plan.method, level)}" if level is not None else "")
                + f"; bits {plan.b_min}..{top}")
     out.append(f"- Analytic bound: **{plan.bound():.4g}**"
                + (f" ({target_note(plan)})" if target_note(plan) else ""))

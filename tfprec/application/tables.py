@@ -12,11 +12,9 @@ import dataclasses
 from typing import Optional, Sequence
 
 from tfprec.application.figures import base_method
+from tfprec.planning.rules import level_text
 
 CONFIDENCE = 0.95
-
-LEVEL_NAMES = {"paper": "B_min", "uniform": "B", "icml2017": "B_A",
-               "cost_aware": "t", "measured_greedy": "t"}
 
 
 # ====================================================================== numbers
@@ -140,15 +138,6 @@ class PlanSummary:
         return d
 
 
-def _level_str(method: str, level) -> str:
-    if level is None:
-        return "-"
-    fam = base_method(method)
-    if fam in ("cost_aware", "measured_greedy"):
-        return f"t={level:.3g}"
-    return f"{LEVEL_NAMES.get(fam, 'level')}={int(level)}"
-
-
 def layer_rows(plan, gains=None) -> list:
     """Per-layer values of ``plan`` (and ``gains`` for E_W, E_A) as dicts."""
     cost = plan.cost()
@@ -246,7 +235,7 @@ def comparison_markdown(summaries: Sequence[PlanSummary]) -> str:
         mis = ("not measured" if s.mismatch_rate is None else
                f"{s.mismatch_rate:.4f} ({s.num_mismatch}/{s.num_examples})")
         lines.append(
-            f"| {name} | {_level_str(s.method, s.level)} | {bmin} | {s.bound:.3g} | "
+            f"| {name} | {level_text(s.method, s.level)} | {bmin} | {s.bound:.3g} | "
             f"{mis} | {_g(s.mismatch_ucl, '.4f')} | {_pct(s.float_accuracy)} | "
             f"{_pct(s.quant_accuracy)} | {_int(s.compute_cost)} | "
             f"{s.compute_cost / max(ref.compute_cost, 1e-300):.3f} | "
@@ -266,7 +255,7 @@ def sweep_markdown(rows) -> str:
         ucl = mismatch_ucl(r.num_mismatch, r.num_examples)
         holds = "yes" if r.mismatch_rate <= r.bound else "**no**"
         lines.append(
-            f"| {r.method} | {_level_str(r.method, r.level)} | {r.b_min} | "
+            f"| {r.method} | {level_text(r.method, r.level)} | {r.b_min} | "
             f"{r.bound:.3g} | {r.mismatch_rate:.4f} ({r.num_mismatch}/{r.num_examples}) | "
             f"{_g(ucl, '.4f')} | {holds} | {_pct(r.quant_accuracy)} | "
             f"{_int(r.compute_cost)} | {_int(r.memory_cost)} |")

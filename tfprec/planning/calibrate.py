@@ -88,10 +88,10 @@ from tfprec.planning import cost as cost_lib
 from tfprec.planning import plan as plan_lib
 from tfprec.planning import rules as rules_lib
 from tfprec.planning import cost_aware as cost_aware_lib
-from tfprec.planning.budget import cheapest_feasible  # noqa: F401  (re-export)
-from tfprec.planning.evaluate import (LEVEL_NAMES, CalibratedPlan,  # noqa: F401
+from tfprec.planning.evaluate import (CalibratedPlan,  # noqa: F401  (result types)
                                       CalibrationResult, Evaluator, Measurement,
-                                      _describe, _fmt_level)
+                                      _describe)
+from tfprec.planning.rules import level_text
 
 FAMILIES = ("cost_aware", "paper", "uniform", "icml2017", "measured_greedy")
 DEFAULT_METHODS = ("cost_aware", "paper", "uniform")
@@ -206,7 +206,7 @@ def _search(fam: _Family, ev: Evaluator):
         trace.append((fam.levels[i], ev.value(m), ok))
         return ok
 
-    i = cheapest_feasible(len(fam.levels), feasible)
+    i = budget_lib.cheapest_feasible(len(fam.levels), feasible)
     if i < 0:
         return None, trace
     return _Found(fam.plan(i), fam.levels[i], len(trace), trace, hits[i]), trace
@@ -364,7 +364,7 @@ def calibrate(model, gains, x_val, y_val=None, *, target_mismatch: Optional[floa
             # an all-infeasible bisection ends at index 0, the most precise
             v0 = [v for lev, v, _ in trace if lev == fam.levels[0]][-1]
             unmet[m] = (f"at its most precise level "
-                        f"{_fmt_level(m, fam.levels[0])} it measures "
+                        f"{level_text(m, fam.levels[0])} it measures "
                         f"{_value_str(kind, v0)}")
         else:
             found[m] = res

@@ -29,11 +29,10 @@ import numpy as np
 
 from tfprec.errors import InvalidDataError, PlanError
 from tfprec.planning import plan as plan_lib
+from tfprec.planning.rules import level_text
 from tfprec.quantization import validate as validate_lib
 
 TARGET_KINDS = ("mismatch", "accuracy_drop")
-LEVEL_NAMES = {"paper": "B_min", "uniform": "B", "icml2017": "B_A",
-               "cost_aware": "bound target t", "measured_greedy": "bound target t"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -299,7 +298,7 @@ class CalibrationResult:
             drop = ("n/a" if c.accuracy_drop_pp is None else
                     f"{c.accuracy_drop_pp:.2f} ± {c.accuracy_drop_se_pp:.2f}")
             lines.append(
-                f"| {c.method} | {_fmt_level(c.method, c.level)} | {c.evaluations} | "
+                f"| {c.method} | {level_text(c.method, c.level)} | {c.evaluations} | "
                 f"{c.compute_cost:.4g} | {c.memory_cost:.4g} | "
                 f"{c.cost(self.cost) / base:.3f} | {c.bound:.3g} | "
                 f"{c.measured_mismatch:.4f} ({c.num_mismatch}/{c.num_examples}) | "
@@ -308,12 +307,6 @@ class CalibrationResult:
         for m, why in self.unmet.items():
             lines.append(f"\n{m}: target not met ({why})")
         return "\n".join(lines) + "\n"
-
-
-def _fmt_level(method: str, level) -> str:
-    if method in ("cost_aware", "measured_greedy"):
-        return f"t={level:.3g}"
-    return f"{LEVEL_NAMES.get(method, 'level')}={int(level)}"
 
 
 def _describe(kind: str, target: float) -> str:

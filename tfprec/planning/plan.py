@@ -9,20 +9,10 @@ and the layer geometry, so that the analytic mismatch bound
 
 and the cost model of :mod:`tfprec.planning.cost` can be evaluated for any plan.
 
-Constructors:
-
-* :func:`paper_plan`: the ICASSP 2018 rule (equalized contributions, offsets
-  from the normalized gains, smallest B_min meeting the target);
-* :func:`uniform_plan`: one B for every tensor;
-* :func:`icml2017_plan`: one B_A for all activations and one B_W for all
-  weights with B_W - B_A = round(log2 sqrt(sum G_W / sum G_A));
-* :func:`cost_aware_plan`: minimizes computational or representational cost
-  subject to the same bound; never costs more than the paper's plan.
-
-The constructors live in :mod:`tfprec.planning.rules` (one-level rules and
-:func:`make_plan`) and :mod:`tfprec.planning.cost_aware` (cost-aware and
-per-example plans), the searches in :mod:`tfprec.planning.search`; this
-module re-exports them.
+The constructors live elsewhere: :mod:`tfprec.planning.rules` (the paper's
+rule, uniform and ICML 2017 plans) and :mod:`tfprec.planning.cost_aware`
+(cost-aware and per-example plans, :func:`make_plan`); the searches are in
+:mod:`tfprec.planning.search`.
 """
 from __future__ import annotations
 
@@ -32,7 +22,7 @@ import math
 from typing import Optional
 
 from tfprec.errors import PlanError
-from tfprec.fileio import atomic_write_bytes, atomic_write_text  # noqa: F401 (re-export)
+from tfprec.fileio import atomic_write_text
 from tfprec.fixedpoint import check_bits, check_pow2, step
 from tfprec.planning import cost as cost_lib
 

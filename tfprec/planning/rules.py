@@ -21,6 +21,25 @@ from tfprec.fixedpoint import MAX_BITS, MIN_BITS, check_bits
 from tfprec.planning.plan import DEFAULT_TARGET, LayerPrecision, PrecisionPlan
 from tfprec.planning.search import AnalyticBound
 
+#: The one number each allocation family is searched over.
+LEVEL_NAMES = {"paper": "B_min", "uniform": "B", "icml2017": "B_A",
+               "cost_aware": "t", "measured_greedy": "t"}
+
+
+def level_text(method: str, level) -> str:
+    """A plan's level as text: ``B_min=4``, ``B=5``, ``B_A=6`` (bits) or
+    ``t=0.0228`` (a bound target, probability) for the cost-aware family;
+    ``-`` when there is none.  ``method`` may carry a suffix
+    (``cost_aware:compute``, ``paper+measured_greedy``)."""
+    if level is None:
+        return "-"
+    m = str(method)
+    fam = "measured_greedy" if "measured_greedy" in m else m.split(":", 1)[0]
+    if LEVEL_NAMES.get(fam) == "t":
+        return f"t={level:.3g}"
+    return f"{LEVEL_NAMES.get(fam, 'level')}={int(level)}"
+
+
 def _round_half_up(v: float) -> int:
     return int(math.floor(v + 0.5))
 

@@ -23,7 +23,6 @@ from tfprec.quantization.apply import logits_model, quantize_model
 from tfprec.errors import InvalidDataError, PlanError, UnattainableTargetError
 
 METHODS = ("paper", "uniform", "icml2017")
-LEVEL_NAMES = {"paper": "B_min", "uniform": "B", "icml2017": "B_A"}
 
 
 @dataclasses.dataclass(frozen=True)
