@@ -1,281 +1,272 @@
-"""Peers, side by side: tfprec against Hessian-trace (HAWQ-v2) and greedy search.
+"""Peers, side by side: tfprec's predictor-based plan against greedy search
+and HAWQ-v2, on the well-trained reference networks.
 
-One run, one network, one data set: the paper's MNIST MLP 784-512-512-512-10
-(clip(0, 2) activations, weights in [-1, 1]) trained with
-``tfprec.models.cached_trained`` (3 epochs, Adam, seed 0; weights cached
-under benchmarks/.cache) on MNIST from ``--data_dir`` / ``$TFPREC_DATA_DIR``
-(default $TFPREC_DATA_DIR, then ../shared/data).  Sensitivities (tfprec's noise gains and the
-Hessian traces) use the first 2000 training examples; plans are evaluated on
-the first 2000 test examples ("eval set"); the other 8000 test examples are a
-hold-out the searches never saw.  Every plan is a tfprec PrecisionPlan
-evaluated by the same fake-quant model (tfprec.validate.quant_decisions) and
-priced by the same cost model (METHOD.md section 4, full adders per example).
+Networks (``--nets``, default both): the committed well-trained MNIST MLP
+784-512-512-512-10 and CIFAR-10 VGG-like network
+(``examples/common.load_reference``: ``examples/weights/<net>.h5``, made by
+``examples/train_reference.py``; ``--weights_dir`` points elsewhere), on
+MNIST / CIFAR-10 from ``--data_dir`` (default $TFPREC_DATA_DIR, then
+../shared/data).  Every plan is a tfprec PrecisionPlan measured by the same
+fake-quant evaluator (tfprec.planning.evaluate.Evaluator) and priced by the
+same cost model (METHOD.md section 4, compute cost in full adders per
+example).
 
-Prints ``name: value`` lines (``#`` lines are comments):
+Splits (subsets keep the run near 10 minutes on 2 CPU cores; the CIFAR-10
+defaults are smaller because each fake-quant pass of the VGG costs ~20x the
+MLP's):
+
+* calibration: the first ``--calib`` training images (MNIST 2000, CIFAR-10
+  1000): tfprec's noise gains (``per_class=True``) and the Hessian traces
+  (the first ``--hessian_examples`` of them, MNIST 2000, CIFAR-10 500);
+* selection: the first ``--select`` test images (MNIST 2000, CIFAR-10 1000):
+  every plan that needs a measurement (greedy's search, tfprec's level
+  search) is chosen on them;
+* report: the next ``--report`` test images (2000): every accuracy below
+  marked "report" is on them, which no search saw.
+
+Prints ``name: value`` lines, every name prefixed by the network
+(``mnist_mlp_`` / ``cifar10_vgg_``; ``#`` lines are comments):
 
 Setup
-* float_accuracy_pct: float top-1 accuracy on the eval set, percent.
-* hutchinson_samples: Rademacher probes per batch of the Hessian pass.
+* <net>_weights: the weights file; <net>_float_select_accuracy_pct,
+  <net>_float_report_accuracy_pct: float top-1 accuracy on each split.
 
-Sensitivity pass cost (2000 training examples; both passes warmed up first,
-so these are steady-state times without tf.function tracing)
-* gains_pass_seconds: tfprec.noise_gains (exact, all 9 wrong classes),
-  median of 3 runs.
-* hessian_pass_seconds: peers.hessian.hessian_trace_sensitivity on the same
-  examples with their labels (weight and activation traces, joint
-  Rademacher probes, one forward-over-backward HVP per probe and batch of
-  500; probes="per_block", HAWQ-v2's per-block form, needs 2 x 4 = 8 HVPs
-  per probe instead of 1).
-* hessian_over_gains_time: hessian_pass_seconds / gains_pass_seconds;
-  hessian_over_gains_cpu_time: the same ratio of process CPU times (less
-  sensitive to other load on the machine).
-* gains_first_call_seconds: the first gains pass of the process (tracing
-  and TensorFlow's one-time start-up included); hessian_first_call_seconds:
-  the Hessian engine's tracing call (one probe, 500 examples) + the
-  steady-state pass.
-* hessian_trace_max_rel_stderr: largest Monte-Carlo standard error of a
-  weight trace relative to the trace (estimate quality at this sample count).
+(a) cost at equal held-out accuracy (fake-quant accuracy within
+``--tolerance_pp`` = 0.5 percentage points of float on the selection split)
+* <net>_greedy_plan_cost, <net>_greedy_plan_bits: peers.greedy.greedy_search_plan
+  from uniform 8 bits (one tensor one bit lower per step, kept while the
+  measured drop holds): compute cost (FA), B_W/B_A per layer.
+* <net>_tfprec_plan_cost, <net>_tfprec_plan_bits, <net>_tfprec_plan_level:
+  tfprec's predictor-based plan: the cost-aware plans under the predicted
+  mismatch (``cost_aware_plan(..., criterion="predicted")``) on a grid of
+  predicted targets (peers.matched.family_grid, ``--per_bit`` targets per bit
+  of the uniform plans, default 4), the cheapest whose drop on the selection
+  split meets the tolerance (bisection).
+* <net>_tfprec_over_greedy_cost: the ratio of the two costs (target <= 1.05).
+* <net>_{greedy,tfprec}_select_drop_pp: drop on the selection split (both
+  meet the tolerance there by construction);
+  <net>_{greedy,tfprec}_report_accuracy_pct, _report_drop_pp: on the report
+  split.
 
-Same cost budget (budget_<k> = fraction f_k of the compute cost of the
-uniform 8-bit plan, f = 0.5, 0.4, 0.3, 0.25, 0.22; the all-2-bit plan costs
-0.19 of it)
-* budget_<k>_fraction_of_uniform8: f_k.
-* budget_<k>_full_adders: the budget, 1-bit full adders per example.
-* budget_<k>_tfprec_accuracy_pct: eval-set fake-quant accuracy of tfprec's
-  plan for the budget (the smallest-bound cost_aware plan that fits,
-  planning.budget_lib.cost_aware_at_budget).
-* budget_<k>_hawq_accuracy_pct: same for the HAWQ-v2-style plan
-  (peers.hawq.hawq_plan: weights and activations allocated by their Hessian
-  traces, same bit range 2..16 and cost model).
-* budget_<k>_tfprec_cost / _hawq_cost: compute cost of each plan (both fit).
-* budget_<k>_tfprec_bits / _hawq_bits: B_W/B_A per layer fc1 fc2 fc3 logits.
-* budget_<k>_tfprec_bound / _hawq_bound: tfprec's analytic mismatch bound
-  of each plan (probability; can exceed 1).
-* budget_<k>_plans_identical: 1 if both methods chose the same bits.
+(b) time to a plan (the same process, each paying its own tracing)
+* <net>_greedy_seconds, <net>_greedy_evaluations: the whole greedy search
+  (its float pass and every fake-quant evaluation).
+* <net>_tfprec_seconds: on a fresh copy of the model (so the gains pass is
+  traced anew): the noise-gains pass (per-class data) + planning (the grid
+  and the plans the bisection asks for) + the confirmation evaluations (the
+  float pass of the selection split and the bisection's fake-quant passes);
+  <net>_tfprec_gains_seconds, <net>_tfprec_evaluations: its parts.
+* <net>_greedy_over_tfprec_time: the ratio (target >= 10).
 
-Time to a plan within 0.1 pp of float accuracy (eval set; both measured in
-the same, already warm process, each paying its own tracing)
-* greedy_search_seconds, greedy_evaluations: peers.greedy.greedy_search_plan
-  from uniform 8 bits, wall time and fake-quant evaluations (each
-  evaluation builds the fake-quant model and runs the eval set).
-* greedy_evaluations_if_all_candidates: evaluations a greedy search that
-  measures every candidate of every round would need (same result).
-* tfprec_time_to_plan_seconds: on a fresh copy of the model (so the gains
-  pass is traced anew): noise_gains on the 2000 training examples + the
-  time of planning.budget_lib.bisect_target_plan (cost_aware plans on a grid of bound
-  targets, 4 per decade from 1e-3 to the all-2-bit plan's bound, bisected
-  on measured accuracy; plan construction included).
-* tfprec_evaluations: fake-quant evaluations the bisection used.
-* greedy_over_tfprec_time: greedy_search_seconds / tfprec_time_to_plan_seconds
-  (the goal is >= 10); greedy_over_tfprec_cpu_time: the same ratio of
-  process CPU times (less sensitive to other load on the machine).
-* tfprec_calibrate_*: tfprec's own path on another fresh copy:
-  noise_gains(per_example=True) + tfprec.calibrate(max_accuracy_drop, the
-  cost-aware family shaped by the per-example bound): time, evaluations,
-  greedy_over_tfprec_calibrate_time, the plan's cost against greedy's, and
-  its accuracy on the eval and held-out sets.
-* greedy_all_candidates_seconds_estimate: greedy_search_seconds scaled by
-  greedy_evaluations_if_all_candidates / greedy_evaluations (estimated, not
-  run: the time of a greedy search that measures every candidate each
-  round); greedy_all_candidates_over_tfprec_time is its ratio to tfprec.
-* greedy_plan_cost, tfprec_plan_cost: compute cost of both final plans
-  (full adders per example); tfprec_over_greedy_cost is their ratio.
-* greedy_plan_bits, tfprec_plan_bits: B_W/B_A per layer.
-* greedy_plan_accuracy_pct, tfprec_plan_accuracy_pct: eval-set accuracy
-  (both within 0.1 pp of float by construction).
-* tfprec_budget_bisection_seconds / _evaluations / _plan_cost /
-  _plan_bits / _plan_accuracy_pct: the alternative confirmation,
-  planning.budget_lib.bisect_budget_plan (tfprec's plan for a compute budget, the
-  budget bisected geometrically on measured accuracy to within 5 %), time
-  including the same gains pass; tfprec_budget_bisection_not_met (the
-  reason) instead when even its upper plan misses the tolerance.
-* greedy_plan_holdout_accuracy_pct, tfprec_plan_holdout_accuracy_pct,
-  float_holdout_accuracy_pct: accuracy on the 8000 hold-out test examples.
+(c) accuracy at equal cost budgets: budget_k = fraction f_k of the compute
+cost of the uniform 8-bit plan (``--fractions``, default 0.5, 0.4, 0.3,
+0.25; the all-2-bit plan costs about 0.19 of it)
+* <net>_budget_<k>_full_adders: the budget.
+* <net>_budget_<k>_tfprec_report_accuracy_pct: tfprec's plan for the
+  budget, the lowest-predicted-mismatch plan that fits
+  (peers.matched.predicted_at_budget); <net>_budget_<k>_hawq_report_accuracy_pct:
+  the HAWQ-v2 plan (peers.hawq.hawq_plan: weights and activations allocated
+  by their Hessian traces, ``--samples`` Hutchinson probes, bits 2..16, the
+  same cost model); both on the report split.
+* <net>_budget_<k>_{tfprec,hawq}_cost, _bits: each plan's cost and bits.
+* <net>_budget_<k>_tfprec_predicted_mismatch: tfprec's prediction for its plan.
+* <net>_hessian_seconds: the Hessian-trace pass.
+
+Verdicts (one line each, "yes" / "no" and the numbers)
+* <net>_verdict_cost: tfprec_over_greedy_cost <= 1.05.
+* <net>_verdict_time: greedy_over_tfprec_time >= 10.
+* <net>_verdict_hawq: tfprec at least as accurate as HAWQ-v2 on the report
+  split at every budget (counts of budgets).
 * total_seconds: the whole run.
 
-Usage: python benchmarks/peers.py [--data_dir DIR] [--samples 32]
+Usage: python benchmarks/peers.py [--nets mnist_mlp,cifar10_vgg] [--data_dir DIR]
 """
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 
-import numpy as np
-
-import tfprec
-from tfprec.peers import greedy, hawq, hessian
-from tfprec.planning import budget as budget_lib
-from tfprec.application import models
-from tfprec.quantization import validate as V
-from tfprec.application import data as data_lib
-from tfprec.application.data import load_dataset
-from tfprec._tf import keras
-from tfprec.planning.rules import uniform_plan
-from tfprec.errors import UnattainableTargetError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "examples"))
+
+import common  # noqa: E402  (examples/common.py: imports tfprec first)
+
+import tfprec  # noqa: E402
+from tfprec._tf import keras  # noqa: E402
+from tfprec.application import data as data_lib  # noqa: E402
+from tfprec.peers import greedy, hawq, hessian, matched  # noqa: E402
+from tfprec.planning.rules import uniform_plan  # noqa: E402
+
+# per-network defaults: calibration, Hessian, selection examples
+DEFAULTS = {"mnist_mlp": (2000, 2000, 2000), "cifar10_vgg": (1000, 500, 1000)}
 
 
 def bits(plan) -> str:
     return " ".join(f"{l.weight_bits}/{l.act_bits}" for l in plan.layers)
 
 
-def acc_pct(model, plan, x, y) -> float:
-    return 100.0 * float(np.mean(V.quant_decisions(model, plan, x) == y))
+def out(net: str, name: str, value) -> None:
+    print(f"{net}_{name}: {value}", flush=True)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data_dir", default=None,
-                    help="folder with mnist.npz (default $TFPREC_DATA_DIR, then "
-                         "../shared/data next to the repository)")
-    ap.add_argument("--cache_dir", default=os.path.join(HERE, ".cache"))
-    ap.add_argument("--calib", type=int, default=2000)
-    ap.add_argument("--eval", type=int, default=2000)
-    ap.add_argument("--samples", type=int, default=32)
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--tolerance_pp", type=float, default=0.1)
-    ap.add_argument("--fractions", default="0.5,0.4,0.3,0.25,0.22",
-                    help="budgets as fractions of the uniform 8-bit compute cost")
-    a = ap.parse_args()
-    t_all = time.perf_counter()
-    data_dir = data_lib.resolve_data_dir(a.data_dir)
-    ds = load_dataset("mnist", data_dir=data_dir, flatten=True)
-    model = models.cached_trained("mnist_mlp", ds, epochs=a.epochs,
-                                  cache_dir=a.cache_dir)
-    xc, yc = ds.x_train[:a.calib], ds.y_train[:a.calib]
-    xe, ye = ds.x_test[:a.eval], ds.y_test[:a.eval]
-    xh, yh = ds.x_test[a.eval:], ds.y_test[a.eval:]
-    fe = V.float_decisions(model, xe)            # also warms TensorFlow up
-    print(f"float_accuracy_pct: {100 * np.mean(fe == ye):.2f}")
-    print(f"hutchinson_samples: {a.samples}")
+def fresh_copy(model):
+    m = keras.models.clone_model(model)
+    m.set_weights(model.get_weights())
+    return m
 
-    # ---------------------------------------------- sensitivity passes
-    print("# sensitivity passes over", len(xc), "training examples")
-    t = time.perf_counter()
-    gains = tfprec.noise_gains(model, xc)
-    t_gains_first = time.perf_counter() - t
-    runs, cpu_runs = [], []
-    for _ in range(3):                          # steady state: median of 3
-        t, c = time.perf_counter(), time.process_time()
-        gains = tfprec.noise_gains(model, xc)
-        runs.append(time.perf_counter() - t)
-        cpu_runs.append(time.process_time() - c)
-    t_gains, c_gains = float(np.median(runs)), float(np.median(cpu_runs))
-    t = time.perf_counter()
-    hessian.hessian_trace_sensitivity(model, xc[:500], yc[:500], num_samples=1)
-    t_hess_trace = time.perf_counter() - t     # tracing + one probe
-    t, c = time.perf_counter(), time.process_time()
-    traces = hessian.hessian_trace_sensitivity(model, xc, yc, num_samples=a.samples)
-    t_hess = time.perf_counter() - t
-    c_hess = time.process_time() - c
-    print(f"gains_pass_seconds: {t_gains:.3f}")
-    print(f"hessian_pass_seconds: {t_hess:.3f}")
-    print(f"hessian_over_gains_time: {t_hess / t_gains:.1f}")
-    print(f"hessian_over_gains_cpu_time: {c_hess / c_gains:.1f}")
-    print(f"gains_first_call_seconds: {t_gains_first:.3f}")
-    # first call = tracing + one probe + the steady-state full pass
-    print(f"hessian_first_call_seconds: {t_hess_trace + t_hess:.3f}")
-    rel = max(traces.weight_stderr[n] / abs(traces[n]) for n in traces)
-    print(f"hessian_trace_max_rel_stderr: {rel:.3f}")
 
-    # ----------------------------------------------------- same budget
-    print("# same compute budget: tfprec cost_aware vs HAWQ-v2 style "
-          "(eval set accuracy, percent)")
-    u8 = uniform_plan(gains, bits=8).cost().total_compute
-    for k, frac in enumerate(float(s) for s in a.fractions.split(",")):
-        budget = frac * u8
-        tp = budget_lib.cost_aware_at_budget(gains, budget)
-        hp = hawq.hawq_plan(model, gains, traces, budget)
-        print(f"budget_{k}_fraction_of_uniform8: {frac:g}")
-        print(f"budget_{k}_full_adders: {budget:.6g}")
-        print(f"budget_{k}_tfprec_accuracy_pct: {acc_pct(model, tp, xe, ye):.2f}")
-        print(f"budget_{k}_hawq_accuracy_pct: {acc_pct(model, hp, xe, ye):.2f}")
-        print(f"budget_{k}_tfprec_cost: {tp.cost().total_compute:.6g}")
-        print(f"budget_{k}_hawq_cost: {hp.cost().total_compute:.6g}")
-        print(f"budget_{k}_tfprec_bits: {bits(tp)}")
-        print(f"budget_{k}_hawq_bits: {bits(hp)}")
-        print(f"budget_{k}_tfprec_bound: {tp.bound():.3g}")
-        print(f"budget_{k}_hawq_bound: {hp.bound():.3g}")
-        print(f"budget_{k}_plans_identical: {int(bits(tp) == bits(hp))}")
+def run_net(net: str, a) -> None:
+    d_cal, d_hess, d_sel = DEFAULTS[net]
+    n_cal = a.calib or d_cal
+    n_hess = min(a.hessian_examples or d_hess, n_cal)
+    n_sel = a.select or d_sel
+    kw, dataset, flatten = common.REFERENCE_NETS[net]
+    ds = data_lib.load_dataset(dataset, data_lib.resolve_data_dir(a.data_dir),
+                               flatten=flatten)
+    model = common.load_reference(net, a.weights_dir)
+    n_rep = min(a.report, ds.num_test - n_sel)
+    xc, yc = ds.x_train[:n_cal], ds.y_train[:n_cal]
+    xs, ys = ds.x_test[:n_sel], ds.y_test[:n_sel]
+    xr, yr = ds.x_test[n_sel:n_sel + n_rep], ds.y_test[n_sel:n_sel + n_rep]
+    print(f"# {net}: {n_cal} calibration ({n_hess} for the Hessian), {n_sel} "
+          f"selection, {n_rep} report examples", flush=True)
+    out(net, "weights", os.path.relpath(common.reference_path(net, a.weights_dir)))
+    rep = matched.report_evaluator(model, xr, yr)      # also warms TensorFlow up
+    sel_float = matched.report_evaluator(model, xs, ys).float_accuracy
+    out(net, "float_select_accuracy_pct", f"{100 * sel_float:.2f}")
+    out(net, "float_report_accuracy_pct", f"{100 * rep.float_accuracy:.2f}")
 
-    # ------------------------------------------------- time to a plan
-    print(f"# time to a plan within {a.tolerance_pp} pp of float accuracy")
-    t, c = time.perf_counter(), time.process_time()
-    gp, g_evals = greedy.greedy_search_plan(model, gains, xe, ye,
+    # ------------------------------------------- (b) tfprec's time to a plan
+    print(f"# {net}: tfprec, predictor-based plan within {a.tolerance_pp} pp "
+          "on the selection split", flush=True)
+    fresh = fresh_copy(model)
+    t0, c0 = time.perf_counter(), time.process_time()
+    gains = tfprec.noise_gains(fresh, xc, per_class=True)
+    t_gains = time.perf_counter() - t0
+    grid = matched.family_grid(gains, "cost_aware_predicted", per_bit=a.per_bit)
+    ev = matched.selection_evaluator(fresh, xs, ys, a.tolerance_pp)
+    chosen = matched.select_level(grid, ev)
+    t_tfprec = time.perf_counter() - t0
+    c_tfprec = time.process_time() - c0
+
+    # ------------------------------------------------------ greedy search
+    print(f"# {net}: greedy search within {a.tolerance_pp} pp on the selection "
+          "split", flush=True)
+    t0, c0 = time.perf_counter(), time.process_time()
+    gp, g_evals = greedy.greedy_search_plan(model, gains, xs, ys,
                                             tolerance_pp=a.tolerance_pp)
-    t_greedy = time.perf_counter() - t
-    c_greedy = time.process_time() - c
-    fresh = keras.models.clone_model(model)
-    fresh.set_weights(model.get_weights())
-    t, c = time.perf_counter(), time.process_time()
-    g2 = tfprec.noise_gains(fresh, xc)
-    t_g2 = time.perf_counter() - t
-    tp, t_evals = budget_lib.bisect_target_plan(fresh, g2, xe, ye,
-                                                tolerance_pp=a.tolerance_pp)
-    t_tfprec = time.perf_counter() - t
-    c_tfprec = time.process_time() - c
-    t = time.perf_counter()
-    try:
-        tp2, t_evals2 = budget_lib.bisect_budget_plan(fresh, g2, xe, ye,
-                                                      tolerance_pp=a.tolerance_pp)
-    except UnattainableTargetError as e:     # its upper plan misses the tolerance
-        tp2, t_evals2, why2 = None, None, str(e)
-    t_tfprec2 = t_g2 + time.perf_counter() - t
-    print(f"greedy_search_seconds: {t_greedy:.2f}")
-    print(f"greedy_evaluations: {g_evals}")
-    print(f"greedy_evaluations_if_all_candidates: "
-          f"{gp.info['evaluations_if_all_candidates']}")
-    print(f"tfprec_time_to_plan_seconds: {t_tfprec:.2f}")
-    print(f"tfprec_evaluations: {t_evals}")
-    print(f"greedy_over_tfprec_time: {t_greedy / t_tfprec:.1f}")
-    print(f"greedy_over_tfprec_cpu_time: {c_greedy / c_tfprec:.1f}")
-    t_all_c = t_greedy * gp.info["evaluations_if_all_candidates"] / g_evals
-    print(f"greedy_all_candidates_seconds_estimate: {t_all_c:.1f}")
-    print(f"greedy_all_candidates_over_tfprec_time: {t_all_c / t_tfprec:.1f}")
-    gc, tc = gp.cost().total_compute, tp.cost().total_compute
-    print(f"greedy_plan_cost: {gc:.6g}")
-    print(f"tfprec_plan_cost: {tc:.6g}")
-    print(f"tfprec_over_greedy_cost: {tc / gc:.3f}")
-    print(f"greedy_plan_bits: {bits(gp)}")
-    print(f"tfprec_plan_bits: {bits(tp)}")
-    print(f"greedy_plan_accuracy_pct: {100 * gp.info['quant_accuracy']:.2f}")
-    print(f"tfprec_plan_accuracy_pct: {100 * tp.info['quant_accuracy']:.2f}")
-    print(f"tfprec_budget_bisection_seconds: {t_tfprec2:.2f}")
-    if tp2 is None:
-        print(f"tfprec_budget_bisection_not_met: {why2}")
+    t_greedy = time.perf_counter() - t0
+    c_greedy = time.process_time() - c0
+
+    # ------------------------------------------------ (a) cost, report split
+    gc = gp.cost().total_compute
+    gm = matched.measure(gp, rep)
+    out(net, "greedy_plan_cost", f"{gc:.6g}")
+    out(net, "greedy_plan_bits", bits(gp))
+    out(net, "greedy_select_drop_pp",
+        f"{100 * (gp.info['float_accuracy'] - gp.info['quant_accuracy']):.2f}")
+    out(net, "greedy_report_accuracy_pct", f"{100 * gm.quant_accuracy:.2f}")
+    out(net, "greedy_report_drop_pp", f"{gm.accuracy_drop_pp:.2f}")
+    ratio_cost = None
+    if chosen.met:
+        tp = chosen.plan
+        tc = tp.cost().total_compute
+        tm = matched.measure(tp, rep)
+        ratio_cost = tc / gc
+        out(net, "tfprec_plan_cost", f"{tc:.6g}")
+        out(net, "tfprec_plan_bits", bits(tp))
+        out(net, "tfprec_plan_level", chosen.label)
+        out(net, "tfprec_over_greedy_cost", f"{ratio_cost:.3f}")
+        out(net, "tfprec_select_drop_pp", f"{chosen.accuracy_drop_pp:.2f}")
+        out(net, "tfprec_report_accuracy_pct", f"{100 * tm.quant_accuracy:.2f}")
+        out(net, "tfprec_report_drop_pp", f"{tm.accuracy_drop_pp:.2f}")
     else:
-        print(f"tfprec_budget_bisection_evaluations: {t_evals2}")
-        print(f"tfprec_budget_bisection_plan_cost: {tp2.cost().total_compute:.6g}")
-        print(f"tfprec_budget_bisection_plan_bits: {bits(tp2)}")
-        print(f"tfprec_budget_bisection_plan_accuracy_pct: "
-              f"{100 * tp2.info['quant_accuracy']:.2f}")
-    # tfprec's own path: per-example gains + tfprec.calibrate (cost-aware
-    # family shaped by the per-example bound), on a fresh copy (fresh trace).
-    fresh3 = keras.models.clone_model(model)
-    fresh3.set_weights(model.get_weights())
-    t, c = time.perf_counter(), time.process_time()
-    g3 = tfprec.noise_gains(fresh3, xc, per_example=True)
-    cal = tfprec.calibrate.calibrate(fresh3, g3, xe, ye,
-                                     max_accuracy_drop=a.tolerance_pp,
-                                     methods=("cost_aware",))
-    t_cal = time.perf_counter() - t
-    c_cal = time.process_time() - c
-    tp3 = cal.best.plan
-    print(f"tfprec_calibrate_seconds: {t_cal:.2f}")
-    print(f"tfprec_calibrate_evaluations: {cal.best.evaluations}")
-    print(f"greedy_over_tfprec_calibrate_time: {t_greedy / t_cal:.1f}")
-    print(f"greedy_over_tfprec_calibrate_cpu_time: {c_greedy / c_cal:.1f}")
-    print(f"tfprec_calibrate_plan_cost: {tp3.cost().total_compute:.6g}")
-    print(f"tfprec_calibrate_over_greedy_cost: {tp3.cost().total_compute / gc:.3f}")
-    print(f"tfprec_calibrate_plan_bits: {bits(tp3)}")
-    print(f"tfprec_calibrate_plan_accuracy_pct: {100 * cal.best.quant_accuracy:.2f}")
-    fh = V.float_decisions(model, xh)
-    print(f"float_holdout_accuracy_pct: {100 * np.mean(fh == yh):.2f}")
-    print(f"greedy_plan_holdout_accuracy_pct: {acc_pct(model, gp, xh, yh):.2f}")
-    print(f"tfprec_plan_holdout_accuracy_pct: {acc_pct(model, tp, xh, yh):.2f}")
-    print(f"tfprec_calibrate_plan_holdout_accuracy_pct: {acc_pct(model, tp3, xh, yh):.2f}")
+        out(net, "tfprec_plan_not_met", chosen.note)
+
+    # ---------------------------------------------------------- (b) times
+    ratio_time = t_greedy / t_tfprec
+    out(net, "greedy_seconds", f"{t_greedy:.2f}")
+    out(net, "greedy_evaluations", g_evals)
+    out(net, "tfprec_seconds", f"{t_tfprec:.2f}")
+    out(net, "tfprec_gains_seconds", f"{t_gains:.2f}")
+    out(net, "tfprec_evaluations", ev.passes)
+    out(net, "greedy_over_tfprec_time", f"{ratio_time:.1f}")
+    out(net, "greedy_over_tfprec_cpu_time", f"{c_greedy / c_tfprec:.1f}")
+
+    # ------------------------------------------------ (c) equal budgets
+    print(f"# {net}: equal compute budgets, tfprec (lowest predicted mismatch) "
+          "vs HAWQ-v2; report-split accuracy", flush=True)
+    t0 = time.perf_counter()
+    traces = hessian.hessian_trace_sensitivity(model, xc[:n_hess], yc[:n_hess],
+                                               num_samples=a.samples)
+    out(net, "hessian_seconds", f"{time.perf_counter() - t0:.2f}")
+    u8 = uniform_plan(gains, bits=8).cost().total_compute
+    wins = 0
+    fracs = [float(s) for s in a.fractions.split(",")]
+    for k, frac in enumerate(fracs):
+        budget = frac * u8
+        tp = matched.predicted_at_budget(gains, budget)
+        hp = hawq.hawq_plan(model, gains, traces, budget)
+        ta = matched.measure(tp, rep).quant_accuracy
+        ha = matched.measure(hp, rep).quant_accuracy
+        wins += int(ta >= ha)
+        out(net, f"budget_{k}_fraction_of_uniform8", f"{frac:g}")
+        out(net, f"budget_{k}_full_adders", f"{budget:.6g}")
+        out(net, f"budget_{k}_tfprec_report_accuracy_pct", f"{100 * ta:.2f}")
+        out(net, f"budget_{k}_hawq_report_accuracy_pct", f"{100 * ha:.2f}")
+        out(net, f"budget_{k}_tfprec_cost", f"{tp.cost().total_compute:.6g}")
+        out(net, f"budget_{k}_hawq_cost", f"{hp.cost().total_compute:.6g}")
+        out(net, f"budget_{k}_tfprec_bits", bits(tp))
+        out(net, f"budget_{k}_hawq_bits", bits(hp))
+        out(net, f"budget_{k}_tfprec_predicted_mismatch",
+            f"{tp.info['predicted_mismatch']:.4g}")
+
+    # ------------------------------------------------------------ verdicts
+    yes = lambda b: "yes" if b else "no"  # noqa: E731
+    out(net, "verdict_cost",
+        "n/a (tfprec found no plan)" if ratio_cost is None else
+        f"{yes(ratio_cost <= 1.05)} (tfprec/greedy cost {ratio_cost:.3f}, target <= 1.05)")
+    out(net, "verdict_time", f"{yes(ratio_time >= 10)} (greedy/tfprec time "
+                             f"{ratio_time:.1f}, target >= 10)")
+    out(net, "verdict_hawq", f"{yes(wins == len(fracs))} (tfprec at least as "
+                             f"accurate at {wins} of {len(fracs)} budgets)")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--nets", default="mnist_mlp,cifar10_vgg",
+                    help="comma-separated: mnist_mlp, cifar10_vgg")
+    ap.add_argument("--data_dir", default=None,
+                    help="folder with mnist.npz / cifar10_jpeg75.npz (default "
+                         "$TFPREC_DATA_DIR, then ../shared/data)")
+    ap.add_argument("--weights_dir", default="",
+                    help="folder of <net>.h5 ('' : examples/weights)")
+    ap.add_argument("--calib", type=int, default=0,
+                    help="calibration (training) examples; 0: MNIST 2000, CIFAR-10 1000")
+    ap.add_argument("--hessian_examples", type=int, default=0,
+                    help="examples of the Hessian pass; 0: MNIST 2000, CIFAR-10 500")
+    ap.add_argument("--select", type=int, default=0,
+                    help="selection test examples; 0: MNIST 2000, CIFAR-10 1000")
+    ap.add_argument("--report", type=int, default=2000,
+                    help="report test examples (after the selection split)")
+    ap.add_argument("--samples", type=int, default=32, help="Hutchinson probes")
+    ap.add_argument("--tolerance_pp", type=float, default=0.5,
+                    help="accuracy drop allowed on the selection split, pp")
+    ap.add_argument("--per_bit", type=int, default=4,
+                    help="tfprec's predicted-target grid points per bit")
+    ap.add_argument("--fractions", default="0.5,0.4,0.3,0.25",
+                    help="budgets as fractions of the uniform 8-bit compute cost")
+    a = ap.parse_args(argv)
+    nets = [n.strip() for n in a.nets.split(",") if n.strip()]
+    for n in nets:
+        if n not in DEFAULTS:
+            ap.error(f"--nets: unknown network {n!r}; use mnist_mlp, cifar10_vgg")
+    t_all = time.perf_counter()
+    for n in nets:
+        run_net(n, a)
     print(f"total_seconds: {time.perf_counter() - t_all:.1f}")
 
 

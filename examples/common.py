@@ -4,8 +4,11 @@
   examples share flag names such as ``--data_dir``; a test that imports
   several examples must not hit absl's DuplicateFlagError);
 * data and cache defaults: :func:`default_data_dir`, :func:`default_cache_dir`;
+* the well-trained reference networks: :func:`load_reference` (the
+  committed weights in ``examples/weights``, made by
+  ``examples/train_reference.py``);
 * training: :func:`trained_model` (cached with ``tfprec.models.cached_trained``
-  or trained in place), timed;
+  or trained in place), timed; the examples use it only with ``--retrain``;
 * the paper reproduction (equal-accuracy search, binarized and 16-bit
   networks, markdown) is in :mod:`paper_common`;
 * architectures: :func:`run_architecture` (gains, paper and cost-aware plans,
@@ -32,7 +35,7 @@ from tfprec.planning import rules as rules_lib
 from tfprec.planning import cost_aware as cost_aware_lib
 from tfprec._tf import keras
 from tfprec.quantization.apply import logits_model, quantize_model
-from tfprec.errors import UnattainableTargetError
+from tfprec.errors import TfprecError, UnattainableTargetError, UnsupportedModelError
 from tfprec.fixedpoint import MAX_BITS, MIN_BITS
 
 from tfprec.planning.calibrate import calibrate as _calibrate
@@ -41,10 +44,18 @@ from absl import flags
 
 EXAMPLES_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(EXAMPLES_DIR)
-PAPER_METHODS = ("cost_aware", "paper", "uniform", "icml2017")
+WEIGHTS_DIR = os.path.join(EXAMPLES_DIR, "weights")
+# reference network -> (builder keywords of the committed weights, dataset,
+# whether the dataset is flattened); examples/train_reference.py writes them
+REFERENCE_NETS = {
+    "mnist_mlp": ({}, "mnist", True),
+    "cifar10_vgg": ({"batchnorm": False}, "cifar10", False),
+}
+PAPER_METHODS = ("cost_aware_predicted", "cost_aware", "paper", "uniform", "icml2017")
 METHOD_LABELS = {
     "paper": "per-layer, paper rule (ICASSP 2018)",
-    "cost_aware": "per-layer, cost-aware (compute)",
+    "cost_aware_predicted": "per-layer, cost-aware under the predicted mismatch (tfprec)",
+    "cost_aware": "per-layer, cost-aware under the per-example bound (compute)",
     "uniform": "uniform (one B for all tensors)",
     "icml2017": "ICML 2017 (one B_A, one B_W)",
 }
@@ -79,6 +90,19 @@ def define_common_flags(*, epochs: int, calibration_examples: int,
     define_flag("string", "output", output,
                 "Write the markdown results here (atomically); '' prints only.")
     define_flag("integer", "seed", 0, "Seed of model initialization and training.")
+
+
+def define_reference_flags() -> None:
+    """--retrain and --weights_dir, of the examples that use a reference
+    network (:func:`load_reference`)."""
+    define_flag("bool", "retrain", False,
+                "Train the network with the example's short CPU schedule "
+                "(--epochs, cached in --cache_dir) instead of loading the "
+                "committed well-trained reference weights (examples/weights, "
+                "made by examples/train_reference.py).")
+    define_flag("string", "weights_dir", "",
+                "Folder of the reference weights <net>.h5 and training.json "
+                "('' : examples/weights).")
 
 
 def define_architecture_flags(*, train_examples: int) -> None:
@@ -143,6 +167,92 @@ def default_cache_dir() -> str:
     """``$TFPREC_CACHE_DIR``, else ``examples/.cache`` (git-ignored)."""
     return (os.environ.get(models.ENV_CACHE_DIR, "").strip()
             or os.path.join(EXAMPLES_DIR, ".cache"))
+
+
+# ================================================================ reference nets
+class MissingWeightsError(TfprecError, FileNotFoundError):
+    """A reference network's committed weights file is not there."""
+
+
+def reference_path(name: str, weights_dir: str = "") -> str:
+    """``<weights_dir or examples/weights>/<name>.h5``."""
+    if name not in REFERENCE_NETS:
+        raise UnsupportedModelError(
+            f"unknown reference network {name!r}; the reference networks are "
+            f"{', '.join(REFERENCE_NETS)}")
+    return os.path.join(weights_dir or WEIGHTS_DIR, f"{name}.h5")
+
+
+def load_reference(name: str, weights_dir: str = ""):
+    """The well-trained reference network ``name`` ("mnist_mlp" or
+    "cifar10_vgg") with its committed weights, compiled.
+
+    ``mnist_mlp``: ``tfprec.models.mnist_mlp()`` (784-512-512-512-10);
+    ``cifar10_vgg``: ``tfprec.models.cifar10_vgg(batchnorm=False)`` (the
+    BatchNormalization of training already folded into the weights).  The
+    weights are ``examples/weights/<name>.h5`` (``weights_dir`` overrides
+    the folder), written by ``python examples/train_reference.py --nets
+    <name>``; their schedule and test accuracy are in
+    ``examples/weights/README.md`` and ``training.json``.
+
+    Raises:
+      UnsupportedModelError: ``name`` is not a reference network.
+      MissingWeightsError (a TfprecError and FileNotFoundError): the weights
+        file is missing; the message names it and the command that makes it.
+    """
+    path = reference_path(name, weights_dir)
+    if not os.path.isfile(path):
+        raise MissingWeightsError(
+            f"reference weights {path} not found; make them with `python "
+            f"examples/train_reference.py --nets {name}` (or run the example "
+            f"with --retrain to train its short CPU schedule instead)")
+    kw = REFERENCE_NETS[name][0]
+    model = models.build(name, **kw)
+    model.load_weights(path)
+    return models.compile_model(model)
+
+
+def reference_record(name: str, weights_dir: str = "") -> dict:
+    """The training record of ``name`` in ``training.json`` next to its
+    weights ({} when there is none): test_accuracy (fraction), epochs,
+    train_seconds, seed, command."""
+    import json
+    path = os.path.join(weights_dir or WEIGHTS_DIR, "training.json")
+    try:
+        with open(path) as f:
+            return dict(json.load(f).get(name, {}))
+    except (OSError, ValueError):
+        return {}
+
+
+def reference_or_trained(name: str, ds, *, retrain: bool, epochs: int,
+                         cache_dir: str = "", builder_kwargs: Optional[dict] = None,
+                         batch_size: int = 128, seed: int = 0,
+                         weights_dir: str = "") -> tuple:
+    """(model, how, schedule text or '').  Without ``retrain``: the committed
+    reference network (:func:`load_reference`; ``builder_kwargs`` must be
+    empty, the weights are for the reference architecture).  With
+    ``retrain``: :func:`trained_model`'s short CPU schedule."""
+    if retrain:
+        m, how = trained_model(name, ds, epochs=epochs, cache_dir=cache_dir,
+                               builder_kwargs=builder_kwargs, batch_size=batch_size,
+                               seed=seed)
+        return m, how, None
+    if builder_kwargs:
+        raise UnsupportedModelError(
+            f"the committed {name} weights are for the reference architecture; "
+            f"builder arguments {builder_kwargs} need retrain=True (--retrain)")
+    model = load_reference(name, weights_dir)
+    rec = reference_record(name, weights_dir)
+    acc = rec.get("test_accuracy")
+    path = reference_path(name, weights_dir)
+    shown = os.path.relpath(path, REPO_ROOT) if not weights_dir else path
+    how = (f"well-trained reference weights {shown}"
+           + (f" ({rec.get('epochs')} epochs, test accuracy "
+              f"{100 * acc:.2f} % when trained)" if acc is not None else ""))
+    sched = (f"examples/train_reference.py ({rec.get('command', '')}); see "
+             "examples/weights/README.md")
+    return model, how, sched
 
 
 # ================================================================ misc
@@ -277,22 +387,25 @@ def _validation(plan, fdec, qdec, y) -> validate.ValidationResult:
 def _safe_plan(make, target: float, floor: float, log) -> tuple:
     """(plan, target used).  A target below ``floor`` (the bound with every
     tensor at 16 bits) is unattainable for every rule, so it starts there;
-    then the target is relaxed x10 while the rule finds no plan within 16
-    bits (at most 8 times)."""
+    then the target is relaxed x10 (up to probability 1) while the rule
+    finds no plan within 16 bits (at most 8 times)."""
     t = float(target)
     if t < floor:
         log(f"  target {t:g} is below the 16-bit bound {floor:.3g}; using {floor:.3g}")
-        t = floor
+        t = min(floor, 1.0)
     err = None
     for _ in range(8):
         try:
             return make(t), t
         except UnattainableTargetError as e:
             err = e
-            log(f"  target {t:g} unattainable within 16 bits; trying {10 * t:g}")
-            t *= 10
+            if t >= 1.0:                 # a target is a probability, at most 1
+                break
+            log(f"  target {t:g} unattainable within 16 bits; trying "
+                f"{min(10 * t, 1.0):g}")
+            t = min(10 * t, 1.0)
     raise UnattainableTargetError(f"no plan within 16 bits up to bound target "
-                                  f"{t / 10:g} ({err})")
+                                  f"{t:g} ({err})")
 
 
 ARCH_SCHEDULE = ("epochs {epochs} on the first {n} CIFAR-10 training images, batch "

@@ -10,6 +10,7 @@ from tfprec._tf import keras, tf
 import tfprec
 from tfprec.peers import greedy, hawq, hessian
 from tfprec.planning import budget as budget_lib
+from tfprec.planning.cost_aware import cost_aware_at_level
 from tfprec import fixedpoint
 from tfprec.quantization import validate as V
 from tfprec.errors import (InvalidDataError, PlanError, TfprecError,
@@ -335,10 +336,10 @@ def test_smallest_bound_plan_against_brute_force(tiny):
         p, _ = budget_lib.smallest_bound_plan(g, "cost_aware", budget)
         assert p.cost().total_compute <= budget * (1 + 1e-12)
         t = p.info["cost_budget"]["bound_target"]
-        assert p.target == t and tfprec.cost_aware_plan(g, t).bound() == p.bound()
+        assert p.target == t and cost_aware_at_level(g, t).bound() == p.bound()
         grid = np.geomspace(tfprec.uniform_plan(g, bits=16).bound(),
                             tfprec.uniform_plan(g, bits=2).bound(), 300)
-        grid_best = min(q.bound() for q in (tfprec.cost_aware_plan(g, t) for t in grid)
+        grid_best = min(q.bound() for q in (cost_aware_at_level(g, t) for t in grid)
                         if q.cost().total_compute <= budget)
         assert p.bound() <= grid_best * (1 + 1e-9)
     p, mc = budget_lib.smallest_bound_plan(g, "cost_aware", 0.5 * lo)
@@ -382,10 +383,19 @@ def test_select_analytic_and_choice(tiny):
     plans, unmet = select.analytic_plans(g, 1e-30, methods=("paper", "uniform"))
     assert plans == {} and set(unmet) == {"paper", "uniform"}
 
-    def stub(cost, bound):
-        return types.SimpleNamespace(cost=lambda: types.SimpleNamespace(
-            total=lambda kind: cost if kind == "compute" else -cost),
-            bound=lambda: bound)
+    class Stub(tfprec.PrecisionPlan):      # a plan with a given cost and bound
+        def __init__(self, c, b):
+            object.__setattr__(self, "_cb", (c, b))
+
+        def cost(self, *a, **k):
+            c = self._cb[0]
+            return types.SimpleNamespace(
+                total=lambda kind: c if kind == "compute" else -c)
+
+        def bound(self):
+            return self._cb[1]
+
+    stub = Stub
     ps = {"icml2017": stub(1.0, 0.5), "paper": stub(1.0, 0.5), "uniform": stub(2.0, 0.1),
           "cost_aware": stub(3.0, 0.1)}
     assert select.cheapest(ps) == "paper"               # tie on cost and bound: order

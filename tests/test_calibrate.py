@@ -10,6 +10,7 @@ from tfprec._tf import keras
 
 import tfprec
 from tfprec.planning import calibrate as C
+from tfprec.planning.cost_aware import cost_aware_at_level, per_example_at_level
 from tfprec.planning import budget as budget_lib
 from tfprec.planning.evaluate import Evaluator
 from tfprec.quantization import validate as V
@@ -30,7 +31,7 @@ def toy():
     x = rs.randn(600, 12).astype("float32")
     y = m.predict(x, verbose=0).argmax(1)
     y[200:240] = (y[200:240] + 1) % 4     # held-out float accuracy 90 %
-    g = tfprec.noise_gains(m, x[:200])
+    g = tfprec.noise_gains(m, x[:200], per_class=True)
     return m, g, x[200:], y[200:]
 
 
@@ -64,7 +65,8 @@ def _values(m, g, x, y, family, levels, kind):
     out = []
     for lev in levels:
         if family == "cost_aware":
-            plan = tfprec.cost_aware_plan(g, lev)
+            plan = (per_example_at_level(g, lev) if g.example_w is not None
+                    else cost_aware_at_level(g, lev))
         else:
             plan = V.plan_at_level(g, family, lev)
         q = V.quant_decisions(m, plan, x)
@@ -216,7 +218,7 @@ def test_never_returns_a_plan_that_misses(toy, cached_quant, target):
         assert back.info["calibration"]["guarantee"] == c.guarantee
         assert c.float_accuracy == pytest.approx(0.9)
     md = r.to_markdown()
-    assert md.index(f"**{r.best.method}**") < md.index(f"| {r.best.method} |")
+    assert md.index(f"**{r.best.plan.method}**") < md.index(f"| {r.best.plan.method} |")
     assert md.count("\n| ") == len(r.candidates) + 1
     assert r.to_dict()["best"] == r.best.method
 

@@ -23,6 +23,7 @@ from tfprec.application import cli
 from tfprec.application import flags as cli_flags
 from tfprec.application import data as data_lib
 from tfprec.application import report as report_lib
+from tfprec.application import staging
 from tfprec.statistics.gains import LayerGains, NoiseGains
 from tfprec.planning.plan import PrecisionPlan
 
@@ -56,7 +57,9 @@ def run_cli(args, capsys=None):
 
 
 def leftovers(folder):
-    return [n for n in os.listdir(folder) if n.startswith(".tfprec-")]
+    """Temporary (staging, backup) folders tfprec left in ``folder``."""
+    return [n for n in os.listdir(folder)
+            if n.startswith(".tfprec-") and n != staging.MANIFEST]
 
 
 # ====================================================================== demo
@@ -137,9 +140,13 @@ def test_demo_prints_layer_table_and_summary(demo):
     assert "layer" in out and "B_W" in out and "G_A" in out and "compute (FA)" in out
     for name in ("fc1", "fc2", "logits"):
         assert any(line.startswith(name + " ") for line in out.splitlines())
-    assert "summary:" in out and "analytic bound" in out
+    assert "summary (measured on the held-out examples (300 ex.)):" in out
+    assert "analytic bound" in out
     assert "measured mismatch" in out and "plans compared" in out
-    assert f"wrote {len(os.listdir(demo['dir']))} files" in out
+    written = [n for n in os.listdir(demo["dir"]) if n != staging.MANIFEST]
+    assert f"wrote {len(written)} files" in out
+    manifest = staging.read_manifest(str(demo["dir"]))
+    assert sorted(manifest["files"]) == sorted(written)
 
 
 def test_demo_figures_are_pngs(demo):
@@ -199,13 +206,20 @@ def test_model_with_measured_target_into_existing_dir(demo, tmp_path, capsys):
     out_dir.mkdir()
     (out_dir / "keep.txt").write_text("mine")
     (out_dir / "plan.json").write_text("old")
-    code, out, err = run_cli([f"--model={demo['dir'] / 'float_model.h5'}",
-                              "--target_measured_mismatch=0.05", "--allocation=paper",
-                              "--calibration_examples=200", "--eval_examples=300",
-                              "--sweep_levels=none", "--noexport_tflite",
-                              f"--output_dir={out_dir}"], capsys)
+    args = [f"--model={demo['dir'] / 'float_model.h5'}",
+            "--target_mismatch=0.05", "--allocation=paper",
+            "--calibration_examples=200", "--eval_examples=300",
+            "--sweep_levels=none", "--noexport_tflite", f"--output_dir={out_dir}"]
+    code, out, err = run_cli(args, capsys)            # not tfprec's folder: refused
+    assert code == 2 and "--overwrite" in err and "keep.txt" in err
+    assert (out_dir / "plan.json").read_text() == "old"
+    code, out, err = run_cli(args + ["--overwrite"], capsys)
     assert code == 0, err[-3000:]
+    assert "selection half" in err                    # the calibration progress lines
+    assert "report half of the held-out examples (150 ex.)" in out
+    assert "selection half of the held-out examples (150 ex.)" in out
     assert (out_dir / "keep.txt").read_text() == "mine"
+    assert "keep.txt" not in staging.read_manifest(str(out_dir))["files"]
     plan = PrecisionPlan.load(str(out_dir / "plan.json"))     # replaced
     assert plan.method == "paper"
     summary = json.loads((out_dir / "summary.json").read_text())
@@ -228,7 +242,8 @@ def bad_inputs(tmp_path):
 
 BAD = [
     (["--demo", "--target_mismatch=-0.01"], ["--target_mismatch"]),
-    (["--demo", "--target_mismatch=0"], ["--target_mismatch"]),
+    (["--demo", "--target_bound=-0.01"], ["--target_bound"]),
+    (["--demo", "--target_bound=0"], ["--target_bound"]),
     (["--demo", "--allocation=greedy"], ["--allocation"]),
     (["--demo", "--cost=energy"], ["--cost"]),
     (["--model={d}/missing.h5"], ["--model", "missing.h5"]),
@@ -246,6 +261,10 @@ BAD = [
      ["--cost_budget", "--max_accuracy_drop"]),
     (["--demo", "--target_mismatch=0.02", "--cost_budget=1e9"],
      ["--target_mismatch", "--cost_budget"]),
+    (["--demo", "--target_bound=0.02", "--max_accuracy_drop=1"],
+     ["--target_bound", "--max_accuracy_drop"]),
+    (["--demo", "--target_mismatch=0.02", "--target_measured_mismatch=0.02"],
+     ["--target_measured_mismatch", "--target_mismatch"]),
     (["--demo", "--sweep_levels=1-40"], ["--sweep_levels"]),
     (["--demo", "--demo_hidden=32,x"], ["--demo_hidden"]),
     (["--demo", "--max_bits=20"], ["--max_bits"]),
@@ -287,13 +306,15 @@ def test_positional_arguments_are_rejected(tmp_path, capsys):
 def test_every_flag_has_help():
     names = [f.name for f in FLAGS.get_flags_for_module(cli_flags.__name__)]
     for required in ("model", "data", "data_dir", "calibration_examples",
-                     "eval_examples", "target_mismatch", "max_accuracy_drop",
+                     "eval_examples", "target_bound", "target_mismatch",
+                     "max_accuracy_drop", "overwrite", "custom_objects",
                      "target_measured_mismatch", "cost_budget", "allocation", "cost",
                      "output_dir", "demo", "plots", "export_tflite"):
         assert required in names
     for f in FLAGS.get_flags_for_module(cli_flags.__name__):
         assert f.help and len(f.help) > 15, f.name
-    assert FLAGS["target_mismatch"].default == 0.01
+    assert FLAGS["target_bound"].default == 0.01
+    assert FLAGS["target_mismatch"].default is None   # measured, as in calibrate()
     assert FLAGS["allocation"].default == "best"
     assert FLAGS["output_dir"].default == "tfprec_out"
     assert FLAGS["export_tflite"].default is True
@@ -317,8 +338,8 @@ def test_entry_point_bad_flag_exits_nonzero(tmp_path):
     r = subprocess.run([sys.executable, "-m", "tfprec", "--demo",
                         "--target_mismatch=-1", f"--output_dir={out_dir}"],
                        capture_output=True, text=True, env=ENV, timeout=120)
-    assert r.returncode != 0
-    assert "--target_mismatch" in r.stderr
+    assert r.returncode == 2
+    assert "--target_mismatch" in r.stderr and "Traceback" not in r.stderr
     assert not out_dir.exists() and os.listdir(tmp_path) == []
 
 
@@ -390,7 +411,7 @@ def test_choices_take_settings_not_flags():
     import dataclasses
     from tfprec.application import steps
     g = _gains()
-    s = cli.Settings(mode="analytic", target_mismatch=0.01, cost="memory")
+    s = cli.Settings(mode="analytic", target_bound=0.01, cost="memory")
     ch = steps.choose_analytic(s, g, None, None)
     direct = {m: tfprec.make_plan(g, m, 0.01, cost="memory")
               for m in ("cost_aware", "paper", "uniform", "icml2017")}

@@ -1,10 +1,16 @@
 """The example scripts' end-to-end functions, on tiny settings.
 
-* ``examples/mnist_mlp.py``: a 784-32-32-10 MLP, one epoch on the embedded
-  MNIST subset, the equal-accuracy search of all four allocations (through
-  ``tfprec.calibrate``; its uniform level is checked against a direct
-  measurement of the neighbouring levels), the 16-bit and binarized rows and
-  the markdown table;
+* ``examples/mnist_mlp.py``: a 784-32-32-10 MLP (``retrain``), one epoch on
+  the embedded MNIST subset, the equal-accuracy search of all five
+  allocations on the selection split (test images 1-500; its uniform level
+  is checked against a direct measurement of the neighbouring levels),
+  every reported number on the disjoint report split (test images
+  501-1000, checked against a direct validation), the 16-bit and binarized
+  rows and the markdown table;
+* ``tfprec.peers.matched``: level grids of equal resolution (one level per
+  bit; the analytic-bound grid is exactly x4 per level), the predictor-based
+  plan at a budget, bad arguments;
+* ``benchmarks/peers.py``: an unknown ``--nets`` is refused;
 * ``examples/cifar10_vgg.py``: the binarized network's geometry and a run on
   a few random CIFAR-shaped examples (one training step);
 * ``examples/resnet20_cifar10.py`` and ``examples/mobilenet_cifar10.py``:
@@ -15,6 +21,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -53,8 +60,9 @@ def random_cifar(n_train: int, n_test: int, seed: int = 0) -> data_lib.Dataset:
 @pytest.fixture(scope="module")
 def mnist_result():
     ds = data_lib.load_dataset("mnist_subset", flatten=True, num_test=1000)
-    return mnist_mlp.run(ds, hidden=(32, 32), epochs=1, cache_dir="",
-                         calibration_examples=256, eval_examples=1000, log=quiet)
+    return mnist_mlp.run(ds, hidden=(32, 32), epochs=1, cache_dir="", retrain=True,
+                         calibration_examples=256, select_examples=500,
+                         eval_examples=500, log=quiet)
 
 
 def test_mnist_rows(mnist_result):
@@ -63,10 +71,12 @@ def test_mnist_rows(mnist_result):
     assert res.float_accuracy > 0.5
     for r in res.rows:
         assert r.met, r.note
-        assert r.num_examples == 1000
-        # equal accuracy: within 0.1 pp (1 example of 1000)
-        assert r.accuracy_drop_pp <= 0.1 + 1e-9
+        assert r.num_select == 500 and r.num_examples == 500
+        # equal accuracy on the selection split: within 0.1 pp (0 of 500)
+        assert r.select_drop_pp <= 0.1 + 1e-9
+        # the report split's numbers are consistent with each other
         assert r.quant_accuracy == pytest.approx(r.float_accuracy - r.accuracy_drop_pp / 100)
+        assert r.float_accuracy == res.float_accuracy
         assert 2 <= r.b_min <= r.b_max <= 16
         assert [l.name for l in r.plan.layers] == ["fc1", "fc2", "logits"]
         c = r.plan.cost()
@@ -76,12 +86,28 @@ def test_mnist_rows(mnist_result):
     uni = res.row("uniform")
     assert uni.b_min == uni.b_max == int(uni.level)
     assert res.row("paper").b_min == int(res.row("paper").level)
+    pred = res.row("cost_aware_predicted")
+    assert pred.plan.method.startswith("cost_aware_predicted")
+    assert "~B=" in pred.level_str
+
+
+def test_mnist_report_split_is_disjoint(mnist_result):
+    """Every row's report numbers are those of a direct validation on test
+    images 501-1000, not on the 500 the level was chosen on."""
+    from tfprec.quantization import validate
+    ds = data_lib.load_dataset("mnist_subset", flatten=True, num_train=1, num_test=1000)
+    for m in ("paper", "cost_aware_predicted"):
+        r = mnist_result.row(m)
+        v = validate.validate(mnist_result.model, r.plan, ds.x_test[500:], ds.y_test[500:])
+        assert v.num_examples == 500
+        assert r.num_mismatch == v.num_mismatch
+        assert r.quant_accuracy == pytest.approx(v.quant_accuracy)
 
 
 def test_mnist_reference_networks(mnist_result):
     res = mnist_result
     # 16-bit network: every tensor 16 bits, same widths, accuracy measured
-    assert res.fixed16.b_min == 16 and res.fixed16.num_examples == 1000
+    assert res.fixed16.b_min == 16 and res.fixed16.num_examples == 500
     geo = layer_geometry(res.model)
     want16 = sum(cost_lib.compute_cost(g["dot_length"], g["num_dots"], 16, 16) for g in geo)
     assert res.fixed16_cost[0] == pytest.approx(want16)
@@ -104,8 +130,11 @@ def test_mnist_reference_networks(mnist_result):
 
 def test_mnist_markdown(mnist_result, tmp_path):
     md = mnist_result.markdown
-    assert md.count("\n| per-layer") == 2
+    assert md.count("\n| per-layer") == 3
     for label in ("uniform (one B", "ICML 2017", "16-bit fixed point",
+                  "predicted mismatch (tfprec)", "SELECTION split (test images 1-500)",
+                  "REPORT split (test images 501-1000)", "one level per bit",
+                  "selection drop pp", "report acc %",
                   "binarized, 3x wider (cost model only, not trained)",
                   "up to 8 bits lower", "~3.5x lower", "up to 14x lower", "Wall time"):
         assert label in md, label
@@ -123,20 +152,99 @@ def test_equal_accuracy_level_is_the_first_that_meets_the_drop(mnist_result):
     from tfprec.quantization import validate
     res = mnist_result
     ds = data_lib.load_dataset("mnist_subset", flatten=True, num_train=1, num_test=1000)
-    rows, engine = paper_common.equal_accuracy(res.model, res.gains, ds.x_test,
-                                               ds.y_test, methods=("uniform",))
-    assert [r.method for r in rows] == ["uniform"] and engine == "tfprec.calibrate"
+    xs, ys = ds.x_test[:500], ds.y_test[:500]
+    rows, engine = paper_common.equal_accuracy(res.model, res.gains, xs, ys,
+                                               methods=("uniform",))
+    assert [r.method for r in rows] == ["uniform"] and "one level per bit" in engine
     level = int(rows[0].level)
+    assert level == res.row("uniform").level
 
     def drop_pp(bits):
-        v = validate.validate(res.model, uniform_plan(res.gains, bits=bits),
-                              ds.x_test, ds.y_test)
+        v = validate.validate(res.model, uniform_plan(res.gains, bits=bits), xs, ys)
         return 100.0 * (v.float_accuracy - v.quant_accuracy)
 
     assert drop_pp(level) <= 0.1 + 1e-9
-    assert rows[0].accuracy_drop_pp == pytest.approx(drop_pp(level), abs=1e-9)
+    assert rows[0].select_drop_pp == pytest.approx(drop_pp(level), abs=1e-9)
     if level > 2:
         assert drop_pp(level - 1) > 0.1 + 1e-9
+
+
+# ------------------------------------------------------------ matched
+def test_grids_have_one_level_per_bit(mnist_result):
+    from tfprec.peers import matched
+    from tfprec.planning import cost_aware as ca
+    from tfprec.planning.predict import predicted_mismatch
+    from tfprec.planning.rules import uniform_plan
+    g = mnist_result.gains
+    for fam in ("paper", "uniform", "icml2017", "cost_aware", "cost_aware_predicted"):
+        grid = matched.family_grid(g, fam)
+        assert len(grid.levels) <= 15, fam
+    # the analytic-bound grid (gains without per-example data): x4 per level
+    plain = dataclasses.replace(g, example_w=None, example_a=None)
+    grid = matched.family_grid(plain, "cost_aware")
+    assert grid.criterion == "bound" and len(grid.levels) == 15
+    lv = np.array(grid.levels)
+    below = lv[1:] < 1.0                  # targets are capped at probability 1
+    assert below.sum() >= 2
+    assert (lv[1:] / lv[:-1])[below] == pytest.approx(4.0, rel=1e-6)
+    # level i of the predicted grid: as precise as uniform 16 - i bits by its
+    # own criterion, and no costlier than that uniform plan
+    grid = matched.family_grid(g, "cost_aware_predicted")
+    assert grid.criterion == "predicted"
+    for i in (8, 11):
+        b = 16 - i
+        u = uniform_plan(g, bits=b)
+        p = grid.plan(i)
+        assert predicted_mismatch(p, g) <= grid.levels[i]
+        assert grid.levels[i] == pytest.approx(predicted_mismatch(u, g), rel=1e-6)
+        assert p.cost().total_compute <= u.cost().total_compute * (1 + 1e-9)
+        assert f"~B={b}" in grid.labels[i]
+    # per_bit=2: twice the points, the integer ones unchanged
+    grid2 = matched.family_grid(g, "cost_aware", per_bit=2)
+    assert grid2.levels[::2] == matched.family_grid(g, "cost_aware").levels
+    assert ca.per_example_bound(grid2.plan(5), g) <= grid2.levels[5]
+
+
+def test_predicted_at_budget(mnist_result):
+    from tfprec.errors import PlanError, UnattainableTargetError
+    from tfprec.peers import matched
+    from tfprec.planning.predict import predicted_mismatch
+    from tfprec.planning.rules import uniform_plan
+    g = mnist_result.gains
+    u4, u5 = uniform_plan(g, bits=4), uniform_plan(g, bits=5)
+    budget = 0.5 * (u4.cost().total_compute + u5.cost().total_compute)
+    p = matched.predicted_at_budget(g, budget)
+    assert p.cost().total_compute <= budget
+    assert p.info["budget"] == budget
+    assert p.info["predicted_mismatch"] == pytest.approx(predicted_mismatch(p, g))
+    # never worse, by the prediction, than the uniform plan that fits
+    assert predicted_mismatch(p, g) <= predicted_mismatch(u4, g)
+    cheapest = uniform_plan(g, bits=2).cost().total_compute
+    with pytest.raises(UnattainableTargetError, match="below the cheapest plan"):
+        matched.predicted_at_budget(g, 0.5 * cheapest)
+    for bad in (0, -1.0, float("nan"), True, "1e7"):
+        with pytest.raises(PlanError, match="budget must be a positive"):
+            matched.predicted_at_budget(g, bad)
+
+
+def test_matched_bad_arguments(mnist_result):
+    from tfprec.errors import PlanError
+    from tfprec.peers import matched
+    g = mnist_result.gains
+    with pytest.raises(PlanError, match="family must be one of.*got 'greedy'"):
+        matched.family_grid(g, "greedy")
+    with pytest.raises(PlanError, match="criterion must be one of.*got 'x'"):
+        matched.criterion_value(None, g, "x")
+    with pytest.raises(PlanError, match="per_bit"):
+        matched.family_grid(g, "cost_aware", per_bit=0)
+
+
+def test_peers_benchmark_refuses_unknown_net(capsys):
+    sys.path.insert(0, os.path.join(os.path.dirname(EXAMPLES), "benchmarks"))
+    import peers
+    with pytest.raises(SystemExit):
+        peers.main(["--nets", "mnist_mlp,resnet"])
+    assert "unknown network 'resnet'" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------ CIFAR VGG
@@ -152,12 +260,13 @@ def test_vgg_wide_geometry():
 @pytest.mark.slow      # run_paper's plumbing is covered by the MNIST example tests
 def test_vgg_pipeline_random():
     ds = random_cifar(32, 64)
-    res = cifar10_vgg.run(ds, epochs=1, cache_dir="", calibration_examples=16,
-                          eval_examples=64, methods=("uniform",), log=quiet)
+    res = cifar10_vgg.run(ds, epochs=1, cache_dir="", retrain=True,
+                          calibration_examples=16, select_examples=32,
+                          eval_examples=32, methods=("uniform",), log=quiet)
     assert [r.method for r in res.rows] == ["uniform"]
     r = res.row("uniform")
-    assert r.met and r.num_examples == 64 and len(r.plan.layers) == 9
-    assert res.fixed16.num_examples == 64
+    assert r.met and r.num_examples == 32 and len(r.plan.layers) == 9
+    assert res.fixed16.num_examples == 32
     assert "CIFAR-10 VGG" in res.markdown and "binarized, 3x wider" in res.markdown
 
 
@@ -226,7 +335,7 @@ class _FakeCalibration:
         if method != "cost_aware":
             raise KeyError(method)
         import types
-        return types.SimpleNamespace(plan=self.plan, level=1e3, num_mismatch=0,
+        return types.SimpleNamespace(plan=self.plan, level=1.0, num_mismatch=0,
                                      num_examples=self.n)
 
 
@@ -237,7 +346,7 @@ def test_mobilenet_end_to_end(monkeypatch):
 
     def fake_calibrate(model, gains, x, y, **kw):
         calls.append((len(x), kw))
-        return _FakeCalibration(cost_aware_lib.cost_aware_plan(gains, 1e3), len(x))
+        return _FakeCalibration(cost_aware_lib.cost_aware_plan(gains, 1.0), len(x))
 
     monkeypatch.setattr(common, "_calibrate", fake_calibrate)
     ds = random_cifar(16, 24 + 8, seed=1)

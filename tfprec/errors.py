@@ -23,3 +23,17 @@ class UnattainableTargetError(TfprecError):
 
 class ExportError(TfprecError):
     """A model or plan cannot be exported (or an output cannot be written)."""
+
+
+class TfprecWarning(UserWarning):
+    """Doubtful input that tfprec accepts (wrong scale, few examples, labels)."""
+
+
+class CliError(Exception):
+    """A problem with the command line or its inputs; exit status ``code``
+    (2: a usage error, the flags or the files they name; 1: a failure while
+    running)."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code

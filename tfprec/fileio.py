@@ -39,6 +39,16 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
         raise
 
 
+def make_temp_dir(prefix: str, directory: str) -> str:
+    """A new empty folder in ``directory`` (``tempfile.mkdtemp``) with the
+    permissions the user's umask gives a new folder (``0o777 & ~umask``),
+    not mkdtemp's 0700, so that a folder renamed into place looks like one
+    ``os.makedirs`` made."""
+    path = tempfile.mkdtemp(prefix=prefix, dir=directory)
+    os.chmod(path, 0o777 & ~_umask())
+    return path
+
+
 def atomic_write_text(path: str, text: str) -> None:
     """:func:`atomic_write_bytes` of ``text`` in UTF-8."""
     atomic_write_bytes(path, text.encode("utf-8"))

@@ -12,9 +12,15 @@ same words:
   dicts and infinite datasets without ``max_examples``;
 * labels ``y``: ``N`` integer class ids, ``[N, 1]`` columns of them, or
   ``N`` one-hot rows of width M; integral floats are accepted;
-* scalars: positive / non-negative ints (never bools), probabilities.
+* scalars: positive / non-negative ints (never bools), probabilities,
+  positive numbers, real bools, choices, bit-widths and lists of them,
+  JSON-serializable metadata.
 
-Errors are :class:`tfprec.errors.InvalidDataError` and name the argument.
+Errors name the argument in the words of the command line's flag checks
+("target must be a probability in (0, 1], got 1.5"); they are
+:class:`tfprec.errors.InvalidDataError`, or the class a caller passes as
+``error`` (:class:`tfprec.errors.PlanError` for plan arguments); bit-widths
+are always PlanError (:func:`tfprec.fixedpoint.check_bits`).
 """
 from __future__ import annotations
 
@@ -30,44 +36,149 @@ DataLike = Union[np.ndarray, "tf.data.Dataset"]
 
 
 # ================================================================ scalars
-def positive_int(name: str, value) -> int:
+# Every check takes the argument's ``name`` (as the caller spells it: an
+# argument "max_bits", a flag "--max_bits", a JSON key "layer 'fc1': dot_length")
+# and raises ``error`` (InvalidDataError unless the caller's family of errors
+# is another, e.g. PlanError for plan arguments) in the same words as the
+# command line: "<name> must be <what>, got <value!r>".
+def _is_int(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer))
+
+
+def _is_real(value) -> bool:
+    return (not isinstance(value, bool)
+            and isinstance(value, (int, float, np.integer, np.floating)))
+
+
+def positive_int(name: str, value, *, error=InvalidDataError) -> int:
     """``value`` as an int >= 1 (bools and non-integers refused)."""
-    if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
-            or value < 1):
-        raise InvalidDataError(f"{name} must be a positive int, got {value!r}")
+    if not _is_int(value) or value < 1:
+        raise error(f"{name} must be a positive int, got {value!r}")
     return int(value)
 
 
-def nonnegative_int(name: str, value) -> int:
+def nonnegative_int(name: str, value, *, error=InvalidDataError) -> int:
     """``value`` as an int >= 0 (bools and non-integers refused)."""
-    if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
-            or value < 0):
-        raise InvalidDataError(f"{name} must be a non-negative int, got {value!r}")
+    if not _is_int(value) or value < 0:
+        raise error(f"{name} must be a non-negative int, got {value!r}")
     return int(value)
 
 
-def optional_positive_int(name: str, value) -> Optional[int]:
+def optional_positive_int(name: str, value, *, error=InvalidDataError) -> Optional[int]:
     """None, or ``value`` as an int >= 1."""
-    return None if value is None else positive_int(name, value)
+    return None if value is None else positive_int(name, value, error=error)
 
 
-def probability(name: str, value, *, allow_zero: bool = False) -> float:
-    """``value`` as a float probability in (0, 1] ([0, 1] with allow_zero)."""
-    ok = (not isinstance(value, bool) and isinstance(value, (int, float, np.floating,
-                                                             np.integer))
-          and math.isfinite(float(value))
+def probability(name: str, value, *, allow_zero: bool = False,
+                error=InvalidDataError) -> float:
+    """``value`` as a float probability in (0, 1] ([0, 1] with allow_zero).
+
+    Bools, strings, None, NaN and infinities are refused."""
+    ok = (_is_real(value) and math.isfinite(float(value))
           and (0.0 <= float(value) if allow_zero else 0.0 < float(value))
           and float(value) <= 1.0)
     if not ok:
         rng = "[0, 1]" if allow_zero else "(0, 1]"
-        raise InvalidDataError(f"{name} must be a probability in {rng}, got {value!r}")
+        raise error(f"{name} must be a probability in {rng}, got {value!r}")
     return float(value)
 
 
-def choice(name: str, value, choices: Sequence[str]) -> str:
+def positive_number(name: str, value, *, unit: str = "", error=InvalidDataError) -> float:
+    """``value`` as a finite float > 0 (``unit`` names its unit in the message)."""
+    if not _is_real(value) or not (math.isfinite(float(value)) and value > 0):
+        raise error(f"{name} must be a positive finite number"
+                    f"{' of ' + unit if unit else ''}, got {value!r}")
+    return float(value)
+
+
+def finite_number(name: str, value, *, error=InvalidDataError) -> float:
+    """``value`` as a finite float (bools, strings, NaN, infinities refused)."""
+    if not _is_real(value) or not math.isfinite(float(value)):
+        raise error(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def nonnegative_number(name: str, value, *, unit: str = "",
+                       error=InvalidDataError) -> float:
+    """``value`` as a finite float >= 0 (``unit`` names its unit in the message)."""
+    if not _is_real(value) or not (math.isfinite(float(value)) and value >= 0):
+        raise error(f"{name} must be a non-negative finite number"
+                    f"{' of ' + unit if unit else ''}, got {value!r}")
+    return float(value)
+
+
+def flag(name: str, value, *, error=InvalidDataError) -> bool:
+    """``value`` if it is a real bool (or numpy bool); "no", 0 and None refused."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise error(f"{name} must be true or false (a bool), got {value!r}")
+    return bool(value)
+
+
+def text(name: str, value, *, allow_empty: bool = True, error=InvalidDataError) -> str:
+    """``value`` if it is a str (non-empty unless ``allow_empty``)."""
+    if not isinstance(value, str) or (not allow_empty and not value):
+        raise error(f"{name} must be a{'' if allow_empty else ' non-empty'} "
+                    f"string, got {value!r}")
+    return value
+
+
+def choice(name: str, value, choices: Sequence[str], *, error=InvalidDataError) -> str:
     """``value`` if it is one of ``choices``."""
     if not isinstance(value, str) or value not in choices:
-        raise InvalidDataError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+        raise error(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return value
+
+
+def choices(name: str, values, allowed: Sequence[str], *, allow_empty: bool = False,
+            error=InvalidDataError) -> tuple:
+    """``values`` (a list or tuple of names from ``allowed``, no repeats) as a
+    tuple.  A bare string is refused: ``"paper"`` would read as its letters."""
+    if isinstance(values, str) or not isinstance(values, (list, tuple)):
+        raise error(f"{name} must be a list or tuple of names from "
+                    f"{tuple(allowed)}, got {values!r}"
+                    + (f"; pass ({values!r},)" if isinstance(values, str) else ""))
+    values = tuple(values)
+    if not values and not allow_empty:
+        raise error(f"{name} is empty; choose from {tuple(allowed)}")
+    for v in values:
+        choice(name, v, allowed, error=error)
+    if len(set(values)) != len(values):
+        raise error(f"{name} lists a name twice: {values}")
+    return values
+
+
+def bits(name: str, value, lo: Optional[int] = None, hi: Optional[int] = None) -> int:
+    """``value`` as an int bit-width in lo..hi (default 2..16 bits); PlanError
+    otherwise (:func:`tfprec.fixedpoint.check_bits`, the check the
+    ``--max_bits`` flag uses)."""
+    from tfprec.fixedpoint import MAX_BITS, MIN_BITS, check_bits
+    return check_bits(name, value, MIN_BITS if lo is None else lo,
+                      MAX_BITS if hi is None else hi)
+
+
+def bit_levels(name: str, values, lo: Optional[int] = None,
+               hi: Optional[int] = None) -> list:
+    """``values`` (an iterable of int bit-widths, e.g. sweep levels or B_min
+    values) as a list of ints in lo..hi bits (default 2..16), each checked by
+    :func:`bits`: 0, 40 or 3.5 raise PlanError naming ``name[i]``.  A string
+    is refused (the command line's "2-12" form is parsed by the CLI)."""
+    from tfprec.errors import PlanError
+    if isinstance(values, (str, bytes)) or values is None or not hasattr(values, "__iter__"):
+        raise PlanError(f"{name} must be a list or range of bit-widths (ints in "
+                        f"2..16), got {values!r}")
+    return [bits(f"{name}[{i}]", v, lo, hi) for i, v in enumerate(values)]
+
+
+def json_compatible(name: str, value, *, default=None, error=InvalidDataError):
+    """``value`` if ``json.dumps(value, default=default)`` can write it (dicts,
+    lists, str, numbers, bools, None); else ``error`` naming ``name`` and the
+    offending type."""
+    import json
+    try:
+        json.dumps(value, default=default)
+    except (TypeError, ValueError) as e:
+        raise error(f"{name} must be JSON-serializable (dicts, lists, str, "
+                    f"numbers, bools, None): {e}") from None
     return value
 
 
@@ -118,6 +229,43 @@ def _check_shape(shape, in_shape, what: str) -> None:
             f"{tuple(in_shape)}.")
 
 
+def raw_dtype(x) -> Optional[np.dtype]:
+    """numpy dtype of the inputs as given (before any cast): of the array,
+    or of a dataset's input elements; None when it cannot be told."""
+    try:
+        if _is_dataset(x):
+            spec = x.element_spec
+            if isinstance(spec, (tuple, list)):
+                spec = spec[0]
+            return np.dtype(spec.dtype.as_numpy_dtype)
+        return np.dtype(x.dtype) if hasattr(x, "dtype") else None
+    except (TypeError, AttributeError):
+        return None
+
+
+def check_inputs_spec(x: DataLike, in_shape: tuple, *, what: str = "x",
+                      max_examples: Optional[int] = None) -> None:
+    """Checks ``x`` without reading its values: an array's type, dtype,
+    per-example shape and length, or a dataset's element spec (shape,
+    dtype) and cardinality.  For checks before a long run (the callback's
+    ``on_train_begin``); the full checks happen when the data are read."""
+    if _is_dataset(x):
+        _check_finite_cardinality(x, what, max_examples)
+        xs, _, spec = _dataset_parts(x, what)
+        if not spec.dtype.is_floating and not spec.dtype.is_integer \
+                and spec.dtype != tf.bool:
+            raise InvalidDataError(f"{what}: dataset elements have dtype "
+                                   f"{spec.dtype.name}; they must be numbers.")
+        if x.cardinality() == 0:
+            raise InvalidDataError(f"{what} is an empty dataset: at least one "
+                                   "example is needed.")
+        _batched_dataset(xs, in_shape, 1, what)
+        return
+    arr = _check_array(x, in_shape, what)
+    if len(arr) == 0:
+        raise InvalidDataError(f"{what} is empty: at least one example is needed.")
+
+
 # ================================================================ inputs
 def _check_array(x, in_shape: tuple, what: str) -> np.ndarray:
     if x is None:
@@ -152,7 +300,9 @@ def iter_batches(x: DataLike, in_shape: tuple, batch_size: int, *,
 
     Streams: a dataset is never held in memory whole.  Raises
     InvalidDataError for mis-shaped, non-numeric or non-finite data, and
-    for an infinite dataset without ``max_examples``.
+    for an infinite dataset without ``max_examples``.  A dataset of unknown
+    cardinality (e.g. after ``filter()``) is read until it ends; bound it with
+    ``max_examples`` or ``take(n)`` if it may not end.
     """
     batch_size = positive_int("batch_size", batch_size)
     max_examples = optional_positive_int("max_examples", max_examples)
@@ -215,8 +365,13 @@ def as_labels(y, n: int, num_classes: int, *, what: str = "y") -> np.ndarray:
         raise InvalidDataError(f"{what} must be a numpy array of class ids, got "
                                f"{type(y).__name__}.")
     y = np.asarray(y)
+    if y.ndim == 2 and y.shape[0] == 1 and y.shape[1] == n and n > 1 \
+            and n != num_classes:
+        raise InvalidDataError(
+            f"{what} has shape {tuple(y.shape)}: one row of {n} labels; pass the "
+            f"{n} class ids as a 1-D array or an [{n}, 1] column.")
     if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
+        y = y[:, 0]                      # a column of ids: one id per row
     elif y.ndim == 2 and y.shape[1] > 1:
         if y.shape[1] != num_classes:
             raise InvalidDataError(
@@ -254,6 +409,13 @@ def as_examples(x: DataLike, y, in_shape: tuple, num_classes: int, *,
     Labels come from ``y`` or, when ``y`` is None and ``x`` is a dataset of
     (input, label) pairs, from the dataset.  ``need_labels`` makes missing
     labels an error.
+
+    A dataset is read once and materialized, up to ``max_examples`` examples
+    (all of it when None).  An infinite dataset (``repeat()``) without
+    ``max_examples`` is refused (InvalidDataError naming ``what``); one of
+    unknown cardinality (e.g. after ``filter()``) is read until it ends, so
+    an unknown-but-infinite one (``repeat().filter(...)``) never returns:
+    bound it with ``max_examples`` or ``take(n)``.
     """
     if _is_dataset(x) and y is None:
         _check_finite_cardinality(x, what, max_examples)
@@ -270,6 +432,8 @@ def as_examples(x: DataLike, y, in_shape: tuple, num_classes: int, *,
             ya = [np.asarray(p[1]) for p in pairs]
             xa = np.concatenate(xa) if batched else np.stack(xa)
             ya = np.concatenate(ya) if batched else np.stack(ya)
+            if max_examples is not None:    # take() counted batches
+                xa, ya = xa[:max_examples], ya[:max_examples]
             x_arr = as_inputs(xa, in_shape, dtype=dtype, what=what)
             return x_arr, as_labels(ya, len(x_arr), num_classes, what=label_what)
     x_arr = as_inputs(x, in_shape, dtype=dtype, what=what, max_examples=max_examples)

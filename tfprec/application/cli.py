@@ -10,7 +10,8 @@ Usage:
       trains the paper's MNIST MLP briefly on the embedded MNIST subset and
       runs the whole pipeline (no network needed).
   tfprec --model=model.h5 --data=mnist --data_dir=../shared/data
-      analyzes a saved tf_keras classifier (.keras, .h5 or SavedModel dir).
+      analyzes a saved tf_keras classifier (.h5, SavedModel folder or a
+      tf_keras .keras file) at the default analytic bound --target_bound=0.01.
   tfprec --model=model.h5 --max_accuracy_drop=0.5
       cheapest plan whose measured accuracy drop is at most 0.5 pp.
   tfprec --model=model.h5 --cost_budget=2e7 --cost=compute
@@ -18,36 +19,44 @@ Usage:
 
 Writes into --output_dir (default ./tfprec_out): plan.json, report.md,
 quantized.h5 (the fake-quant model; load it under
-tfprec.quantization.configs.quantize_scope()), model.tflite, summary.json
-and PNG figures (with matplotlib).  Everything is written into a temporary folder first and
-moved into place at the end, so a failed run leaves nothing behind.
+tfprec.quantization.configs.quantize_scope()), model.tflite, summary.json,
+PNG figures (with matplotlib) and the manifest .tfprec-run.json.
+Everything is written into a temporary folder first and moved into place at
+the end, all or nothing, so a failed or interrupted run leaves nothing
+behind.  A non-empty folder that tfprec did not write is refused unless
+--overwrite is given.
 
-Run with --helpfull for every flag.  Also runs as `python -m tfprec`.
+Exit status: 0 done; 2 a usage error (a bad flag, a missing or unreadable
+file, a refused output folder, a model or data tfprec cannot use); 1 a
+failure while running; 128 + N killed by signal N (130: Ctrl-C).
+
+Run with --help for tfprec's flags (--helpfull: every flag).  Also runs as
+`python -m tfprec`.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import signal
 import sys
+import threading
 import time
 from typing import Optional
 
 from absl import app, flags
 
+# Only TensorFlow-free modules at import time: the flags are checked before
+# TensorFlow loads; steps and outputs (which import it) load inside execute.
 from tfprec.application import flags as cli_flags
-from tfprec.application import outputs, steps
-from tfprec.application import report as report_lib
 from tfprec.application.flags import (  # noqa: F401  (parse_levels: re-exported)
-    CliError, Settings, parse_levels, read_settings)
+    CliError, Settings, log, parse_levels, read_settings)
 from tfprec.application.staging import Staging
-from tfprec.application.steps import (FLOAT_MODEL_FILE, PLAN_FILE, QUANTIZED_FILE,
-                                      SUMMARY_FILE, TFLITE_FILE)
-
-OUTPUT_FILES = (PLAN_FILE, report_lib.REPORT_FILE, QUANTIZED_FILE, TFLITE_FILE,
-                SUMMARY_FILE, FLOAT_MODEL_FILE) + report_lib.FIGURES
+# signals that stop a run like Ctrl-C does: staging removed, exit 128 + signum
+STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP")
+                     if hasattr(signal, n))
 
 FLAGS = flags.FLAGS
-_log = steps.log
+_log = log
 
 
 # ==================================================================== a run
@@ -72,6 +81,51 @@ class RunState:
     sweep_rows: list = dataclasses.field(default_factory=list)
     export_report: object = None
     full16: object = None
+    warnings: list = dataclasses.field(default_factory=list)
+
+    @property
+    def validation_split(self) -> str:
+        """Where the chosen plan's numbers were measured, in words."""
+        n = len(self.choice.x_val)
+        if self.s.mode == "measured":
+            return f"report half of the held-out examples ({n} ex.)"
+        return f"held-out examples ({n} ex.)"
+
+    @property
+    def comparison_split(self) -> str:
+        """Where the compared plans' numbers were measured, in words."""
+        if self.s.mode == "measured":
+            n = len(self.x_eval) // 2
+            return f"selection half of the held-out examples ({n} ex.)"
+        return self.validation_split
+
+
+class Interrupted(BaseException):
+    """A stop signal (SIGTERM, SIGHUP) arrived during a run."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = int(signum)
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def stop_signals_raise():
+    """Within the block, SIGTERM and SIGHUP raise :class:`Interrupted` (like
+    SIGINT raises KeyboardInterrupt), so the staging folder is removed; the
+    previous handlers are restored after.  Only in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @contextlib.contextmanager
@@ -83,6 +137,7 @@ def _timed(r: RunState, step: str):
 
 def _load(r: RunState) -> None:
     """Data, model and the calibration / held-out examples."""
+    from tfprec.application import steps
     s = r.s
     with _timed(r, "load data"):
         r.ds = steps.load_data(s)
@@ -91,11 +146,11 @@ def _load(r: RunState) -> None:
         r.model, r.train_info = steps.demo_model(s, r.ds, r.staging, r.timings)
     else:
         with _timed(r, "load model"):
-            r.model = steps.load_model(s.model)
+            r.model = steps.load_model(s.model, s.custom_objects)
     n_out = int(r.model.outputs[0].shape[-1])
     if r.ds.num_classes > n_out:
         raise CliError(f"--data={s.data} has {r.ds.num_classes} classes but the "
-                       f"model outputs {n_out} scores")
+                       f"model outputs {n_out} scores", 2)
     ds = r.ds
     r.x_cal, _ = steps.take(s, r.model, ds.x_train, ds.y_train, s.calibration_examples,
                             "training", "calibration_examples", r.notes)
@@ -107,13 +162,15 @@ def _load(r: RunState) -> None:
 
 def _plan(r: RunState) -> None:
     """Noise gains, the chosen plan, its validation and the comparison."""
+    from tfprec.application import steps
     from tfprec.quantization import validate as validate_lib
     from tfprec.statistics.gains import noise_gains
     s = r.s
     with _timed(r, "noise gains"):
         _log(f"noise gains over {len(r.x_cal)} calibration examples")
-        r.gains = noise_gains(r.model, r.x_cal, batch_size=min(s.batch_size, 256),
-                              per_example=True)
+        with contextlib.redirect_stdout(sys.stderr):     # the progress bar
+            r.gains = noise_gains(r.model, r.x_cal, batch_size=min(s.batch_size, 256),
+                                  per_example=True, verbose=True)
     with _timed(r, "plans"):
         r.choice = steps.choose(s, r.model, r.gains, r.x_eval, r.y_eval)
     r.notes += r.choice.notes
@@ -121,10 +178,13 @@ def _plan(r: RunState) -> None:
     _log(f"chosen plan: {plan.method} (bound {plan.bound():.4g}, {s.cost} cost "
          f"{steps.fmt_cost(plan.cost().total(s.cost), s.cost)})")
     with _timed(r, "validation"):
-        _log(f"validating on {len(r.choice.x_val)} held-out examples")
+        _log(f"validating {plan.method} on the {r.validation_split}")
         r.validation = validate_lib.validate(r.model, plan, r.choice.x_val,
                                              r.choice.y_val, batch_size=s.batch_size)
         r.comparisons = steps.compare(s, r.model, r.choice, r.validation)
+    r.warnings += steps.usefulness_warnings(r.validation, r.model, r.validation_split)
+    for w in r.warnings:
+        print(f"tfprec: WARNING: {w}", file=sys.stderr, flush=True)
 
 
 def _sweep(r: RunState) -> None:
@@ -134,13 +194,20 @@ def _sweep(r: RunState) -> None:
         return
     with _timed(r, "sweep"):
         _log(f"sweep of levels {levels[0]}..{levels[-1]} for "
-             f"{', '.join(validate_lib.METHODS)}")
-        r.sweep_rows = validate_lib.sweep(r.model, r.gains, r.x_eval, r.y_eval,
-                                          b_mins=levels, batch_size=r.s.batch_size)
+             f"{', '.join(validate_lib.METHODS)} on {len(r.x_eval)} held-out examples")
+        for i, level in enumerate(levels, 1):
+            t0 = time.time()
+            rows = validate_lib.sweep(r.model, r.gains, r.x_eval, r.y_eval,
+                                      b_mins=[level], batch_size=r.s.batch_size)
+            r.sweep_rows += rows
+            _log(f"  sweep level {level} ({i}/{len(levels)}): {len(rows)} plans, "
+                 f"{time.time() - t0:.1f} s")
 
 
 def _write(r: RunState) -> None:
     """Stages plan.json, quantized.h5, model.tflite, report.md, summary.json."""
+    from tfprec.application import outputs, steps
+    from tfprec.application.steps import PLAN_FILE, QUANTIZED_FILE
     from tfprec.planning.rules import uniform_plan
     from tfprec.quantization import apply as apply_lib
     plan = r.choice.plan
@@ -157,43 +224,79 @@ def _write(r: RunState) -> None:
     outputs.write_summary(r)
 
 
-def execute(s: Settings) -> int:
-    """Runs the pipeline of ``s``; prints the summary; returns the exit status."""
+def _quiet_tf() -> None:
+    """Imports TensorFlow and silences the retracing chatter of repeated passes."""
     from tfprec._tf import tf
+    tf.get_logger().setLevel("ERROR")
+
+
+def execute(s: Settings) -> int:
+    """Runs the pipeline of ``s``; prints the summary; returns the exit status.
+
+    The outputs are staged and committed all at once (:class:`Staging`);
+    an exception or a stop signal (SIGINT, SIGTERM, SIGHUP) removes the
+    staging folder and leaves ``--output_dir`` as it was.
+    """
+    for n in s.notices:
+        _log("note: " + n)
     t_start = time.time()
-    r = RunState(s, Staging(s.output_dir))
-    try:
-        tf.get_logger().setLevel("ERROR")     # retracing chatter of repeated passes
-        _load(r)
-        _plan(r)
-        _sweep(r)
-        _write(r)
-        previous = r.staging.earlier(OUTPUT_FILES)
-        files = r.staging.commit()
-    except BaseException:
-        r.staging.discard()
-        raise
-    print(outputs.stdout_summary(r, files, previous, time.time() - t_start), flush=True)
+    with stop_signals_raise():
+        r = RunState(s, Staging(s.output_dir, s.overwrite, s.command))
+        try:
+            _quiet_tf()
+            _load(r)
+            _plan(r)
+            _sweep(r)
+            _write(r)
+            files = r.staging.commit()
+        except BaseException:
+            r.staging.discard()
+            raise
+    from tfprec.application import outputs
+    print(outputs.stdout_summary(r, files, time.time() - t_start), flush=True)
     return 0
 
 
+def _error(message: str, code: int) -> int:
+    print(f"tfprec: error: {message}", file=sys.stderr, flush=True)
+    return code
+
+
 def main(argv) -> int:
-    """absl main: checks the flags, runs the pipeline; returns the exit status."""
+    """absl main: checks the flags (before TensorFlow is imported), runs the
+    pipeline; returns the exit status: 0, 2 for a usage error (bad flags or
+    files, a model or data tfprec cannot use: a TfprecError), 1 for a
+    failure while running (an OSError writing the outputs), 128 + N for
+    signal N.  Errors are one line ``tfprec: error: ...``, no traceback."""
     if len(argv) > 1:
-        print(f"tfprec: error: unexpected arguments {argv[1:]}; flags take the "
-              "form --name=value (see --helpfull)", file=sys.stderr)
-        return 2
+        return _error(f"unexpected arguments {argv[1:]}; flags take the form "
+                      "--name=value (see --help)", 2)
     try:
         return execute(read_settings(FLAGS))
     except CliError as e:
-        print(f"tfprec: error: {e}", file=sys.stderr, flush=True)
-        return e.code
+        return _error(str(e), e.code)
+    except KeyboardInterrupt:
+        return _error("interrupted (SIGINT); nothing was written", 128 + signal.SIGINT)
+    except Interrupted as e:
+        return _error(f"stopped by {signal.Signals(e.signum).name}; nothing was "
+                      "written", 128 + e.signum)
     except Exception as e:
         from tfprec.errors import TfprecError
-        if isinstance(e, (TfprecError, OSError)):
-            print(f"tfprec: error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-            return 1
+        if isinstance(e, TfprecError):
+            return _error(f"{type(e).__name__}: {e}", 2)
+        if isinstance(e, OSError):
+            return _error(f"{type(e).__name__}: {e}", 1)
         raise
+
+
+def parse_flags(argv):
+    """absl's flag parsing, with a bad flag reported as one line
+    ``tfprec: error: ...`` and exit status 2 (absl's own: 1)."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        print(f"tfprec: error: {e} (see --help)", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 def _register_help_for_main_module() -> None:
@@ -231,7 +334,7 @@ def run(argv=None) -> None:
         except flags.Error:
             pass                        # app.run reports it below
         FLAGS.unparse_flags()
-    app.run(main, argv=args)
+    app.run(main, argv=args, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -39,11 +39,13 @@ def have_matplotlib() -> bool:
 
 
 def base_method(method: str) -> str:
-    """Family of a plan's method label ("cost_aware:compute" -> "cost_aware")."""
+    """Family of a plan's method label ("cost_aware:compute",
+    "cost_aware_pe:compute" -> "cost_aware")."""
     m = str(method)
     if "measured_greedy" in m:
         return "measured_greedy"
-    return m.split(":", 1)[0]
+    m = m.split(":", 1)[0]
+    return "cost_aware" if m.startswith("cost_aware") else m
 
 
 def eng(v) -> str:

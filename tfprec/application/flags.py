@@ -1,25 +1,31 @@
 """The command-line flags of ``tfprec`` and the :class:`Settings` they give.
 
 The flags are defined here (absl); :func:`read_settings` is the only reader
-of ``FLAGS``: it checks the flags against each other and returns a frozen
-:class:`Settings` that the rest of the command line works from.  Units:
-probabilities are fractions, accuracy drops percentage points, costs full
-adders per example (compute) or bits (memory), bit-widths bits.
+of ``FLAGS``: it checks the flags against each other and the files they name
+(model, data, output folder) and returns a frozen :class:`Settings` that the
+rest of the command line works from.  Units: probabilities are fractions,
+accuracy drops percentage points, costs full adders per example (compute) or
+bits (memory), bit-widths bits.
+
+This module does not import TensorFlow (nor does anything it imports), so a
+bad command line fails in a fraction of a second.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import shlex
+import sys
+import zipfile
 from typing import Optional
 
 from absl import flags
 
 from tfprec.application.figures import have_matplotlib
-from tfprec.errors import InvalidDataError, PlanError, TfprecError
+from tfprec.errors import CliError, InvalidDataError, PlanError, TfprecError  # noqa: F401
 from tfprec.fixedpoint import MAX_BITS, MIN_BITS, check_bits
-from tfprec.inputs import positive_int
 
 ALLOCATIONS = ("best", "cost_aware", "paper", "uniform", "icml2017")
 DEFAULT_OUTPUT_DIR = "tfprec_out"
@@ -29,10 +35,20 @@ FLAGS = flags.FLAGS
 # ------------------------------------------------------------------ inputs
 flags.DEFINE_string(
     "model", None,
-    "Saved tf_keras classifier to analyze: a .keras file, an .h5 file or a "
-    "SavedModel folder.  Its output must be the class scores (logits or "
-    "softmax).  Loaded under tfprec.quantization.configs.quantize_scope() with tfprec's "
-    "custom objects (e.g. models.ClipWeights).  Exclusive with --demo.")
+    "Saved tf_keras (Keras 2) classifier to analyze: an .h5 file, a "
+    "SavedModel folder or a tf_keras .keras file (a Keras 3 .keras file is "
+    "refused: re-save the model with tf_keras).  Its output must be the class "
+    "scores (logits or softmax).  Loaded under "
+    "tfprec.quantization.configs.quantize_scope() with tfprec's custom objects "
+    "(models.ClipWeights) and those of --custom_objects.  Exclusive with "
+    "--demo.  Alias: --model_path.")
+flags.DEFINE_alias("model_path", "model")
+flags.DEFINE_string(
+    "custom_objects", None,
+    "Python module (dotted path, importable from the current folder or "
+    "PYTHONPATH) whose classes are the custom layers / constraints / "
+    "activations --model needs, e.g. my_project.layers; every class it "
+    "defines is passed to Keras under its class name.")
 flags.DEFINE_bool(
     "demo", False,
     "Train the paper's MNIST MLP (784-512-512-512-10, clip(x, 0, 2), weights "
@@ -49,34 +65,40 @@ flags.DEFINE_string(
     "Folder holding offline copies mnist.npz / cifar10_jpeg75.npz (or "
     "cifar10.npz), e.g. ../shared/data.  Default: $TFPREC_DATA_DIR if set.")
 flags.DEFINE_integer(
-    "calibration_examples", 1000,
+    "calibration_examples", 1000, lower_bound=1, help=
     "Examples from the TRAINING split over which the noise gains are averaged "
     "(the first N; capped at the split size).")
 flags.DEFINE_integer(
-    "eval_examples", 2000,
+    "eval_examples", 2000, lower_bound=1, help=
     "Held-out examples from the TEST split for validation, the plan "
     "comparison, the sweep and measured targets (the first N; capped at the "
     "split size).")
 
 # ------------------------------------------------------------------ target
 flags.DEFINE_float(
-    "target_mismatch", 0.01,
-    "Analytic target: the plan's bound on the probability that the "
+    "target_bound", 0.01,
+    "Analytic target: the plan's BOUND on the probability that the "
     "fixed-point decision differs from the float decision, "
     "sum_T 4^(1-B_T) G_T <= this (a fraction in (0, 1)).  Used unless "
-    "--max_accuracy_drop, --target_measured_mismatch or --cost_budget is "
-    "given.")
+    "--max_accuracy_drop, --target_mismatch or --cost_budget is given.")
+flags.DEFINE_float(
+    "target_mismatch", None,
+    "Measured target, as tfprec.calibrate's target_mismatch: the fraction of "
+    "held-out examples whose fixed-point decision differs from the float "
+    "decision <= this (in [0, 1)).  Calibrated on the selection half of the "
+    "held-out examples and confirmed on the report half, like "
+    "--max_accuracy_drop.  (Before tfprec 0.2 this flag was the analytic "
+    "bound target, now --target_bound.)")
 flags.DEFINE_float(
     "max_accuracy_drop", None,
     "Measured target: float accuracy - fixed-point accuracy <= this many "
     "percentage points (in [0, 100)).  The level of each allocation is "
     "calibrated with tfprec.calibrate on the first half of the held-out "
-    "examples and the chosen plan is confirmed on the second half.")
+    "examples (the selection half) and the chosen plan is confirmed on the "
+    "second half (the report half).")
 flags.DEFINE_float(
     "target_measured_mismatch", None,
-    "Measured target: fraction of held-out examples whose fixed-point "
-    "decision differs from the float decision <= this (in [0, 1)).  "
-    "Calibrated and confirmed like --max_accuracy_drop.")
+    "Deprecated name of --target_mismatch (the measured mismatch target).")
 flags.DEFINE_float(
     "cost_budget", None,
     "Cost budget, in 1-bit full adders per example (--cost=compute) or in "
@@ -102,8 +124,16 @@ flags.DEFINE_integer(
 flags.DEFINE_string(
     "output_dir", DEFAULT_OUTPUT_DIR,
     "Folder for plan.json, report.md, quantized.h5, model.tflite, "
-    "summary.json and the PNG figures; created if missing (files of an "
-    "earlier run with the same names are replaced).")
+    "summary.json, the PNG figures and the manifest .tfprec-run.json; "
+    "created if missing.  A folder an earlier tfprec run wrote is replaced "
+    "whole (its old files removed); any other non-empty folder is refused "
+    "unless --overwrite is given.")
+flags.DEFINE_bool(
+    "overwrite", False,
+    "Write into a non-empty --output_dir that tfprec did not write (or that "
+    "holds other files besides a tfprec run): files with the names this run "
+    "writes are replaced, a previous tfprec run's files are removed, the "
+    "other files are kept.")
 flags.DEFINE_bool(
     "plots", have_matplotlib(),
     "Write PNG figures (needs matplotlib: pip install 'tfprec[plots]').  On "
@@ -122,24 +152,24 @@ flags.DEFINE_string(
     "'LO-HI', a list '2,4,8', or 'none' to skip the sweep.")
 
 # ------------------------------------------------------------------ knobs
-flags.DEFINE_integer("demo_epochs", 3, "Training epochs of the --demo model.")
+flags.DEFINE_integer("demo_epochs", 3, "Training epochs of the --demo model.",
+                     lower_bound=1)
 flags.DEFINE_list("demo_hidden", ["512", "512", "512"],
                   "Hidden layer widths of the --demo MLP, comma separated.")
-flags.DEFINE_integer("demo_batch_size", 128, "Training batch size of --demo.")
+flags.DEFINE_integer("demo_batch_size", 128, "Training batch size of --demo.",
+                     lower_bound=1)
 flags.DEFINE_integer("batch_size", 256,
-                     "Batch size of the gains, validation and sweep passes.")
+                     "Batch size of the gains, validation and sweep passes.",
+                     lower_bound=1)
 flags.DEFINE_integer("seed", 0, "Random seed (demo training).")
 
 
+def log(msg: str) -> None:
+    """A progress line on stderr."""
+    print(f"[tfprec] {msg}", file=sys.stderr, flush=True)
+
+
 # ==================================================================== errors
-class CliError(Exception):
-    """A problem with the command line or its inputs; exit status ``code``."""
-
-    def __init__(self, message: str, code: int = 1):
-        super().__init__(message)
-        self.code = code
-
-
 # ==================================================================== validators
 def _checked(name: str, check) -> None:
     """Registers ``check(f"--{name}", value)`` (a tfprec argument check that
@@ -157,20 +187,22 @@ def _bits(name, value):
     return check_bits(name, value, MIN_BITS, MAX_BITS)
 
 
-for _n in ("calibration_examples", "eval_examples", "demo_epochs",
-           "demo_batch_size", "batch_size"):
-    _checked(_n, positive_int)
+# positive ints: lower_bound=1 in their DEFINE_integer (absl's own check)
 _checked("max_bits", _bits)
 
 flags.register_validator(
-    "target_mismatch", lambda v: v is not None and 0.0 < v < 1.0,
-    message="--target_mismatch must be a probability in (0, 1), e.g. 0.01")
+    "target_bound", lambda v: v is not None and 0.0 < v < 1.0,
+    message="--target_bound must be a probability in (0, 1), e.g. 0.01")
+flags.register_validator(
+    "target_mismatch", lambda v: v is None or 0.0 <= v < 1.0,
+    message="--target_mismatch must be a fraction in [0, 1)")
 flags.register_validator(
     "max_accuracy_drop", lambda v: v is None or 0.0 <= v < 100.0,
     message="--max_accuracy_drop must be in [0, 100) percentage points")
 flags.register_validator(
     "target_measured_mismatch", lambda v: v is None or 0.0 <= v < 1.0,
-    message="--target_measured_mismatch must be a fraction in [0, 1)")
+    message="--target_measured_mismatch (now --target_mismatch) must be a "
+            "fraction in [0, 1)")
 flags.register_validator(
     "cost_budget", lambda v: v is None or (v > 0 and math.isfinite(v)),
     message="--cost_budget must be a positive number (full adders or bits)")
@@ -232,11 +264,12 @@ _checked("sweep_levels", _levels)
 class Settings:
     """What one run of ``tfprec`` does: the flags, checked and resolved.
 
-    ``mode`` is 'analytic' (--target_mismatch, a probability), 'budget'
+    ``mode`` is 'analytic' (--target_bound, a probability), 'budget'
     (--cost_budget, full adders per example or bits) or 'measured'
-    (--max_accuracy_drop in percentage points or --target_measured_mismatch,
-    a probability); ``levels`` are the sweep levels in bits; ``command`` the
-    command line that was given.
+    (--max_accuracy_drop in percentage points or --target_mismatch, a
+    probability); ``levels`` are the sweep levels in bits; ``command`` the
+    command line that was given; ``notices`` remarks on the flags
+    (deprecations) for the log and the report.
     """
 
     mode: str
@@ -246,14 +279,16 @@ class Settings:
     data_dir: Optional[str] = None
     calibration_examples: int = 1000
     eval_examples: int = 2000
-    target_mismatch: float = 0.01
+    target_bound: float = 0.01
+    target_mismatch: Optional[float] = None
     max_accuracy_drop: Optional[float] = None
-    target_measured_mismatch: Optional[float] = None
     cost_budget: Optional[float] = None
     allocation: str = "best"
     cost: str = "compute"
     max_bits: int = 16
     output_dir: str = DEFAULT_OUTPUT_DIR
+    overwrite: bool = False
+    custom_objects: Optional[str] = None
     plots: bool = False
     export_tflite: bool = True
     tflite_kernels: str = "xnnpack"
@@ -264,39 +299,57 @@ class Settings:
     batch_size: int = 256
     seed: int = 0
     command: str = "tfprec"
+    notices: tuple = ()
 
     @property
     def measured_flag(self) -> str:
         """The flag of a measured target ('max_accuracy_drop' or
-        'target_measured_mismatch')."""
+        'target_mismatch')."""
         return ("max_accuracy_drop" if self.max_accuracy_drop is not None
-                else "target_measured_mismatch")
+                else "target_mismatch")
 
     def target_text(self) -> str:
         """The target in words, with its unit."""
         if self.mode == "analytic":
-            return f"analytic bound <= {self.target_mismatch:g}"
+            return f"analytic bound <= {self.target_bound:g}"
         if self.mode == "budget":
             unit = "full adders per example" if self.cost == "compute" else "bits"
             return (f"{self.cost} cost <= {self.cost_budget:g} {unit} (smallest bound "
                     "that fits)")
         if self.max_accuracy_drop is not None:
             return f"measured accuracy drop <= {self.max_accuracy_drop:g} pp"
-        return f"measured mismatch <= {self.target_measured_mismatch:g}"
+        return f"measured mismatch <= {self.target_mismatch:g}"
+
+
+_ALIASES = ("model_path",)
 
 
 def command_line(fv=FLAGS) -> str:
     """The tfprec command with the flags given on this run (for the report)."""
-    parts = [f.serialize() for f in fv.get_flags_for_module(__name__) if f.present]
+    parts = [f.serialize() for f in fv.get_flags_for_module(__name__)
+             if f.present and f.name not in _ALIASES]
     return "tfprec " + " ".join(shlex.quote(p) for p in parts)
 
 
-def _mode(fv, target_given: bool) -> str:
-    measured = [n for n in ("max_accuracy_drop", "target_measured_mismatch")
-                if getattr(fv, n) is not None]
+def _measured_mismatch(fv) -> tuple:
+    """(--target_mismatch, with its deprecated name folded in; notices)."""
+    old = fv.target_measured_mismatch
+    if old is None:
+        return fv.target_mismatch, ()
+    if fv.target_mismatch is not None:
+        raise CliError("--target_measured_mismatch is the old name of "
+                       "--target_mismatch: give only --target_mismatch", 2)
+    return old, ("--target_measured_mismatch is deprecated: use --target_mismatch "
+                 "(the measured mismatch target); the analytic bound target is "
+                 "--target_bound",)
+
+
+def _mode(fv, target_given: bool, measured_mismatch) -> str:
+    measured = (["max_accuracy_drop"] if fv.max_accuracy_drop is not None else []) + (
+        ["target_mismatch"] if measured_mismatch is not None else [])
     kinds = measured + (["cost_budget"] if fv.cost_budget is not None else [])
     if target_given:
-        kinds = ["target_mismatch"] + kinds
+        kinds = ["target_bound"] + kinds
     if len(kinds) > 1:
         raise CliError("give one target: " + " and ".join(f"--{k}" for k in kinds)
                        + " exclude each other", 2)
@@ -308,15 +361,51 @@ def _mode(fv, target_given: bool) -> str:
     return "budget" if fv.cost_budget is not None else "analytic"
 
 
+def keras3_version(path: str) -> Optional[str]:
+    """The ``keras_version`` of a Keras 3 ``.keras`` zip file, else None (a
+    tf_keras .keras file, an .h5 file, a folder, an unreadable file)."""
+    if not os.path.isfile(path) or not zipfile.is_zipfile(path):
+        return None
+    try:
+        with zipfile.ZipFile(path) as z:
+            for member in ("metadata.json", "config.json"):
+                if member in z.namelist():
+                    meta = json.loads(z.read(member).decode("utf-8"))
+                    version = str(meta.get("keras_version", "")) if isinstance(
+                        meta, dict) else ""
+                    if version:
+                        return version if version.startswith("3") else None
+    except (OSError, ValueError, zipfile.BadZipFile, KeyError):
+        return None
+    return None
+
+
+def check_model_path(path: str, flag: str = "--model") -> None:
+    """CliError (exit status 2) unless ``path`` is a readable file or folder
+    that may hold a tf_keras model (a Keras 3 .keras file is refused)."""
+    if not os.path.exists(path):
+        raise CliError(f"{flag}: no such file or folder: {path!r}", 2)
+    if not os.access(path, os.R_OK) or (os.path.isdir(path)
+                                        and not os.access(path, os.X_OK)):
+        raise CliError(f"{flag}: {path!r} is not readable (permission denied)", 2)
+    version = keras3_version(path)
+    if version:
+        raise CliError(
+            f"{flag}: {path!r} is a Keras 3 file (keras_version {version}); "
+            "tfprec needs a tf_keras (Keras 2) model, saved as .h5 or as a "
+            "SavedModel folder: build and save it with `import tf_keras` (or "
+            "TF_USE_LEGACY_KERAS=1)", 2)
+
+
 def _check_paths(fv) -> None:
     if fv.demo and fv.model:
         raise CliError("--demo and --model exclude each other: --demo trains its "
                        "own model", 2)
     if not fv.demo and not fv.model:
         raise CliError("give --model=PATH (a saved tf_keras classifier) or --demo "
-                       "(see --helpfull)", 2)
-    if fv.model and not os.path.exists(fv.model):
-        raise CliError(f"--model: no such file or folder: {fv.model!r}", 2)
+                       "(see --help)", 2)
+    if fv.model:
+        check_model_path(fv.model)
 
 
 def _check_inputs(fv, plots_given: bool) -> None:
@@ -326,21 +415,39 @@ def _check_inputs(fv, plots_given: bool) -> None:
     data = fv.data
     if data and (data.endswith(".npz") or os.sep in data) and not os.path.isfile(data):
         raise CliError(f"--data: no such file: {data!r}", 2)
+    if data and os.path.isfile(data) and not os.access(data, os.R_OK):
+        raise CliError(f"--data: {data!r} is not readable (permission denied)", 2)
     if fv.data_dir and not os.path.isdir(fv.data_dir):
         raise CliError(f"--data_dir: no such folder: {fv.data_dir!r}", 2)
+    env_dir = os.environ.get("TFPREC_DATA_DIR")
+    if (not fv.data_dir and env_dir and data in ("mnist", "cifar10")
+            and not os.path.isdir(env_dir)):
+        raise CliError(f"--data={data}: the TFPREC_DATA_DIR environment variable "
+                       f"names no folder: {env_dir!r}", 2)
 
 
 def read_settings(fv=FLAGS) -> Settings:
-    """Cross-flag checks of the parsed ``fv``; the :class:`Settings`.
+    """Cross-flag checks of the parsed ``fv`` and of the files they name
+    (model, data, output folder: see
+    :func:`tfprec.application.staging.check_output_dir`); the
+    :class:`Settings`.  Imports no TensorFlow.
 
     Raises CliError (exit status 2) naming the flags at fault.
     """
+    from tfprec.application.staging import check_output_dir
     _check_paths(fv)
-    mode = _mode(fv, bool(fv["target_mismatch"].present))
+    measured_mismatch, notices = _measured_mismatch(fv)
+    mode = _mode(fv, bool(fv["target_bound"].present), measured_mismatch)
     _check_inputs(fv, bool(fv["plots"].present))
+    check_output_dir(fv.output_dir, fv.overwrite)
+    if fv["target_mismatch"].present:
+        notices += ("--target_mismatch is the MEASURED mismatch target (as in "
+                    "tfprec.calibrate); the analytic bound target is --target_bound",)
     names = [f.name for f in dataclasses.fields(Settings)
-             if f.name not in ("mode", "levels", "demo_hidden", "command")]
+             if f.name not in ("mode", "levels", "demo_hidden", "command",
+                               "target_mismatch", "notices")]
     return Settings(mode=mode, levels=tuple(parse_levels(fv.sweep_levels)),
                     demo_hidden=tuple(int(h) for h in fv.demo_hidden),
-                    command=command_line(fv),
+                    command=command_line(fv), target_mismatch=measured_mismatch,
+                    notices=tuple(notices),
                     **{n: getattr(fv, n) for n in names})

@@ -61,6 +61,14 @@ class ClipWeights(keras.constraints.Constraint):
         return {"limit": self.limit}
 
 
+# HDF5 files store the constraint's plain class name, which the legacy loader
+# looks up in Keras' global custom objects: registering it under that name
+# too makes tfprec's own saved models reload anywhere (quantize_scope(),
+# plain keras.models.load_model) once tfprec.models is imported, which
+# accessing any tfprec model-level name does (tfprec/__init__.py).
+keras.utils.get_custom_objects().setdefault("ClipWeights", ClipWeights)
+
+
 # ------------------------------------------------------------ builders
 def mnist_mlp(hidden: Sequence[int] = (512, 512, 512), clip: float = 2.0,
               dropout: float = 0.0, weight_limit: Optional[float] = 1.0,

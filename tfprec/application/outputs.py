@@ -23,9 +23,9 @@ _COMPARISON_NOTES = {
     "budget": "Every allocation rule's smallest-bound plan within the cost budget, "
               "validated on the same held-out examples; 'x chosen' is the cost "
               "relative to the chosen plan.",
-    "measured": "Each rule at its cheapest level meeting the measured target on the "
-                "calibration half of the held-out examples (measured there); 'x "
-                "chosen' is the cost relative to the chosen plan.",
+    "measured": "Each rule at its cheapest level meeting the measured target where "
+                "the level was chosen; 'x chosen' is the cost relative to the "
+                "chosen plan.",
 }
 
 
@@ -76,10 +76,12 @@ def report_settings(r) -> dict:
         "allocation": s.allocation, "cost": s.cost,
         "reference_costs": {k[0].upper() + k[1:]: v
                             for k, v in reference_costs(r).items()},
-        "target_probability": (s.target_mismatch if s.mode == "analytic" else
-                               s.target_measured_mismatch),
+        "target_probability": (s.target_bound if s.mode == "analytic" else
+                               s.target_mismatch),
         "validation_note": r.choice.validation_note,
-        "comparison_note": _COMPARISON_NOTES[s.mode],
+        "comparison_note": (_COMPARISON_NOTES[s.mode]
+                            + f" Measured on the {r.comparison_split}."),
+        "validation_split": r.validation_split,
     }
 
 
@@ -94,7 +96,8 @@ def write_report(r) -> None:
         export_report=r.export_report, model_info=model_info(r),
         data_info=data_info(r), settings=report_settings(r),
         timings=dict(r.timings), files=written, calibration=r.choice.calibration,
-        notes=r.notes, plots=r.s.plots)
+        notes=[f"**WARNING**: {w}" for w in r.warnings] + list(r.notes),
+        plots=r.s.plots)
 
 
 def _export_dict(rep):
@@ -121,6 +124,8 @@ def summary(r) -> dict:
         "calibration": None if cal is None else cal.to_dict(),
         "sweep": [row.to_dict() for row in r.sweep_rows],
         "export": _export_dict(r.export_report),
+        "validation_split": r.validation_split,
+        "comparison_split": r.comparison_split, "warnings": r.warnings,
         "gains": r.gains.to_dict(), "notes": r.notes, "timings_s": r.timings,
         "model": model_info(r), "data": data_info(r),
     }
@@ -145,10 +150,12 @@ def json_default(o):
 
 
 # ==================================================================== terminal
-def _summary_lines(plan, gains, v, export_report, full16) -> list:
-    out = ["summary:"]
+def _summary_lines(plan, gains, v, export_report, full16, split: str) -> list:
+    out = [f"summary (measured on the {split}):"]
     ucl = report_lib.mismatch_ucl(v.num_mismatch, v.num_examples)
-    note = report_lib.target_note(plan)
+    note = "; ".join(t for t in (report_lib.target_note(plan),
+                                 "vacuous: bound >= 1" if plan.bound() >= 1 else "")
+                     if t)
     out.append(f"  analytic bound        {plan.bound():.4g}"
                + (f"  ({note})" if note else ""))
     if getattr(gains, "example_w", None) is not None:
@@ -157,7 +164,8 @@ def _summary_lines(plan, gains, v, export_report, full16) -> list:
                    "  (mean over examples of min(1, per-example bound): also valid)")
     out.append(f"  measured mismatch     {v.mismatch_rate:.4f}  ({v.num_mismatch}/"
                f"{v.num_examples}; 95% UCL {ucl:.4f})"
-               + ("" if v.mismatch_rate <= v.bound else "  ** above the bound **"))
+               + ("" if v.mismatch_rate <= v.bound or v.bound >= 1
+                  else "  ** above the bound **"))
     if v.float_accuracy is not None:
         out.append(f"  accuracy              float {100 * v.float_accuracy:.2f}%, "
                    f"fixed point {100 * v.quant_accuracy:.2f}%")
@@ -173,8 +181,8 @@ def _summary_lines(plan, gains, v, export_report, full16) -> list:
     return out
 
 
-def _comparison_lines(comparisons) -> list:
-    out = ["plans compared (* chosen):"]
+def _comparison_lines(comparisons, split: str) -> list:
+    out = [f"plans compared (* chosen; mismatch and accuracy on the {split}):"]
     w = max(len(c.method) for c in comparisons) + 2
     out.append(f"  {'plan'.ljust(w)}{'bound':>10}{'mismatch':>10}{'acc %':>8}"
                f"{'compute (FA)':>16}{'memory (bits)':>15}")
@@ -186,20 +194,24 @@ def _comparison_lines(comparisons) -> list:
     return out
 
 
-def stdout_summary(r, files: list, previous: list, seconds: float) -> str:
+def stdout_summary(r, files: list, seconds: float) -> str:
     """Per-layer table, summary and plan comparison for the terminal."""
     s, plan = r.s, r.choice.plan
+    replaced, removed = r.staging.replaced, r.staging.removed
     header = [f"tfprec: model {model_info(r)['model']}, "
               f"{int(r.model.count_params()):,} parameters; data {r.ds.name}; "
               f"{len(r.x_cal)} calibration / {len(r.x_eval)} held-out examples",
               f"target: {s.target_text()}; allocation {s.allocation} -> {plan.method}"]
     footer = ([f"note: {n}" for n in r.notes]
+              + [f"WARNING: {w}" for w in r.warnings]
               + ["", f"wrote {len(files)} files to {r.staging.final}: "
                  + ", ".join(sorted(os.path.basename(f) for f in files))]
-              + ([f"(also there from an earlier run: {', '.join(previous)})"]
-                 if previous else [])
+              + ([f"(replaced: {', '.join(replaced)})"] if replaced else [])
+              + ([f"(removed, from the previous run: {', '.join(removed)})"]
+                 if removed else [])
               + [f"done in {seconds:.1f} s"])
     out = (header + ["", report_lib.layer_table_text(plan, r.gains), ""]
-           + _summary_lines(plan, r.gains, r.validation, r.export_report, r.full16)
-           + [""] + _comparison_lines(r.comparisons))
+           + _summary_lines(plan, r.gains, r.validation, r.export_report, r.full16,
+                            r.validation_split)
+           + [""] + _comparison_lines(r.comparisons, r.comparison_split))
     return "\n".join(out + footer)

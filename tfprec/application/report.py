@@ -31,7 +31,7 @@ from tfprec.application.figures import (  # noqa: F401  (re-exported)
     eng as _eng, figure_bits, figure_cost_accuracy, figure_mismatch,
     have_matplotlib, write_figures)
 from tfprec.application.tables import (  # noqa: F401  (re-exported)
-    CONFIDENCE, PlanSummary, _g, _int, _pct,
+    CONFIDENCE, PlanSummary, _g, _int, _pct, bound_verdict,
     comparison_markdown, layer_rows, layer_table_markdown, layer_table_text,
     mismatch_ucl, plan_level, sweep_markdown)
 from tfprec.fileio import atomic_write_text
@@ -77,16 +77,21 @@ def _header(title: str, settings: dict) -> list:
     return [f"# {title}", "", f"Generated {stamp}{by}.", "", _METHOD_TEXT, ""]
 
 
-def _validation_lines(v) -> list:
-    """Summary lines of the chosen plan's validation (mismatch, accuracy)."""
+def _validation_lines(v, split: str = "") -> list:
+    """Summary lines of the chosen plan's validation (mismatch, accuracy);
+    ``split`` names the examples they were measured on."""
     ucl = mismatch_ucl(v.num_mismatch, v.num_examples)
-    out = [f"- Measured mismatch on {v.num_examples} held-out examples: "
+    where = split or f"{v.num_examples} held-out examples"
+    verdict = bound_verdict(v.mismatch_rate, v.bound, "no")
+    out = [f"- Measured mismatch on the {where}: "
            f"**{v.mismatch_rate:.4f}** ({v.num_mismatch}/{v.num_examples}; "
            f"95% upper limit {_g(ucl, '.4f')}), bound {v.bound:.4g}: "
-           + ("the bound holds" if v.mismatch_rate <= v.bound
-              else "**the measured rate exceeds the bound**")]
+           + {"yes": "the bound holds",
+              "no": "**the measured rate exceeds the bound**"}.get(
+                  verdict, "the bound is vacuous (>= 1) and certifies nothing")]
     if v.float_accuracy is not None:
-        out.append(f"- Accuracy: float {_pct(v.float_accuracy)} %, fixed point "
+        out.append(f"- Accuracy on the {where}: float {_pct(v.float_accuracy)} %, "
+                   "fixed point "
                    f"{_pct(v.quant_accuracy)} % (change "
                    f"{100 * (v.quant_accuracy - v.float_accuracy):+.2f} pp)")
     return out
@@ -125,7 +130,7 @@ def _summary_section(plan, validation, export_report, settings: dict, notes) -> 
     out.append(f"- Analytic bound: **{plan.bound():.4g}**"
                + (f" ({target_note(plan)})" if target_note(plan) else ""))
     if validation is not None:
-        out += _validation_lines(validation)
+        out += _validation_lines(validation, settings.get("validation_split", ""))
     out += _cost_lines(plan, settings.get("reference_costs") or {}, export_report)
     return out + [f"- {n}" for n in notes] + [""]
 
@@ -160,9 +165,10 @@ def _validation_section(plan, v, gains, settings: dict) -> list:
     if v is None:
         return []
     ucl = mismatch_ucl(v.num_mismatch, v.num_examples)
+    where = settings.get("validation_split") or "held-out examples"
     out = ["## Validation: bound against measurement", "",
            "Float model vs the fake-quant model of the chosen plan "
-           "(tfprec.quantization.apply.quantize_model) on held-out examples.", "",
+           f"(tfprec.quantization.apply.quantize_model) on the {where}.", "",
            "| quantity | value |", "|---|---|",
            f"| held-out examples | {v.num_examples} |",
            f"| float accuracy | {_pct(v.float_accuracy)} % |",
@@ -171,12 +177,12 @@ def _validation_section(plan, v, gains, settings: dict) -> list:
            f"| measured mismatch | {v.mismatch_rate:.4f} |",
            f"| 95% upper confidence limit (one-sided Clopper-Pearson) | {_g(ucl, '.4f')} |",
            f"| analytic bound | {v.bound:.4g} |",
-           f"| bound >= measured | {'yes' if v.mismatch_rate <= v.bound else 'no'} |"]
+           f"| bound >= measured | {bound_verdict(v.mismatch_rate, v.bound, 'no')} |"]
     if gains is not None and getattr(gains, "example_w", None) is not None:
         peb = per_example_bound(plan, gains)
         out += [f"| per-example bound: mean of min(1, per-example bound) | {peb:.4g} |",
                 f"| per-example bound >= measured | "
-                f"{'yes' if v.mismatch_rate <= peb else 'no'} |"]
+                f"{bound_verdict(v.mismatch_rate, peb, 'no')} |"]
     out += [""]
     if settings.get("validation_note"):
         out += [settings["validation_note"], ""]
@@ -186,7 +192,8 @@ def _validation_section(plan, v, gains, settings: dict) -> list:
 def _calibration_section(calibration) -> list:
     if calibration is None or not hasattr(calibration, "to_markdown"):
         return []
-    return ["## Calibration on measured data", "", calibration.to_markdown()]
+    text = calibration.to_markdown()
+    return ["## Calibration on measured data (selection half)", "", text]
 
 
 def _comparison_section(comparisons, calibration, settings: dict) -> list:

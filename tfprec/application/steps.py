@@ -10,13 +10,15 @@ comparison of every rule's plan and the TFLite export.  Problems raise
 from __future__ import annotations
 
 import dataclasses
-import sys
+import importlib
+import inspect
+import re
 import time
 import warnings
 from typing import Optional
 
 from tfprec.application import report as report_lib
-from tfprec.application.flags import CliError, Settings
+from tfprec.application.flags import CliError, Settings, log
 from tfprec.planning import select
 
 PLAN_FILE = "plan.json"
@@ -26,11 +28,6 @@ SUMMARY_FILE = "summary.json"
 FLOAT_MODEL_FILE = "float_model.h5"
 
 
-def log(msg: str) -> None:
-    """A progress line on stderr."""
-    print(f"[tfprec] {msg}", file=sys.stderr, flush=True)
-
-
 def fmt_cost(v: float, cost: str) -> str:
     """A cost with its unit: full adders (compute) or bits (memory)."""
     unit = "full adders" if cost == "compute" else "bits"
@@ -38,23 +35,61 @@ def fmt_cost(v: float, cost: str) -> str:
 
 
 # ==================================================================== loading
-def load_model(path: str):
-    """Loads a tf_keras model with tfprec's custom objects.  CliError on failure."""
-    from tfprec._tf import keras
+def tfprec_custom_objects() -> dict:
+    """tfprec's own Keras custom objects, under every name they are saved
+    with (``ClipWeights``, ``tfprec>ClipWeights``)."""
     from tfprec.application import models
+    return {"ClipWeights": models.ClipWeights, "tfprec>ClipWeights": models.ClipWeights}
+
+
+def user_custom_objects(module_path: Optional[str]) -> dict:
+    """``{class name: class}`` of every class defined in the module
+    ``module_path`` (--custom_objects); CliError (exit status 2) when it
+    cannot be imported or defines no class."""
+    if not module_path:
+        return {}
+    try:
+        mod = importlib.import_module(module_path)
+    except Exception as e:  # the user's module may raise anything
+        raise CliError(f"--custom_objects: cannot import {module_path!r} "
+                       f"({type(e).__name__}: {e})", 2) from e
+    found = {n: c for n, c in vars(mod).items()
+             if inspect.isclass(c) and c.__module__ == mod.__name__}
+    if not found:
+        raise CliError(f"--custom_objects: module {module_path!r} defines no class", 2)
+    return found
+
+
+_UNKNOWN = re.compile(r"Unknown (\w+(?: \w+)?): '?([\w>.]+)'?")
+
+
+def load_model(path: str, custom_objects: Optional[str] = None):
+    """Loads a tf_keras model with tfprec's custom objects and those of the
+    module ``custom_objects`` (--custom_objects).  CliError (exit status 2)
+    on failure, naming a missing custom class."""
+    from tfprec._tf import keras
     from tfprec.quantization.configs import quantize_scope
-    extra = {"ClipWeights": models.ClipWeights, "tfprec>ClipWeights": models.ClipWeights}
+    extra = dict(tfprec_custom_objects(), **user_custom_objects(custom_objects))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with quantize_scope(extra):
                 model = keras.models.load_model(path, compile=False)
     except Exception as e:  # anything Keras / h5py / SavedModel raise
+        text = str(e).strip()
+        unknown = _UNKNOWN.search(text)
+        if unknown:
+            raise CliError(
+                f"--model: {path!r} uses the custom {unknown.group(1)} "
+                f"{unknown.group(2)!r}, which neither Keras nor tfprec defines; pass "
+                "--custom_objects=your.module (a module defining that class), or load "
+                "the model yourself with keras.models.load_model(..., "
+                "custom_objects=...) and use the tfprec API", 2) from e
         raise CliError(f"--model: cannot load {path!r} as a tf_keras model "
-                       f"({type(e).__name__}: {str(e).strip()[:500]})") from e
+                       f"({type(e).__name__}: {text[:500]})", 2) from e
     if not isinstance(model, keras.Model):
         raise CliError(f"--model: {path!r} holds a {type(model).__name__}, not a "
-                       "tf_keras Model")
+                       "tf_keras Model", 2)
     return model
 
 
@@ -65,7 +100,7 @@ def load_data(s: Settings):
     try:
         return data_lib.load_dataset(s.data, s.data_dir, flatten=s.demo)
     except InvalidDataError as e:
-        raise CliError(f"--data={s.data}: {e}") from e
+        raise CliError(f"--data={s.data}: {e}", 2) from e
 
 
 def take(s: Settings, model, x, y, n: int, what: str, flag: str, notes: list):
@@ -79,7 +114,8 @@ def take(s: Settings, model, x, y, n: int, what: str, flag: str, notes: list):
     try:
         return models.fit_inputs(model, x[:n]), y[:n]
     except InvalidDataError as e:
-        raise CliError(f"--data={s.data} does not fit the model (--{flag}): {e}") from e
+        raise CliError(f"--data={s.data} does not fit the model (--{flag}): {e}",
+                       2) from e
 
 
 def save_model(model, path: str) -> None:
@@ -156,16 +192,16 @@ def _methods(s: Settings) -> tuple:
 def choose_analytic(s: Settings, gains, x_eval, y_eval) -> Choice:
     """Every rule at the analytic target (a probability); 'best' is the
     cheapest by ``s.cost``."""
-    target, alloc = s.target_mismatch, s.allocation
+    target, alloc = s.target_bound, s.allocation
     plans, unmet = select.analytic_plans(gains, target, cost=s.cost,
                                          max_bits=s.max_bits)
     if alloc == "best" and not plans:
-        raise CliError(f"--target_mismatch={target:g}: no allocation meets the "
+        raise CliError(f"--target_bound={target:g}: no allocation meets the "
                        "analytic target: "
-                       + "; ".join(f"{k}: {v}" for k, v in unmet.items()))
+                       + "; ".join(f"{k}: {v}" for k, v in unmet.items()), 2)
     if alloc != "best" and alloc not in plans:
-        raise CliError(f"--target_mismatch={target:g} with --allocation={alloc}: "
-                       f"{unmet[alloc]}")
+        raise CliError(f"--target_bound={target:g} with --allocation={alloc}: "
+                       f"{unmet[alloc]}", 2)
     chosen = select.cheapest(plans, s.cost) if alloc == "best" else alloc
     notes = [f"{m}: no plan meets the target ({why})" for m, why in unmet.items()]
     return Choice(plans, chosen, x_eval, y_eval, notes=notes)
@@ -185,34 +221,68 @@ def choose_budget(s: Settings, gains, x_eval, y_eval) -> Choice:
             + f" fits; the minimum achievable {cost} cost is "
             + fmt_cost(min(min_costs.values()), cost)
             + (" (every tensor at 2 bits)" if alloc in ("best", "cost_aware", "uniform")
-               else f" (the {alloc} rule's lowest level)"))
+               else f" (the {alloc} rule's lowest level)"), 2)
     chosen = select.tightest(plans, cost) if alloc == "best" else alloc
     notes = [f"{m}: no plan fits the budget (its minimum is "
              f"{fmt_cost(min_costs[m], cost)})" for m in methods if m not in plans]
     return Choice(plans, chosen, x_eval, y_eval, notes=notes)
 
 
-def choose_measured(s: Settings, model, gains, x_eval, y_eval) -> Choice:
-    """tfprec.calibrate on the first half of the held-out examples; the chosen
-    plan is validated on the second half."""
-    from tfprec.errors import TfprecError
+def calibrate_each(s: Settings, model, gains, x, y, methods):
+    """tfprec.calibrate, one rule at a time with a progress line each; the
+    results merged into one CalibrationResult (candidates sorted by cost,
+    the cheapest first, as calibrate sorts them).  CliError (exit status 2)
+    naming the target flag when no rule meets it."""
+    from tfprec.errors import TfprecError, UnattainableTargetError
     from tfprec.planning import calibrate as cal_lib
+    flag = s.measured_flag
+    results, unmet = [], {}
+    for i, m in enumerate(methods, 1):
+        t0 = time.time()
+        try:
+            res = cal_lib.calibrate(
+                model, gains, x, y, target_mismatch=s.target_mismatch,
+                max_accuracy_drop=s.max_accuracy_drop, methods=(m,),
+                cost=s.cost, batch_size=s.batch_size, max_bits=s.max_bits)
+        except UnattainableTargetError as e:
+            unmet[m] = str(e)
+            log(f"  calibrating {m} ({i}/{len(methods)}): no level meets the target "
+                f"({time.time() - t0:.1f} s)")
+            continue
+        except TfprecError as e:
+            raise CliError(f"--{flag}={getattr(s, flag):g}: {e}", 2) from e
+        results.append(res)
+        unmet.update(res.unmet)
+        c = res.best
+        log(f"  calibrating {m} ({i}/{len(methods)}): {c.plan.method} at "
+            f"{report_lib.level_text(report_lib.base_method(c.plan.method), c.level)}, "
+            f"{res.total_evaluations} evaluations ({time.time() - t0:.1f} s)")
+    if not results:
+        raise CliError(f"--{flag}={getattr(s, flag):g}: no allocation meets the "
+                       "measured target: "
+                       + "; ".join(f"{k}: {v}" for k, v in unmet.items()), 2)
+    cands = [c for r in results for c in r.candidates]
+    other = "memory" if s.cost == "compute" else "compute"
+    cands.sort(key=lambda c: (c.cost(s.cost), c.cost(other), c.method))
+    return dataclasses.replace(
+        results[0], best=cands[0], candidates=tuple(cands), unmet=unmet,
+        total_evaluations=sum(r.total_evaluations for r in results))
+
+
+def choose_measured(s: Settings, model, gains, x_eval, y_eval) -> Choice:
+    """tfprec.calibrate on the first half of the held-out examples (the
+    selection half); the chosen plan is validated on the second half (the
+    report half)."""
     half = len(x_eval) // 2
     methods = _methods(s)
-    log(f"calibrating {', '.join(methods)} on {half} held-out examples")
-    try:
-        cal = cal_lib.calibrate(
-            model, gains, x_eval[:half], y_eval[:half],
-            target_mismatch=s.target_measured_mismatch,
-            max_accuracy_drop=s.max_accuracy_drop, methods=methods,
-            cost=s.cost, batch_size=s.batch_size, max_bits=s.max_bits)
-    except TfprecError as e:
-        flag = s.measured_flag
-        raise CliError(f"--{flag}={getattr(s, flag):g}: {e}") from e
+    log(f"calibrating {', '.join(methods)} on the selection half of the held-out "
+        f"examples ({half} ex.)")
+    cal = calibrate_each(s, model, gains, x_eval[:half], y_eval[:half], methods)
     plans = {c.method: c.plan for c in cal.candidates}
-    note = (f"Measured target: each rule's level was calibrated on the first {half} "
-            f"held-out examples; the numbers above are on the other "
-            f"{len(x_eval) - half}, which the calibration did not see.")
+    note = (f"Measured target: each rule's level was chosen on the selection half "
+            f"of the held-out examples (the first {half}); the chosen plan's numbers "
+            f"above are on the report half (the other {len(x_eval) - half}), which "
+            "the calibration did not see.")
     return Choice(plans, cal.best.method, x_eval[half:], y_eval[half:], cal, note,
                   [f"{m}: {why}" for m, why in cal.unmet.items()])
 
@@ -227,6 +297,37 @@ def choose(s: Settings, model, gains, x_eval, y_eval) -> Choice:
 
 
 # ==================================================================== after
+# A plan is flagged as useless when, on the data it was validated on, its
+# accuracy drops by more than this many percentage points, its decisions
+# differ from the float model's on more than this fraction of examples, or
+# its accuracy is within this factor of chance (1 / classes).
+USELESS_DROP_PP = 10.0
+USELESS_MISMATCH = 0.5
+USELESS_CHANCE_FACTOR = 1.5
+
+
+def usefulness_warnings(v, model, split: str) -> list:
+    """Warnings (text) when the validated plan is useless: see the
+    thresholds above (percentage points, probability, multiple of chance)."""
+    out = []
+    where = f"on the {split}"
+    if v.float_accuracy is not None and v.quant_accuracy is not None:
+        drop = 100.0 * (v.float_accuracy - v.quant_accuracy)
+        chance = 1.0 / max(int(model.outputs[0].shape[-1]), 1)
+        if drop > USELESS_DROP_PP:
+            out.append(f"the chosen plan loses {drop:.1f} percentage points of accuracy "
+                       f"{where} (float {100 * v.float_accuracy:.2f} %, fixed point "
+                       f"{100 * v.quant_accuracy:.2f} %): it is not usable; allow "
+                       "more bits (a larger --cost_budget or a smaller target)")
+        elif v.quant_accuracy <= USELESS_CHANCE_FACTOR * chance:
+            out.append(f"the chosen plan's accuracy {100 * v.quant_accuracy:.2f} % "
+                       f"{where} is near chance ({100 * chance:.1f} %)")
+    if v.mismatch_rate > USELESS_MISMATCH:
+        out.append(f"the chosen plan changes {100 * v.mismatch_rate:.1f} % of the "
+                   f"float model's decisions {where}: it is not usable")
+    return out
+
+
 def compare(s: Settings, model, choice: Choice, validation) -> list:
     """PlanSummary rows of every plan (validated where not measured already)."""
     from tfprec.quantization import validate as validate_lib
@@ -252,6 +353,6 @@ def export(s: Settings, model, plan, x_eval, staging):
                                        kernels=s.tflite_kernels)
     except ExportError as e:
         raise CliError(f"TFLite export failed: {e} (pass --noexport_tflite to "
-                       "skip it)") from e
+                       "skip it)", 1) from e
     rep.path = staging.final_path(TFLITE_FILE)
     return rep

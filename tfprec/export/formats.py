@@ -13,7 +13,7 @@ import dataclasses
 import math
 from typing import Optional
 
-from tfprec.errors import ExportError, InvalidDataError, PlanError
+from tfprec.errors import ExportError, InvalidDataError, PlanError, UnsupportedModelError
 from tfprec.fixedpoint import check_bits, check_pow2, int_limits
 from tfprec.statistics.graph import WEIGHT_KINDS
 
@@ -33,14 +33,39 @@ TIE_DIRECTION = {
 RESOLVER_OF = {"xnnpack": "auto", "reference": "ref", "optimized": "builtin"}
 
 
+class ExportInvalidDataError(ExportError, InvalidDataError):
+    """Bad data or scalar argument of an export function: both an
+    ExportError and an InvalidDataError (the message names the argument)."""
+
+
+class ExportPlanError(ExportError, PlanError):
+    """A plan an export function cannot use: both an ExportError and a
+    PlanError, in the words of :meth:`PrecisionPlan.validate_for`."""
+
+
+class ExportUnsupportedModelError(ExportError, UnsupportedModelError):
+    """A model an export function cannot read: both an ExportError and an
+    UnsupportedModelError."""
+
+
+_EXPORT_TYPE = ((InvalidDataError, ExportInvalidDataError), (PlanError, ExportPlanError),
+                (UnsupportedModelError, ExportUnsupportedModelError))
+
+
 @contextlib.contextmanager
 def as_export_errors(prefix: str = ""):
-    """Re-raises tfprec's argument errors (InvalidDataError, PlanError) as
-    ExportError with the same words, so export functions raise one type."""
+    """Re-raises tfprec's argument errors (InvalidDataError, PlanError,
+    UnsupportedModelError) with the same words as errors that are also
+    ExportErrors, so export functions raise one type (``except
+    ExportError``) and callers can still tell bad data, a bad plan and a
+    bad model apart."""
     try:
         yield
-    except (InvalidDataError, PlanError) as e:
-        raise ExportError(f"{prefix}{e}") from e
+    except ExportError:
+        raise
+    except (InvalidDataError, PlanError, UnsupportedModelError) as e:
+        cls = next(c for base, c in _EXPORT_TYPE if isinstance(e, base))
+        raise cls(f"{prefix}{e}") from e
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,19 +124,19 @@ def plan_formats(graph, plan) -> dict:
     weight layer of the graph once and nothing else."""
     layers = getattr(plan, "layers", None)
     if layers is None:
-        raise ExportError(f"expected a PrecisionPlan, got {type(plan).__name__}")
+        raise ExportPlanError(f"expected a PrecisionPlan, got {type(plan).__name__}")
     by_name = {}
     for lp in layers:
         if lp.name in by_name:
-            raise ExportError(f"plan lists layer {lp.name!r} twice")
+            raise ExportPlanError(f"plan lists layer {lp.name!r} twice")
         by_name[lp.name] = lp
     wnames = [op.name for op in graph.weight_ops]
     for n in wnames:
         if n not in by_name:
-            raise ExportError(f"layer {n!r} has no entry in the plan; cannot export it")
+            raise ExportPlanError(f"layer {n!r} has no entry in the plan; cannot export it")
     extra = [n for n in by_name if n not in wnames]
     if extra:
-        raise ExportError(f"plan layers {extra} are not weight layers of the model")
+        raise ExportPlanError(f"plan layers {extra} are not weight layers of the model")
     return {n: layer_formats(by_name[n]) for n in wnames}
 
 

@@ -73,16 +73,16 @@ import os
 import numpy as np
 
 from tfprec._tf import keras, tf
-from tfprec.errors import ExportError, TfprecError
+from tfprec.errors import ExportError
 from tfprec.export.checks import (bmm_honors_zero_point, check_acts, check_weights,
                                   interpreter, run_probe)
-from tfprec.export.formats import (RESOLVER_OF, TIE_DIRECTION, as_export_errors,
-                                   plan_formats)
+from tfprec.export.formats import (RESOLVER_OF, TIE_DIRECTION, ExportInvalidDataError,
+                                   as_export_errors, plan_formats)
 from tfprec.export.lower import Realizer
 from tfprec.export.report import ExportReport, LayerExport
 from tfprec.fileio import atomic_write_bytes
-from tfprec.inputs import as_inputs, choice, nonnegative_int, positive_int
-from tfprec.quantization.simulate import _run as _simulate, simulate_logits
+from tfprec.inputs import as_inputs, choice, flag, nonnegative_int, positive_int
+from tfprec.quantization.simulate import _run as _simulate, checked_plan, simulate_logits
 from tfprec.statistics.graph import WEIGHT_KINDS, parse_model
 
 __all__ = ["ExportReport", "LayerExport", "export_tflite", "tflite_predict",
@@ -103,24 +103,39 @@ _ROUNDING_NOTE = (
 # Arguments
 # --------------------------------------------------------------------------
 def _output_path(path) -> str:
-    """``path`` as a str, refusing None, non-paths, directories and paths
-    whose folder does not exist (before anything is built)."""
+    """``path`` as a str, refusing None, non-paths, empty names, directories
+    and paths whose folder does not exist or is not writable (before
+    anything is built)."""
     if path is None or not isinstance(path, (str, os.PathLike)):
         raise ExportError(f"path must be the output file name (str or os.PathLike), "
                           f"got {path!r}")
     path = os.fspath(path)
+    if not isinstance(path, str) or not path:
+        raise ExportError(f"path must be a non-empty file name, got {path!r}")
     folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path) or not os.path.isdir(folder):
-        what = "is a directory" if os.path.isdir(path) else "is in a folder that does not exist"
+    what = None
+    if os.path.isdir(path) or path.endswith(("/", os.sep)):
+        what = "is a directory"
+    elif not os.path.isdir(folder):
+        what = "is in a folder that does not exist"
+    elif not os.access(folder, os.W_OK | os.X_OK):
+        what = f"is in a folder that is not writable ({folder!r})"
+    if what:
         raise ExportError(f"cannot write TFLite file path={path!r}: it {what}")
     return path
 
 
 def _parse(model):
-    try:
+    with as_export_errors("cannot export: "):
         return parse_model(model)
-    except TfprecError as e:
-        raise ExportError(f"cannot export: {e}") from e
+
+
+def _plan(model, plan, allow_fingerprint_mismatch=False):
+    """:func:`tfprec.quantization.simulate.checked_plan` (the check of
+    :func:`tfprec.quantize_model`, same words), its errors also ExportErrors."""
+    with as_export_errors():
+        return checked_plan(model, plan,
+                            allow_fingerprint_mismatch=allow_fingerprint_mismatch)
 
 
 def _input_shape(graph) -> tuple:
@@ -154,8 +169,9 @@ def _check_inputs(data, graph, fmts, n: int):
             return as_inputs(data, shape, what=what, max_examples=n,
                              allow_single=True), what
         if not hasattr(data, "__iter__") or isinstance(data, (str, bytes, dict)):
-            raise ExportError(f"{what} must be an array [N, ...], a tf.data.Dataset "
-                              f"or an iterable of arrays, got {type(data).__name__}")
+            raise ExportInvalidDataError(
+                f"{what} must be an array [N, ...], a tf.data.Dataset or an "
+                f"iterable of arrays, got {type(data).__name__}")
         got, count = [], 0
         for i, item in enumerate(data):
             if isinstance(item, (list, tuple)) and item and hasattr(item[0], "shape"):
@@ -166,7 +182,8 @@ def _check_inputs(data, graph, fmts, n: int):
             if count >= n:
                 break
         if count == 0:
-            raise ExportError(f"{what} is empty: at least one example is needed.")
+            raise ExportInvalidDataError(
+                f"{what} is empty: at least one example is needed.")
     return np.concatenate(got)[:n], what
 
 
@@ -176,7 +193,8 @@ def _check_inputs(data, graph, fmts, n: int):
 def export_tflite(model, plan, path, representative_data=None, *,
                   kernels: str = "xnnpack",
                   check_examples: int = _CHECK_EXAMPLES,
-                  strict: bool = True) -> ExportReport:
+                  strict: bool = True,
+                  allow_fingerprint_mismatch: bool = False) -> ExportReport:
     """Writes a ``.tflite`` model that computes the plan's fixed-point network.
 
     Args:
@@ -197,24 +215,37 @@ def export_tflite(model, plan, path, representative_data=None, *,
         choice; only rounding ties / double rounding differ.
       check_examples: how many examples (a non-negative int) the checks use;
         0 checks the stored weights only (no activation or decision check).
-      strict: raise :class:`ExportError` (with ``.report``) and write nothing
-        if any grid check fails.
+      strict: (a bool) raise :class:`ExportError` (with ``.report``) and
+        write nothing if any grid check fails.
+      allow_fingerprint_mismatch: export a plan made from another model's
+        weights (same layers and geometry) on purpose; see
+        :meth:`~tfprec.planning.plan.PrecisionPlan.validate_for`.
 
     Returns:
       An :class:`ExportReport`.
 
     Raises:
-      ExportError: a bad argument (``path`` None or unwritable,
-        ``check_examples``, ``kernels``, empty or mis-shaped
-        ``representative_data``: the message names it), the plan does not
-        match the model, a layer cannot be represented (message names it), a
-        grid check fails (``strict``), or the file cannot be written (message
-        names the path; no partial file is left).
+      ExportError: every error is one, checked in this order before anything
+        is built: ``path`` (None, not a str / PathLike, a directory, a
+        folder that does not exist or is not writable); ``kernels``,
+        ``check_examples`` (not a non-negative int) and ``strict`` (not a
+        bool), each also an InvalidDataError; the plan, checked exactly as by
+        :func:`tfprec.quantize_model` and in the same words (not a plan,
+        does not match the model's layers or widths, made for other
+        weights, bits not an int in 2..16, ranges not powers of two: also a
+        PlanError naming the layer); the model (also an UnsupportedModelError);
+        ``representative_data`` (empty, mis-shaped, non-numeric or
+        non-finite: also an InvalidDataError naming it).  Afterwards: a
+        layer cannot be represented (message names it), a grid check fails
+        (``strict``), or the file cannot be written (message names the
+        path; no partial file is left).
     """
     path = _output_path(path)
     with as_export_errors():
         kernels = choice("kernels", kernels, tuple(TIE_DIRECTION))
         n = nonnegative_int("check_examples", check_examples)
+        strict = flag("strict", strict)
+    plan = _plan(model, plan, allow_fingerprint_mismatch)
     graph = _parse(model)
     fmts = plan_formats(graph, plan)
     plan_by_name = {lp.name: lp for lp in plan.layers}
@@ -309,19 +340,22 @@ def _plan_bits(graph, plan_by_name, reps) -> float:
 # --------------------------------------------------------------------------
 # Fixed-point simulation of a plan (float64)
 # --------------------------------------------------------------------------
-def simulate_plan(model, plan, x) -> np.ndarray:
+def simulate_plan(model, plan, x, *, allow_fingerprint_mismatch: bool = False) -> np.ndarray:
     """Logits of the plan's fixed-point network (float64 reference).
 
     Every weight layer's input is rounded with :func:`tfprec.fixedpoint.quantize`
     to its planned format and its folded kernel and bias to theirs; everything
     else is float64.  ``x``: inputs [N, ...] (or one example without the
-    batch axis), checked by :func:`tfprec.inputs.as_inputs` (ExportError
-    naming ``x`` when empty, mis-shaped or non-finite).
+    batch axis), checked by :func:`tfprec.inputs.as_inputs` (an ExportError
+    that is also an InvalidDataError naming ``x`` when empty, mis-shaped or
+    non-finite).  ``plan`` is checked as by :func:`export_tflite`.
     """
+    plan = _plan(model, plan, allow_fingerprint_mismatch)
     graph = _parse(model)
     with as_export_errors():
         x = as_inputs(x, _input_shape(graph), what="x", allow_single=True)
-    return simulate_logits(model, plan, x, graph=graph)
+    return simulate_logits(model, plan, x, graph=graph,
+                           allow_fingerprint_mismatch=allow_fingerprint_mismatch)
 
 
 # --------------------------------------------------------------------------
@@ -333,8 +367,16 @@ def tflite_predict(path, x, batch_size: int = 256, resolver: str = "auto") -> np
     Runs in batches of ``batch_size`` examples (a positive int; the input is
     resized once; the last batch is zero-padded).  ``resolver``: 'auto'
     (XNNPACK, the interpreter's default), 'ref' (LiteRT reference kernels)
-    or 'builtin'.  No examples give an empty array.  Raises ExportError for
-    a file that cannot be loaded and for bad arguments (naming them).
+    or 'builtin'.  No examples give an empty array.
+
+    Raises:
+      ExportError: ``path`` is not a str / PathLike, not a file, or not a
+        TFLite model the interpreter loads, or the model does not have one
+        float input (message names the path); ``batch_size`` or ``resolver``
+        is bad, or ``x`` is None, non-numeric, non-finite or does not match
+        the model's input shape (checked against the interpreter's input
+        details before anything runs; these are also InvalidDataErrors and
+        name the argument, the expected and the given shape).
     """
     with as_export_errors():
         bs = positive_int("batch_size", batch_size)
@@ -342,15 +384,31 @@ def tflite_predict(path, x, batch_size: int = 256, resolver: str = "auto") -> np
     if path is None or not isinstance(path, (str, os.PathLike)):
         raise ExportError(f"path must be a .tflite file name, got {path!r}")
     path = os.fspath(path)
+    if not os.path.isfile(path):
+        what = "is a directory" if os.path.isdir(path) else "does not exist"
+        raise ExportError(f"cannot load TFLite model path={path!r}: it {what}")
     try:
         it = interpreter(path=path, resolver=resolver)
-    except ValueError as e:
+    except (ValueError, RuntimeError) as e:
         raise ExportError(f"cannot load TFLite model {path!r}: {e}") from e
-    inp = it.get_input_details()[0]
+    ins = it.get_input_details()
+    if len(ins) != 1 or len(it.get_output_details()) != 1:
+        raise ExportError(f"TFLite model {path!r} has {len(ins)} inputs and "
+                          f"{len(it.get_output_details())} outputs; tflite_predict "
+                          "runs one-input, one-output classifiers")
+    inp = ins[0]
+    in_dtype = np.dtype(inp["dtype"])
+    if in_dtype.kind != "f":
+        raise ExportError(f"TFLite model {path!r} takes {in_dtype} inputs; "
+                          "tflite_predict feeds float inputs (as export_tflite "
+                          "writes them)")
     sig = inp["shape_signature"] if len(inp["shape_signature"]) else inp["shape"]
+    if len(sig) < 1:
+        raise ExportError(f"TFLite model {path!r} has a scalar input; "
+                          "tflite_predict needs a batch axis")
     shape = tuple(None if d < 0 else int(d) for d in sig[1:])
     with as_export_errors():
-        x = as_inputs(x, shape, what="x", allow_empty=True)
+        x = as_inputs(x, shape, what="x", dtype=in_dtype, allow_empty=True)
     n = x.shape[0]
     if n == 0:
         return np.zeros((0,), np.float64)
@@ -363,40 +421,66 @@ def tflite_predict(path, x, batch_size: int = 256, resolver: str = "auto") -> np
         xb = x[s:s + bs]
         m = xb.shape[0]
         if m < bs:
-            xb = np.concatenate([xb, np.zeros((bs - m, *x.shape[1:]), np.float32)])
+            xb = np.concatenate([xb, np.zeros((bs - m, *x.shape[1:]), in_dtype)])
         it.set_tensor(inp["index"], xb)
         it.invoke()
         outs.append(np.array(it.get_tensor(out_idx)[:m], np.float64))
     return np.concatenate(outs)
 
 
-def _logits_of(a, x):
+def _logits_of(a, x, what: str):
+    """Decisions [N] of ``a``: logits / decisions, a tf_keras model or a
+    .tflite path (the last two run on ``x``)."""
     if isinstance(a, keras.Model):
         if x is None:
-            raise ValueError("agreement: inputs x are needed to run a model")
-        out = np.asarray(a.predict(np.asarray(x, np.float32), verbose=0), np.float64)
-        return out
-    if isinstance(a, (str, os.PathLike)):
+            raise ExportInvalidDataError(f"agreement: {what} is a model; pass the "
+                                         "inputs x to run it")
+        if getattr(a, "inputs", None):           # any built tf_keras model,
+            with as_export_errors():             # fake-quant ones included
+                xs = as_inputs(x, tuple(a.inputs[0].shape[1:]), what="x",
+                               dtype=np.dtype(a.inputs[0].dtype.name))
+        else:
+            xs = np.asarray(x, np.float32)
+        out = np.asarray(a.predict(xs, verbose=0), np.float64)
+    elif isinstance(a, (str, os.PathLike)):
         if x is None:
-            raise ValueError("agreement: inputs x are needed to run a .tflite file")
-        return tflite_predict(a, x)
-    return np.asarray(a)
+            raise ExportInvalidDataError(f"agreement: {what} is a .tflite file "
+                                         f"({os.fspath(a)!r}); pass the inputs x "
+                                         "to run it")
+        out = tflite_predict(a, x)
+    else:
+        out = np.asarray(a) if hasattr(a, "shape") or isinstance(a, (list, tuple)) \
+            else None
+        if out is None or out.dtype.kind not in "fiu" or out.ndim not in (1, 2):
+            raise ExportInvalidDataError(
+                f"agreement: {what} must be logits [N, M], decisions [N], a "
+                f"tf_keras model or a .tflite path, got {type(a).__name__}"
+                + (f" of dtype {out.dtype} and shape {out.shape}" if out is not None
+                   else ""))
+    return out if out.ndim == 1 else np.argmax(out, axis=-1)
 
 
 def agreement(model_or_logits_a, logits_b, x=None) -> float:
-    """Fraction of examples on which two classifiers take the same decision.
+    """Fraction of examples on which two classifiers take the same decision
+    (a probability; NaN for no examples).
 
     Each argument is logits ``[N, M]`` (or decisions ``[N]``), a tf_keras
     model, or a path to a ``.tflite`` file; models and files are run on
     ``x``.  A final softmax does not change the argmax, so a Keras model's
     probabilities compare directly with TFLite logits.
+
+    Raises:
+      ExportError: also an InvalidDataError for an argument that is none of
+        these, a model or file without ``x``, bad ``x``, or different
+        numbers of examples (the message names the argument); also an
+        UnsupportedModelError for a model tfprec cannot read.
     """
-    a = _logits_of(model_or_logits_a, x)
-    b = _logits_of(logits_b, x)
-    da = a if a.ndim == 1 else np.argmax(a, axis=-1)
-    db = b if b.ndim == 1 else np.argmax(b, axis=-1)
+    da = _logits_of(model_or_logits_a, x, "model_or_logits_a")
+    db = _logits_of(logits_b, x, "logits_b")
     if da.shape != db.shape:
-        raise ValueError(f"agreement: {da.shape[0]} vs {db.shape[0]} examples")
+        raise ExportInvalidDataError(
+            f"agreement: model_or_logits_a gives {da.shape[0]} decisions but "
+            f"logits_b gives {db.shape[0]}")
     if da.size == 0:
         return float("nan")
     return float(np.mean(da == db))

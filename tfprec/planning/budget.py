@@ -21,13 +21,10 @@ import dataclasses
 import math
 from typing import Callable, Optional, Sequence
 
-import numpy as np
-
 from tfprec import inputs
-from tfprec.errors import InvalidDataError, PlanError, UnattainableTargetError
+from tfprec.errors import PlanError, UnattainableTargetError
 from tfprec.fixedpoint import MAX_BITS, MIN_BITS, check_bits
 from tfprec.planning import cost as cost_lib
-from tfprec.planning import plan as plan_lib
 from tfprec.planning import rules as rules_lib
 from tfprec.planning import cost_aware as cost_aware_lib
 from tfprec.planning.evaluate import Evaluator
@@ -39,10 +36,7 @@ BUDGET_LOG_WIDTH = 1e-4      # final bracket of the bound target, natural log
 # ================================================================ checks
 def cost_kind(cost) -> str:
     """``cost`` if it is "compute" (full adders) or "memory" (bits); else PlanError."""
-    try:
-        return inputs.choice("cost", cost, cost_lib.COST_KINDS)
-    except InvalidDataError as e:
-        raise PlanError(str(e)) from None
+    return inputs.choice("cost", cost, cost_lib.COST_KINDS, error=PlanError)
 
 
 def cost_unit(cost: str) -> str:
@@ -51,19 +45,12 @@ def cost_unit(cost: str) -> str:
 
 def check_tolerance_pp(value) -> float:
     """An accuracy tolerance as a finite float >= 0 (percentage points)."""
-    if (isinstance(value, bool) or not isinstance(value, (int, float, np.floating))
-            or not (value >= 0 and math.isfinite(value))):
-        raise InvalidDataError(f"tolerance_pp must be a non-negative number of "
-                               f"percentage points, got {value!r}")
-    return float(value)
+    return inputs.nonnegative_number("tolerance_pp", value, unit="percentage points")
 
 
 def _budget(budget, cost: str) -> float:
-    if isinstance(budget, bool) or not isinstance(budget, (int, float, np.number)) \
-            or not (budget > 0 and math.isfinite(budget)):
-        raise PlanError(f"budget must be a positive finite cost in "
-                        f"{cost_unit(cost)}, got {budget!r}")
-    return float(budget)
+    return inputs.positive_number("budget", budget, unit=cost_unit(cost),
+                                  error=PlanError)
 
 
 def labelled_examples(model, x, y, what: str):
@@ -118,6 +105,8 @@ def bisect_log(lo: float, hi: float, ok: Callable[[float], bool], *,
 def rule_levels(gains, method: str, max_bits: int = MAX_BITS) -> list:
     """Integer levels (bits) of "paper" (B_min), "uniform" (B) or "icml2017"
     (B_A) that keep every tensor within 2..max_bits, most precise first."""
+    rules_lib.check_gains(gains)
+    max_bits = check_bits("max_bits", max_bits)
     if method == "paper":
         ow, oa = rules_lib.paper_offsets(gains)
         top = max_bits - int(max(ow.max(), oa.max()))
@@ -132,8 +121,9 @@ def rule_levels(gains, method: str, max_bits: int = MAX_BITS) -> list:
 
 
 def rule_plan(gains, method: str, level: int, max_bits: int = MAX_BITS):
-    """The plan of an integer-level rule at ``level`` bits (see rule_levels)."""
-    level = int(level)
+    """The plan of an integer-level rule at ``level`` bits (see rule_levels);
+    a level that is not an int in 2..16 (0, 40, 3.5) raises PlanError."""
+    level = inputs.bits("level", level)
     if method == "paper":
         return rules_lib.paper_plan(gains, b_min=level, max_bits=max_bits)
     if method == "uniform":
@@ -176,10 +166,13 @@ def smallest_bound_plan(gains, method: str, budget: float, *, cost: str = "compu
       ``info["cost_budget"]`` is {"budget", "cost", "bound_target"} (t for
       cost_aware, else None).
     """
+    rules_lib.check_gains(gains)
     cost = cost_kind(cost)
     budget = _budget(budget, cost)
     max_bits = check_bits("max_bits", max_bits)
-    inputs.choice("method", method, RULES)
+    inputs.choice("method", method, RULES, error=PlanError)
+    log_width = inputs.positive_number("log_width", log_width, unit="natural log",
+                                       error=PlanError)
     limit = budget * (1 + 1e-12)
     total = lambda p: p.cost().total(cost)  # noqa: E731
     if method != "cost_aware":
@@ -198,13 +191,13 @@ def smallest_bound_plan(gains, method: str, budget: float, *, cost: str = "compu
     lo_b = rules_lib.uniform_plan(gains, bits=max_bits, max_bits=max_bits).bound()
     hi_b = cheapest.bound()
     if not (lo_b > 0 and math.isfinite(hi_b)):      # all gains zero
-        p = cost_aware_lib.cost_aware_plan(gains, 1.0, cost=cost, max_bits=max_bits)
+        p = cost_aware_lib.cost_aware_at_level(gains, 1.0, cost=cost, max_bits=max_bits)
         return _with_budget_info(p, budget, cost, 1.0), min_cost
     best = []
 
     def fits(t):
         try:
-            p = cost_aware_lib.cost_aware_plan(gains, t, cost=cost, max_bits=max_bits)
+            p = cost_aware_lib.cost_aware_at_level(gains, t, cost=cost, max_bits=max_bits)
         except UnattainableTargetError:
             return False
         ok = total(p) <= limit
@@ -253,6 +246,9 @@ def default_targets(gains, tolerance_pp: float, per_decade: int = 4) -> list:
     cost more) up to the bound of the all-2-bit plan (larger targets all
     give that plan).
     """
+    rules_lib.check_gains(gains)
+    tolerance_pp = check_tolerance_pp(tolerance_pp)
+    per_decade = inputs.positive_int("per_decade", per_decade)
     lo = max(tolerance_pp / 100.0, 1e-6)
     hi = max(rules_lib.uniform_plan(gains, bits=MIN_BITS).bound(), lo)
     n = int(math.ceil(per_decade * math.log10(hi / lo)))
@@ -291,15 +287,21 @@ def bisect_target_plan(model, gains, x, y=None, tolerance_pp: float = 0.1,
     tol = check_tolerance_pp(tolerance_pp)
     batch_size = inputs.positive_int("batch_size", batch_size)
     x, y = labelled_examples(model, x, y, "bisect_target_plan")
-    targets = sorted(float(t) for t in (default_targets(gains, tol)
-                                        if targets is None else targets))
+    rules_lib.check_gains(gains)
+    if targets is not None and (isinstance(targets, (str, bytes))
+                                or not hasattr(targets, "__iter__")):
+        raise PlanError(f"targets must be a list of bound targets, got {targets!r}")
+    targets = sorted(default_targets(gains, tol) if targets is None else
+                     [inputs.positive_number(f"targets[{i}]", t, unit="probability "
+                                             "(a bound level)", error=PlanError)
+                      for i, t in enumerate(targets)])
     if not targets:
         raise PlanError("targets is empty")
     ev = Evaluator(model, x, y, batch_size, "accuracy_drop", tol)
     plans = {}
 
     def feasible(i):
-        plans[i] = cost_aware_lib.cost_aware_plan(gains, targets[i], cost=cost)
+        plans[i] = cost_aware_lib.cost_aware_at_level(gains, targets[i], cost=cost)
         return ev.meets(ev.measure(plans[i]))
 
     i = cheapest_feasible(len(targets), feasible)
@@ -339,14 +341,14 @@ def bisect_budget_plan(model, gains, x, y=None, tolerance_pp: float = 0.1,
     cost = cost_kind(cost)
     tol = check_tolerance_pp(tolerance_pp)
     batch_size = inputs.positive_int("batch_size", batch_size)
-    if isinstance(rel_step, bool) or not isinstance(rel_step, (int, float)) \
-            or not rel_step > 0:
-        raise PlanError(f"rel_step must be a positive number, got {rel_step!r}")
+    rules_lib.check_gains(gains)
+    rel_step = inputs.positive_number("rel_step", rel_step, unit="relative cost",
+                                      error=PlanError)
     x, y = labelled_examples(model, x, y, "bisect_budget_plan")
     ev = Evaluator(model, x, y, batch_size, "accuracy_drop", tol)
     floor = rules_lib.uniform_plan(gains, bits=MIN_BITS)
     try:
-        top = cost_aware_lib.cost_aware_plan(gains, max(tol / 100.0, 1e-6), cost=cost)
+        top = cost_aware_lib.cost_aware_at_level(gains, max(tol / 100.0, 1e-6), cost=cost)
     except UnattainableTargetError:
         top = rules_lib.uniform_plan(gains, bits=MAX_BITS)
     passed = [top]

@@ -13,7 +13,15 @@ plan, and measures only the *level*.  Families (shape; level searched):
 * ``cost_aware``: :func:`~tfprec.planning.plan.cost_aware_plan` for the chosen cost;
   level: the bound target t it is built for (log-spaced grid);
 * ``measured_greedy`` (optional): the calibrated ``cost_aware`` plan, then
-  bits removed one at a time while the measured target holds (see below).
+  bits removed one at a time while the measured target holds (see below);
+* ``cost_aware_predicted`` (optional; gains from ``noise_gains(...,
+  per_class=True)``): the cheapest plan whose *predicted* mismatch
+  (:mod:`tfprec.planning.predict`) meets the target probability, confirmed
+  by one measurement; only after a miss is the predicted target divided by
+  2 and the plan measured again (at most 8 times), then one geometric
+  midpoint between the last miss and the hit is tried.  Level: the
+  predicted target t; ``evaluations`` counts the measurements (1 when the
+  prediction holds).
 
 For every family the levels are ordered from the most precise (largest bits,
 smallest t) to the cheapest, and a bisection over that order finds the
@@ -88,12 +96,15 @@ from tfprec.planning import cost as cost_lib
 from tfprec.planning import plan as plan_lib
 from tfprec.planning import rules as rules_lib
 from tfprec.planning import cost_aware as cost_aware_lib
+from tfprec.planning import predict as predict_lib
 from tfprec.planning.evaluate import (CalibratedPlan,  # noqa: F401  (result types)
                                       CalibrationResult, Evaluator, Measurement,
                                       _describe)
 from tfprec.planning.rules import level_text
+from tfprec.statistics import sanity
 
-FAMILIES = ("cost_aware", "paper", "uniform", "icml2017", "measured_greedy")
+FAMILIES = ("cost_aware", "paper", "uniform", "icml2017", "measured_greedy",
+            "cost_aware_predicted")
 DEFAULT_METHODS = ("cost_aware", "paper", "uniform")
 GRID_PER_OCTAVE = 4
 GREEDY_BUDGET = 40
@@ -170,11 +181,12 @@ def _cost_aware_family(gains, cost: str, max_bits: int, per_octave: int) -> _Fam
         def bound_at(b):
             p = rules_lib.uniform_plan(gains, bits=b, max_bits=max_bits)
             return cost_aware_lib.per_example_bound(p, gains)
-        make = lambda t: cost_aware_lib.per_example_cost_aware_plan(
+        make = lambda t: cost_aware_lib.per_example_at_level(
             gains, t, cost=cost, max_bits=max_bits)
     else:
         bound_at = lambda b: rules_lib.uniform_plan(gains, bits=b, max_bits=max_bits).bound()
-        make = lambda t: cost_aware_lib.cost_aware_plan(gains, t, cost=cost, max_bits=max_bits)
+        make = lambda t: cost_aware_lib.cost_aware_at_level(gains, t, cost=cost,
+                                                            max_bits=max_bits)
     lo, hi = bound_at(max_bits), bound_at(MIN_BITS)
     if not (lo > 0 and math.isfinite(hi)) or hi <= lo:
         levels = [max(lo, 1e-300) * (1 + 1e-9)]   # every target: the same plan
@@ -252,6 +264,57 @@ def _greedy(start: _Found, gains, ev: Evaluator, cost: str, max_bits: int,
     return _Found(plan, start.level, start.evaluations + used, trace, meas)
 
 
+PREDICTED_TIGHTEN = 2.0     # factor on the predicted target after a miss
+PREDICTED_TRIES = 8         # most tightening steps of cost_aware_predicted
+
+
+def _predicted(gains, ev: Evaluator, cost: str, max_bits: int, p: float):
+    """The ``cost_aware_predicted`` family: the plan whose predicted mismatch
+    meets the target probability ``p`` (:mod:`tfprec.planning.predict`),
+    confirmed by one measurement; after a miss the predicted target is
+    divided by :data:`PREDICTED_TIGHTEN` until the measured target holds (at
+    most :data:`PREDICTED_TRIES` times), then one geometric midpoint between
+    the last miss and the hit is tried.  Returns (_Found or None, why)."""
+    trace = []
+    plans = {}
+
+    def attempt(t):
+        try:
+            plan = cost_aware_lib.cost_aware_plan(gains, t, cost, max_bits,
+                                                  criterion="predicted")
+        except UnattainableTargetError as e:
+            return None, str(e)
+        m = ev.measure(plan)
+        ok = ev.meets(m)
+        trace.append((t, ev.value(m), ok))
+        plans[t] = (plan, m)
+        return ok, None
+
+    t, miss, hit = max(p, 1e-300), None, None
+    for _ in range(PREDICTED_TRIES + 1):
+        ok, err = attempt(t)
+        if ok is None:
+            break
+        if ok:
+            hit = t
+            break
+        miss, t = t, t / PREDICTED_TIGHTEN
+    if hit is None:
+        last = (f"; at predicted target {trace[-1][0]:.3g} it measures "
+                f"{_value_str(ev.kind, trace[-1][1])}" if trace else "")
+        return None, (f"no predicted target down to {t:.3g} met the measured "
+                      f"target ({err or 'tightening limit reached'}){last}")
+    if miss is not None:
+        mid = math.sqrt(hit * miss)
+        ok, _ = attempt(mid)
+        total = lambda t: (plans[t][0].cost().total_compute if cost == "compute"
+                           else plans[t][0].cost().total_memory)
+        if ok and total(mid) <= total(hit):
+            hit = mid
+    plan, m = plans[hit]
+    return _Found(plan, hit, len(trace), trace, m), None
+
+
 # ================================================================ inputs
 def _check_target(target_mismatch, max_accuracy_drop, has_labels: bool):
     """(kind, target, target as a probability) of the one target given."""
@@ -264,7 +327,9 @@ def _check_target(target_mismatch, max_accuracy_drop, has_labels: bool):
         if target_mismatch is not None else
         ("accuracy_drop", "max_accuracy_drop", max_accuracy_drop, 100.0,
          "percentage points"))
-    if (isinstance(v, bool) or not isinstance(v, numbers.Real)
+    if kind == "mismatch":
+        v = inputs.probability(name, v, allow_zero=True, error=PlanError)
+    elif (isinstance(v, bool) or not isinstance(v, numbers.Real)
             or not 0 <= v <= top):             # NaN fails the comparison
         raise PlanError(f"{name} must be {unit} in [0, {top:g}], got {v!r}")
     if kind == "accuracy_drop" and not has_labels:
@@ -280,7 +345,9 @@ def calibrate(model, gains, x_val, y_val=None, *, target_mismatch: Optional[floa
               methods: Sequence[str] = DEFAULT_METHODS, cost: str = "compute",
               batch_size: int = 256, confidence: float = 0.95,
               max_bits: int = MAX_BITS, grid_per_octave: int = GRID_PER_OCTAVE,
-              greedy_budget: int = GREEDY_BUDGET) -> CalibrationResult:
+              greedy_budget: int = GREEDY_BUDGET,
+              max_examples: Optional[int] = None,
+              allow_fingerprint_mismatch: bool = False) -> CalibrationResult:
     """The cheapest plan of each family that meets a measured target.
 
     Args:
@@ -306,6 +373,16 @@ def calibrate(model, gains, x_val, y_val=None, *, target_mismatch: Optional[floa
       max_bits: no tensor above this many bits (<= 16).
       grid_per_octave: cost-aware grid points per factor 2 of the bound.
       greedy_budget: most extra evaluations of ``measured_greedy``.
+      allow_fingerprint_mismatch: use ``gains`` although they were computed
+        on a model with other weights (``gains.fingerprint`` differs from
+        ``model``'s; see :meth:`~tfprec.planning.plan.PrecisionPlan.validate_for`);
+        the plans found then carry no fingerprint.
+      max_examples: use at most this many examples of ``x_val`` (a dataset
+        is read once and materialized up to this many; an infinite dataset
+        needs it, or ``take(n)``; one of unknown cardinality is read to its
+        end).  Warnings (TfprecWarning): x_val off the model's input scale,
+        one float decision for all, float accuracy on y_val not above chance
+        (:mod:`tfprec.statistics.sanity`).
 
     Returns:
       A :class:`CalibrationResult`: ``best`` and ``candidates``.
@@ -316,8 +393,12 @@ def calibrate(model, gains, x_val, y_val=None, *, target_mismatch: Optional[floa
         tensor at max_bits.
       InvalidDataError: x_val / y_val mis-shaped, empty or not finite;
         max_accuracy_drop without labels.
-      PlanError: bad target, method, cost or a gains/model mismatch.
+      PlanError: bad target, method, cost or a gains/model mismatch (other
+        layers, or other weights unless ``allow_fingerprint_mismatch``).
     """
+    if isinstance(methods, str) or not isinstance(methods, (list, tuple)):
+        raise PlanError(f"methods must be a list or tuple of families from "
+                        f"{FAMILIES}, got {methods!r}")
     methods = tuple(methods)
     if not methods:
         raise PlanError(f"methods is empty; choose from {FAMILIES}")
@@ -332,23 +413,38 @@ def calibrate(model, gains, x_val, y_val=None, *, target_mismatch: Optional[floa
     grid_per_octave = inputs.positive_int("grid_per_octave", grid_per_octave)
     greedy_budget = inputs.nonnegative_int("greedy_budget", greedy_budget)
     max_bits = check_bits("max_bits", max_bits)
-    if not hasattr(gains, "layers"):
-        raise PlanError(f"gains must be tfprec.NoiseGains, got {type(gains).__name__}")
+    rules_lib.check_gains(gains)
+    if inputs.flag("allow_fingerprint_mismatch", allow_fingerprint_mismatch,
+                   error=PlanError):
+        gains = dataclasses.replace(gains, fingerprint=None)
+    max_examples = inputs.optional_positive_int("max_examples", max_examples)
     x, y = inputs.as_examples(x_val, y_val, inputs.model_input_shape(model),
                               int(model.outputs[0].shape[-1]),
                               dtype=inputs.model_dtype(model), what="x_val",
-                              label_what="y_val")
+                              label_what="y_val", max_examples=max_examples)
+    sanity.check_input_scale(model, sanity.InputStats.of(x), inputs.raw_dtype(x_val),
+                             "x_val")
     kind, target, p = _check_target(target_mismatch, max_accuracy_drop, y is not None)
     top_plan = rules_lib.uniform_plan(gains, bits=max_bits, max_bits=max_bits)
     top_plan.validate_for(model)            # gains of another model: PlanError now
 
-    ev = Evaluator(model, x, y, batch_size, kind, target)
+    ev = Evaluator(model, x, y, batch_size, kind, target, what="x_val",
+                   label_what="y_val")
     found, unmet = {}, {}
     ca_result = None
     order = [m for m in methods if m != "measured_greedy"]
     if "measured_greedy" in methods and "cost_aware" not in order:
         order.append("cost_aware")          # the greedy starts from it
+    if "cost_aware_predicted" in order:       # needs per-class gains: fail early
+        predict_lib.class_terms(gains)
     for m in order:
+        if m == "cost_aware_predicted":
+            res, why = _predicted(gains, ev, cost, max_bits, p)
+            if res is None:
+                unmet[m] = why
+            else:
+                found[m] = res
+            continue
         fam = (_cost_aware_family(gains, cost, max_bits, grid_per_octave)
                if m == "cost_aware" else _int_family(gains, m, max_bits))
         if not fam.levels:
@@ -435,7 +531,8 @@ def _calibrated(method, f: _Found, ev: Evaluator, kind, target, p,
         "evaluations": f.evaluations, "guarantee": guarantee,
         "per_example_bound": pe}
     plan = dataclasses.replace(f.plan, info=info)
-    level = f.level if method in ("cost_aware", "measured_greedy") else int(f.level)
+    level = (f.level if method in ("cost_aware", "measured_greedy", "cost_aware_predicted")
+             else int(f.level))
     return CalibratedPlan(
         plan=plan, method=method, level=level, evaluations=int(f.evaluations),
         measured_mismatch=k / n, mismatch_ucl=ucl, float_accuracy=fa,

@@ -15,9 +15,11 @@ import numpy as np
 from tfprec.errors import PlanError, UnattainableTargetError
 from tfprec.fixedpoint import MAX_BITS, MIN_BITS, check_bits
 from tfprec.planning import cost as cost_lib
-from tfprec.planning import search
+from tfprec.planning import predict, search
 from tfprec.planning.plan import DEFAULT_TARGET, PrecisionPlan
-from tfprec.planning.rules import (_check_target, _gain_arrays, _layers_at, _leads,
+from tfprec import inputs
+from tfprec.planning.rules import (_check_target, _gain_arrays, _leads,
+                                   check_gains, plan_from_gains,
                                    icml2017_plan, paper_plan, uniform_plan)
 
 # The knapsack keeps this relative margin under the target so that the
@@ -54,10 +56,21 @@ def _knapsack(tabs, gw, ga, target: float, max_bits: int):
     return b[rows], b[cols]
 
 
+CRITERIA = ("analytic", "predicted")
+
+
 def cost_aware_plan(gains, target: float = DEFAULT_TARGET, cost: str = "compute",
                     max_bits: int = MAX_BITS,
-                    memory_convention: str = "written") -> PrecisionPlan:
+                    memory_convention: str = "written",
+                    criterion: str = "analytic") -> PrecisionPlan:
     """Cheapest plan found whose analytic bound meets ``target``.
+
+    ``criterion="predicted"``: instead, the cheapest plan found whose
+    *predicted* mismatch (:func:`tfprec.planning.predict.predicted_mismatch`,
+    an estimate, not a bound; needs ``noise_gains(..., per_class=True)``)
+    meets ``target``: :func:`predicted_cost_aware_plan`,
+    method ``"cost_aware_predicted:<cost>"``.  The default ``"analytic"`` is
+    described below.
 
     Minimizes the computational cost (``cost="compute"``, full adders) or the
     representational cost (``cost="memory"``, bits, inputs counted by
@@ -77,10 +90,45 @@ def cost_aware_plan(gains, target: float = DEFAULT_TARGET, cost: str = "compute"
 
     Raises:
       UnattainableTargetError: even max_bits everywhere misses the target.
-      PlanError: bad target, cost kind or max_bits (an int in 2..16).
+      PlanError: bad target, cost kind, criterion or max_bits (an int in
+        2..16); criterion "predicted" with gains lacking per-class data.
     """
-    target = _check_target(target)
+    if not isinstance(criterion, str) or criterion not in CRITERIA:
+        raise PlanError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
+    if criterion == "predicted":
+        return predicted_cost_aware_plan(gains, target, cost, max_bits,
+                                                 memory_convention)
+    return cost_aware_at_level(gains, _check_target(target), cost, max_bits,
+                               memory_convention)
+
+
+def _level(target) -> float:
+    return inputs.positive_number("target", target, unit="probability (a bound "
+                                  "level, may exceed 1)", error=PlanError)
+
+
+def _check_cost_args(cost, memory_convention):
+    inputs.choice("cost", cost, cost_lib.COST_KINDS, error=PlanError)
+    inputs.choice("memory_convention", memory_convention,
+                  cost_lib.MEMORY_CONVENTIONS, error=PlanError)
+
+
+def cost_aware_at_level(gains, target: float, cost: str = "compute",
+                        max_bits: int = MAX_BITS,
+                        memory_convention: str = "written") -> PrecisionPlan:
+    """:func:`cost_aware_plan` (analytic criterion) at a bound *level*
+    ``target`` > 0 that may exceed 1.
+
+    The level searches (:mod:`tfprec.planning.budget`,
+    :mod:`tfprec.planning.calibrate`) use the bound target only as a knob
+    that orders plans from precise to cheap, up to the bound of the
+    all-2-bit plan (often above 1); a user's target is a probability and
+    goes through :func:`cost_aware_plan`, which refuses targets above 1.
+    """
+    check_gains(gains)
+    target = _level(target)
     max_bits = check_bits("max_bits", max_bits)
+    _check_cost_args(cost, memory_convention)
     gw, ga = _gain_arrays(gains)
     bound = search.AnalyticBound(gw, ga)
     n = len(gw)
@@ -94,7 +142,7 @@ def cost_aware_plan(gains, target: float = DEFAULT_TARGET, cost: str = "compute"
     cands = [(top, top)]
     for make in (paper_plan, uniform_plan):
         try:
-            cands.append(_bits_of(make(gains, target, max_bits=max_bits)))
+            cands.append(_bits_of(make(gains, min(target, 1.0), max_bits=max_bits)))
         except UnattainableTargetError:
             continue
     if np.all(lead == np.arange(n)):
@@ -108,7 +156,7 @@ def cost_aware_plan(gains, target: float = DEFAULT_TARGET, cost: str = "compute"
                         bw2, ba2))
     results.sort(key=lambda r: (r[0], r[1]))
     _, _, bw, ba = results[0]
-    return PrecisionPlan(_layers_at(gains, bw, ba), f"cost_aware:{cost}", target)
+    return plan_from_gains(gains, bw, ba, f"cost_aware:{cost}", target)
 
 
 # ============================================ per-example (clipped) bound
@@ -134,6 +182,10 @@ def per_example_bound(plan: PrecisionPlan, gains) -> float:
     ``plan.bound()`` and much tighter when a few near-tied examples dominate
     the gains.  Needs ``noise_gains(..., per_example=True)``.
     """
+    check_gains(gains)
+    if not isinstance(plan, PrecisionPlan):
+        raise PlanError(f"plan must be a tfprec PrecisionPlan, got "
+                        f"{type(plan).__name__}")
     if [l.name for l in gains.layers] != plan.names:
         raise PlanError(f"plan layers {plan.names} do not match the gains' "
                         f"layers {[l.name for l in gains.layers]}")
@@ -152,8 +204,20 @@ def per_example_cost_aware_plan(gains, target: float = DEFAULT_TARGET,
     bound is never below it) and removes bits greedily while it holds.
     Needs ``noise_gains(..., per_example=True)``.
     """
-    target = _check_target(target)
+    return per_example_at_level(gains, _check_target(target), cost, max_bits,
+                                memory_convention)
+
+
+def per_example_at_level(gains, target: float, cost: str = "compute",
+                         max_bits: int = MAX_BITS,
+                         memory_convention: str = "written") -> PrecisionPlan:
+    """:func:`per_example_cost_aware_plan` at a bound level ``target`` > 0
+    that may exceed 1 (for the level searches; see
+    :func:`cost_aware_at_level`)."""
+    check_gains(gains)
+    target = _level(target)
     max_bits = check_bits("max_bits", max_bits)
+    _check_cost_args(cost, memory_convention)
     bound = _example_bound(gains)
     n = len(gains.layers)
     lead = _leads(gains)
@@ -170,8 +234,8 @@ def per_example_cost_aware_plan(gains, target: float = DEFAULT_TARGET,
             starts.append((u, u))
             break
     try:
-        starts.append(_bits_of(cost_aware_plan(gains, target, cost, max_bits,
-                                               memory_convention)))
+        starts.append(_bits_of(cost_aware_at_level(gains, target, cost, max_bits,
+                                                   memory_convention)))
     except UnattainableTargetError:
         pass
     results = []
@@ -181,11 +245,11 @@ def per_example_cost_aware_plan(gains, target: float = DEFAULT_TARGET,
                         bw2, ba2))
     results.sort(key=lambda r: (r[0], r[1]))
     _, value, bw, ba = results[0]
-    return PrecisionPlan(_layers_at(gains, bw, ba), f"cost_aware_pe:{cost}", target,
-                         {"per_example_bound": value})
+    return plan_from_gains(gains, bw, ba, f"cost_aware_pe:{cost}", target,
+                           {"per_example_bound": value})
 
 
-PLAN_METHODS = ("paper", "cost_aware", "uniform", "icml2017")
+PLAN_METHODS = ("paper", "cost_aware", "uniform", "icml2017", "cost_aware_predicted")
 
 
 def make_plan(gains, method: str = "paper", target: float = DEFAULT_TARGET,
@@ -196,15 +260,119 @@ def make_plan(gains, method: str = "paper", target: float = DEFAULT_TARGET,
       gains: :class:`tfprec.NoiseGains`.
       method: one of ``PLAN_METHODS``.
       target: bound on the mismatch probability.
-      cost: "compute" or "memory", for ``method="cost_aware"``.
+      cost: "compute" or "memory", for the cost-aware methods.
+        ``"cost_aware_predicted"`` meets ``target`` with the *predicted*
+        mismatch (``cost_aware_plan(..., criterion="predicted")``; gains from
+        ``noise_gains(..., per_class=True)``), an estimate, not a bound.
       max_bits: largest bit-width allowed for any tensor (bits, at most 16).
     """
     if method == "paper":
         return paper_plan(gains, target, max_bits=max_bits)
     if method == "cost_aware":
         return cost_aware_plan(gains, target, cost=cost, max_bits=max_bits)
+    if method == "cost_aware_predicted":
+        return cost_aware_plan(gains, target, cost=cost, max_bits=max_bits,
+                               criterion="predicted")
     if method == "uniform":
         return uniform_plan(gains, target, max_bits=max_bits)
     if method == "icml2017":
         return icml2017_plan(gains, target, max_bits=max_bits)
     raise PlanError(f"unknown plan method {method!r}; choose one of {PLAN_METHODS}")
+
+
+# ============================================ predicted mismatch
+def _linearized_start(gains, model, bw, ba, target, cost, max_bits, memory_convention):
+    """Bits of the knapsack on the tangent plane of the prediction at
+    (bw, ba), capacity shrunk until the prediction meets ``target``."""
+    gw, ga = model.gradient(bw, ba)
+    lead = _leads(gains)
+    ga = ga * (lead == np.arange(len(lead)))
+    if not (np.all(np.isfinite(gw)) and np.all(np.isfinite(ga))) or gw.sum() + ga.sum() <= 0:
+        return None
+    p0 = model.value(bw, ba)
+    u_w, u_a = 4.0 ** (1 - bw.astype(float)), 4.0 ** (1 - ba.astype(float))
+    cap = target - p0 + float(gw @ u_w + ga @ u_a)
+    lin = predict._linearized_gains(gains, gw, ga)
+    for _ in range(8):
+        if cap <= 0:
+            return None
+        try:
+            plan = cost_aware_at_level(lin, min(cap, 1.0), cost, max_bits,
+                                   memory_convention)
+        except UnattainableTargetError:
+            return None
+        b = _bits_of(plan)
+        if model.value(*b) <= target:
+            return b
+        cap *= 0.6
+    return None
+
+
+def predicted_cost_aware_plan(gains, target: float = DEFAULT_TARGET,
+                              cost: str = "compute", max_bits: int = MAX_BITS,
+                              memory_convention: str = "written",
+                              form: str = predict.DEFAULT_FORM,
+                              model: str = predict.DEFAULT_MODEL) -> PrecisionPlan:
+    """Cheapest plan found whose *predicted* mismatch meets ``target``.
+
+    Minimizes the computational (full adders) or representational (bits)
+    cost subject to :func:`predicted_mismatch` <= ``target`` (probability),
+    B_T in [2, max_bits] bits, with no evaluation of the model.  The
+    prediction is not additive over tensors, so: the cheapest uniform plan
+    meeting the target; knapsack solutions of the prediction linearized
+    (tangent plane in u_T = 4^(1-B_T)) at that plan and at the result, each
+    capacity shrunk until the real prediction meets the target; then the
+    greedy descent of :mod:`tfprec.planning.search` under
+    :class:`PredictedMismatch` from every start, and its local search from
+    the best.  A shared input tensor's readers move together.  ``model``:
+    the prediction model, "shift" (default: known weight shifts, Gaussian
+    activation noise; a weight move is a table lookup) or "gaussian".
+    Method string ``"cost_aware_predicted:<cost>"``;
+    ``info["predicted_mismatch"]`` holds the prediction,
+    ``info["prediction_model"]`` the model.  An estimate, not a guarantee: confirm it with
+    :func:`tfprec.calibrate` (family ``cost_aware_predicted``).
+
+    Raises:
+      PlanError: gains without ``per_class=True``; bad target, cost, form,
+        model or max_bits.
+      UnattainableTargetError: even max_bits everywhere misses the target.
+    """
+    target = _check_target(target)
+    max_bits = check_bits("max_bits", max_bits)
+    form = predict._check_form(form)
+    model_name = predict._check_model(model)
+    model = predict._model(gains, form, model_name)
+    n = len(gains.layers)
+    lead = _leads(gains)
+    tabs = cost_lib.cost_tables(gains.layers, cost, memory_convention)
+    top = np.full(n, max_bits)
+    if model.value(top, top) > target:
+        raise UnattainableTargetError(
+            f"even {max_bits} bits for every tensor gives a predicted mismatch "
+            f"of {model.value(top, top):.3g} > target {target:.3g}.")
+    starts = [(top, top)]
+    for b in range(MIN_BITS, max_bits + 1):        # cheapest uniform start
+        u = np.full(n, b)
+        if model.value(u, u) <= target:
+            starts.append((u, u))
+            break
+    point = starts[-1]
+    for _ in range(2):                             # two tangent-plane steps
+        lin = _linearized_start(gains, model, *point, target, cost, max_bits,
+                                memory_convention)
+        if lin is None:
+            break
+        starts.append(lin)
+        point = lin
+    results = []
+    for bw, ba in starts:
+        bw2, ba2 = search.descend(tabs, model, bw, ba, target, lead)
+        results.append((search.total_cost(tabs, bw2, ba2), model.value(bw2, ba2),
+                        bw2, ba2))
+    results.sort(key=lambda r: (r[0], r[1]))
+    _, _, bw, ba = results[0]
+    bw, ba = search.improve(tabs, model, bw, ba, target, max_bits, lead)
+    value = model.value(bw, ba)
+    return plan_from_gains(gains, bw, ba, f"{predict.METHOD}:{cost}", target,
+                           {"predicted_mismatch": value, "prediction_form": form,
+                            "prediction_model": model_name})

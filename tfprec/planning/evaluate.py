@@ -31,6 +31,7 @@ from tfprec.errors import InvalidDataError, PlanError
 from tfprec.planning import plan as plan_lib
 from tfprec.planning.rules import level_text
 from tfprec.quantization import validate as validate_lib
+from tfprec.statistics import sanity
 
 TARGET_KINDS = ("mismatch", "accuracy_drop")
 
@@ -64,10 +65,14 @@ class Evaluator:
       target_kind: None (measure only), "mismatch" or "accuracy_drop".
       target: the mismatch rate (probability in [0, 1]) or the accuracy drop
         (percentage points) a plan must not exceed.
+      what, label_what: the caller's names of x and y, for the warnings of
+        :func:`tfprec.statistics.sanity.check_decisions` (every decision the
+        same, float accuracy not above chance).
     """
 
     def __init__(self, model, x, y=None, batch_size: int = 256,
-                 target_kind: Optional[str] = None, target: Optional[float] = None):
+                 target_kind: Optional[str] = None, target: Optional[float] = None,
+                 *, what: str = "x", label_what: str = "y"):
         if target_kind not in (None,) + TARGET_KINDS:
             raise PlanError(f"target kind must be one of {TARGET_KINDS}, got "
                             f"{target_kind!r}")
@@ -77,6 +82,8 @@ class Evaluator:
         self.batch_size = batch_size
         self.n = len(x)
         self.fdec = validate_lib.float_decisions(model, x, batch_size)
+        sanity.check_decisions(self.fdec, y, int(model.outputs[0].shape[-1]),
+                               what, label_what)
         self.float_correct = None if y is None else int(np.sum(self.fdec == y))
         self.kind, self.target = target_kind, target
         self.cache = {}
@@ -286,7 +293,7 @@ class CalibrationResult:
         pct = lambda v: "n/a" if v is None else f"{100 * v:.2f}"
         lines = [
             f"Target: {self.describe_target()} on {self.num_examples} held-out "
-            f"examples; cheapest by {self.cost} cost: **{self.best.method}**; "
+            f"examples; cheapest by {self.cost} cost: **{self.best.plan.method}**; "
             f"{self.total_evaluations} fake-quant evaluations in all.",
             "",
             f"| method | level | evals | compute (FA) | memory (bits) | "
@@ -298,7 +305,8 @@ class CalibrationResult:
             drop = ("n/a" if c.accuracy_drop_pp is None else
                     f"{c.accuracy_drop_pp:.2f} ± {c.accuracy_drop_se_pp:.2f}")
             lines.append(
-                f"| {c.method} | {level_text(c.method, c.level)} | {c.evaluations} | "
+                f"| {c.plan.method} | {level_text(c.plan.method, c.level)} | "
+                f"{c.evaluations} | "
                 f"{c.compute_cost:.4g} | {c.memory_cost:.4g} | "
                 f"{c.cost(self.cost) / base:.3f} | {c.bound:.3g} | "
                 f"{c.measured_mismatch:.4f} ({c.num_mismatch}/{c.num_examples}) | "

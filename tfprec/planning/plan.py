@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from typing import Optional
 
+from tfprec import inputs
 from tfprec.errors import PlanError
 from tfprec.fileio import atomic_write_text
 from tfprec.fixedpoint import check_bits, check_pow2, step
@@ -103,14 +103,37 @@ class PrecisionPlan:
       layers: one :class:`LayerPrecision` per weight layer, in model order.
       method: how the plan was made ("paper", "uniform", "icml2017",
         "cost_aware:compute", "cost_aware:memory", or a user label).
-      target: the mismatch-probability target the plan was made for, if any.
-      info: free-form metadata (JSON-serializable).
+      target: the bound target the plan was made for, if any: a mismatch
+        probability, or for a plan found by a level search (budget,
+        calibration) the cost-aware bound level t, which may exceed 1.
+      info: free-form metadata; a dict that ``json.dumps`` can write (numpy
+        scalars and arrays are written as numbers and lists).  Anything else
+        raises PlanError naming ``info`` when the plan is made.
+      fingerprint: :func:`tfprec.statistics.gains.model_fingerprint` of the
+        model whose gains the plan was made from (copied from
+        ``NoiseGains.fingerprint``; kept by :meth:`with_bits`, saved by
+        :meth:`save`).  None for a plan made by hand or loaded from a file
+        written before this field existed: such a plan is not checked
+        against the model's weights.
     """
 
     layers: tuple
     method: str = "custom"
     target: Optional[float] = None
     info: dict = dataclasses.field(default_factory=dict)
+    fingerprint: Optional[str] = None
+
+    def __post_init__(self):
+        if self.info is None:
+            object.__setattr__(self, "info", {})
+        if not isinstance(self.info, dict):
+            raise PlanError(f"info must be a dict (JSON object), got "
+                            f"{type(self.info).__name__}")
+        inputs.json_compatible("info", self.info, default=_json_default,
+                               error=PlanError)
+        if self.fingerprint is not None:
+            inputs.text("fingerprint", self.fingerprint, allow_empty=False,
+                        error=PlanError)
 
     # ------------------------------------------------------------ queries
     def layer(self, name: str) -> LayerPrecision:
@@ -162,6 +185,10 @@ class PrecisionPlan:
           PlanError: a name is not a layer of the plan, or bits are not an
             int in 2..16.
         """
+        for what, d in (("weight_bits", weight_bits), ("act_bits", act_bits)):
+            if d is not None and not isinstance(d, dict):
+                raise PlanError(f"with_bits: {what} must be a dict layer name -> "
+                                f"bits, got {d!r:.80}")
         weight_bits = dict(weight_bits or {})
         act_bits = dict(act_bits or {})
         unknown = [n for n in list(weight_bits) + list(act_bits) if n not in self.names]
@@ -178,7 +205,9 @@ class PrecisionPlan:
         layers = tuple(dataclasses.replace(
             l, weight_bits=weight_bits.get(l.name, l.weight_bits),
             act_bits=act_bits.get(l.name, l.act_bits)) for l in self.layers)
-        plan = dataclasses.replace(self, layers=layers,
+        if method is not None:
+            inputs.text("with_bits: method", method, allow_empty=False, error=PlanError)
+        plan = dataclasses.replace(self, layers=layers,     # keeps the fingerprint
                                    method=method or self.method)
         plan.check()
         return plan
@@ -186,10 +215,14 @@ class PrecisionPlan:
     # --------------------------------------------------------- validation
     def check(self) -> None:
         """Raises PlanError if a field is out of range."""
-        if not self.layers:
-            raise PlanError("plan has no layers")
+        if not isinstance(self.layers, (tuple, list)) or not self.layers:
+            raise PlanError(f"plan has no layers (layers={self.layers!r:.80})")
+        inputs.text("method", self.method, error=PlanError)
+        if self.target is not None:
+            inputs.positive_number("target", self.target, error=PlanError)
         seen = set()
         for l in self.layers:
+            _check_layer(l)
             if l.name in seen:
                 raise PlanError(f"plan lists layer {l.name!r} twice")
             seen.add(l.name)
@@ -205,20 +238,33 @@ class PrecisionPlan:
                             f"layers {first.name!r} and {l.name!r} read the same "
                             f"input tensor but differ in {f} "
                             f"({getattr(first, f)} vs {getattr(l, f)})")
-            for f in ("g_w", "g_a"):
-                g = getattr(l, f)
-                if not (isinstance(g, (int, float)) and g >= 0 and math.isfinite(g)):
-                    raise PlanError(f"layer {l.name!r}: {f}={g!r} must be a "
-                                    "finite non-negative number")
 
-    def validate_for(self, model) -> None:
-        """Raises PlanError unless the plan matches the model's weight layers.
+    def validate_for(self, model, *, allow_fingerprint_mismatch: bool = False) -> None:
+        """Raises PlanError unless the plan matches the model.
 
         Compares layer names, order, classes and geometry (weights, dot
-        length, dot products, inputs).
+        length, dot products, inputs).  Then, when the plan has a
+        ``fingerprint`` (it was made from gains of a model), checks that
+        ``model`` has the same weights
+        (:func:`tfprec.statistics.gains.model_fingerprint`) and that every
+        layer's max |w| (BN folded) fits the plan's weight range R_W, so
+        that no weight would saturate: a plan made for the same
+        architecture with other weights has ranges and gains of those
+        weights and its bound means nothing here.
+
+        Args:
+          model: the tf_keras model the plan is about to be applied to.
+          allow_fingerprint_mismatch: skip the weights check (geometry is
+            still checked), to apply a plan to a fine-tuned or retrained
+            copy on purpose.
         """
-        from tfprec.statistics.gains import layer_geometry  # local: avoids a cycle
-        geo = layer_geometry(model)
+        from tfprec.statistics.gains import (layer_geometry,  # local: avoids a cycle
+                                             model_fingerprint, weight_max_abs)
+        from tfprec.statistics.graph import parse_model, range_scale
+        allow_fingerprint_mismatch = inputs.flag(
+            "allow_fingerprint_mismatch", allow_fingerprint_mismatch, error=PlanError)
+        graph = parse_model(model)
+        geo = layer_geometry(model, graph)
         names = [g["name"] for g in geo]
         if names != self.names:
             missing = [n for n in names if n not in self.names]
@@ -243,6 +289,25 @@ class PrecisionPlan:
                     f"plan does not match model '{model.name}' at layer "
                     f"{l.name!r}: num_inputs_written is {l.num_inputs_written} "
                     f"in the plan but {written} in the model")
+        if self.fingerprint is None or allow_fingerprint_mismatch:
+            return
+        wmax = weight_max_abs(model, graph)
+        over = [f"{l.name!r} (max |w| {wmax[l.name]:.4g} needs R_W = "
+                f"{range_scale(-wmax[l.name], wmax[l.name], True):g}, the plan has "
+                f"{l.weight_range:g})" for l in self.layers
+                if range_scale(-wmax[l.name], wmax[l.name], True) > l.weight_range]
+        fp = model_fingerprint(model, graph)
+        hint = ("; recompute the gains and the plan for this model, or pass "
+                "allow_fingerprint_mismatch=True to use the plan anyway")
+        sat = (f"; the weights of layers {', '.join(over)} are outside the plan's "
+               f"weight range [-R_W, R_W) and would saturate" if over else "")
+        if fp != self.fingerprint:
+            raise PlanError(
+                f"plan was made for other weights: fingerprint "
+                f"{_short(self.fingerprint)}, model '{model.name}' has "
+                f"{_short(fp)}{sat}{hint}")
+        if over:
+            raise PlanError(f"plan does not fit model '{model.name}'{sat}{hint}")
 
     # ------------------------------------------------------- serialization
     def to_dict(self) -> dict:
@@ -252,24 +317,39 @@ class PrecisionPlan:
                 "bound": self.bound(),
                 "cost": {"compute_full_adders": cost.total_compute,
                          "memory_bits": cost.total_memory},
-                "info": self.info,
+                "info": self.info, "fingerprint": self.fingerprint,
                 "layers": [dataclasses.asdict(l) for l in self.layers]}
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
+        return json.dumps(self.to_dict(), indent=2, default=_json_default)
 
     @classmethod
     def from_dict(cls, d: dict) -> "PrecisionPlan":
+        """The plan of a :meth:`to_dict` dict, every field checked first.
+
+        Raises:
+          PlanError: not a plan dict, another schema version, a missing,
+            unknown or mistyped key (``"act_signed": "no"`` is refused: JSON
+            booleans only), an out-of-range value; the message names the key
+            and the layer.
+        """
         if not isinstance(d, dict) or d.get("schema") != SCHEMA:
-            raise PlanError(f"not a tfprec plan (schema must be {SCHEMA!r})")
+            got = (f"schema {d.get('schema')!r}" if isinstance(d, dict)
+                   else f"a JSON {type(d).__name__}")
+            raise PlanError(f"not a tfprec plan (expected an object with schema "
+                            f"{SCHEMA!r}, got {got})")
         if d.get("version") != SCHEMA_VERSION:
             raise PlanError(f"plan schema version {d.get('version')!r} is not "
                             f"supported (this tfprec reads {SCHEMA_VERSION})")
+        raw = d.get("layers")
+        if not isinstance(raw, list) or not raw:
+            raise PlanError(f"plan key 'layers' must be a non-empty list of layer "
+                            f"objects, got {raw!r:.80}")
         fields = [f.name for f in dataclasses.fields(LayerPrecision)]
         layers = []
-        for i, ld in enumerate(d.get("layers") or []):
+        for i, ld in enumerate(raw):
             if not isinstance(ld, dict):
-                raise PlanError(f"plan layer #{i} is not an object")
+                raise PlanError(f"plan layer #{i} is not an object: {ld!r:.80}")
             missing = [f for f in fields if f not in ld
                        and f not in ("act_group", "num_inputs_written")]
             if missing:
@@ -279,17 +359,35 @@ class PrecisionPlan:
             if unknown:
                 raise PlanError(f"plan layer #{i} ({ld.get('name', '?')!r}) "
                                 f"has unknown fields {unknown}")
-            layers.append(LayerPrecision(**ld))
-        plan = cls(tuple(layers), str(d.get("method", "custom")),
-                   d.get("target"), dict(d.get("info") or {}))
+            lp = LayerPrecision(**ld)
+            _check_layer(lp, f"plan layer #{i} ({ld.get('name', '?')!r})")
+            layers.append(lp)
+        method = d.get("method", "custom")
+        inputs.text("plan key 'method'", method, error=PlanError)
+        target = d.get("target")
+        if target is not None:
+            inputs.positive_number("plan key 'target'", target, error=PlanError)
+        info = d.get("info")
+        if info is not None and not isinstance(info, dict):
+            raise PlanError(f"plan key 'info' must be an object, got {info!r:.80}")
+        fp = d.get("fingerprint")
+        if fp is not None:
+            inputs.text("plan key 'fingerprint'", fp, allow_empty=False,
+                        error=PlanError)
+        plan = cls(tuple(layers), method, target, dict(info or {}), fp)
         plan.check()
         return plan
 
     @classmethod
     def from_json(cls, text: str) -> "PrecisionPlan":
+        """The plan of a JSON text (:meth:`to_json`); PlanError otherwise."""
+        if not isinstance(text, (str, bytes, bytearray)):
+            raise PlanError(f"plan JSON must be a str, got {type(text).__name__}")
         try:
             d = json.loads(text)
-        except json.JSONDecodeError as e:
+        except UnicodeDecodeError as e:
+            raise PlanError(f"plan is not UTF-8 text: {e}") from None
+        except (json.JSONDecodeError, RecursionError) as e:
             raise PlanError(f"plan is not valid JSON: {e}") from None
         return cls.from_dict(d)
 
@@ -297,8 +395,11 @@ class PrecisionPlan:
         """Writes the plan as JSON atomically (temp file, then rename).
 
         Raises:
-          PlanError: the file cannot be written (nothing is left behind).
+          PlanError: the plan is invalid (:meth:`check`: a plan that
+            :meth:`load` would refuse is never written), or the file cannot
+            be written (nothing is left behind).
         """
+        self.check()
         try:
             atomic_write_text(path, self.to_json())
         except OSError as e:
@@ -306,12 +407,63 @@ class PrecisionPlan:
 
     @classmethod
     def load(cls, path: str) -> "PrecisionPlan":
+        """The plan saved at ``path`` (:meth:`save`).
+
+        Raises:
+          PlanError: the file cannot be read, is not UTF-8 JSON or not a
+            valid plan; the message starts with the path.
+        """
         try:
-            with open(path) as f:
-                text = f.read()
+            with open(path, "rb") as f:
+                data = f.read()
         except OSError as e:
-            raise PlanError(f"cannot read plan file {path!r}: {e.strerror}") from None
+            raise PlanError(f"cannot read plan file {path!r}: {e.strerror or e}") from None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise PlanError(f"{path}: plan file is not UTF-8 text ({e})") from None
         try:
             return cls.from_json(text)
         except PlanError as e:
             raise PlanError(f"{path}: {e}") from None
+
+
+def _json_default(o):
+    """json.dumps fallback: numpy scalars and arrays as numbers and lists."""
+    import numpy as np
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"Object of type {type(o).__name__} is not JSON serializable")
+
+
+def _short(fingerprint: str) -> str:
+    """The first 12 hex digits of a fingerprint, for messages."""
+    head, _, digest = str(fingerprint).partition(":")
+    return f"{head}:{digest[:12]}..." if digest else str(fingerprint)[:19]
+
+
+def _check_layer(l, where: str = None) -> None:
+    """PlanError unless every field of LayerPrecision ``l`` has its type and
+    range (bits in 2..16, power-of-two ranges, a real bool, finite gains,
+    positive counts); ``where`` names the layer in the message."""
+    if not isinstance(l, LayerPrecision):
+        raise PlanError(f"plan layers must be LayerPrecision, got {type(l).__name__}")
+    where = where or f"layer {l.name!r}"
+    inputs.text(f"{where}: name", l.name, allow_empty=False, error=PlanError)
+    inputs.text(f"{where}: layer_class", l.layer_class, allow_empty=False,
+                error=PlanError)
+    for f in ("weight_bits", "act_bits"):
+        check_bits(f"{where}: {f}", getattr(l, f))
+    for f in ("weight_range", "act_range"):
+        check_pow2(f"{where}: {f}", getattr(l, f))
+    inputs.flag(f"{where}: act_signed", l.act_signed, error=PlanError)
+    for f in ("g_w", "g_a"):
+        inputs.nonnegative_number(f"{where}: {f}", getattr(l, f), error=PlanError)
+    for f in ("dot_length", "num_dots", "num_weights", "num_inputs"):
+        inputs.positive_int(f"{where}: {f}", getattr(l, f), error=PlanError)
+    if l.num_inputs_written is not None:
+        inputs.positive_int(f"{where}: num_inputs_written", l.num_inputs_written,
+                            error=PlanError)
+    inputs.text(f"{where}: act_group", l.act_group, error=PlanError)

@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from tfprec import inputs
 from tfprec.errors import PlanError, UnattainableTargetError
 from tfprec.fixedpoint import MAX_BITS, MIN_BITS, check_bits
 from tfprec.planning.plan import DEFAULT_TARGET, LayerPrecision, PrecisionPlan
@@ -23,7 +24,8 @@ from tfprec.planning.search import AnalyticBound
 
 #: The one number each allocation family is searched over.
 LEVEL_NAMES = {"paper": "B_min", "uniform": "B", "icml2017": "B_A",
-               "cost_aware": "t", "measured_greedy": "t"}
+               "cost_aware": "t", "cost_aware_pe": "t",
+               "cost_aware_predicted": "t", "measured_greedy": "t"}
 
 
 def level_text(method: str, level) -> str:
@@ -56,6 +58,30 @@ def _layers_at(gains, weight_bits: Sequence[int], act_bits: Sequence[int]) -> tu
         for g, bw, ba in zip(gains.layers, weight_bits, act_bits))
 
 
+def check_gains(gains, name: str = "gains"):
+    """``gains`` if it is a :class:`tfprec.NoiseGains` with at least one
+    layer; else PlanError naming ``name`` (not an AttributeError later)."""
+    from tfprec.statistics.gains import NoiseGains   # local: avoids a cycle
+    if not isinstance(gains, NoiseGains):
+        raise PlanError(f"{name} must be a tfprec.NoiseGains (from "
+                        f"tfprec.noise_gains or NoiseGains.from_dict), got "
+                        f"{type(gains).__name__}")
+    if not gains.layers:
+        raise PlanError(f"{name} has no weight layers")
+    return gains
+
+
+def plan_from_gains(gains, weight_bits: Sequence[int], act_bits: Sequence[int],
+                    method: str, target: Optional[float] = None,
+                    info: Optional[dict] = None) -> PrecisionPlan:
+    """The plan of ``gains`` at per-layer bits (layer order of the gains),
+    carrying the gains' ranges, normalized gains, geometry and model
+    ``fingerprint``.  Every plan constructor builds its plan here."""
+    return PrecisionPlan(_layers_at(gains, weight_bits, act_bits), method, target,
+                         dict(info or {}),
+                         fingerprint=getattr(gains, "fingerprint", None))
+
+
 def _bound(gw, ga, bw, ba) -> float:
     """The analytic bound sum_T 4^(1-B_T) G_T (probability)."""
     return AnalyticBound(gw, ga).value(bw, ba)
@@ -72,7 +98,7 @@ def _leads(gains) -> np.ndarray:
 def _gain_arrays(gains):
     """Per-layer G_W and activation gains with a shared tensor's gain held
     by its first reader only (so plain sums give the bound)."""
-    gw = np.array([g.g_w for g in gains.layers], float)
+    gw = np.array([g.g_w for g in check_gains(gains).layers], float)
     lead = _leads(gains)
     ga = np.array([g.g_a_shared if lead[i] == i else 0.0
                    for i, g in enumerate(gains.layers)], float)
@@ -80,10 +106,9 @@ def _gain_arrays(gains):
 
 
 def _check_target(target: float) -> float:
-    if not (isinstance(target, (int, float)) and 0 < target and math.isfinite(target)):
-        raise PlanError(f"target mismatch probability must be a positive "
-                        f"number, got {target!r}")
-    return float(target)
+    """A bound target: a mismatch probability in (0, 1] (PlanError naming
+    ``target`` otherwise; bools, NaN, strings refused)."""
+    return inputs.probability("target", target, error=PlanError)
 
 
 def paper_offsets(gains) -> tuple:
@@ -120,21 +145,22 @@ def paper_plan(gains, target: float = DEFAULT_TARGET, b_min: Optional[int] = Non
       UnattainableTargetError: no B_min keeps every tensor <= max_bits and
         meets the target.
     """
+    check_gains(gains)
     ow, oa = paper_offsets(gains)
     bw, ba, target = _level_or_search(gains, lambda b: (b + ow, b + oa), b_min,
                                       target, MIN_BITS, "b_min", "B_min", max_bits)
-    return PrecisionPlan(_layers_at(gains, bw, ba), "paper", target,
-                         {"offsets_w": ow.tolist(), "offsets_a": oa.tolist()})
+    return plan_from_gains(gains, bw, ba, "paper", target,
+                           {"offsets_w": ow.tolist(), "offsets_a": oa.tolist()})
 
 
 def uniform_plan(gains, target: float = DEFAULT_TARGET, bits: Optional[int] = None,
                  max_bits: int = MAX_BITS) -> PrecisionPlan:
     """Every weight and activation tensor at the same B (bits)."""
-    n = len(gains.layers)
+    n = len(check_gains(gains).layers)
     bw, ba, target = _level_or_search(gains, lambda b: (np.full(n, b), np.full(n, b)),
                                       bits, target, MIN_BITS, "bits", "uniform B",
                                       max_bits)
-    return PrecisionPlan(_layers_at(gains, bw, ba), "uniform", target)
+    return plan_from_gains(gains, bw, ba, "uniform", target)
 
 
 def icml2017_offset(gains) -> int:
@@ -149,13 +175,13 @@ def icml2017_offset(gains) -> int:
 def icml2017_plan(gains, target: float = DEFAULT_TARGET, act_bits: Optional[int] = None,
                   max_bits: int = MAX_BITS) -> PrecisionPlan:
     """ICML 2017 rule: one B_A for all activations, B_W = B_A + offset."""
-    n = len(gains.layers)
+    n = len(check_gains(gains).layers)
     d = icml2017_offset(gains)
     bw, ba, target = _level_or_search(gains, lambda b: (np.full(n, b + d), np.full(n, b)),
                                       act_bits, target, MIN_BITS - min(d, 0),
                                       "act_bits", "B_A", max_bits)
-    return PrecisionPlan(_layers_at(gains, bw, ba), "icml2017", target,
-                         {"weight_minus_act_bits": d})
+    return plan_from_gains(gains, bw, ba, "icml2017", target,
+                           {"weight_minus_act_bits": d})
 
 
 def _level_or_search(gains, make, level, target, first, arg, what, max_bits):

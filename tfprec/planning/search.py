@@ -7,8 +7,12 @@
   (min perturbation, cost <= budget).
 * :func:`descend`: the greedy bit removal (best cost saved per bound added
   while the target holds) under any bound model: :class:`AnalyticBound`
-  (METHOD.md section 2) or :class:`PerExampleBound` (mean of per-example
-  bounds capped at 1).
+  (METHOD.md section 2), :class:`PerExampleBound` (mean of per-example
+  bounds capped at 1) or :class:`tfprec.planning.predict.PredictedMismatch`
+  (the Gaussian mismatch prediction, an estimate); a model has
+  ``value(bw, ba)``, ``reset(bw, ba)``, ``moves(bw, ba)`` -> (new value,
+  value added) per layer for one bit less of each weight / activation
+  tensor, ``take(which, i, delta)`` and the current value ``cur``.
 * :func:`improve`: local search around :func:`descend`.
 
 Bits arrays ``bw``, ``ba`` hold B_W and B_A per layer (bits); ``tabs[l]`` is
@@ -237,8 +241,7 @@ def members(lead) -> list:
 
 def descend(tabs, bound, bw, ba, target: float, lead):
     """Greedy: remove one bit at a time, best cost saved per bound added,
-    while ``bound`` (an :class:`AnalyticBound` or :class:`PerExampleBound`)
-    stays <= ``target``.  An activation move on a shared input lowers it
+    while ``bound`` (any bound model of the module doc) stays <= ``target``.  An activation move on a shared input lowers it
     for all its readers.  Returns new (bw, ba) arrays."""
     bw = np.array(bw, int)
     ba = np.array(ba, int)

@@ -19,15 +19,15 @@ from tfprec.fixedpoint import MAX_BITS, check_bits
 from tfprec.planning import budget as budget_lib
 from tfprec.planning import plan as plan_lib
 from tfprec.planning import cost_aware as cost_aware_lib
+from tfprec.planning import rules as rules_lib
 
 PLAN_ORDER = ("cost_aware", "paper", "uniform", "icml2017")
 
 
 def _methods(methods: Sequence[str]) -> tuple:
-    methods = tuple(methods)
-    for m in methods:
-        inputs.choice("methods", m, PLAN_ORDER)
-    return methods
+    """``methods`` as a tuple of rules from PLAN_ORDER (a bare string, an
+    unknown or a repeated name raise PlanError naming ``methods``)."""
+    return inputs.choices("methods", methods, PLAN_ORDER, error=PlanError)
 
 
 def analytic_plans(gains, target: float, *, cost: str = "compute",
@@ -47,6 +47,8 @@ def analytic_plans(gains, target: float, *, cost: str = "compute",
       ({method: plan}, {method: why it has no plan}) for the methods that
       can / cannot meet the target within ``max_bits``.
     """
+    rules_lib.check_gains(gains)
+    target = rules_lib._check_target(target)
     cost = budget_lib.cost_kind(cost)
     max_bits = check_bits("max_bits", max_bits)
     plans, unmet = {}, {}
@@ -72,6 +74,7 @@ def budget_plans(gains, budget: float, *, cost: str = "compute",
       ``info["cost_budget"] = {"budget", "cost", "bound_target"}``;
       {method: its minimum achievable cost} for every method).
     """
+    rules_lib.check_gains(gains)
     plans, min_costs = {}, {}
     for m in _methods(methods):
         p, min_costs[m] = budget_lib.smallest_bound_plan(
@@ -86,8 +89,15 @@ def _rank(m: str) -> int:
 
 
 def _nonempty(plans: dict) -> dict:
+    if not isinstance(plans, dict):
+        raise PlanError(f"plans must be a dict method -> PrecisionPlan, got "
+                        f"{type(plans).__name__}")
     if not plans:
         raise PlanError("no plans to choose from (plans is empty)")
+    for m, p in plans.items():
+        if not isinstance(p, plan_lib.PrecisionPlan):
+            raise PlanError(f"plans[{m!r}] must be a PrecisionPlan, got "
+                            f"{type(p).__name__}")
     return plans
 
 

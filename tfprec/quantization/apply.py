@@ -42,8 +42,8 @@ from tfprec import compat
 from tfprec._tf import keras  # selects Keras 2 before TFMOT is imported
 from tfprec.quantization.configs import (FixedPointQuantizeConfig, InputQuantizeConfig,
                                          InputQuantizer)
-from tfprec.errors import PlanError, UnsupportedModelError
-from tfprec.fixedpoint import check_bits
+from tfprec.errors import UnsupportedModelError
+from tfprec.quantization.simulate import check_plan_bits, checked_plan  # noqa: F401
 from tfprec.statistics.graph import parse_model
 
 import tensorflow_model_optimization as tfmot  # noqa: E402
@@ -54,14 +54,6 @@ _WEIGHT_CLASSES = (L.Dense, L.Conv2D, L.DepthwiseConv2D)
 INPUT_SUFFIX = "_input_quant"
 SOFTMAX_SUFFIX = "_softmax"
 PREFIX = "quant_"
-
-
-def check_plan_bits(plan) -> None:
-    """Raises PlanError naming the layer if a bit-width is not an int in
-    2..16 (bits)."""
-    for lp in plan.layers:
-        for field in ("weight_bits", "act_bits"):
-            check_bits(f"layer {lp.name!r}: {field}", getattr(lp, field))
 
 
 def _flat(x):
@@ -83,6 +75,20 @@ def _wrap(layer, config):
     and cast a float64 layer's inputs to float32)."""
     return tfmot.quantization.keras.QuantizeWrapperV2(
         layer, config, name_prefix=PREFIX, dtype=layer.dtype)
+
+
+def _check_graph_model(model, what: str) -> None:
+    """UnsupportedModelError naming ``what`` unless ``model`` is a built
+    one-output tf_keras Sequential or functional model."""
+    if not isinstance(model, keras.Model):
+        raise UnsupportedModelError(
+            f"{what} must be a tf_keras Model, got {type(model).__name__}. tfprec "
+            "needs tf_keras (Keras 2) models; see the README.")
+    if not compat.is_graph_network(model) or len(model.outputs) != 1:
+        raise UnsupportedModelError(
+            f"{what} '{model.name}' of class {type(model).__name__} is not a "
+            "one-output Sequential or functional model (subclassed or unbuilt "
+            "models are not supported).")
 
 
 def _rebuild(model, plan=None, split_softmax: bool = True):
@@ -193,7 +199,7 @@ def fold_batchnorm(model, split_softmax: bool = False) -> keras.Model:
     return _rebuild(model, None, split_softmax)
 
 
-def quantize_model(model, plan) -> keras.Model:
+def quantize_model(model, plan, *, allow_fingerprint_mismatch: bool = False) -> keras.Model:
     """Fake-quant tf_keras model realizing ``plan`` on ``model``.
 
     Every weight layer's kernel and bias (BN folded) are rounded to B_W-bit
@@ -208,6 +214,9 @@ def quantize_model(model, plan) -> keras.Model:
         functional).  It is not modified: weights, layers and compile state
         are left as they are.
       plan: a :class:`~tfprec.planning.plan.PrecisionPlan` made for this model.
+      allow_fingerprint_mismatch: apply a plan made from another model's
+        weights (same layers and geometry) on purpose, e.g. to a fine-tuned
+        copy; see :meth:`~tfprec.planning.plan.PrecisionPlan.validate_for`.
 
     The fake-quant model computes in the float type of the model's input
     (float32 models stay float32, float64 models float64).
@@ -220,17 +229,17 @@ def quantize_model(model, plan) -> keras.Model:
       is kept.  Use :func:`logits_model` for the pre-softmax logits.
 
     Raises:
-      PlanError: ``plan`` is not a plan or does not match the model (names, order, classes or
-        geometry), or a bit-width is outside 2..16, or a range is not a
-        power of two.  The message names the layer.
-      UnsupportedModelError: the model cannot be analyzed.
+      PlanError: ``plan`` is not a plan or does not match the model (names,
+        order, classes or geometry, or weights when the plan has a
+        fingerprint and ``allow_fingerprint_mismatch`` is False), or a
+        bit-width is not an int in 2..16 (NaN, 4.5, True), or a range is not
+        a power of two.  The message names the layer (the check is
+        :func:`tfprec.quantization.simulate.checked_plan`).
+      UnsupportedModelError: the model cannot be analyzed (None, a Keras 3
+        or subclassed model, an unsupported layer).
     """
-    if plan is None or not callable(getattr(plan, "validate_for", None)):
-        raise PlanError(f"plan must be a tfprec PrecisionPlan, got "
-                        f"{type(plan).__name__}")
-    plan.validate_for(model)
-    check_plan_bits(plan)
-    plan.check()
+    plan = checked_plan(model, plan,
+                        allow_fingerprint_mismatch=allow_fingerprint_mismatch)
     return _rebuild(model, plan, split_softmax=True)
 
 
@@ -243,9 +252,12 @@ def logits_model(model) -> keras.Model:
     models and for :func:`quantize_model` results.
 
     Raises:
-      UnsupportedModelError: the output is the softmax activation of a weight
-        layer (use :func:`fold_batchnorm` with ``split_softmax=True`` first).
+      UnsupportedModelError: ``model`` is not a one-output tf_keras
+        Sequential or functional model (None, a Keras 3 or subclassed
+        model), or its output is the softmax activation of a weight layer
+        (use :func:`fold_batchnorm` with ``split_softmax=True`` first).
     """
+    _check_graph_model(model, "model")
     out_layer = compat.producing_layer(model.outputs[0])
     inner = getattr(out_layer, "layer", out_layer)  # unwrap a TFMOT wrapper
     if isinstance(inner, L.Softmax) or (
@@ -266,18 +278,34 @@ def input_quantizer_layer(qmodel, name: str):
     """The ``QuantizeWrapperV2`` that quantizes weight layer ``name``'s input.
 
     Raises:
-      ValueError: ``qmodel`` has no input quantizer for a layer ``name``.
+      UnsupportedModelError: ``qmodel`` is not a tf_keras model, or has no
+        input quantizer for a weight layer ``name`` (the message names both).
     """
+    _check_graph_model(qmodel, "qmodel")
     for layer in qmodel.layers:
         inner = getattr(layer, "layer", None)
         if isinstance(inner, InputQuantizer) and inner.target == name:
             return layer
-    raise ValueError(f"model '{qmodel.name}' has no input quantizer for a "
-                     f"weight layer named {name!r}")
+    raise UnsupportedModelError(
+        f"qmodel '{qmodel.name}' has no input quantizer for a weight layer "
+        f"named {name!r}; is it a quantize_model result?")
 
 
 def weight_layer(qmodel, name: str):
-    """The ``QuantizeWrapperV2`` of weight layer ``name`` in a fake-quant model."""
+    """The ``QuantizeWrapperV2`` of weight layer ``name`` in a fake-quant model.
+
+    Raises:
+      UnsupportedModelError: ``qmodel`` is not a tf_keras model or has no
+        wrapped weight layer ``name`` (the message names both).
+    """
+    _check_graph_model(qmodel, "qmodel")
+    names = [l.name for l in qmodel.layers]
+    if not isinstance(name, str) or PREFIX + name not in names:
+        known = [n[len(PREFIX):] for n in names
+                 if n.startswith(PREFIX) and not n.endswith(INPUT_SUFFIX)]
+        raise UnsupportedModelError(
+            f"qmodel '{qmodel.name}' has no quantized weight layer named "
+            f"{name!r}; its quantized weight layers are {known}")
     return qmodel.get_layer(PREFIX + name)
 
 

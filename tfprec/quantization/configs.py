@@ -26,6 +26,7 @@ Use :func:`quantize_scope` to load a saved fake-quant model.
 from __future__ import annotations
 
 from tfprec._tf import keras, tf  # noqa: F401  (selects Keras 2 before TFMOT)
+from tfprec.errors import UnsupportedModelError
 from tfprec.quantization.quantizers import (ConfigValue, FixedPointQuantizer,
                                           _check_format)
 
@@ -73,8 +74,9 @@ class FixedPointQuantizeConfig(ConfigValue, _QuantizeConfig):
     def set_quantize_weights(self, layer, quantize_weights):
         attrs = _weight_attrs(layer)
         if len(attrs) != len(quantize_weights):
-            raise ValueError(f"layer {layer.name!r}: expected {len(attrs)} "
-                             f"quantized weights, got {len(quantize_weights)}")
+            raise UnsupportedModelError(
+                f"layer {layer.name!r}: expected {len(attrs)} quantized "
+                f"weights, got {len(quantize_weights)}")
         for a, w in zip(attrs, quantize_weights):
             setattr(layer, a, w)
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from tfprec._tf import tf  # noqa: F401  (selects Keras 2 before TFMOT loads)
-from tfprec.errors import PlanError
+from tfprec.errors import InvalidDataError, PlanError
 from tfprec.fixedpoint import check_bits, check_pow2, int_limits, step
 
 import tensorflow_model_optimization as tfmot  # noqa: E402  (after tfprec._tf)
@@ -42,7 +42,7 @@ def _check_format(bits, range_scale, signed, what: str = "quantizer"):
     range scale a power of two and ``signed`` a bool."""
     check_bits(f"{what}: bits", bits)
     check_pow2(f"{what}: range_scale", range_scale)
-    if not isinstance(signed, bool):
+    if not isinstance(signed, (bool, np.bool_)):
         raise PlanError(f"{what}: signed={signed!r} must be a bool")
 
 
@@ -59,9 +59,23 @@ def fixed_point_quantize(x, bits: int, range_scale: float, signed: bool):
       A tensor of x's dtype and shape whose values are k * Delta with integer
       k in the format's code range.  Its gradient is the upstream gradient
       where x lies in [k_min * Delta, k_max * Delta] and zero elsewhere.
+
+    Raises:
+      PlanError: ``bits`` is not an int in 2..16, ``range_scale`` not a
+        power of two or ``signed`` not a bool (the message names it).
+      InvalidDataError: ``x`` is not a floating-point tensor.
     """
-    x = tf.convert_to_tensor(x)
+    _check_format(bits, range_scale, signed, "fixed_point_quantize")
+    bits, signed = int(bits), bool(signed)
+    try:
+        x = tf.convert_to_tensor(x)
+    except (TypeError, ValueError) as e:
+        raise InvalidDataError(f"fixed_point_quantize: x must be a float tensor, "
+                               f"got {type(x).__name__}: {e}") from e
     dtype = x.dtype
+    if not dtype.is_floating:
+        raise InvalidDataError(f"fixed_point_quantize: x must be a float tensor, "
+                               f"got dtype {dtype.name}")
     delta = step(bits, range_scale)
     kmin, kmax = int_limits(bits, signed)
     inv = tf.constant(1.0 / delta, dtype)       # a power of two: exact

@@ -17,15 +17,93 @@ gap, reshape (Flatten / Reshape), identity (Dropout), add, concat.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import numpy as np
 
 from tfprec import fixedpoint
 from tfprec import inputs as inputs_lib
+from tfprec.errors import PlanError
+from tfprec.fixedpoint import check_bits
+from tfprec.planning import plan as plan_lib
 from tfprec.statistics.graph import WEIGHT_KINDS, parse_model
 
 
+# --------------------------------------------------------------------------
+# The plan check of every public function taking (model, plan)
+# --------------------------------------------------------------------------
+def check_plan_bits(plan) -> None:
+    """Raises PlanError naming the layer if a bit-width is not an int in
+    2..16 (bits): NaN, fractional or integral floats (4.0), bools, None and
+    out-of-range values are all refused."""
+    for lp in plan.layers:
+        for field in ("weight_bits", "act_bits"):
+            check_bits(f"layer {getattr(lp, 'name', '?')!r}: {field}",
+                       getattr(lp, field, None))
+
+
+def _as_plan(plan):
+    """``plan`` as a PrecisionPlan: a PrecisionPlan is returned as is; an
+    object with a ``layers`` sequence of LayerPrecision-like entries (every
+    field present as an attribute) is copied into one; anything else is a
+    PlanError."""
+    if isinstance(plan, plan_lib.PrecisionPlan):
+        return plan
+    layers = getattr(plan, "layers", None)
+    if plan is None or isinstance(plan, (str, bytes, dict)) or layers is None \
+            or isinstance(layers, (str, bytes, dict)) or not hasattr(layers, "__iter__"):
+        raise PlanError(f"plan must be a tfprec PrecisionPlan, got "
+                        f"{type(plan).__name__}")
+    fields = dataclasses.fields(plan_lib.LayerPrecision)
+    out = []
+    for i, lp in enumerate(layers):
+        vals = {}
+        for f in fields:
+            if hasattr(lp, f.name):
+                vals[f.name] = getattr(lp, f.name)
+            elif f.default is dataclasses.MISSING:
+                raise PlanError(f"plan must be a tfprec PrecisionPlan: its layer "
+                                f"{i} ({getattr(lp, 'name', '?')!r}) has no "
+                                f"field {f.name!r}")
+        out.append(plan_lib.LayerPrecision(**vals))
+    info = getattr(plan, "info", None)
+    return plan_lib.PrecisionPlan(layers=tuple(out),
+                                  method=str(getattr(plan, "method", "custom")),
+                                  info=dict(info) if isinstance(info, dict) else {},
+                                  fingerprint=getattr(plan, "fingerprint", None))
+
+
+def checked_plan(model, plan, *, allow_fingerprint_mismatch: bool = False):
+    """``plan`` as a PrecisionPlan checked for ``model``: the one plan check
+    of every public function that takes (model, plan).
+
+    In order: ``plan`` must be a PrecisionPlan (or an object with the same
+    ``layers``); :meth:`PrecisionPlan.validate_for` compares it with the
+    model (layer names, order, classes, geometry, and, for a plan with a
+    weights fingerprint, the weights themselves unless
+    ``allow_fingerprint_mismatch`` is True); every bit-width must be an int
+    in 2..16 (bits) and every range a power of two
+    (:meth:`PrecisionPlan.check`).
+
+    Raises:
+      PlanError: naming the layer and field (or the type of ``plan``).
+      UnsupportedModelError: ``model`` is not a tf_keras Sequential or
+        functional model tfprec can analyze (None, a Keras 3 model, a
+        subclassed model, ...).
+    """
+    allow_fingerprint_mismatch = inputs_lib.flag(
+        "allow_fingerprint_mismatch", allow_fingerprint_mismatch, error=PlanError)
+    plan = _as_plan(plan)
+    plan.validate_for(model, allow_fingerprint_mismatch=allow_fingerprint_mismatch)
+    check_plan_bits(plan)
+    plan.check()
+    return plan
+
+
+# --------------------------------------------------------------------------
+# Simulation
+# --------------------------------------------------------------------------
 def _same_pads(size: int, k: int, s: int) -> tuple:
     """TensorFlow SAME padding (before, after) of one spatial axis."""
     out = -(-size // s)
@@ -129,7 +207,7 @@ def _run(graph, plan, x: np.ndarray, record: Optional[dict] = None) -> np.ndarra
 
 
 def simulate_logits(model, plan, x, batch_size: int = 256,
-                    graph=None) -> np.ndarray:
+                    graph=None, *, allow_fingerprint_mismatch: bool = False) -> np.ndarray:
     """Pre-softmax logits of the fixed-point network, simulated in float64.
 
     Args:
@@ -141,19 +219,25 @@ def simulate_logits(model, plan, x, batch_size: int = 256,
       batch_size: examples per numpy batch (memory only; results do not
         depend on it).
       graph: an already parsed ``parse_model(model)`` (optional, saves time).
+      allow_fingerprint_mismatch: use a plan made from another model's
+        weights (same layers and geometry) on purpose; see
+        :meth:`~tfprec.planning.plan.PrecisionPlan.validate_for`.
 
     Returns:
       float64 array [N, M] of logits (a final softmax is not applied).
 
     Raises:
-      PlanError: the plan does not match the model.
+      PlanError: the plan is not a plan, does not match the model, or has a
+        bit-width that is not an int in 2..16 or a range that is not a power
+        of two (:func:`checked_plan`; the message names the layer).
       InvalidDataError: x is mis-shaped or not finite, or batch_size is not
         a positive int.
       UnsupportedModelError: the model cannot be analyzed.
     """
-    graph = parse_model(model) if graph is None else graph
     if plan is not None:
-        plan.validate_for(model)
+        plan = checked_plan(model, plan,
+                            allow_fingerprint_mismatch=allow_fingerprint_mismatch)
+    graph = parse_model(model) if graph is None else graph
     in_shape = tuple(graph.shapes[graph.input_id])
     out = [_run(graph, plan, b) for b in inputs_lib.iter_batches(
         x, in_shape, batch_size, dtype="float64", what="x")]
@@ -162,15 +246,21 @@ def simulate_logits(model, plan, x, batch_size: int = 256,
     return np.concatenate(out, axis=0)
 
 
-def simulate_layer_inputs(model, plan, x, graph=None) -> dict:
+def simulate_layer_inputs(model, plan, x, graph=None, *,
+                          allow_fingerprint_mismatch: bool = False) -> dict:
     """Quantized input activation of every weight layer (float64, numpy).
 
     Returns a dict layer name -> array [N, ...]: the layer's input after
     rounding to its B_A-bit grid in the simulated fixed-point network (what
     the fake-quant model's input quantizer outputs).  Meant for probing.
+
+    Raises:
+      PlanError, InvalidDataError, UnsupportedModelError: as
+        :func:`simulate_logits` (``plan`` is required here).
     """
+    plan = checked_plan(model, plan,
+                        allow_fingerprint_mismatch=allow_fingerprint_mismatch)
     graph = parse_model(model) if graph is None else graph
-    plan.validate_for(model)
     record: dict = {}
     x = inputs_lib.as_inputs(x, tuple(graph.shapes[graph.input_id]),
                              dtype="float64", what="x")

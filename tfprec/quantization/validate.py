@@ -21,6 +21,7 @@ from tfprec.planning import plan as plan_lib
 from tfprec.planning import rules as rules_lib
 from tfprec.quantization.apply import logits_model, quantize_model
 from tfprec.errors import InvalidDataError, PlanError, UnattainableTargetError
+from tfprec.statistics import sanity
 
 METHODS = ("paper", "uniform", "icml2017")
 
@@ -68,12 +69,19 @@ class ValidationResult:
 
 
 # ------------------------------------------------------------------ data
-def _examples(model, x, y):
+def _examples(model, x, y, max_examples=None):
     """(inputs in the model's dtype, int64 labels or None) of numpy arrays or
-    a tf.data dataset of inputs or (input, label) pairs."""
-    return inputs_lib.as_examples(
+    a tf.data dataset of inputs or (input, label) pairs (materialized, at
+    most ``max_examples``); warns if x looks off the model's scale
+    (:func:`tfprec.statistics.sanity.check_input_scale`)."""
+    max_examples = inputs_lib.optional_positive_int("max_examples", max_examples)
+    xa, ya = inputs_lib.as_examples(
         x, y, inputs_lib.model_input_shape(model), int(model.outputs[0].shape[-1]),
-        dtype=inputs_lib.model_dtype(model), what="x", label_what="y")
+        dtype=inputs_lib.model_dtype(model), what="x", label_what="y",
+        max_examples=max_examples)
+    sanity.check_input_scale(model, sanity.InputStats.of(xa),
+                             inputs_lib.raw_dtype(x), "x")
+    return xa, ya
 
 
 def _decisions(model, x, batch_size: int) -> np.ndarray:
@@ -126,7 +134,8 @@ def _result(plan, fdec, qdec, y, level=None) -> ValidationResult:
 
 
 # ------------------------------------------------------------- public API
-def validate(model, plan, x, y=None, batch_size: int = 256) -> ValidationResult:
+def validate(model, plan, x, y=None, batch_size: int = 256,
+             max_examples: Optional[int] = None) -> ValidationResult:
     """Measures the float vs fixed-point decision mismatch of ``plan``.
 
     Args:
@@ -135,23 +144,37 @@ def validate(model, plan, x, y=None, batch_size: int = 256) -> ValidationResult:
       x: held-out inputs in the units the model expects: numpy [N, ...], or
         a tf.data dataset of inputs or of (input, label) pairs (batched or
         not; the labels are used when ``y`` is None).
-      y: optional labels: N integer class ids or N one-hot rows.  Without
-        them (and without labels in ``x``) the accuracies are None.
+      y: optional labels: N integer class ids, an [N, 1] column of them, or
+        N one-hot rows of width M; checked (ids in 0..M-1, integral).
+        Without them (and without labels in ``x``) the accuracies are None.
       batch_size: examples per batch of each pass.
+      max_examples: use at most this many examples of ``x`` (a dataset is
+        read once and materialized up to this many; an infinite dataset
+        needs it, or ``take(n)``; one of unknown cardinality is read to its
+        end).
 
     Returns:
       A :class:`ValidationResult` (mismatch rate and accuracies as fractions
       in [0, 1], bound as a probability, costs in full adders and bits).
 
+    Warns:
+      TfprecWarning: x looks off the model's input scale (e.g. uint8
+        pixels), every example gets the same float decision, or the float
+        accuracy on the labels is not above chance (shifted labels)
+        (:mod:`tfprec.statistics.sanity`).
+
     Raises:
       PlanError: ``plan`` is not a plan, does not match the model or has bad
         bit-widths.
       InvalidDataError: x is None, inputs or labels are empty, mis-shaped or
-        not finite, or batch_size is not a positive int.
+        not finite, labels are out of 0..M-1, negative, non-integral or
+        one-hot of the wrong width, x is an infinite dataset without
+        max_examples, or batch_size is not a positive int.
     """
     batch_size = inputs_lib.positive_int("batch_size", batch_size)
-    x, y = _examples(model, x, y)
+    x, y = _examples(model, x, y, max_examples)
     fdec = float_decisions(model, x, batch_size)
+    sanity.check_decisions(fdec, y, int(model.outputs[0].shape[-1]), "x", "y")
     qdec = quant_decisions(model, plan, x, batch_size)
     return _result(plan, fdec, qdec, y)
 
@@ -172,15 +195,17 @@ def plan_at_level(gains, method: str, level: int) -> plan_lib.PrecisionPlan:
       UnattainableTargetError: the level puts a tensor outside 2..16 bits.
     """
     _check_method(method)
+    level = inputs_lib.bits("level", level)
     if method == "paper":
-        return rules_lib.paper_plan(gains, b_min=int(level))
+        return rules_lib.paper_plan(gains, b_min=level)
     if method == "uniform":
-        return rules_lib.uniform_plan(gains, bits=int(level))
-    return rules_lib.icml2017_plan(gains, act_bits=int(level))
+        return rules_lib.uniform_plan(gains, bits=level)
+    return rules_lib.icml2017_plan(gains, act_bits=level)
 
 
 def sweep(model, gains, x, y=None, b_mins: Iterable[int] = range(2, 13),
-          methods: Sequence[str] = METHODS, batch_size: int = 256) -> list:
+          methods: Sequence[str] = METHODS, batch_size: int = 256,
+          max_examples: Optional[int] = None) -> list:
     """Validates the plans of several methods over a range of levels.
 
     One float pass is shared by all plans; each plan gets one batched
@@ -195,6 +220,7 @@ def sweep(model, gains, x, y=None, b_mins: Iterable[int] = range(2, 13),
         B_A for "icml2017".
       methods: any of "paper", "uniform", "icml2017".
       batch_size: examples per batch.
+      max_examples: use at most this many examples (see :func:`validate`).
 
     Returns:
       A list of :class:`ValidationResult`, one per (method, level) that
@@ -202,9 +228,11 @@ def sweep(model, gains, x, y=None, b_mins: Iterable[int] = range(2, 13),
     """
     for m in methods:
         _check_method(m)
+    b_mins = inputs_lib.bit_levels("b_mins", b_mins)
     batch_size = inputs_lib.positive_int("batch_size", batch_size)
-    x, y = _examples(model, x, y)
+    x, y = _examples(model, x, y, max_examples)
     fdec = float_decisions(model, x, batch_size)
+    sanity.check_decisions(fdec, y, int(model.outputs[0].shape[-1]), "x", "y")
     rows = []
     for method in methods:
         for level in b_mins:

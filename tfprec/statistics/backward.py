@@ -26,15 +26,25 @@ class GainsPass:
     ``top_k`` None: the exact pass over all M-1 wrong classes; otherwise the
     top-k + ``sketch`` estimator.  ``chunk``: cotangent rows per stacked
     backward.  :attr:`step` (traced once, ``autograph=False``) maps an input
-    batch and a [2] int32 seed to per-batch sums (float64).
+    batch and a [2] int32 seed to per-batch sums (float64).  With
+    ``per_class`` it also returns, per example and kept wrong class (all
+    M-1, or the top ``top_k``), the squared norms of each row: ``cw``, ``ca``
+    [B, K, L] (weights; input tensor, shared value for shared inputs),
+    ``cm`` [B, K] the margins |z_i - z_y| and ``ci`` [B, K] the classes i.
     """
 
-    def __init__(self, ex: Executor, top_k: Optional[int], sketch: int, chunk: int):
+    def __init__(self, ex: Executor, top_k: Optional[int], sketch: int, chunk: int,
+                 per_class: bool = False):
         self.ex = ex
         g = ex.g
         self.top_k = top_k
         self.sketch = sketch
         self.c = chunk
+        # per_class: also return every (example, wrong class) row's squared
+        # norms (the top_k classes only with the estimator; sketch rows are
+        # sums over classes and are not kept per class).
+        self.per_class = per_class
+        self.rows_kept = g.num_classes - 1 if top_k is None else top_k
         for op in ex.weight_ops:
             if op.kind == "conv2d":
                 op.attrs["use_gram"] = registry.conv_use_gram(
@@ -118,10 +128,23 @@ class GainsPass:
         grads = {ex.g.output_id: registry.merge_classes(cot)}
         sw, sa, sh = {}, {}, {}
         pending = {t: [None, len(n)] for t, n in self.shared.items()}
+        per_class = self.per_class
 
         def sq(d, a):
-            return tf.reduce_sum(tf.square(tf.reshape(d, [c, tf.shape(a)[0], -1])),
-                                 axis=[0, 2])
+            """Squared norms per row and example [c, B] (per_class) or summed
+            over the rows [B]."""
+            s = tf.reduce_sum(tf.square(tf.reshape(d, [c, tf.shape(a)[0], -1])),
+                              axis=2)
+            return s if per_class else tf.reduce_sum(s, axis=0)
+
+        def sq_weights(fns, attrs, a, gr, dy):
+            if not per_class:
+                return fns.sq_norms(attrs, a, dy)
+            # Rows as examples: the input tiled c times against a one-row
+            # cotangent [1, c*B, ...] gives each row's norm, [c, B].
+            a_rep = tf.tile(a, [c] + [1] * (len(a.shape) - 1))
+            out = fns.sq_norms(attrs, a_rep, gr[None])
+            return tf.reshape(out, [c, tf.shape(a)[0]])
 
         for op in reversed(ex.g.ops):
             gr = grads.pop(op.output, None)
@@ -131,7 +154,7 @@ class GainsPass:
                 fns = registry.lookup(op.kind)
                 a = vals[op.inputs[0]]
                 dy = registry.split_classes(gr, c)
-                sw[op.name] = fns.sq_norms(op.attrs, a, dy)
+                sw[op.name] = sq_weights(fns, op.attrs, a, gr, dy)
                 da = fns.input_vjp(op.attrs, a, dy)
                 sa[op.name] = sq(da, a)
                 outs = [(op.inputs[0], da)]
@@ -149,8 +172,12 @@ class GainsPass:
         names = [op.name for op in ex.weight_ops]
         # Shared tensors are reported in the slot of their readers (same value).
         shared = [sh.get(op.inputs[0], sa[op.name]) for op in ex.weight_ops]
-        return (tf.stack([sw[n] for n in names]), tf.stack([sa[n] for n in names]),
-                tf.stack(shared))
+        out = (tf.stack([sw[n] for n in names]), tf.stack([sa[n] for n in names]),
+               tf.stack(shared))
+        if not per_class:
+            return out
+        # out: [L, c, B] each; rows of the weights and of the (shared) inputs.
+        return tuple(tf.reduce_sum(t, axis=1) for t in out) + (out[0], out[2])
 
     def _step(self, x, seed):
         ex = self.ex
@@ -167,7 +194,14 @@ class GainsPass:
             est = tf.pad(est, [[0, -rows_total % self.c], [0, 0], [0, 0]])
             make = lambda i: est[i * self.c:(i + 1) * self.c]
         chunks = -(-rows_total // self.c)
-        if chunks == 1:
+        extra = {}
+        if self.per_class:
+            sw, sa, sh, rw, rh = self._per_class_rows(vals, make, chunks, zeros)
+            keep = self.rows_kept
+            extra = {"cw": tf.transpose(tf.cast(rw[:keep], tf.float64), [2, 0, 1]),
+                     "ca": tf.transpose(tf.cast(rh[:keep], tf.float64), [2, 0, 1])}
+            extra.update(zip(("cm", "ci"), self._row_classes(vals[ex.g.output_id], y)))
+        elif chunks == 1:
             sw, sa, sh = self._backward(vals, make(0))
         else:
             def body(i, sw, sa, sh):
@@ -179,6 +213,7 @@ class GainsPass:
         f64 = lambda t: tf.reduce_sum(tf.cast(t, tf.float64), axis=-1)
         low = tf.constant(np.inf, tf.float64)
         return {
+            **extra,
             "sw": f64(sw), "sa": f64(sa), "sh": f64(sh),
             "pw": tf.cast(sw, tf.float64), "pa": tf.cast(sh, tf.float64),
             "ties": tf.reduce_sum(tf.cast(tie, tf.int64)),
@@ -188,6 +223,40 @@ class GainsPass:
                 [[low], tf.reshape(tf.cast(t, tf.float64), [-1])], 0)) for t in acts]),
         }
 
+    def _per_class_rows(self, vals, make, chunks, zeros):
+        """Sums as :meth:`_backward` plus every row's norms [rows, L, B]
+        (weights, input tensors), over all chunks of rows."""
+        if chunks == 1:
+            sw, sa, sh, rw, rh = self._backward(vals, make(0))
+            return sw, sa, sh, tf.transpose(rw, [1, 0, 2]), tf.transpose(rh, [1, 0, 2])
+        ta = [tf.TensorArray(self.ex.dtype, size=chunks) for _ in range(2)]
+
+        def body(i, sw, sa, sh, tw, th):
+            w, a, h, rw, rh = self._backward(vals, make(i))
+            return (i + 1, sw + w, sa + a, sh + h,
+                    tw.write(i, tf.transpose(rw, [1, 0, 2])),
+                    th.write(i, tf.transpose(rh, [1, 0, 2])))
+        _, sw, sa, sh, tw, th = tf.while_loop(
+            lambda i, *_: i < chunks, body,
+            (tf.constant(0), zeros, zeros, zeros, ta[0], ta[1]))
+        flat = lambda t: tf.reshape(t.stack(), tf.concat(
+            [[chunks * self.c], tf.shape(zeros)], 0))
+        return sw, sa, sh, flat(tw), flat(th)
+
+    def _row_classes(self, z, y):
+        """Margins |z_i - z_y| [B, K] and classes i [B, K] of the kept rows
+        (in row order: wrong classes by index, or the top_k by margin)."""
+        m = self.ex.g.num_classes
+        zy = tf.gather(z, y, axis=1, batch_dims=1)
+        if self.top_k is None:
+            r = tf.range(m - 1, dtype=tf.int32)[None, :]
+            cls = r + tf.cast(r >= y[:, None], tf.int32)
+        else:
+            _, inv, _ = self._margins(z)
+            _, cls = tf.math.top_k(inv, self.top_k)
+        mg = tf.abs(tf.gather(z, cls, batch_dims=1) - zy[:, None])
+        return tf.cast(mg, tf.float64), cls
+
     # -------------------------------------------------------- distributed
     def distributed(self, strategy):
         """A step that splits each batch over ``strategy``'s replicas and
@@ -195,6 +264,8 @@ class GainsPass:
         n_rep = strategy.num_replicas_in_sync
         reduce_ops = {"sw": "SUM", "sa": "SUM", "sh": "SUM", "ties": "SUM",
                       "pw": "CONCAT", "pa": "CONCAT", "amax": "MAX", "amin": "MIN"}
+        if self.per_class:          # per-class rows, examples first
+            reduce_ops.update(cw="CONCAT0", ca="CONCAT0", cm="CONCAT0", ci="CONCAT0")
         run = self.dist_steps.get(id(strategy))
         if run is None:
             run = self.dist_steps[id(strategy)] = tf.function(
@@ -212,10 +283,80 @@ class GainsPass:
             res = {}
             for k, op in reduce_ops.items():
                 vals = [np.asarray(v) for v in strategy.experimental_local_results(out[k])]
-                if op == "CONCAT":             # per-example [L, B_replica]
-                    res[k] = np.concatenate(vals, axis=1)
+                if op.startswith("CONCAT"):    # per-example [L, B_r] / [B_r, ...]
+                    res[k] = np.concatenate(vals, axis=0 if op == "CONCAT0" else 1)
                     continue
                 red = {"SUM": np.sum, "MAX": np.max, "MIN": np.min}[op]
                 res[k] = red(np.stack(vals), axis=0)
             return res
         return step
+
+
+class ShiftPass:
+    """Compiled per-class weight-shift tables over an executor (issue 13).
+
+    For every weight op T and bit-width b in ``bits``, the exact change of
+    each kept margin z_y - z_i (logit units) when only T's weights (kernel
+    and bias) are rounded to b bits: one float forward, then per T a
+    ``tf.while_loop`` over the bit-widths that re-runs only the ops
+    downstream of T (:meth:`Executor.forward_from`) with T's output
+    recomputed from the rounded weights.  The rounded weights are inputs
+    (stacks [len(bits), ...] per op, made by the caller with
+    :func:`tfprec.fixedpoint.quantize`), so one trace serves any weights.
+    :attr:`step` maps (x [B, ...], kept classes [B, K] int32, stacks) to
+    the shifts [L, len(bits), B, K] (float64).  Cost: per batch, one forward
+    plus len(bits) forwards of the part of the network downstream of each
+    weight op; no loop over examples.
+    """
+
+    def __init__(self, ex: Executor, num_bits: int, num_rows: int):
+        self.ex = ex
+        self.nb = num_bits
+        g = ex.g
+        # One stack per kernel, then one per bias (ops without bias have none).
+        self.has_bias = [op.attrs["bias"] is not None for op in ex.weight_ops]
+        specs = [tf.TensorSpec([num_bits, *np.shape(op.attrs[k])], ex.dtype)
+                 for k in ("kernel", "bias") for op in ex.weight_ops
+                 if op.attrs[k] is not None]
+        self.step = tf.function(self._step, input_signature=[
+            tf.TensorSpec([None, *g.shapes[g.input_id]], ex.dtype),
+            tf.TensorSpec([None, num_rows], tf.int32), specs], autograph=False)
+
+    def stacks(self, quantized) -> list:
+        """The ``stacks`` argument of :attr:`step` from, per weight op, a
+        list over the bit-widths of (kernel, bias or None) arrays."""
+        ks = [tf.constant(np.stack([q[0] for q in per]), self.ex.dtype)
+              for per in quantized]
+        bs = [tf.constant(np.stack([q[1] for q in per]), self.ex.dtype)
+              for per, hb in zip(quantized, self.has_bias) if hb]
+        return ks + bs
+
+    def _step(self, x, cls, stacks):
+        ex = self.ex
+        vals = ex.forward(x)
+        z = vals[ex.g.output_id]
+        y = tf.argmax(z, axis=1, output_type=tf.int32)
+
+        def margins(zz):                                   # z_y - z_i, [B, K]
+            zy = tf.gather(zz, y, axis=1, batch_dims=1)
+            return zy[:, None] - tf.gather(zz, cls, batch_dims=1)
+
+        m0 = margins(z)
+        nl = len(ex.weight_ops)
+        it = iter(stacks[nl:])
+        bias = [next(it) if hb else None for hb in self.has_bias]
+        out = []
+        for op, ks, bs in zip(ex.weight_ops, stacks[:nl], bias):
+            fns = registry.lookup(op.kind)
+            a = vals[op.inputs[0]]
+
+            def body(i, ta, op=op, ks=ks, bs=bs, fns=fns, a=a):
+                attrs = dict(op.attrs, kernel_t=ks[i],
+                             bias_t=None if bs is None else bs[i])
+                zq = ex.forward_from(vals, op, fns.forward(attrs, a))
+                return i + 1, ta.write(i, tf.cast(margins(zq) - m0, tf.float64))
+            _, ta = tf.while_loop(
+                lambda i, _: i < self.nb, body,
+                (tf.constant(0), tf.TensorArray(tf.float64, size=self.nb)))
+            out.append(ta.stack())
+        return tf.stack(out)

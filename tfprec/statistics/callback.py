@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import Optional
 
 
 from tfprec import inputs
 from tfprec._tf import keras, tf
+from tfprec.errors import ExportError, InvalidDataError, PlanError
+from tfprec.statistics.graph import parse_model
 from tfprec.statistics.gains import NoiseGains, noise_gains
+from tfprec.planning.cost import COST_KINDS
 from tfprec.planning.plan import DEFAULT_TARGET, PrecisionPlan
 from tfprec.planning.cost_aware import PLAN_METHODS, make_plan
 
@@ -47,9 +51,22 @@ class NoiseGainCallback(keras.callbacks.Callback):
         TensorBoard under this directory (step = epoch).
       verbose: show a Keras progress bar during the pass.
 
+    Everything that can be checked before training is: the arguments when
+    the callback is made, the model (supported by tfprec), the calibration
+    data (type, per-example shape, dtype, finite cardinality) and the
+    log_dir (created, writable) in ``on_train_begin``, so ``fit`` fails
+    before its first epoch, not after a full run.
+
     Raises:
-      InvalidDataError (a TfprecError): a bad method, every_n_epochs,
-        batch_size or max_examples (checked when the callback is made).
+      InvalidDataError (a TfprecError): a bad every_n_epochs, batch_size,
+        max_examples or calibration_data (when the callback is
+        made; the data's shape and cardinality when training begins).
+      PlanError: a bad method, target or cost (when the callback is made).
+      ExportError: log_dir cannot be created or written (a path under a
+        file, an unwritable folder): when the callback is made, or when
+        training begins.
+      UnsupportedModelError: the model cannot be analyzed (when training
+        begins).
     """
 
     def __init__(self, calibration_data, target: float = DEFAULT_TARGET,
@@ -64,11 +81,17 @@ class NoiseGainCallback(keras.callbacks.Callback):
                                                            every_n_epochs)
         self.batch_size = inputs.positive_int("batch_size", batch_size)
         self.max_examples = inputs.optional_positive_int("max_examples", max_examples)
-        self.calibration_data = calibration_data
-        self.target = target
-        self.cost = cost
-        self.log_dir = log_dir
+        self.target = inputs.probability("target", target, error=PlanError)
+        self.cost = inputs.choice("cost", cost, COST_KINDS, error=PlanError)
         self.verbose = verbose
+        if calibration_data is None or isinstance(calibration_data, (list, tuple)) \
+                or not (isinstance(calibration_data, tf.data.Dataset)
+                        or hasattr(calibration_data, "shape")):
+            raise InvalidDataError(
+                "calibration_data must be a numpy array [N, ...] or a "
+                f"tf.data.Dataset, got {type(calibration_data).__name__}.")
+        self.calibration_data = calibration_data
+        self.log_dir = None if log_dir is None else _check_log_dir(log_dir)
         self.history: list = []
         self._writer = None
         self._last_epoch = -1
@@ -85,14 +108,30 @@ class NoiseGainCallback(keras.callbacks.Callback):
 
     def run(self, model, epoch: int = -1) -> StatisticsPass:
         """Runs the statistics pass on ``model`` now and records it."""
+        # the predicted-mismatch method needs the per-class terms
+        extra = {"per_class": True} if self.method == "cost_aware_predicted" else {}
         g = noise_gains(model, self.calibration_data, batch_size=self.batch_size,
-                        max_examples=self.max_examples, verbose=self.verbose)
+                        max_examples=self.max_examples, verbose=self.verbose, **extra)
         p = make_plan(g, self.method, self.target, self.cost)
         entry = StatisticsPass(epoch, g, p)
         self.history.append(entry)
         if self.log_dir:
             self._log(entry, step=max(epoch, self._last_epoch) + (epoch < 0))
         return entry
+
+    def on_train_begin(self, logs=None):
+        """Checks the model, the calibration data and log_dir before the
+        first epoch (UnsupportedModelError, InvalidDataError, ExportError)."""
+        graph = parse_model(self.model)
+        inputs.check_inputs_spec(self.calibration_data, graph.shapes[graph.input_id],
+                                 what="calibration_data", max_examples=self.max_examples)
+        if self.log_dir:
+            try:
+                os.makedirs(self.log_dir, exist_ok=True)
+            except OSError as e:
+                raise ExportError(f"log_dir {self.log_dir!r} cannot be created: "
+                                  f"{e}") from None
+            _check_log_dir(self.log_dir)
 
     def on_epoch_end(self, epoch, logs=None):
         self._last_epoch = epoch
@@ -126,6 +165,28 @@ def _scalar(tag: str, value: float) -> None:
     md = tf.compat.v1.SummaryMetadata()
     md.plugin_data.plugin_name = "scalars"
     tf.summary.write(tag, tf.constant(value, tf.float32), metadata=md)
+
+
+def _check_log_dir(log_dir) -> str:
+    """``log_dir`` as a str, if it is (or can be made as) a writable folder:
+    an existing path must be a writable folder; otherwise its nearest
+    existing parent must be one.  ExportError naming log_dir if not."""
+    if not isinstance(log_dir, (str, os.PathLike)) or not os.fspath(log_dir):
+        raise ExportError(f"log_dir must be a folder path (str), got {log_dir!r}")
+    path = os.fspath(log_dir)
+    anchor = os.path.abspath(path)
+    while not os.path.exists(anchor):
+        parent = os.path.dirname(anchor)
+        if parent == anchor:
+            break
+        anchor = parent
+    if not os.path.isdir(anchor):
+        raise ExportError(f"log_dir {path!r} cannot be created: {anchor!r} is "
+                          "not a folder")
+    if not os.access(anchor, os.W_OK | os.X_OK):
+        raise ExportError(f"log_dir {path!r} is not writable (no write access to "
+                          f"{anchor!r})")
+    return path
 
 
 def _log10(v: float) -> float:

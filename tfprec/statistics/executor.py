@@ -118,6 +118,30 @@ class Executor:
             vals[op.output] = y
         return vals
 
+    def forward_from(self, vals: dict, op, y):
+        """The logits with weight op ``op``'s output replaced by ``y``.
+
+        Re-runs only the ops downstream of ``op`` (in topological order),
+        reading every other tensor from ``vals`` (a :meth:`forward` result of
+        the same batch); the weight ops use their variables.  Used by the
+        per-class weight-shift pass (:mod:`tfprec.statistics.backward`).
+        """
+        new = {op.output: y}
+        seen = False
+        for o in self.g.ops:
+            if o is op:
+                seen = True
+                continue
+            if not seen or not any(i in new for i in o.inputs):
+                continue
+            ins = [new.get(i, vals[i]) for i in o.inputs]
+            if o.kind in WEIGHT_KINDS:
+                new[o.output] = registry.lookup(o.kind).forward(o.attrs, ins[0])
+            else:
+                new[o.output] = registry.forward_op(o, ins, self.g.shapes[o.output],
+                                                    self.dtype)
+        return new.get(self.g.output_id, vals[self.g.output_id])
+
     @staticmethod
     def _maxpool_gather(op, x):
         """Max-pool as a gather at the window maxima (argmax held constant)."""

@@ -18,6 +18,7 @@ the graph executor (:mod:`tfprec.statistics.executor`).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import Optional, Union
 
 import numpy as np
@@ -25,8 +26,9 @@ import numpy as np
 from tfprec import inputs
 from tfprec._tf import keras, tf
 from tfprec.errors import InvalidDataError
-from tfprec.statistics import registry
-from tfprec.statistics.backward import GainsPass
+from tfprec.fixedpoint import MAX_BITS, MIN_BITS, is_pow2, quantize
+from tfprec.statistics import registry, sanity
+from tfprec.statistics.backward import GainsPass, ShiftPass
 from tfprec.statistics.executor import executor_for
 from tfprec.statistics.graph import parse_model, range_scale
 
@@ -131,6 +133,30 @@ class NoiseGains:
         (z_i - z_y)^2 / 24 for the weights / the input tensor (the shared
         tensor's value for layers that read one); E_T is their mean.  Not
         saved by ``to_dict``.
+      class_w, class_a: with ``per_class=True``, arrays [N, K, L] (K = M-1
+        wrong classes, or ``top_k``): for each example x, kept wrong class i
+        and layer, ||d(z_i - z_y)/dT||^2 / (z_i - z_y)^2 / 24 (1 / squared
+        logit units times squared tensor units; the input tensor's shared
+        value for layers that read one); summed over K they give
+        example_w / example_a (exact mode).  What the mismatch predictor
+        (:func:`tfprec.planning.predict.predicted_mismatch`) needs.  Not
+        saved by ``to_dict``.
+      class_margin, class_index: with ``per_class=True``, [N, K]: the
+        margin z_y - z_i (logit units) and the class i of each kept row.
+      class_shift: with ``per_class=True``, [L, 15, N, K] float32: the exact
+        change of each kept margin z_y - z_i (logit units) when only layer
+        l's weights (kernel and bias, BN folded) are rounded to b = 2..16
+        bits (index b - 2) on their range R_W, the plan's rounding
+        (:func:`tfprec.fixedpoint.quantize`), everything else float.  The
+        weights are fixed, so their rounding error is a known, deterministic
+        shift of each margin, not noise; the mismatch predictor's default
+        model (:mod:`tfprec.planning.predict`) adds these shifts.  Not saved
+        by ``to_dict``.
+      fingerprint: :func:`model_fingerprint` of the model the gains were
+        computed on (None for gains made by hand or saved without it);
+        plans made from the gains copy it, and
+        :meth:`~tfprec.planning.plan.PrecisionPlan.validate_for` refuses
+        such a plan on a model with other weights.
     """
 
     layers: tuple
@@ -142,6 +168,17 @@ class NoiseGains:
     example_w: Optional[np.ndarray] = dataclasses.field(
         default=None, compare=False, repr=False)
     example_a: Optional[np.ndarray] = dataclasses.field(
+        default=None, compare=False, repr=False)
+    class_w: Optional[np.ndarray] = dataclasses.field(
+        default=None, compare=False, repr=False)
+    class_a: Optional[np.ndarray] = dataclasses.field(
+        default=None, compare=False, repr=False)
+    class_margin: Optional[np.ndarray] = dataclasses.field(
+        default=None, compare=False, repr=False)
+    class_index: Optional[np.ndarray] = dataclasses.field(
+        default=None, compare=False, repr=False)
+    fingerprint: Optional[str] = None
+    class_shift: Optional[np.ndarray] = dataclasses.field(
         default=None, compare=False, repr=False)
 
     def __getitem__(self, name: str) -> LayerGains:
@@ -155,24 +192,146 @@ class NoiseGains:
         return [lg.name for lg in self.layers]
 
     def to_dict(self) -> dict:
+        """JSON-ready dict (per-example and per-class arrays are not saved)."""
         return {"layers": [dataclasses.asdict(lg) for lg in self.layers],
                 "num_examples": self.num_examples,
                 "num_classes": self.num_classes, "num_ties": self.num_ties,
-                "dropped_softmax": self.dropped_softmax}
+                "dropped_softmax": self.dropped_softmax, "mode": self.mode,
+                "fingerprint": self.fingerprint}
 
     @classmethod
     def from_dict(cls, d: dict) -> "NoiseGains":
-        return cls(tuple(LayerGains(**lg) for lg in d["layers"]),
-                   int(d["num_examples"]), int(d["num_classes"]),
-                   int(d["num_ties"]), bool(d.get("dropped_softmax", False)),
-                   str(d.get("mode", "exact")))
+        """Gains from :meth:`to_dict`'s dict, every field checked first.
+
+        Raises:
+          InvalidDataError: ``d`` is not a dict, a key is missing or unknown,
+            or a value has the wrong type or is out of range (negative or
+            non-finite gains, ranges that are not powers of two, ...); the
+            message names the key and the layer.
+        """
+        if not isinstance(d, dict):
+            raise InvalidDataError(f"gains must be a dict (NoiseGains.to_dict()), "
+                                   f"got {type(d).__name__}")
+        missing = [k for k in ("layers", "num_examples", "num_classes", "num_ties")
+                   if k not in d]
+        if missing:
+            raise InvalidDataError(f"gains dict lacks keys {missing}")
+        raw = d["layers"]
+        if not isinstance(raw, list) or not raw:
+            raise InvalidDataError(f"gains key 'layers' must be a non-empty list of "
+                                   f"layer dicts, got {raw!r:.80}")
+        layers = tuple(_layer_gains_from_dict(i, ld) for i, ld in enumerate(raw))
+        names = [lg.name for lg in layers]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise InvalidDataError(f"gains list layers {dup} more than once")
+        fp = d.get("fingerprint")
+        if fp is not None:
+            inputs.text("gains key 'fingerprint'", fp, allow_empty=False)
+        num_classes = inputs.positive_int("gains key 'num_classes'", d["num_classes"])
+        if num_classes < 2:
+            raise InvalidDataError(f"gains key 'num_classes' must be at least 2, "
+                                   f"got {num_classes}")
+        return cls(layers,
+                   inputs.positive_int("gains key 'num_examples'", d["num_examples"]),
+                   num_classes,
+                   inputs.nonnegative_int("gains key 'num_ties'", d["num_ties"]),
+                   inputs.flag("gains key 'dropped_softmax'",
+                               d.get("dropped_softmax", False)),
+                   inputs.text("gains key 'mode'", d.get("mode", "exact"),
+                               allow_empty=False),
+                   fingerprint=fp)
 
 
-def layer_geometry(model) -> list:
+_GAIN_FIELDS = ("e_w", "e_a", "weight_max_abs")     # finite, >= 0
+_COUNT_FIELDS = ("dot_length", "num_dots", "num_weights", "num_inputs")
+
+
+def _layer_gains_from_dict(i: int, ld) -> LayerGains:
+    """One checked :class:`LayerGains` from a saved dict (InvalidDataError)."""
+    if not isinstance(ld, dict):
+        raise InvalidDataError(f"gains layer #{i} must be a dict, got {ld!r:.80}")
+    fields = {f.name: f for f in dataclasses.fields(LayerGains)}
+    optional = ("act_group", "e_a_shared", "num_inputs_written")
+    where = f"gains layer #{i} ({ld.get('name', '?')!r})"
+    missing = [f for f in fields if f not in ld and f not in optional]
+    if missing:
+        raise InvalidDataError(f"{where} lacks keys {missing}")
+    unknown = sorted(set(ld) - set(fields))
+    if unknown:
+        raise InvalidDataError(f"{where} has unknown keys {unknown}")
+    v = dict(ld)
+    for k in ("name", "layer_class", "act_range_source"):
+        inputs.text(f"{where}: {k}", v[k], allow_empty=False)
+    for k in _GAIN_FIELDS:
+        v[k] = inputs.nonnegative_number(f"{where}: {k}", v[k])
+    if v.get("e_a_shared") is not None:
+        v["e_a_shared"] = inputs.nonnegative_number(f"{where}: e_a_shared",
+                                                    v["e_a_shared"])
+    for k in ("r_w", "r_a"):
+        if isinstance(v[k], bool) or not is_pow2(v[k]):
+            raise InvalidDataError(f"{where}: {k} must be a positive power of two, "
+                                   f"got {v[k]!r}")
+        v[k] = float(v[k])
+    for k in ("act_low", "act_high"):
+        v[k] = inputs.finite_number(f"{where}: {k}", v[k])
+    if v["act_low"] > v["act_high"]:
+        raise InvalidDataError(f"{where}: act_low {v['act_low']} is above act_high "
+                               f"{v['act_high']}")
+    v["act_signed"] = inputs.flag(f"{where}: act_signed", v["act_signed"])
+    for k in _COUNT_FIELDS:
+        v[k] = inputs.positive_int(f"{where}: {k}", v[k])
+    if v.get("num_inputs_written") is not None:
+        v["num_inputs_written"] = inputs.positive_int(f"{where}: num_inputs_written",
+                                                      v["num_inputs_written"])
+    if "act_group" in v:
+        inputs.text(f"{where}: act_group", v["act_group"])
+    return LayerGains(**v)
+
+
+def model_fingerprint(model, graph=None) -> str:
+    """A fingerprint of the weights tfprec analyses in ``model`` (a str,
+    ``"sha256:<64 hex digits>"``).
+
+    SHA-256 over the weight layers in model order: each layer's kernel and
+    bias after BatchNormalization folding (exactly the values the noise
+    gains, the range scales R_W and the fake-quant model use), cast to
+    float32, with their shapes.  So a model, its BN-folded clone
+    (:func:`tfprec.fold_batchnorm`) and its fake-quant rebuild have the same
+    fingerprint, and any change of a weight by more than float32 rounding
+    changes it.  Layer names are not hashed (plans check them separately).
+    ``graph``: the model's parsed graph if already at hand.  Cost: one hash
+    over the weights (about 1 ms per MB).
+    """
+    graph = parse_model(model) if graph is None else graph
+    h = hashlib.sha256()
+    for op in graph.weight_ops:
+        for k in ("kernel", "bias"):
+            t = op.attrs.get(k)
+            if t is None:
+                h.update(b"none;")
+                continue
+            a = np.ascontiguousarray(t, dtype=np.float32)
+            h.update(repr(a.shape).encode() + b";")
+            h.update(a.tobytes())
+    return "sha256:" + h.hexdigest()
+
+
+def weight_max_abs(model, graph=None) -> dict:
+    """Layer name -> max |w| over kernel and bias after BN folding (the
+    weight units of the model), for every weight layer of ``model``."""
+    graph = parse_model(model) if graph is None else graph
+    return {op.name: float(max(np.max(np.abs(t)) for t in (op.attrs["kernel"],
+                                                          op.attrs["bias"])
+                               if t is not None))
+            for op in graph.weight_ops}
+
+
+def layer_geometry(model, graph=None) -> list:
     """Per weight layer of ``model``: name, class and cost-model geometry
     (dot_length, num_dots, num_weights, num_inputs, num_inputs_written; see
-    :class:`LayerGains`)."""
-    graph = parse_model(model)
+    :class:`LayerGains`).  ``graph``: the parsed model if already at hand."""
+    graph = parse_model(model) if graph is None else graph
     return [{"name": op.name, "layer_class": op.layer_class,
              **registry.geometry(graph, op)} for op in graph.weight_ops]
 
@@ -182,7 +341,7 @@ def noise_gains(model, x: DataLike, batch_size: int = 128,
                 verbose: bool = False, top_k: Optional[int] = None,
                 sketch: int = 0, seed: int = 0, class_chunk: Optional[int] = None,
                 strategy: Optional["tf.distribute.Strategy"] = None,
-                per_example: bool = False) -> NoiseGains:
+                per_example: bool = False, per_class: bool = False) -> NoiseGains:
     """Computes the per-tensor noise gains of a trained classifier.
 
     Args:
@@ -191,7 +350,12 @@ def noise_gains(model, x: DataLike, batch_size: int = 128,
         case the pre-softmax logits are analyzed).  It is only read.
       x: calibration inputs: a numpy array [N, ...] or a ``tf.data.Dataset``
         of inputs (batched or not; (input, label) elements are accepted and
-        the labels ignored).
+        the labels ignored), in the units the model was trained on.  How
+        many: E_T is a mean of heavy-tailed per-example terms (they scale
+        with 1/margin^2), whose relative standard error is CV/sqrt(N) with
+        CV typically 2-10; a relative error e in E moves a bit-width by about
+        0.72 e bits.  Use at least 1000 examples (about 0.1 bit); fewer than
+        200 give a TfprecWarning (:mod:`tfprec.statistics.sanity`).
       batch_size: examples per batch (numpy input or unbatched datasets); the
         global batch when ``strategy`` is given.
       max_examples: use at most this many examples.
@@ -213,15 +377,37 @@ def noise_gains(model, x: DataLike, batch_size: int = 128,
         (2 floats per weight layer and example), which the per-example
         bound (:func:`tfprec.planning.plan.per_example_bound`) needs.  Memory then
         grows with the number of examples (by 16 bytes per layer each).
+      per_class: also keep, per example and wrong class (the ``top_k``
+        closest classes with the estimator; sketch rows are not kept), the
+        margin-weighted squared norms of every weight and input tensor
+        (``class_w``, ``class_a``, ``class_margin``, ``class_index``), which
+        the mismatch predictor (:mod:`tfprec.planning.predict`) needs.
+        Implies ``per_example``.  Also computes the weight-shift tables
+        ``class_shift`` (the exact margin shift of every kept class when one
+        layer's weights are rounded to b = 2..16 bits): per batch, 15
+        re-runs of the part of the network downstream of each weight layer,
+        i.e. up to 15 L forward passes (about 7 L on a chain); this is the
+        dominant cost of ``per_class=True`` (MNIST MLP, 2000 examples: about
+        10 s on 2 CPU cores).  Not distributed: with ``strategy``, the shift
+        tables run on the default device.  Memory: 16 K L + 12 K + 60 K L
+        bytes per example (constant per example).
 
     Returns:
       A :class:`NoiseGains` with, per weight layer, E_W, E_A (probability per
       squared unit), range scales R_W, R_A and normalized gains G = R^2 E.
 
     Raises:
-      UnsupportedModelError: the model or one of its layers is not supported.
-      InvalidDataError: the data is empty, mis-shaped, or not finite, or an
+      UnsupportedModelError: the model or one of its layers is not supported,
+        a weight is NaN or Inf (the message names the layer), or every
+        example is a tie (all logits equal, e.g. all-zero weights).
+      InvalidDataError: the data is empty, mis-shaped, or not finite, its
+        values overflow the float pass (non-finite logits or gains), or an
         argument is out of range.
+
+    Warns:
+      TfprecWarning: fewer than 200 examples, or ``x`` looks off the scale
+        the model was trained on (integer pixel codes, values > 1e4; see
+        :func:`tfprec.statistics.sanity.check_input_scale`).
     """
     dtype = inputs.choice("dtype", dtype, ("float32", "float64"))
     batch_size = inputs.positive_int("batch_size", batch_size)
@@ -238,14 +424,23 @@ def noise_gains(model, x: DataLike, batch_size: int = 128,
     rows = m1 if top_k is None else top_k + sketch
     chunk = min(rows, class_chunk or 32)
     ex = executor_for(model, graph, tf.as_dtype(dtype))
-    gp = ex.cached(("gains", top_k, sketch, chunk),
-                   lambda e: GainsPass(e, top_k, sketch, chunk))
+    per_class = inputs.flag("per_class", per_class)
+    per_example = bool(per_example) or per_class
+    gp = ex.cached(("gains", top_k, sketch, chunk) + (("per_class",) if per_class else ()),
+                   lambda e: GainsPass(e, top_k, sketch, chunk, per_class))
+    if strategy is not None and not isinstance(strategy, tf.distribute.Strategy):
+        raise InvalidDataError(f"strategy must be a tf.distribute.Strategy or None, "
+                               f"got {strategy!r}")
     step = gp.step if strategy is None else gp.distributed(strategy)
     nw = len(ex.weight_ops)
+    if per_class:
+        shift_pass, shift_stacks = _shift_pass(ex, gp.rows_kept)
     sw = np.zeros(nw)
     sa = np.zeros(nw)
     sh = np.zeros(nw)
     pw, pa = [], []
+    rows = {"cw": [], "ca": [], "cm": [], "ci": []}
+    shifts = []
     amax = np.full(nw, -np.inf)
     amin = np.full(nw, np.inf)
     n = 0
@@ -257,14 +452,21 @@ def noise_gains(model, x: DataLike, batch_size: int = 128,
     batches = inputs.iter_batches(x, graph.shapes[graph.input_id], batch_size,
                                   max_examples=max_examples, dtype=dtype,
                                   what="calibration data")
-    for i, b in enumerate(batches):
+    stats, limits = sanity.InputStats(), sanity.overflow_limits(graph, dtype)
+    for i, b in enumerate(stats.watch(batches)):
         out = step(b, np.array([seed, i], np.int32))
+        sanity.check_pass_batch(out, graph, limits, n, len(b), "x (calibration data)")
         sw += out["sw"]
         sa += out["sa"]
         sh += out["sh"]
         if per_example:
             pw.append(np.asarray(out["pw"]).T)
             pa.append(np.asarray(out["pa"]).T)
+        if per_class:
+            for k, v in rows.items():
+                v.append(np.asarray(out[k]))
+            shifts.append(np.asarray(shift_pass.step(
+                b, np.asarray(out["ci"], np.int32), shift_stacks), np.float32))
         amax = np.maximum(amax, out["amax"])
         amin = np.minimum(amin, out["amin"])
         ties += int(out["ties"])
@@ -274,6 +476,11 @@ def noise_gains(model, x: DataLike, batch_size: int = 128,
     if n == 0:
         raise InvalidDataError("calibration data is empty: noise gains need at "
                                "least one example.")
+    sanity.check_input_scale(model, stats, inputs.raw_dtype(x), "x (calibration data)")
+    sanity.check_num_examples(n, "x (calibration data)")
+    sanity.check_ties(ties, n, graph.num_classes, "x (calibration data)")
+    sanity.check_gains_finite(np.stack([sw, sa, sh], axis=1),
+                              [op.name for op in graph.weight_ops], "x (calibration data)")
     layers = []
     for j, op in enumerate(graph.weight_ops):
         geo = registry.geometry(graph, op)
@@ -300,4 +507,31 @@ def noise_gains(model, x: DataLike, batch_size: int = 128,
                       graph.dropped_softmax,
                       "exact" if top_k is None else f"top{top_k}+sketch{sketch}",
                       np.concatenate(pw) / 24.0 if per_example else None,
-                      np.concatenate(pa) / 24.0 if per_example else None)
+                      np.concatenate(pa) / 24.0 if per_example else None,
+                      *((np.concatenate(rows["cw"]) / 24.0,
+                         np.concatenate(rows["ca"]) / 24.0,
+                         np.concatenate(rows["cm"]),
+                         np.concatenate(rows["ci"]).astype(np.int32))
+                        if per_class else (None,) * 4),
+                      fingerprint=model_fingerprint(model, graph),
+                      class_shift=np.concatenate(shifts, axis=2) if per_class else None)
+
+
+def _shift_pass(ex, rows: int):
+    """The cached :class:`ShiftPass` of ``ex`` and its rounded-weight stacks:
+    every weight op's kernel and bias rounded to b = 2..16 bits on the op's
+    range R_W (as :class:`LayerGains` ``r_w``), in the pass dtype."""
+    sp = ex.cached(("shifts", rows), lambda e: ShiftPass(
+        e, MAX_BITS - MIN_BITS + 1, rows))
+    dt = ex.dtype.as_numpy_dtype
+    quantized = []
+    for op in ex.weight_ops:
+        w = [np.asarray(op.attrs[k], dt) if op.attrs[k] is not None else None
+             for k in ("kernel", "bias")]
+        wmax = float(max(np.max(np.abs(op.attrs[k])) for k in ("kernel", "bias")
+                         if op.attrs[k] is not None))    # as LayerGains.r_w
+        r = range_scale(-wmax, wmax, True)
+        quantized.append([tuple(None if t is None else
+                                quantize(t, b, r, True).astype(dt) for t in w)
+                          for b in range(MIN_BITS, MAX_BITS + 1)])
+    return sp, sp.stacks(quantized)

@@ -131,6 +131,7 @@ def _weight_op(layer, inp: str, out: str) -> Op:
     use_bias = bool(getattr(layer, "use_bias", False))
     kernel = weights[0]
     bias = weights[1] if use_bias else None
+    _check_finite_weights(layer, kernel=kernel, bias=bias)
     attrs: dict[str, Any] = {"kernel": kernel, "bias": bias}
     if cls is L.Dense:
         kind = "dense"
@@ -149,6 +150,32 @@ def _weight_op(layer, inp: str, out: str) -> Op:
         else:
             kind = "depthwise"
     return Op(layer.name, kind, [inp], out, attrs, cls.__name__)
+
+
+def _check_finite_weights(layer, **weights) -> None:
+    """UnsupportedModelError naming ``layer`` if a weight is NaN or Inf."""
+    for what, w in weights.items():
+        if w is not None and not np.all(np.isfinite(w)):
+            bad = int(np.size(w) - np.count_nonzero(np.isfinite(w)))
+            raise UnsupportedModelError(
+                f"layer '{layer.name}' of class {type(layer).__name__} has "
+                f"{bad} non-finite (NaN or Inf) value(s) in its {what}: the model "
+                "cannot be analyzed (did training diverge?).")
+
+
+def _check_softmax_axis(layer, rank: int) -> None:
+    """A Softmax layer may be dropped only if it normalizes the last (class)
+    axis of its rank-``rank`` input (batch axis included)."""
+    axis = layer.axis
+    if isinstance(axis, (list, tuple)):
+        if len(axis) != 1:
+            raise _unsupported(layer, f"softmax over axes {list(axis)}; only a "
+                               "softmax over the last (class) axis can be dropped")
+        axis = axis[0]
+    if int(axis) % rank != rank - 1:
+        raise _unsupported(layer, f"softmax over axis {axis} of a rank-{rank} "
+                           "tensor; only a softmax over the last (class) axis "
+                           "can be dropped")
 
 
 def _fold_bn(op: Op, bn) -> None:
@@ -178,6 +205,8 @@ def _fold_bn(op: Op, bn) -> None:
     b = op.attrs["bias"] if op.attrs["bias"] is not None else np.zeros(n)
     op.attrs["kernel"] = k
     op.attrs["bias"] = (b - mean) * scale + beta
+    _check_finite_weights(bn, **{"folded kernel and bias (moving statistics "
+                                 "and scale)": np.append(k, op.attrs["bias"])})
     op.attrs["folded_bn"] = bn.name
 
 
@@ -255,6 +284,7 @@ def parse_model(model) -> Graph:
                 raise _unsupported(layer, f"activation {act!r}")
             ops.append(Op(name, "act", ins, out, attrs, cls.__name__))
         elif cls is L.Softmax:
+            _check_softmax_axis(layer, len(shapes[ins[0]]) + 1)
             ops.append(Op(name, "softmax", ins, out, {}, cls.__name__))
         elif cls is L.ReLU:
             if float(layer.negative_slope) != 0.0 or float(layer.threshold) != 0.0:

@@ -1,0 +1,96 @@
+"""NoiseGainCallback checks everything it can before training (issue 12, 6):
+arguments when made, the model, the calibration data and log_dir in
+on_train_begin, so fit fails before its first epoch, not after a full run."""
+import numpy as np
+import pytest
+
+import tfprec
+from tfprec._tf import keras, tf
+from tfprec.errors import (ExportError, InvalidDataError, PlanError,
+                           UnsupportedModelError)
+
+L = keras.layers
+
+
+def _fit(model, cb, epochs=3):
+    """fit with ``cb``; returns the epochs that began (before any error)."""
+    began = []
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 8)).astype("float32")
+    y = rng.integers(0, 3, 16)
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    seen = keras.callbacks.LambdaCallback(on_epoch_begin=lambda e, logs: began.append(e))
+    try:
+        model.fit(x, y, epochs=epochs, verbose=0, callbacks=[cb, seen])
+    finally:
+        _fit.began = began
+    return began
+
+
+def _mlp():
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([L.Input((8,)), L.Dense(4, activation="relu"), L.Dense(3)])
+
+
+X = np.random.default_rng(1).normal(size=(12, 8)).astype("float32")
+
+
+def test_unsupported_model_fails_before_the_first_epoch():
+    keras.utils.set_random_seed(0)
+    m = keras.Sequential([L.Input((8,)), L.Dense(4, activation="tanh", name="th"),
+                          L.Dense(3)])
+    with pytest.raises(UnsupportedModelError, match=r"layer 'th'.*activation 'tanh'"):
+        _fit(m, tfprec.NoiseGainCallback(X, verbose=False))
+    assert _fit.began == []
+
+
+@pytest.mark.parametrize("data,match", [
+    (np.zeros((12, 5), "float32"), r"calibration_data has per-example shape \(5,\), "
+                                   r"but the model expects \(8,\)"),
+    (np.zeros((0, 8), "float32"), r"calibration_data is empty"),
+    (tf.data.Dataset.from_tensor_slices(X).repeat(),
+     r"calibration_data is an infinite dataset.*max_examples"),
+    (tf.data.Dataset.from_tensor_slices(np.zeros((4, 3), "float32")).batch(2),
+     r"calibration_data \(dataset batch\) has per-example shape \(3,\)"),
+    (tf.data.Dataset.from_tensor_slices(np.array(["a", "b"])),
+     r"calibration_data: dataset elements have dtype string"),
+])
+def test_bad_calibration_data_fails_before_the_first_epoch(data, match):
+    with pytest.raises(InvalidDataError, match=match):
+        _fit(_mlp(), tfprec.NoiseGainCallback(data, verbose=False))
+    assert _fit.began == []
+
+
+def test_bad_arguments_fail_when_the_callback_is_made(tmp_path):
+    with pytest.raises(PlanError, match=r"target must be a probability in \(0, 1\], "
+                       r"got 1\.5"):
+        tfprec.NoiseGainCallback(X, target=1.5)
+    with pytest.raises(PlanError, match=r"cost must be one of \('compute', "
+                       r"'memory'\), got 'time'"):
+        tfprec.NoiseGainCallback(X, cost="time")
+    for bad in (None, [X, X], "data"):
+        with pytest.raises(InvalidDataError, match="calibration_data must be a numpy "
+                           "array"):
+            tfprec.NoiseGainCallback(bad)
+
+
+def test_unwritable_log_dir_fails_before_training(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ExportError, match=r"log_dir '.*a_file.*logs' cannot be "
+                       r"created: .*a_file' is not a folder"):
+        tfprec.NoiseGainCallback(X, log_dir=str(blocker / "logs"))
+    # made fine, then the path is blocked before fit: refused in on_train_begin
+    later = tmp_path / "later"
+    cb = tfprec.NoiseGainCallback(X, log_dir=str(later / "logs"), verbose=False)
+    later.write_text("now a file")
+    with pytest.raises(ExportError, match=r"log_dir '.*later.*logs'"):
+        _fit(_mlp(), cb)
+    assert _fit.began == []
+
+
+def test_good_callback_still_runs_and_creates_log_dir(tmp_path):
+    log_dir = tmp_path / "new" / "logs"
+    cb = tfprec.NoiseGainCallback(X, log_dir=str(log_dir), verbose=False)
+    assert _fit(_mlp(), cb, epochs=1) == [0]
+    assert log_dir.is_dir() and cb.plan is not None

@@ -1,0 +1,288 @@
+"""The per-class gains, the mismatch predictor and allocation under it.
+
+Brute force: float64 per-example, per-class gradients with tf.GradientTape on
+tests/reference.py's independent re-execution of the model (weights and a
+private zero perturbation of each layer's input), no tfprec gains code.
+"""
+import math
+
+import numpy as np
+import pytest
+
+import tfprec
+from tfprec._tf import keras, tf
+from tfprec.errors import PlanError, UnattainableTargetError
+from tfprec.planning import cost_aware as cost_aware_lib
+from tfprec.planning import predict
+from tfprec.planning.calibrate import calibrate
+from tfprec.quantization import simulate
+
+from reference import Reference
+
+L = keras.layers
+# tiny calibration sets on purpose
+pytestmark = pytest.mark.filterwarnings("ignore:noise gains from only")
+
+
+def _mlp():
+    keras.utils.set_random_seed(11)
+    inp = L.Input((6,))
+    t = L.Dense(8, activation="relu", name="a")(inp)
+    u = L.Add()([L.Dense(6, name="b1")(t), L.Dense(6, name="b2")(t)])   # shared input
+    h = L.ReLU(max_value=2.0)(u)
+    return keras.Model(inp, L.Dense(5, name="out", bias_initializer="random_normal")(h))
+
+
+def _conv():
+    keras.utils.set_random_seed(12)
+    inp = L.Input((6, 6, 2))
+    x = L.Conv2D(3, 3, activation="relu", name="c1")(inp)
+    x = L.MaxPooling2D(2)(x)
+    x = L.Flatten()(x)
+    return keras.Model(inp, L.Dense(4, name="out")(x))
+
+
+def brute_rows(model, x, groups):
+    """Per (example, class i != y, layer): ||d(z_i - z_y)/dW||^2 / m^2 and
+    the same for the layer's input tensor (readers of one tensor summed);
+    margins z_y - z_i.  Returns dicts keyed by (example, class)."""
+    ref = Reference(model)
+    ref.check_forward(x)
+    order = ref.order
+    out_w, out_a, margin = {}, {}, {}
+    for e in range(len(x)):
+        with tf.GradientTape(persistent=True) as tape:
+            z = ref.logits(x[e:e + 1])[0]
+            zk = [z[k] for k in range(int(z.shape[0]))]
+        zn = z.numpy()
+        y = int(np.argmax(zn))
+        srcs = [[ref.vars[n][0]] + ([ref.vars[n][1]] if ref.vars[n][1] is not None else [])
+                for n in order]
+        flat = [v for s in srcs for v in s] + [ref.vars[n][2] for n in order]
+        grads = [[g.numpy() for g in tape.gradient(
+            zk[k], flat, unconnected_gradients=tf.UnconnectedGradients.ZERO)]
+            for k in range(len(zk))]
+        del tape
+        for i in range(len(zk)):
+            if i == y:
+                continue
+            d = zn[i] - zn[y]
+            g = [gi - gy for gi, gy in zip(grads[i], grads[y])]
+            pos, sw = 0, []
+            for s in srcs:
+                sw.append(sum(float(np.sum(g[pos + j] ** 2)) for j in range(len(s))))
+                pos += len(s)
+            pert = dict(zip(order, g[pos:]))
+            sa = [float(np.sum(sum(pert[m] for m in groups.get(n, [n])) ** 2))
+                  for n in order]
+            out_w[e, i] = np.array(sw) / d ** 2
+            out_a[e, i] = np.array(sa) / d ** 2
+            margin[e, i] = -d
+    return out_w, out_a, margin
+
+
+def _groups(gains):
+    return {l.name: l.act_group.split("+") for l in gains.layers if l.act_group}
+
+
+@pytest.fixture(scope="module")
+def mlp_case():
+    m = _mlp()
+    x = np.random.default_rng(3).normal(size=(12, 6)).astype(np.float32)
+    g = tfprec.noise_gains(m, x, per_class=True, batch_size=5, class_chunk=3)
+    return m, x, g
+
+
+@pytest.mark.parametrize("make,shape,chunk", [(_mlp, (6,), 3), (_conv, (6, 6, 2), None)])
+def test_per_class_rows_match_brute_force(make, shape, chunk):
+    m = make()
+    x = np.random.default_rng(4).uniform(0, 1, size=(7, *shape)).astype(np.float32)
+    g = tfprec.noise_gains(m, x, per_class=True, batch_size=4, class_chunk=chunk)
+    bw, ba, mg = brute_rows(m, x.astype(np.float64), _groups(g))
+    n, k, nl = g.class_w.shape
+    assert (n, k, nl) == (7, m.outputs[0].shape[-1] - 1, len(g.layers))
+    assert g.class_a.shape == g.class_w.shape and g.class_margin.shape == (n, k)
+    got_w = np.stack([[g.class_w[e, r] * 24 for r in range(k)] for e in range(n)])
+    want_w = np.stack([[bw[e, g.class_index[e, r]] for r in range(k)] for e in range(n)])
+    want_a = np.stack([[ba[e, g.class_index[e, r]] for r in range(k)] for e in range(n)])
+    np.testing.assert_allclose(got_w, want_w, rtol=1e-4, atol=1e-9 * want_w.max())
+    np.testing.assert_allclose(g.class_a * 24, want_a, rtol=1e-4,
+                               atol=1e-9 * want_a.max())
+    want_m = np.array([[mg[e, g.class_index[e, r]] for r in range(k)] for e in range(n)])
+    np.testing.assert_allclose(g.class_margin, want_m, rtol=1e-5)
+    # summed over the classes they are the per-example gains, and E_T their mean
+    np.testing.assert_allclose(g.class_w.sum(1), g.example_w, rtol=1e-5)
+    np.testing.assert_allclose(g.class_w.sum(1).mean(0), [l.e_w for l in g.layers],
+                               rtol=1e-5)
+
+
+def test_top_k_keeps_the_closest_classes(mlp_case):
+    m, x, g = mlp_case
+    gk = tfprec.noise_gains(m, x, per_class=True, top_k=2, batch_size=5)
+    assert gk.class_w.shape == (12, 2, 4)
+    order = np.argsort(g.class_margin, axis=1)[:, :2]
+    for e in range(12):
+        want = g.class_index[e, order[e]]
+        assert sorted(gk.class_index[e]) == sorted(want)
+        for r in range(2):
+            j = list(g.class_index[e]).index(gk.class_index[e, r])
+            np.testing.assert_allclose(gk.class_w[e, r], g.class_w[e, j], rtol=1e-5)
+
+
+def _phi(t):
+    return 0.5 * math.erfc(-t / math.sqrt(2.0))
+
+
+def test_predicted_mismatch_by_hand(mlp_case):
+    m, x, g = mlp_case
+    bw, ba, _ = brute_rows(m, x.astype(np.float64), _groups(g))
+    lead = {l.name: (l.act_group.split("+")[0] if l.act_group else l.name)
+            for l in g.layers}
+    for b_min in (3, 5):
+        plan = tfprec.paper_plan(g, b_min=b_min)
+        ind, uni = [], []
+        for e in range(len(x)):
+            probs = []
+            for (e2, i), sw in bw.items():
+                if e2 != e:
+                    continue
+                var = 0.0                   # sigma^2 / m^2
+                for j, l in enumerate(plan.layers):
+                    var += l.weight_step ** 2 / 12 * sw[j]
+                    if lead[l.name] == l.name:          # a shared tensor once
+                        var += l.act_step ** 2 / 12 * ba[e, i][j]
+                probs.append(_phi(-1.0 / math.sqrt(var)))
+            ind.append(1 - np.prod([1 - p for p in probs]))
+            uni.append(min(1.0, sum(probs)))
+        got = predict.predicted_mismatch(plan, g)
+        assert got == pytest.approx(np.mean(ind), rel=1e-4)
+        assert predict.predicted_mismatch(plan, g, form="union") == pytest.approx(
+            np.mean(uni), rel=1e-4)
+        assert 0 < got <= cost_aware_lib.per_example_bound(plan, g) <= plan.bound()
+
+
+def test_prediction_against_monte_carlo():
+    """Gaussian noise of variance Delta^2/12 on every weight and input
+    activation of a tiny MLP: the flip rate over many draws."""
+    keras.utils.set_random_seed(21)
+    inp = L.Input((5,))
+    h = L.Dense(16, activation="relu", name="h")(inp)
+    m = keras.Model(inp, L.Dense(4, name="out")(h))
+    x = np.random.default_rng(5).normal(size=(60, 5))
+    g = tfprec.noise_gains(m, x, dtype="float64", per_class=True)
+    (w1, b1), (w2, b2) = (l.get_weights() for l in m.layers[1:])
+    z0 = np.maximum(x @ w1 + b1, 0) @ w2 + b2
+    y = z0.argmax(1)
+    rng = np.random.default_rng(6)
+    for b in (4, 6):
+        plan = tfprec.uniform_plan(g, bits=b)
+        sa = [l.act_step / math.sqrt(12) for l in plan.layers]
+        sw = [l.weight_step / math.sqrt(12) for l in plan.layers]
+        flips = []
+        for _ in range(20):                     # 20 x 200 draws
+            d = 200
+            nw = lambda a, s: a + rng.normal(0, s, size=(d, *a.shape))
+            x1 = x[None] + rng.normal(0, sa[0], size=(d, *x.shape))
+            a1 = np.maximum(x1 @ nw(w1, sw[0]) + nw(b1, sw[0])[:, None], 0)
+            a1 = a1 + rng.normal(0, sa[1], size=a1.shape)
+            z = a1 @ nw(w2, sw[1]) + nw(b2, sw[1])[:, None]
+            flips.append(np.mean(z.argmax(2) != y[None]))
+        mc = float(np.mean(flips))
+        pred = predict.predicted_mismatch(plan, g)
+        assert mc > 0.002
+        assert 0.7 < pred / mc < 1.4, (b, pred, mc)
+
+
+def test_predicted_plans_meet_target_and_are_cheaper():
+    keras.utils.set_random_seed(31)
+    inp = L.Input((8,))
+    h = L.Dense(24, name="h1")(inp)
+    h = L.ReLU(max_value=2.0)(h)
+    h = L.ReLU(max_value=2.0)(L.Dense(24, name="h2")(h))
+    m = keras.Model(inp, L.Dense(5, name="out")(h))
+    rng = np.random.default_rng(7)
+    xc = rng.uniform(0, 1, size=(300, 8)).astype(np.float32)
+    xv = rng.uniform(0, 1, size=(3000, 8)).astype(np.float32)
+    g = tfprec.noise_gains(m, xc, per_class=True, batch_size=100)
+    fdec = m(xv).numpy().argmax(1)
+
+    def measured(plan):
+        q = simulate.simulate_logits(m, plan, xv)
+        return float(np.mean(q.argmax(1) != fdec))
+
+    lo = tfprec.uniform_plan(g, bits=16).bound()
+    hi = tfprec.uniform_plan(g, bits=2).bound()
+    grid = [t for t in (lo * 2 ** (k / 2) for k in range(int(2 * math.log2(hi / lo))))
+            if t <= 1]
+    analytic = [tfprec.cost_aware_plan(g, t) for t in grid]
+    analytic = [(p.cost().total_compute, measured(p)) for p in analytic]
+    for t in (0.1, 0.03):
+        pp = tfprec.cost_aware_plan(g, t, criterion="predicted")
+        assert pp.method == "cost_aware_predicted:compute"
+        pred = predict.predicted_mismatch(pp, g)
+        assert pred <= t and pp.info["predicted_mismatch"] == pytest.approx(pred)
+        assert pp == tfprec.make_plan(g, "cost_aware_predicted", t)
+        mis = measured(pp)
+        # the cheapest analytic-bound plan measured no worse costs no less
+        matched = [c for c, mm in analytic if mm <= mis]
+        assert matched and pp.cost().total_compute <= min(matched), (t, mis)
+
+
+def test_predicted_search_model_is_consistent(mlp_case):
+    m, x, g = mlp_case
+    model = predict.PredictedMismatch(*predict.class_terms(g))
+    bw = np.array([6, 5, 7, 6])
+    ba = np.array([6, 6, 6, 5])
+    model.reset(bw, ba)
+    new_w, d_w, new_a, d_a = model.moves(bw, ba)
+    for i in range(4):
+        b2 = bw.copy()
+        b2[i] -= 1
+        assert new_w[i] == pytest.approx(model.value(b2, ba), rel=1e-9)
+    model.take("w", 2, d_w[2])
+    bw[2] -= 1
+    assert model.cur == pytest.approx(model.value(bw, ba), rel=1e-12)
+
+
+@pytest.mark.slow
+def test_calibrate_predicted_family():
+    """~8 s: TFMOT fake-quant passes."""
+    keras.utils.set_random_seed(41)
+    inp = L.Input((6,))
+    h = L.ReLU(max_value=2.0)(L.Dense(12, name="h")(inp))
+    m = keras.Model(inp, L.Dense(4, name="out")(h))
+    rng = np.random.default_rng(8)
+    g = tfprec.noise_gains(m, rng.uniform(0, 1, (200, 6)).astype(np.float32),
+                           per_class=True)
+    xv = rng.uniform(0, 1, (1000, 6)).astype(np.float32)
+    res = calibrate(m, g, xv, target_mismatch=0.02,
+                           methods=("cost_aware_predicted",))
+    c = res["cost_aware_predicted"]
+    assert c.measured_mismatch <= 0.02
+    assert 1 <= c.evaluations == len(c.trace) <= 10
+    assert c.plan.method == "cost_aware_predicted:compute"
+    assert predict.predicted_mismatch(c.plan, g) <= c.level
+
+
+def test_bad_arguments(mlp_case):
+    m, x, g = mlp_case
+    plain = tfprec.noise_gains(m, x)
+    with pytest.raises(PlanError, match="criterion.*'x'"):
+        tfprec.cost_aware_plan(g, 0.1, criterion="x")
+    with pytest.raises(PlanError, match=r"per_class=True"):
+        tfprec.cost_aware_plan(plain, 0.1, criterion="predicted")
+    with pytest.raises(PlanError, match=r"per_class=True"):
+        predict.predicted_mismatch(tfprec.paper_plan(plain), plain)
+    with pytest.raises(PlanError, match=r"per_class=True"):
+        tfprec.make_plan(plain, "cost_aware_predicted", 0.1)
+    with pytest.raises(PlanError, match="form.*'gauss'"):
+        predict.predicted_mismatch(tfprec.paper_plan(g), g, form="gauss")
+    with pytest.raises(PlanError, match="target"):
+        tfprec.cost_aware_plan(g, -1.0, criterion="predicted")
+    with pytest.raises(UnattainableTargetError, match="predicted mismatch"):
+        tfprec.cost_aware_plan(g, 1e-4, max_bits=2, criterion="predicted")
+    with pytest.raises(PlanError, match=r"per_class=True"):
+        calibrate(m, plain, x, target_mismatch=0.1,
+                         methods=("cost_aware_predicted",))
+    with pytest.raises(tfprec.errors.InvalidDataError, match="per_class"):
+        tfprec.noise_gains(m, x, per_class="yes")

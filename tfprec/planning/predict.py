@@ -1,0 +1,429 @@
+"""A mismatch *predictor* (an estimate, not a bound) and allocation under it.
+
+The paper's bound (METHOD.md section 2) applies Chebyshev's inequality to
+each margin, which makes it loose by 10-1000x and dominated by a few
+near-tied examples.  The gains pass already computes what a far better
+estimate needs: for every example x, wrong class i and tensor T,
+
+    s_hat_{T,i}(x) = ||d(z_i - z_y)/dT||^2 / (z_i - z_y)^2
+
+(``noise_gains(..., per_class=True)`` keeps them, divided by 24, as
+``class_w`` / ``class_a``).  Modelling the quantization noise of tensor T
+as independent, zero-mean, with variance Delta_T^2 / 12, the first-order
+noise on the margin m_i = z_y - z_i is zero-mean with variance
+sigma_i^2 = sum_T (Delta_T^2 / 12) ||d(z_i - z_y)/dT||^2, i.e.
+
+    sigma_i^2 / m_i^2 = sum_T (Delta_T^2 / 12) s_hat_{T,i}(x)
+                      = 2 v_i(x),   v_i(x) = sum_T 4^(1-B_T) G_{T,i}(x)
+
+with Delta_T = R_T 2^(1-B_T) and G_{T,i}(x) = R_T^2 s_hat_{T,i}(x) / 24
+(v_i(x) is the Chebyshev term of the per-example bound, which sums it over
+i).  The noise is a sum of many small independent terms, so it is modelled
+as Gaussian: class i overtakes y with probability Phi(-m_i / sigma_i) =
+Phi(-1 / sqrt(2 v_i)), and the flip probability of x is
+
+* ``form="independent"`` (default): 1 - prod_i Phi(m_i / sigma_i), the
+  classes' flips treated as independent events;
+* ``form="union"``: min(1, sum_i Phi(-m_i / sigma_i)).
+
+Both are at least max_i Phi(-m_i/sigma_i) and at most the union; the flips
+of different classes share the noise on z_y and are positively correlated,
+for which the independent form is the (slightly) larger of the true value
+and the union form the larger still.  ``benchmarks/predictor.py`` compares
+the prediction with the measured mismatch on held-out data.  The predicted
+mismatch is the mean over the gains' examples of the flip probability (the
+expectation over x of the fraction of changed decisions; since weight noise
+is one realization shared by all examples, a measured rate scatters around
+it by more than the binomial error).
+
+A shared input tensor (several layers reading one tensor, ``act_group``)
+is one quantizer: its per-class value is already the gradient of the one
+tensor (the readers' gradients summed), held by its first reader only, as
+in the per-example bound.
+
+The weights are fixed, so their rounding error dW_T(B) = Q_B(W_T) - W_T
+is known exactly and is *not* independent noise: at low bits most weights
+round to zero, the error is exactly -W, coherent with the gradient, and
+the margin shift grows like the number of weights, not its square root
+(on a well-trained MNIST MLP at B = 2-3 the Gaussian model above predicts
+10-15x too little).  The default ``model="shift"`` therefore treats the
+weights' rounding as the deterministic shift it is: ``noise_gains(...,
+per_class=True)`` tabulates, for every weight tensor T, bit-width b = 2..16
+and kept (example, class) row, the exact margin shift
+d_{T,b,i}(x) = (z_y - z_i)(W_T -> Q_b(W_T)) - (z_y - z_i)(W)
+(``class_shift``, a forward difference), and a plan's shifts add up over
+tensors (first order): mu_i(x) = sum_T d_{T,B_T,i}(x).  Only the
+activations' rounding (activations change with x) stays Gaussian noise,
+sigma_i^2 = 2 m_i^2 sum_{T in activations} 4^(1-B_T) G_{T,i}(x), and class
+i overtakes y with probability Phi(-(m_i + mu_i) / sigma_i), combined over
+classes by ``form`` as above.  ``model="gaussian"`` is the first version
+(weights as noise too), kept for comparison.
+
+It is an *estimate*: the shifts of several layers are added although the
+network is non-linear (MNIST MLP, all weights at B bits: the sum's relative
+error against the joint shift is 0.14-0.17 at B = 3-4 and 0.04 at B = 8;
+at B = 2 it overshoots), the
+activations' rounding is still modelled as independent noise, and it does
+not bound the mismatch.  Tied examples (z_i == z_y) add nothing (their
+s_hat is zero and their relative shift is taken as 0).
+
+* :func:`predicted_mismatch`: the prediction for a plan (probability);
+* :class:`PredictedMismatch`: the same as a bound model of
+  :mod:`tfprec.planning.search` (value / reset / moves / take), vectorized
+  over examples and updated incrementally (a weight move is a lookup in the
+  shift tables);
+* :func:`tfprec.planning.cost_aware.predicted_cost_aware_plan`: the cheapest plan found whose predicted
+  mismatch meets a target (``cost_aware_plan(..., criterion="predicted")``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import numpy as np
+from scipy.special import log_ndtr, ndtr
+
+from tfprec.errors import PlanError
+from tfprec.fixedpoint import MAX_BITS, MIN_BITS
+from tfprec.planning.plan import PrecisionPlan
+from tfprec.planning.rules import _leads
+
+#: Flip-probability forms of one example (see the module doc).
+FORMS = ("independent", "union")
+DEFAULT_FORM = "independent"
+#: Prediction models (see the module doc): known weight shifts plus Gaussian
+#: activation noise (default), or everything Gaussian (the first version).
+MODELS = ("shift", "gaussian")
+DEFAULT_MODEL = "shift"
+#: Method string (prefix) of the plans :func:`tfprec.planning.cost_aware.predicted_cost_aware_plan` makes.
+METHOD = "cost_aware_predicted"
+# Examples whose every z = m/sigma exceeds this are skipped when scoring the
+# moves: one removed bit at most quadruples v (halves z), and Phi(-8) ~ 6e-16.
+_Z_ACTIVE = 16.0
+
+
+def _check_form(form) -> str:
+    if not isinstance(form, str) or form not in FORMS:
+        raise PlanError(f"form must be one of {FORMS}, got {form!r}")
+    return form
+
+
+def _check_model(model) -> str:
+    if not isinstance(model, str) or model not in MODELS:
+        raise PlanError(f"model must be one of {MODELS}, got {model!r}")
+    return model
+
+
+def class_terms(gains) -> tuple:
+    """Normalized per-class gains (G_{W,i}(x), G_{A,i}(x)) [N, K, L] of
+    ``gains`` (R^2 times ``class_w`` / ``class_a``; a shared input tensor
+    held by its first reader only), in probability per 4^(1-B).
+
+    Raises:
+      PlanError: ``gains`` were computed without ``per_class=True``.
+    """
+    cw = getattr(gains, "class_w", None)
+    ca = getattr(gains, "class_a", None)
+    if cw is None or ca is None:
+        raise PlanError("the mismatch predictor needs gains computed with "
+                        "noise_gains(..., per_class=True); these gains have no "
+                        "per-class data (class_w / class_a)")
+    rw2 = np.array([g.r_w ** 2 for g in gains.layers])
+    ra2 = np.array([g.r_a ** 2 for g in gains.layers])
+    lead = _leads(gains)
+    ra2 = ra2 * (lead == np.arange(len(lead)))
+    return np.asarray(cw, float) * rw2, np.asarray(ca, float) * ra2
+
+
+def shift_terms(gains) -> np.ndarray:
+    """Relative weight shifts r_{T,b,i}(x) = d_{T,b,i}(x) / m_i(x) [L, 15,
+    N, K] of ``gains`` (``class_shift`` over ``class_margin``; 0 for tied
+    rows, whose margin is 0): the change of margin i, in margins, when only
+    tensor T's weights are rounded to b = 2..16 bits (index b - 2).
+
+    Raises:
+      PlanError: ``gains`` have no weight-shift tables (``class_shift``).
+    """
+    sh = getattr(gains, "class_shift", None)
+    mg = getattr(gains, "class_margin", None)
+    if sh is None or mg is None:
+        raise PlanError("the mismatch predictor's 'shift' model needs the weight-"
+                        "shift tables of noise_gains(..., per_class=True) "
+                        "(class_shift); these gains have none: recompute them, "
+                        "or use model='gaussian'")
+    mg = np.asarray(mg, float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(mg > 0, np.asarray(sh, float) / mg, 0.0)
+
+
+def flip_probability(v: np.ndarray, form: str = DEFAULT_FORM) -> np.ndarray:
+    """Per-example flip probability from v [..., K] (v_i = sigma_i^2 /
+    (2 m_i^2), see the module doc) over the last axis: [...]."""
+    with np.errstate(divide="ignore"):
+        z = 1.0 / np.sqrt(2.0 * np.asarray(v, float))      # m / sigma (inf at v=0)
+    return flip_from_z(z, form)
+
+
+def flip_from_z(z: np.ndarray, form: str = DEFAULT_FORM) -> np.ndarray:
+    """Per-example flip probability from z_i = (m_i + mu_i) / sigma_i [..., K]
+    (class i overtakes y with probability Phi(-z_i)) over the last axis."""
+    if form == "union":
+        return np.minimum(ndtr(-z).sum(-1), 1.0)
+    return -np.expm1(log_ndtr(z).sum(-1))
+
+
+def _z_shift(num: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """z = num / sqrt(2 v) with num = 1 + mu/m and v = sigma^2 / (2 m^2);
+    without noise (v = 0) the flip is certain (num < 0), impossible (num >
+    0) or a coin toss (num = 0)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = num / np.sqrt(2.0 * v)
+    return np.where(v > 0, z, np.sign(num) * np.inf)
+
+
+class PredictedMismatch:
+    """The predicted mismatch as a bound model of :mod:`tfprec.planning.search`.
+
+    ``cw``, ``ca``: normalized per-class gains [N, K, L] (:func:`class_terms`).
+    ``shift``: None for the pure Gaussian model (``model="gaussian"``), or
+    the relative weight shifts [L, 15, N, K] (:func:`shift_terms`) for the
+    ``"shift"`` model, in which the weights' rounding moves each margin by
+    its known shift and only the activations' rounding is Gaussian noise
+    (``cw`` is then unused).
+    ``value(bw, ba)`` is the predicted mismatch (probability) at bits
+    ``bw``, ``ba``; ``reset`` / ``moves`` / ``take`` keep the per-(example,
+    class) state and update it incrementally (one removed activation bit
+    multiplies a tensor's variance by 4; one removed weight bit swaps one
+    table entry of the shift sum).  ``moves`` scores only the examples
+    that one move could bring to z = (m + mu)/sigma below 16 (the others
+    stay below 6e-16); :attr:`cur` is always exact.
+    """
+
+    def __init__(self, cw, ca, form: str = DEFAULT_FORM, shift=None):
+        self.sw = np.asarray(cw, float)
+        self.sa = np.asarray(ca, float)
+        self.form = _check_form(form)
+        self.shift = None if shift is None else np.asarray(shift, float)
+        if self.shift is not None:
+            nl, nb, n, k = self.shift.shape
+            if (n, k, nl) != self.sa.shape or nb != MAX_BITS - MIN_BITS + 1:
+                raise PlanError(f"weight-shift tables of shape {self.shift.shape} "
+                                f"do not fit per-class gains of shape "
+                                f"{self.sa.shape} (want [L, 15, N, K])")
+
+    @property
+    def model(self) -> str:
+        """"shift" or "gaussian"."""
+        return "gaussian" if self.shift is None else "shift"
+
+    def _v(self, bw, ba) -> np.ndarray:
+        return (self.sw @ 4.0 ** (1 - np.asarray(bw, float))
+                + self.sa @ 4.0 ** (1 - np.asarray(ba, float)))
+
+    def _mu(self, bw) -> np.ndarray:
+        """Relative shift sum mu/m [N, K] at weight bits ``bw``."""
+        idx = np.asarray(bw, int) - MIN_BITS
+        return self.shift[np.arange(len(idx)), idx].sum(0)
+
+    def _z(self, bw, ba) -> np.ndarray:
+        if self.shift is None:
+            with np.errstate(divide="ignore"):
+                return 1.0 / np.sqrt(2.0 * self._v(bw, ba))
+        va = self.sa @ 4.0 ** (1 - np.asarray(ba, float))
+        return _z_shift(1.0 + self._mu(bw), va)
+
+    def per_example(self, bw, ba) -> np.ndarray:
+        """Flip probability of every example [N] at bits ``bw``, ``ba``."""
+        return flip_from_z(self._z(bw, ba), self.form)
+
+    def value(self, bw, ba) -> float:
+        """The predicted mismatch at bits ``bw``, ``ba`` (probability)."""
+        return float(np.mean(self.per_example(bw, ba)))
+
+    def gradient(self, bw, ba) -> tuple:
+        """d(predicted mismatch)/d u_T for u_T = 4^(1-B_T) at ``bw``, ``ba``:
+        (weights [L], activations [L]), probability per unit of u.  In the
+        ``"shift"`` model the weights' entries are secant slopes (the change
+        from one bit less, or one more at 2 bits, over the change of u),
+        clipped at 0."""
+        bw = np.asarray(bw, int)
+        ba = np.asarray(ba, int)
+        if self.shift is None:
+            v = self._v(bw, ba)
+            num = np.ones_like(v)
+        else:
+            v = self.sa @ 4.0 ** (1 - ba.astype(float))
+            num = 1.0 + self._mu(bw)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            z = num / np.sqrt(2.0 * v)
+            # d Phi(-z)/dv = phi(z) * z / (2 v)
+            dens = np.where(v > 0, np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi) * z
+                            / (2.0 * v), 0.0)
+            if self.form == "independent":
+                # d(1 - prod Phi(z_j))/dv_i = prod_j Phi(z_j) / Phi(z_i) * dPhi(-z_i)/dv_i
+                keep = np.exp(log_ndtr(z).sum(-1, keepdims=True) - log_ndtr(z))
+                dens = dens * keep
+        dens = np.nan_to_num(dens)
+        n = v.shape[0]
+        ga = np.einsum("nk,nkl->l", dens, self.sa) / n
+        if self.shift is None:
+            return np.einsum("nk,nkl->l", dens, self.sw) / n, ga
+        p0 = self.value(bw, ba)
+        gw = np.zeros(len(bw))
+        for t in range(len(bw)):
+            b2 = bw.copy()
+            b2[t] += -1 if bw[t] > MIN_BITS else 1
+            du = 4.0 ** (1 - b2[t]) - 4.0 ** (1 - bw[t])
+            gw[t] = max((self.value(b2, ba) - p0) / du, 0.0)
+        return gw, np.maximum(ga, 0.0)
+
+    # ------------------------------------------------- search interface
+    def reset(self, bw, ba) -> float:
+        self.bw = np.array(bw, int)
+        self.ca = self.sa * 4.0 ** (1 - np.asarray(ba, float))     # [N, K, L]
+        if self.shift is None:
+            self.cw = self.sw * 4.0 ** (1 - np.asarray(bw, float))
+            self.v = self.cw.sum(2) + self.ca.sum(2)               # [N, K]
+            self.mu = np.zeros_like(self.v)
+        else:
+            self.v = self.ca.sum(2)
+            self.mu = self._mu(self.bw)
+        self._update()
+        return self.cur
+
+    def _update(self) -> None:
+        self.z = _z_shift(1.0 + self.mu, self.v)
+        self.p = flip_from_z(self.z, self.form)                    # [N]
+        self.cur = float(np.mean(self.p))
+
+    def _weight_steps(self) -> np.ndarray:
+        """Change of mu/m [L, N, K] of one weight bit less per tensor (0 at
+        2 bits, which the searches never lower)."""
+        idx = self.bw - MIN_BITS
+        t = np.arange(len(idx))
+        return self.shift[t, np.maximum(idx - 1, 0)] - self.shift[t, idx]
+
+    def moves(self, bw, ba):
+        """(new value, value added) for removing one bit of each weight and
+        of each activation tensor: four arrays over layers."""
+        n = self.v.shape[0]
+        if self.shift is None:
+            with np.errstate(divide="ignore"):   # one move at most quadruples v
+                zmin = 1.0 / np.sqrt(2.0 * self.v.max(1))
+            act = np.flatnonzero(zmin < _Z_ACTIVE)
+            cands = [3.0 * self.cw[act], 3.0 * self.ca[act]]     # dv [n_act, K, L]
+            dmu = [0.0, 0.0]
+        else:
+            steps = self._weight_steps()                          # [L, N, K]
+            # Lower bound on z after any one move: mu drops by at most the
+            # largest weight step, v at most quadruples.
+            worst = 1.0 + self.mu - np.abs(steps).max(0)
+            zlow = np.where(worst > 0, _z_shift(worst, 4.0 * self.v), -np.inf)
+            act = np.flatnonzero(zlow.min(1) < _Z_ACTIVE)
+            cands = [np.zeros((len(act), 1, 1)), 3.0 * self.ca[act]]
+            dmu = [np.moveaxis(steps[:, act], 0, 2), 0.0]        # [n_act, K, L]
+        base = self.p[act].sum()
+        v = self.v[act][:, :, None]
+        mu = self.mu[act][:, :, None]
+        out = []
+        for dv, dm in zip(cands, dmu):
+            if self.shift is None:
+                with np.errstate(divide="ignore"):
+                    z = 1.0 / np.sqrt(2.0 * (v + dv))
+            else:
+                z = _z_shift(1.0 + mu + dm, v + dv)
+            z = np.broadcast_to(z, (len(act), self.v.shape[1], len(self.bw)))
+            pn = flip_from_z(np.moveaxis(z, 2, 1), self.form)      # [n_act, L]
+            d = (pn.sum(0) - base) / n
+            out += [self.cur + d, d]
+        return tuple(out)
+
+    def take(self, which: str, i: int, delta: float) -> None:
+        if which == "w":
+            if self.shift is None:
+                self.v += 3.0 * self.cw[:, :, i]
+                self.cw[:, :, i] *= 4.0
+            else:
+                j = self.bw[i] - MIN_BITS
+                self.mu += self.shift[i, j - 1] - self.shift[i, j]
+            self.bw[i] -= 1
+        else:
+            self.v += 3.0 * self.ca[:, :, i]
+            self.ca[:, :, i] *= 4.0
+        self._update()
+
+
+def _model(gains, form: str, model: str = "shift") -> PredictedMismatch:
+    model = _check_model(model)
+    shift = shift_terms(gains) if model == "shift" else None
+    return PredictedMismatch(*class_terms(gains), form=form, shift=shift)
+
+
+def _bits_of(plan) -> tuple:
+    return (np.array([l.weight_bits for l in plan.layers]),
+            np.array([l.act_bits for l in plan.layers]))
+
+
+def predicted_mismatch(plan: PrecisionPlan, gains, form: str = DEFAULT_FORM,
+                       model: str = DEFAULT_MODEL) -> float:
+    """Predicted mismatch probability of ``plan`` (an estimate, not a bound).
+
+    The mean over the gains' examples of each example's flip probability
+    (module doc).  ``model="shift"`` (default): class i overtakes y with
+    probability Phi(-(m_i + mu_i) / sigma_i), with mu_i(x) = sum_T
+    d_{T,B_T,i}(x) the known margin shifts of the plan's weight rounding
+    (``gains.class_shift``) and sigma_i^2 = 2 m_i^2 sum_T 4^(1-B_{A,T})
+    R_{A,T}^2 s_hat_{A,T,i}(x) / 24 the activations' rounding noise.
+    ``model="gaussian"``: weights as noise too, mu_i = 0 and
+    v_i(x) = sum_T 4^(1-B_T) R_T^2 s_hat_{T,i}(x) / 24 over weights and
+    activations, Phi(-1 / sqrt(2 v_i(x))).  Classes combine as
+    1 - prod_i Phi(z_i) (``form="independent"``) or
+    min(1, sum_i Phi(-z_i)) (``form="union"``).  Steps are
+    Delta_T = R_T 2^(1-B_T) with the plan's bits and the gains' range
+    scales R_T.  With the top-k estimator only the k closest classes are
+    counted.
+
+    Args:
+      plan: a :class:`PrecisionPlan` of the model the gains were computed on.
+      gains: :class:`tfprec.NoiseGains` from ``noise_gains(..., per_class=True)``.
+      form: "independent" or "union".
+      model: "shift" or "gaussian".
+
+    Returns:
+      The predicted mismatch (probability in [0, 1]).
+
+    Raises:
+      PlanError: the gains lack per-class data (or, for "shift", the
+        weight-shift tables), the plan's layers are not the gains' layers,
+        its weight ranges are not the gains' (the shift tables are for
+        those), or ``form`` / ``model`` is unknown.
+    """
+    form = _check_form(form)
+    model = _check_model(model)
+    if [l.name for l in gains.layers] != plan.names:
+        raise PlanError(f"plan layers {plan.names} do not match the gains' "
+                        f"layers {[l.name for l in gains.layers]}")
+    if model == "shift":
+        for l, g in zip(plan.layers, gains.layers):
+            if l.weight_range != g.r_w:
+                raise PlanError(f"plan layer {l.name!r} has weight range "
+                                f"{l.weight_range:g}, the gains' shift tables are "
+                                f"for R_W = {g.r_w:g}; use model='gaussian'")
+    return _model(gains, form, model).value(*_bits_of(plan))
+
+
+def _linearized_gains(gains, gw, ga):
+    """A copy of ``gains`` whose normalized gains are ``gw``, ``ga`` (a
+    shared tensor's on its first reader; 0 elsewhere in the group)."""
+    layers = []
+    for g, w, a in zip(gains.layers, gw, ga):
+        e_w = w / g.r_w ** 2
+        e_a = a / g.r_a ** 2
+        layers.append(dataclasses.replace(
+            g, e_w=e_w, e_a=e_a, e_a_shared=None if g.e_a_shared is None else e_a))
+    lead = _leads(gains)
+    for i, j in enumerate(lead):                 # a group reads its leader's gain
+        if j != i:
+            layers[i] = dataclasses.replace(layers[i], e_a=layers[j].e_a,
+                                            e_a_shared=layers[j].e_a_shared)
+    return dataclasses.replace(gains, layers=tuple(layers))
+
+
