@@ -50,7 +50,7 @@ WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights"
 
 flags.DEFINE_list("nets", ["mnist_mlp", "cifar10_vgg"], "Networks to train.")
 flags.DEFINE_integer("mnist_epochs", 30, "Epochs for the MNIST MLP.")
-flags.DEFINE_integer("cifar_epochs", 40, "Epochs for the CIFAR-10 network.")
+flags.DEFINE_integer("cifar_epochs", 50, "Epochs for the CIFAR-10 network.")
 flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_string("data_dir", None, "Dataset folder (default: TFPREC_DATA_DIR, "
                     "then ../shared/data).")

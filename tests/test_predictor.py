@@ -4,6 +4,7 @@ Brute force: float64 per-example, per-class gradients with tf.GradientTape on
 tests/reference.py's independent re-execution of the model (weights and a
 private zero perturbation of each layer's input), no tfprec gains code.
 """
+import dataclasses
 import math
 
 import numpy as np
@@ -154,9 +155,10 @@ def test_predicted_mismatch_by_hand(mlp_case):
                 probs.append(_phi(-1.0 / math.sqrt(var)))
             ind.append(1 - np.prod([1 - p for p in probs]))
             uni.append(min(1.0, sum(probs)))
-        got = predict.predicted_mismatch(plan, g)
+        got = predict.predicted_mismatch(plan, g, model="gaussian")
         assert got == pytest.approx(np.mean(ind), rel=1e-4)
-        assert predict.predicted_mismatch(plan, g, form="union") == pytest.approx(
+        assert predict.predicted_mismatch(plan, g, form="union",
+                                          model="gaussian") == pytest.approx(
             np.mean(uni), rel=1e-4)
         assert 0 < got <= cost_aware_lib.per_example_bound(plan, g) <= plan.bound()
 
@@ -188,9 +190,106 @@ def test_prediction_against_monte_carlo():
             z = a1 @ nw(w2, sw[1]) + nw(b2, sw[1])[:, None]
             flips.append(np.mean(z.argmax(2) != y[None]))
         mc = float(np.mean(flips))
-        pred = predict.predicted_mismatch(plan, g)
+        pred = predict.predicted_mismatch(plan, g, model="gaussian")
         assert mc > 0.002
         assert 0.7 < pred / mc < 1.4, (b, pred, mc)
+
+
+def _quantize_np(w, bits, r):
+    """Signed B-bit rounding on [-r, r), numpy only (independent of tfprec)."""
+    d = r * 2.0 ** (1 - bits)
+    return np.clip(np.floor(w / d + 0.5), -2 ** (bits - 1), 2 ** (bits - 1) - 1) * d
+
+
+@pytest.mark.parametrize("make,shape", [(_mlp, (6,)), (_conv, (6, 6, 2))])
+def test_shift_tables_match_brute_force(make, shape):
+    """class_shift[T, b-2]: the margin change when only layer T's weights are
+    rounded to b bits, against the Keras model with those weights set."""
+    m = make()
+    x = np.random.default_rng(9).uniform(0, 1, size=(9, *shape)).astype(np.float32)
+    g = tfprec.noise_gains(m, x, per_class=True, batch_size=4, class_chunk=2)
+    n, k, nl = g.class_w.shape
+    assert g.class_shift.shape == (nl, 15, n, k)
+    z0 = m(x).numpy().astype(np.float64)
+    y = z0.argmax(1)
+    rows = np.arange(n)[:, None]
+
+    def margins(z):
+        return z[np.arange(n), y][:, None] - z[rows, g.class_index]
+
+    for t, lg in enumerate(g.layers):
+        layer = m.get_layer(lg.name)
+        w = layer.get_weights()
+        r = 2.0 ** math.ceil(math.log2(max(np.abs(a).max() for a in w)))
+        assert r == lg.r_w
+        for b in (2, 3, 6, 16):
+            layer.set_weights([_quantize_np(a.astype(np.float64), b, r).astype(np.float32)
+                               for a in w])
+            want = margins(m(x).numpy().astype(np.float64)) - margins(z0)
+            layer.set_weights(w)
+            np.testing.assert_allclose(g.class_shift[t, b - 2], want, rtol=1e-3,
+                                       atol=2e-6 * (1 + np.abs(z0).max()),
+                                       err_msg=f"layer {lg.name} at {b} bits")
+        assert np.abs(g.class_shift[t, 0]).max() > 1e-3      # 2 bits moves margins
+
+
+def _shift_by_hand(plan, g, bw_rows, ba_rows, form):
+    """The shift model straight from its formula: per (example, class), flip
+    probability Phi(-(m + mu) / sigma), mu the plan's tabulated shifts
+    summed over the layers, sigma^2 = sum over input tensors (a shared one
+    once) of Delta_A^2 / 12 ||d(z_i - z_y)/dA||^2 (brute force)."""
+    lead = {l.name: (l.act_group.split("+")[0] if l.act_group else l.name)
+            for l in g.layers}
+    out = []
+    for e in range(g.num_examples):
+        probs = []
+        for r, i in enumerate(g.class_index[e]):
+            mrg = g.class_margin[e, r]
+            mu = sum(g.class_shift[j, l.weight_bits - 2, e, r]
+                     for j, l in enumerate(plan.layers))
+            var = sum(l.act_step ** 2 / 12 * ba_rows[e, i][j] * mrg ** 2
+                      for j, l in enumerate(plan.layers) if lead[l.name] == l.name)
+            probs.append(_phi(-(mrg + mu) / math.sqrt(var)))
+        out.append(min(1.0, sum(probs)) if form == "union"
+                   else 1 - np.prod([1 - p for p in probs]))
+    return float(np.mean(out))
+
+
+def test_shift_prediction_by_hand(mlp_case):
+    m, x, g = mlp_case
+    bw_rows, ba_rows, _ = brute_rows(m, x.astype(np.float64), _groups(g))
+    seen = []
+    for plan in (tfprec.paper_plan(g, b_min=2), tfprec.uniform_plan(g, bits=3),
+                 tfprec.uniform_plan(g, bits=2)):
+        for form in ("independent", "union"):
+            want = _shift_by_hand(plan, g, bw_rows, ba_rows, form)
+            got = predict.predicted_mismatch(plan, g, form=form)
+            assert got == pytest.approx(want, rel=1e-6, abs=1e-12), (plan.method, form)
+            seen.append(got)
+    assert max(seen) > 1e-3        # the levels exercise the flips
+
+
+def test_shift_model_is_exact_for_one_layer():
+    """Only one layer's weights rounded, everything else at 16 bits: the
+    predicted mismatch is the share of the calibration examples that the
+    rounding flips (float64 simulation of the fixed-point network)."""
+    keras.utils.set_random_seed(51)
+    inp = L.Input((6,))
+    h = L.ReLU(max_value=2.0)(L.Dense(16, name="h")(inp))
+    m = keras.Model(inp, L.Dense(5, name="out")(h))
+    x = np.random.default_rng(10).uniform(0, 1, (400, 6))
+    g = tfprec.noise_gains(m, x, per_class=True, dtype="float64", batch_size=100)
+    z0 = simulate.simulate_logits(m, None, x).argmax(1)
+    top = tfprec.uniform_plan(g, bits=16)
+    checked = 0
+    for name in ("h", "out"):
+        for b in (2, 3, 4):
+            plan = top.with_bits(weight_bits={name: b})
+            flips = np.mean(simulate.simulate_logits(m, plan, x).argmax(1) != z0)
+            pred = predict.predicted_mismatch(plan, g)
+            assert abs(pred - flips) <= 1.5 / len(x), (name, b, pred, flips)
+            checked += flips > 0.01
+    assert checked >= 2
 
 
 def test_predicted_plans_meet_target_and_are_cheaper():
@@ -228,20 +327,36 @@ def test_predicted_plans_meet_target_and_are_cheaper():
         assert matched and pp.cost().total_compute <= min(matched), (t, mis)
 
 
-def test_predicted_search_model_is_consistent(mlp_case):
+@pytest.mark.parametrize("which", ["gaussian", "shift"])
+def test_predicted_search_model_is_consistent(mlp_case, which):
     m, x, g = mlp_case
-    model = predict.PredictedMismatch(*predict.class_terms(g))
-    bw = np.array([6, 5, 7, 6])
-    ba = np.array([6, 6, 6, 5])
-    model.reset(bw, ba)
-    new_w, d_w, new_a, d_a = model.moves(bw, ba)
-    for i in range(4):
-        b2 = bw.copy()
-        b2[i] -= 1
-        assert new_w[i] == pytest.approx(model.value(b2, ba), rel=1e-9)
-    model.take("w", 2, d_w[2])
-    bw[2] -= 1
-    assert model.cur == pytest.approx(model.value(bw, ba), rel=1e-12)
+    model = predict._model(g, "independent", which)
+    assert model.model == which
+    for bw, ba in ((np.array([6, 5, 7, 6]), np.array([6, 6, 6, 5])),
+                   (np.array([3, 2, 3, 4]), np.array([3, 3, 3, 2]))):
+        model.reset(bw, ba)
+        assert model.cur == pytest.approx(model.value(bw, ba), rel=1e-12)
+        new_w, d_w, new_a, d_a = model.moves(bw, ba)
+        for i in range(4):
+            for arr, new in ((bw, new_w), (ba, new_a)):
+                if arr[i] <= 2:
+                    continue
+                b2 = arr.copy()
+                b2[i] -= 1
+                want = (model.value(b2, ba) if arr is bw else model.value(bw, b2))
+                assert new[i] == pytest.approx(want, rel=1e-9, abs=1e-15)
+        i = int(np.argmax(bw))
+        model.take("w", i, d_w[i])
+        bw = bw.copy()
+        bw[i] -= 1
+        assert model.cur == pytest.approx(model.value(bw, ba), rel=1e-12)
+        model.take("a", 0, d_a[0])
+        ba = ba.copy()
+        ba[0] -= 1
+        assert model.cur == pytest.approx(model.value(bw, ba), rel=1e-12)
+        gw, ga = model.gradient(bw, ba)
+        assert gw.shape == ga.shape == (4,)
+        assert np.all(np.isfinite(gw)) and np.all(gw >= 0) and np.all(ga >= 0)
 
 
 @pytest.mark.slow
@@ -277,6 +392,21 @@ def test_bad_arguments(mlp_case):
         tfprec.make_plan(plain, "cost_aware_predicted", 0.1)
     with pytest.raises(PlanError, match="form.*'gauss'"):
         predict.predicted_mismatch(tfprec.paper_plan(g), g, form="gauss")
+    with pytest.raises(PlanError, match="model.*'exact'"):
+        predict.predicted_mismatch(tfprec.paper_plan(g), g, model="exact")
+    with pytest.raises(PlanError, match="model.*'exact'"):
+        cost_aware_lib.predicted_cost_aware_plan(g, 0.1, model="exact")
+    no_shift = dataclasses.replace(g, class_shift=None)
+    with pytest.raises(PlanError, match="class_shift.*model='gaussian'"):
+        predict.predicted_mismatch(tfprec.paper_plan(g), no_shift)
+    assert predict.predicted_mismatch(tfprec.paper_plan(g), no_shift,
+                                      model="gaussian") > 0
+    plan = tfprec.paper_plan(g)
+    wide = dataclasses.replace(plan, layers=tuple(
+        dataclasses.replace(l, weight_range=2 * l.weight_range) if i == 1 else l
+        for i, l in enumerate(plan.layers)))
+    with pytest.raises(PlanError, match=f"{plan.layers[1].name!r}.*weight range"):
+        predict.predicted_mismatch(wide, g)
     with pytest.raises(PlanError, match="target"):
         tfprec.cost_aware_plan(g, -1.0, criterion="predicted")
     with pytest.raises(UnattainableTargetError, match="predicted mismatch"):

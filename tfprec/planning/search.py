@@ -9,7 +9,8 @@
   while the target holds) under any bound model: :class:`AnalyticBound`
   (METHOD.md section 2), :class:`PerExampleBound` (mean of per-example
   bounds capped at 1) or :class:`tfprec.planning.predict.PredictedMismatch`
-  (the Gaussian mismatch prediction, an estimate); a model has
+  (the mismatch prediction, an estimate; not monotone in the bits under
+  its "shift" model, so a move may lower it); a model has
   ``value(bw, ba)``, ``reset(bw, ba)``, ``moves(bw, ba)`` -> (new value,
   value added) per layer for one bit less of each weight / activation
   tensor, ``take(which, i, delta)`` and the current value ``cur``.
@@ -264,7 +265,8 @@ def descend(tabs, bound, bw, ba, target: float, lead):
                 dbound = dlt[i]
                 if dcost <= 0 and dbound > 0:
                     continue
-                score = dcost / dbound if dbound > 0 else math.inf
+                with np.errstate(over="ignore"):    # a denormal dbound: inf
+                    score = dcost / dbound if dbound > 0 else math.inf
                 if best is None or score > best[0]:
                     best = (score, which, i, dbound)
         if best is None:

@@ -293,46 +293,37 @@ class GainsPass:
 
 
 class ShiftPass:
-    """Compiled per-class weight-shift tables over an executor (issue 13).
+    """Per-class weight-shift tables over an executor (issue 13).
 
-    For every weight op T and bit-width b in ``bits``, the exact change of
-    each kept margin z_y - z_i (logit units) when only T's weights (kernel
-    and bias) are rounded to b bits: one float forward, then per T a
-    ``tf.while_loop`` over the bit-widths that re-runs only the ops
+    For every weight op T and each of its rounded copies (the caller passes
+    the kernel and bias rounded to b = 2..16 bits), the exact change of each
+    kept margin z_y - z_i (logit units) when only T's weights are rounded:
+    one float forward, then per T and copy a re-run of only the ops
     downstream of T (:meth:`Executor.forward_from`) with T's output
-    recomputed from the rounded weights.  The rounded weights are inputs
-    (stacks [len(bits), ...] per op, made by the caller with
-    :func:`tfprec.fixedpoint.quantize`), so one trace serves any weights.
-    :attr:`step` maps (x [B, ...], kept classes [B, K] int32, stacks) to
-    the shifts [L, len(bits), B, K] (float64).  Cost: per batch, one forward
-    plus len(bits) forwards of the part of the network downstream of each
-    weight op; no loop over examples.
+    recomputed from the rounded weights.  :meth:`step` maps (x [B, ...],
+    kept classes [B, K] int32, stacks) to the shifts [L, num_bits, B, K]
+    (float64).  Cost: per batch, one forward plus num_bits forwards of the
+    part of the network downstream of each weight op; no loop over
+    examples.  It runs eagerly (TF ops, no tracing): its ops are whole
+    batched layers, so the per-op dispatch costs little, and small models
+    pay no trace of L x num_bits partial forwards.
     """
 
     def __init__(self, ex: Executor, num_bits: int, num_rows: int):
         self.ex = ex
         self.nb = num_bits
-        g = ex.g
-        # One stack per kernel, then one per bias (ops without bias have none).
-        self.has_bias = [op.attrs["bias"] is not None for op in ex.weight_ops]
-        specs = [tf.TensorSpec([num_bits, *np.shape(op.attrs[k])], ex.dtype)
-                 for k in ("kernel", "bias") for op in ex.weight_ops
-                 if op.attrs[k] is not None]
-        self.step = tf.function(self._step, input_signature=[
-            tf.TensorSpec([None, *g.shapes[g.input_id]], ex.dtype),
-            tf.TensorSpec([None, num_rows], tf.int32), specs], autograph=False)
+        self.rows = num_rows
 
     def stacks(self, quantized) -> list:
-        """The ``stacks`` argument of :attr:`step` from, per weight op, a
-        list over the bit-widths of (kernel, bias or None) arrays."""
-        ks = [tf.constant(np.stack([q[0] for q in per]), self.ex.dtype)
-              for per in quantized]
-        bs = [tf.constant(np.stack([q[1] for q in per]), self.ex.dtype)
-              for per, hb in zip(quantized, self.has_bias) if hb]
-        return ks + bs
+        """Per weight op, a list over the bit-widths of (kernel, bias or None)
+        tensors of the pass dtype, from the same of numpy arrays."""
+        cast = lambda t: None if t is None else tf.constant(t, self.ex.dtype)
+        return [[(cast(k), cast(b)) for k, b in per] for per in quantized]
 
-    def _step(self, x, cls, stacks):
+    def step(self, x, cls, stacks):
         ex = self.ex
+        x = tf.convert_to_tensor(x, ex.dtype)
+        cls = tf.convert_to_tensor(cls, tf.int32)
         vals = ex.forward(x)
         z = vals[ex.g.output_id]
         y = tf.argmax(z, axis=1, output_type=tf.int32)
@@ -342,21 +333,14 @@ class ShiftPass:
             return zy[:, None] - tf.gather(zz, cls, batch_dims=1)
 
         m0 = margins(z)
-        nl = len(ex.weight_ops)
-        it = iter(stacks[nl:])
-        bias = [next(it) if hb else None for hb in self.has_bias]
         out = []
-        for op, ks, bs in zip(ex.weight_ops, stacks[:nl], bias):
+        for op, per in zip(ex.weight_ops, stacks):
             fns = registry.lookup(op.kind)
             a = vals[op.inputs[0]]
-
-            def body(i, ta, op=op, ks=ks, bs=bs, fns=fns, a=a):
-                attrs = dict(op.attrs, kernel_t=ks[i],
-                             bias_t=None if bs is None else bs[i])
-                zq = ex.forward_from(vals, op, fns.forward(attrs, a))
-                return i + 1, ta.write(i, tf.cast(margins(zq) - m0, tf.float64))
-            _, ta = tf.while_loop(
-                lambda i, _: i < self.nb, body,
-                (tf.constant(0), tf.TensorArray(tf.float64, size=self.nb)))
-            out.append(ta.stack())
+            rows = []
+            for k, b in per:
+                zq = ex.forward_from(vals, op, fns.forward(
+                    dict(op.attrs, kernel_t=k, bias_t=b), a))
+                rows.append(tf.cast(margins(zq) - m0, tf.float64))
+            out.append(tf.stack(rows))
         return tf.stack(out)

@@ -11,6 +11,10 @@ and the backward rules of the non-weight ops.  The passes built on it:
 * the Hessian-trace peer (:mod:`tfprec.peers.hessian`): forward with the
   weights passed in as tensors and a perturbation added to each weight op's
   input, differentiated by ``tf.GradientTape``.
+* the per-class weight-shift tables (:class:`tfprec.statistics.backward.ShiftPass`):
+  one forward, then :meth:`Executor.forward_from` re-runs only the ops
+  downstream of one weight op with its output recomputed from rounded
+  weights.
 
 :func:`executor_for` is the one per-model cache: one executor per (model,
 dtype), and on it one cached pass per pass key (:meth:`Executor.cached`).
