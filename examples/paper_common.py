@@ -143,11 +143,14 @@ class Row:
 
 def equal_accuracy(model, gains, x, y, *, max_accuracy_drop: float = 0.1,
                    methods: Sequence[str] = PAPER_METHODS, batch_size: int = 256,
-                   cost: str = "compute") -> tuple:
+                   cost: str = "compute", predicted_gains=None) -> tuple:
     """Cheapest level of each family within ``max_accuracy_drop`` pp of float
     on (x, y), the SELECTION split, searched on grids of one level per bit
     (:func:`tfprec.peers.matched.family_grid` and ``select_level``; one
     shared evaluator, so a plan two families reach is measured once).
+
+    ``predicted_gains`` (per-class gains on held-out inputs), when given,
+    are what the ``cost_aware_predicted`` family plans from.
 
     Returns (rows in ``methods`` order, engine text); the rows' report-split
     fields are unset (see :func:`report_rows`).
@@ -156,7 +159,9 @@ def equal_accuracy(model, gains, x, y, *, max_accuracy_drop: float = 0.1,
     rows = []
     for m in methods:
         try:
-            grid = matched.family_grid(gains, m, cost=cost)
+            g = (predicted_gains if m == "cost_aware_predicted"
+                 and predicted_gains is not None else gains)
+            grid = matched.family_grid(g, m, cost=cost)
         except TfprecError as e:      # e.g. gains without per-class data
             rows.append(Row(m, None, "-", None, 0, ev.n, None, None,
                             note=f"not available: {e}"))
@@ -214,6 +219,7 @@ class PaperResult:
     markdown: str
     gains: object = None
     model: object = None
+    predicted_gains: object = None    # per-class gains on selection images
 
     def row(self, method: str) -> Row:
         for r in self.rows:
@@ -280,17 +286,22 @@ def run_paper(builder: str, ds, *, title: str, wide_geometry: Callable[[float], 
     y_sel = ds.y_test[:n_sel]
     x_eval = models.fit_inputs(model, ds.x_test[n_sel:n_sel + n_eval])
     y_eval = ds.y_test[n_sel:n_sel + n_eval]
-    kw = {"per_example": True}
-    if "cost_aware_predicted" in methods:
-        kw["per_class"] = True
+    pgains = None
     with timer("gains"):
-        gains = tfprec.noise_gains(model, x_cal, batch_size=min(256, n_cal), **kw)
-    log(f"[{title}] noise gains on {n_cal} training examples "
-        f"({timer.phases['gains']:.1f} s)")
+        gains = tfprec.noise_gains(model, x_cal, batch_size=min(256, n_cal),
+                                   per_example=True)
+        if "cost_aware_predicted" in methods:
+            # the predictor is calibrated on held-out inputs: a trained
+            # network's training margins are far larger than on unseen data
+            pgains = tfprec.noise_gains(model, x_sel[:n_cal],
+                                        batch_size=min(256, n_cal), per_class=True)
+    log(f"[{title}] noise gains on {n_cal} training examples"
+        + (f", per-class gains on {min(n_cal, n_sel)} selection examples"
+           if pgains is not None else "") + f" ({timer.phases['gains']:.1f} s)")
     with timer("equal-accuracy search (selection split)"):
         rows, engine = equal_accuracy(model, gains, x_sel, y_sel,
                                       max_accuracy_drop=max_accuracy_drop,
-                                      methods=methods)
+                                      methods=methods, predicted_gains=pgains)
     log(f"[{title}] equal-accuracy search on {n_sel} selection examples "
         f"({timer.phases['equal-accuracy search (selection split)']:.1f} s)")
     with timer("report split"):
@@ -321,7 +332,7 @@ def run_paper(builder: str, ds, *, title: str, wide_geometry: Callable[[float], 
     timings = dict(timer.phases)
     timings["total"] = timer.total
     res = PaperResult(title, float_acc, rows, v16, cbin, float(widen), wide, c16,
-                      ratios, engine, timings, "", gains, model)
+                      ratios, engine, timings, "", gains, model, pgains)
     res.markdown = paper_markdown(res, n_cal=n_cal, n_sel=n_sel, n_eval=n_eval,
                                   max_drop=max_accuracy_drop, trained=how,
                                   schedule=schedule, widen_note=widen_note)
@@ -335,7 +346,9 @@ def paper_markdown(res: PaperResult, *, n_cal: int, n_sel: int, n_eval: int,
     base_c = None if ref is None else ref.cost("compute")
     base_m = None if ref is None else ref.cost("memory")
     L = md_header(f"{res.title}: minimum precision at equal accuracy", schedule, trained)
-    L += [f"Splits: noise gains on {n_cal} training images; each allocation's "
+    L += [f"Splits: noise gains on {n_cal} training images (the predictor's "
+          f"per-class gains on the first {min(n_cal, n_sel)} SELECTION images: "
+          f"it is calibrated on held-out inputs); each allocation's "
           f"level is the cheapest whose fake-quant accuracy on the SELECTION split "
           f"(test images 1-{n_sel}) is within {max_drop:g} percentage point of "
           f"float; every accuracy, drop and mismatch below is on the disjoint "

@@ -10,7 +10,8 @@
 * ``tfprec.peers.matched``: level grids of equal resolution (one level per
   bit; the analytic-bound grid is exactly x4 per level), the predictor-based
   plan at a budget, bad arguments;
-* ``benchmarks/peers.py``: an unknown ``--nets`` is refused;
+* ``benchmarks/peers.py``: an unknown ``--nets`` and a ``--margin_pp`` over
+  the tolerance are refused; the selection margin's rule;
 * ``examples/cifar10_vgg.py``: the binarized network's geometry and a run on
   a few random CIFAR-shaped examples (one training step);
 * ``examples/resnet20_cifar10.py`` and ``examples/mobilenet_cifar10.py``:
@@ -176,8 +177,9 @@ def test_grids_have_one_level_per_bit(mnist_result):
     from tfprec.planning.predict import predicted_mismatch
     from tfprec.planning.rules import uniform_plan
     g = mnist_result.gains
+    pg = mnist_result.predicted_gains       # per-class, on held-out images
     for fam in ("paper", "uniform", "icml2017", "cost_aware", "cost_aware_predicted"):
-        grid = matched.family_grid(g, fam)
+        grid = matched.family_grid(pg if fam == "cost_aware_predicted" else g, fam)
         assert len(grid.levels) <= 15, fam
     # the analytic-bound grid (gains without per-example data): x4 per level
     plain = dataclasses.replace(g, example_w=None, example_a=None)
@@ -189,14 +191,14 @@ def test_grids_have_one_level_per_bit(mnist_result):
     assert (lv[1:] / lv[:-1])[below] == pytest.approx(4.0, rel=1e-6)
     # level i of the predicted grid: as precise as uniform 16 - i bits by its
     # own criterion, and no costlier than that uniform plan
-    grid = matched.family_grid(g, "cost_aware_predicted")
+    grid = matched.family_grid(pg, "cost_aware_predicted")
     assert grid.criterion == "predicted"
     for i in (8, 11):
         b = 16 - i
-        u = uniform_plan(g, bits=b)
+        u = uniform_plan(pg, bits=b)
         p = grid.plan(i)
-        assert predicted_mismatch(p, g) <= grid.levels[i]
-        assert grid.levels[i] == pytest.approx(predicted_mismatch(u, g), rel=1e-6)
+        assert predicted_mismatch(p, pg) <= grid.levels[i]
+        assert grid.levels[i] == pytest.approx(predicted_mismatch(u, pg), rel=1e-6)
         assert p.cost().total_compute <= u.cost().total_compute * (1 + 1e-9)
         assert f"~B={b}" in grid.labels[i]
     # per_bit=2: twice the points, the integer ones unchanged
@@ -210,7 +212,7 @@ def test_predicted_at_budget(mnist_result):
     from tfprec.peers import matched
     from tfprec.planning.predict import predicted_mismatch
     from tfprec.planning.rules import uniform_plan
-    g = mnist_result.gains
+    g = mnist_result.predicted_gains
     u4, u5 = uniform_plan(g, bits=4), uniform_plan(g, bits=5)
     budget = 0.5 * (u4.cost().total_compute + u5.cost().total_compute)
     p = matched.predicted_at_budget(g, budget)
@@ -245,6 +247,21 @@ def test_peers_benchmark_refuses_unknown_net(capsys):
     with pytest.raises(SystemExit):
         peers.main(["--nets", "mnist_mlp,resnet"])
     assert "unknown network 'resnet'" in capsys.readouterr().err
+
+
+def test_peers_benchmark_selection_margin(capsys):
+    sys.path.insert(0, os.path.join(os.path.dirname(EXAMPLES), "benchmarks"))
+    import peers
+    # one rule for both searches: an explicit margin, or the one-sigma
+    # standard error of a drop equal to the tolerance on the selection split
+    assert peers.selection_margin_pp(0.5, 2000, 0.2) == 0.2
+    se = peers.selection_margin_pp(0.5, 2000, -1.0)
+    assert se == pytest.approx(100 * math.sqrt(0.005 * 0.995 / 2000))
+    assert peers.selection_margin_pp(0.5, 8000, -1.0) == pytest.approx(se / 2)
+    with pytest.raises(SystemExit):
+        peers.main(["--nets", "mnist_mlp", "--margin_pp", "0.6"])
+    assert "--margin_pp must be finite and at most --tolerance_pp" in \
+        capsys.readouterr().err
 
 
 # ------------------------------------------------------------ CIFAR VGG

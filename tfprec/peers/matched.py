@@ -36,7 +36,11 @@ fake-quant evaluations, by the shared
 *report* split the search never saw.
 
 At a budget (:func:`predicted_at_budget`): the plan with the lowest
-predicted mismatch whose cost fits (bisection of the predicted target).
+predicted mismatch whose cost fits, allocated under the budget
+(:func:`tfprec.planning.budget.predicted_budget_plan`: greedy descent and
+local search under the prediction); :func:`bisected_at_budget` is the
+earlier bisection of the predicted target over the cost-aware plans, kept
+for comparison (it leaves budget unused).
 """
 from __future__ import annotations
 
@@ -295,11 +299,42 @@ def measure(plan, ev: Evaluator) -> Measured:
 
 # ================================================================ budget
 def predicted_at_budget(gains, budget: float, cost: str = "compute",
-                        max_bits: int = MAX_BITS,
-                        log_width: float = PREDICTED_LOG_WIDTH):
+                        max_bits: int = MAX_BITS):
     """tfprec's predictor-based plan for a cost budget: the plan with the
-    lowest predicted mismatch (probability) among the
-    ``cost_aware_plan(..., criterion="predicted")`` plans that fit.
+    lowest predicted mismatch (probability) found among all plans whose cost
+    fits (:func:`tfprec.planning.budget.predicted_budget_plan`; no data
+    pass).
+
+    Args:
+      gains: :class:`tfprec.NoiseGains` with per-class data
+        (``noise_gains(..., per_class=True)``).
+      budget: cost limit, full adders per example ("compute") or bits
+        ("memory").
+      cost: the cost kind of ``budget``.
+      max_bits: no tensor above this many bits.
+
+    Returns:
+      The plan (method ``"cost_aware_predicted_budget:<cost>"``);
+      ``info["budget"]`` is the budget and ``info["predicted_mismatch"]``
+      its prediction.
+
+    Raises:
+      UnattainableTargetError: even the all-2-bit plan costs more than the
+        budget.
+      PlanError: bad budget, cost kind or max_bits; gains without per-class
+        data.
+    """
+    return budget_lib.predicted_budget_plan(gains, budget, cost, max_bits)
+
+
+def bisected_at_budget(gains, budget: float, cost: str = "compute",
+                       max_bits: int = MAX_BITS,
+                       log_width: float = PREDICTED_LOG_WIDTH):
+    """The earlier predictor-based budget plan: the lowest predicted
+    mismatch (probability) among the
+    ``cost_aware_plan(..., criterion="predicted")`` plans that fit (kept
+    for comparison with :func:`predicted_at_budget`; it optimizes a target,
+    not the budget, and leaves budget unused).
 
     Bisects the predicted-mismatch target t in log space (a smaller t gives
     a costlier plan) to a bracket of ``log_width`` (natural log), between

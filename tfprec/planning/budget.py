@@ -11,6 +11,11 @@ The one place for the two monotone bisections of tfprec:
   on the cost-aware bound target and by :func:`bisect_budget_plan` on the
   cost budget).
 
+At a cost budget: :func:`smallest_bound_plan` / :func:`cost_aware_at_budget`
+(the smallest analytic bound that fits) and :func:`predicted_budget_plan`
+(the lowest predicted mismatch that fits: greedy descent and local search
+under the prediction).
+
 Every allocation rule's levels (:func:`rule_levels`, :func:`rule_plan`):
 ``paper``: B_min, ``uniform``: B, ``icml2017``: B_A (bits, most precise
 first); ``cost_aware``: its bound target t (probability).
@@ -21,12 +26,15 @@ import dataclasses
 import math
 from typing import Callable, Optional, Sequence
 
+import numpy as np
+
 from tfprec import inputs
 from tfprec.errors import PlanError, UnattainableTargetError
 from tfprec.fixedpoint import MAX_BITS, MIN_BITS, check_bits
 from tfprec.planning import cost as cost_lib
 from tfprec.planning import rules as rules_lib
 from tfprec.planning import cost_aware as cost_aware_lib
+from tfprec.planning import predict, search
 from tfprec.planning.evaluate import Evaluator
 
 RULES = ("cost_aware", "paper", "uniform", "icml2017")
@@ -234,6 +242,183 @@ def cost_aware_at_budget(gains, budget: float, cost: str = "compute",
             f"budget {budget:.6g} {unit} is below the cheapest plan "
             f"({min_cost:.6g} {unit}: every tensor at {MIN_BITS} bits).")
     return dataclasses.replace(plan, info=dict(plan.info, budget=float(budget)))
+
+
+# ================================================================ predicted
+#: Method string (prefix) of :func:`predicted_budget_plan`'s plans.
+PREDICTED_BUDGET_METHOD = "cost_aware_predicted_budget"
+_IMPROVE_RTOL = 1e-9     # a local-search step must lower the prediction by this
+
+
+def _tensor_moves(bits, lead, lo: int, hi: int):
+    """(which, i) of every tensor whose bits may move within lo..hi: all
+    weights, and each input tensor once (its first reader)."""
+    bw, ba = bits
+    out = [("w", i) for i in range(len(bw)) if lo <= bw[i] <= hi]
+    return out + [("a", i) for i in range(len(ba)) if lead[i] == i and lo <= ba[i] <= hi]
+
+
+def _shifted(bw, ba, which: str, i: int, k: int, group) -> tuple:
+    """Copies of (bw, ba) with tensor (which, i) moved by k bits (an input
+    tensor's readers together)."""
+    bw, ba = bw.copy(), ba.copy()
+    if which == "w":
+        bw[i] += k
+    else:
+        ba[group[i]] += k
+    return bw, ba
+
+
+def _budget_descent(pm, tabs, bw, ba, limit: float, lead, group) -> tuple:
+    """Greedy bit removal until the cost fits ``limit``: at each step the
+    bit (one tensor, one bit) with the smallest increase of the prediction
+    per unit of cost saved (ties: the larger saving)."""
+    bw, ba = np.array(bw, int), np.array(ba, int)
+    pm.reset(bw, ba)
+    total = search.total_cost(tabs, bw, ba)
+    while total > limit:
+        _, d_w, _, d_a = pm.moves(bw, ba)
+        best = None
+        for which, i in _tensor_moves((bw, ba), lead, MIN_BITS + 1, MAX_BITS):
+            nw, na = _shifted(bw, ba, which, i, -1, group)
+            saved = total - search.total_cost(tabs, nw, na)
+            if saved <= 0:
+                continue
+            key = ((d_w if which == "w" else d_a)[i] / saved, -saved)
+            if best is None or key < best[0]:
+                best = (key, which, i, nw, na, saved)
+        if best is None:       # pragma: no cover - every tensor at 2 bits fits
+            break
+        _, which, i, bw, ba, saved = best
+        pm.take(which, i, 0.0)
+        total -= saved
+    return bw, ba
+
+
+def _budget_exchange(pm, tabs, bw, ba, limit: float, max_bits: int, lead,
+                     group) -> tuple:
+    """Local search under the budget: the best of one tensor +1 bit alone
+    (spending budget left over), or one tensor +1 bit and another -1 or -2
+    bits, that fits ``limit`` and lowers the prediction; repeated until none
+    does.  Returns (bw, ba, prediction)."""
+    cur = pm.value(bw, ba)
+    while True:
+        best = None
+        for up, i in _tensor_moves((bw, ba), lead, MIN_BITS, max_bits - 1):
+            uw, ua = _shifted(bw, ba, up, i, 1, group)
+            cands = []
+            if search.total_cost(tabs, uw, ua) <= limit:
+                cands.append((pm.value(uw, ua), uw, ua))
+            pm.reset(uw, ua)
+            new_w, _, new_a, _ = pm.moves(uw, ua)
+            for down, j in _tensor_moves((uw, ua), lead, MIN_BITS + 1, MAX_BITS):
+                if (down, j) == (up, i):
+                    continue
+                for k in (1, 2):
+                    if (uw if down == "w" else ua)[j] - k < MIN_BITS:
+                        break
+                    dw, da = _shifted(uw, ua, down, j, -k, group)
+                    if search.total_cost(tabs, dw, da) > limit:
+                        continue
+                    v = (new_w if down == "w" else new_a)[j] if k == 1 \
+                        else pm.value(dw, da)
+                    cands.append((v, dw, da))
+                    break      # -2 only when -1 does not fit
+            for v, cw, ca in cands:
+                if v < cur * (1 - _IMPROVE_RTOL) - 1e-300 and (
+                        best is None or v < best[0]):
+                    best = (v, cw, ca)
+        if best is None:
+            return bw, ba, cur
+        v, bw, ba = best
+        cur = pm.value(bw, ba)          # exact (moves skip far examples)
+
+
+def predicted_budget_plan(gains, budget: float, cost: str = "compute",
+                          max_bits: int = MAX_BITS, *, form=None, model=None):
+    """The plan with the lowest *predicted* mismatch whose cost fits a budget.
+
+    The dual of ``cost_aware_plan(..., criterion="predicted")``: minimizes
+    :func:`tfprec.planning.predict.predicted_mismatch` (probability; an
+    estimate, not a bound) subject to the plan's cost <= ``budget``, bits
+    in 2..``max_bits`` per tensor, with no evaluation of the model:
+
+    1. greedy descent from every tensor at ``max_bits``: remove, one at a
+       time, the bit (one tensor, one bit; an input tensor several layers
+       read is one quantizer and its readers move together) with the
+       smallest increase of the prediction per unit of cost saved, until
+       the plan fits;
+    2. local search from that plan and from the uniform plan that fits with
+       the lowest prediction: the best exchange (one tensor +1 bit alone,
+       or +1 bit on one tensor and -1 or -2 bits on another) that still
+       fits and lowers the prediction, repeated until none does.
+
+    The lower of the two results is returned, so the plan is never
+    predicted worse than any uniform plan that fits.  The prediction is
+    the search model :class:`tfprec.planning.predict.PredictedMismatch`
+    (updated incrementally; a weight move is a table lookup).
+
+    Args:
+      gains: :class:`tfprec.NoiseGains` from ``noise_gains(...,
+        per_class=True)``.
+      budget: cost limit, full adders per example ("compute") or bits
+        ("memory").
+      cost: the cost kind of ``budget`` (METHOD.md section 4).
+      max_bits: no tensor above this many bits (2..16).
+      form, model: the prediction's form and model (None: the predictor's
+        defaults, ``predict.DEFAULT_FORM`` / ``predict.DEFAULT_MODEL``).
+
+    Returns:
+      A :class:`tfprec.PrecisionPlan`, method
+      ``"cost_aware_predicted_budget:<cost>"``; ``info["budget"]`` is the
+      budget, ``info["predicted_mismatch"]`` the plan's prediction
+      (probability), ``info["prediction_form"]`` / ``["prediction_model"]``
+      the prediction used, ``info["cost_budget"]`` {"budget", "cost",
+      "bound_target": None}.
+
+    Raises:
+      UnattainableTargetError: even every tensor at 2 bits costs more than
+        the budget.
+      PlanError: gains without per-class data, bad budget, cost kind,
+        max_bits, form or model.
+    """
+    rules_lib.check_gains(gains)
+    cost = cost_kind(cost)
+    budget = _budget(budget, cost)
+    max_bits = check_bits("max_bits", max_bits)
+    form = predict._check_form(predict.DEFAULT_FORM if form is None else form)
+    model = predict._check_model(predict.DEFAULT_MODEL if model is None else model)
+    pm = predict._model(gains, form, model)
+    n = len(gains.layers)
+    lead = rules_lib._leads(gains)
+    group = search.members(lead)
+    tabs = cost_lib.cost_tables(gains.layers, cost)
+    limit = budget * (1 + 1e-12)
+    low = np.full(n, MIN_BITS)
+    min_cost = search.total_cost(tabs, low, low)
+    if min_cost > limit:
+        unit = cost_unit(cost)
+        raise UnattainableTargetError(
+            f"budget {budget:.6g} {unit} is below the cheapest plan "
+            f"({min_cost:.6g} {unit}: every tensor at {MIN_BITS} bits).")
+    top = np.full(n, max_bits)
+    starts = [_budget_descent(pm, tabs, top, top, limit, lead, group)]
+    fit = [b for b in range(MIN_BITS, max_bits + 1)
+           if search.total_cost(tabs, np.full(n, b), np.full(n, b)) <= limit]
+    uni = min(fit, key=lambda b: (pm.value(np.full(n, b), np.full(n, b)), -b))
+    starts.append((np.full(n, uni), np.full(n, uni)))
+    results = [_budget_exchange(pm, tabs, bw, ba, limit, max_bits, lead, group)
+               for bw, ba in starts]
+    bw, ba, value = min(results, key=lambda r: r[2])
+    plan = rules_lib.plan_from_gains(
+        gains, bw, ba, f"{PREDICTED_BUDGET_METHOD}:{cost}", None,
+        {"budget": budget, "predicted_mismatch": float(value),
+         "prediction_form": form, "prediction_model": model,
+         "cost_budget": {"budget": budget, "cost": cost, "bound_target": None}})
+    if plan.cost().total(cost) > limit:  # pragma: no cover - tables are plan totals
+        raise PlanError(f"internal: the plan costs {plan.cost().total(cost):.6g} "
+                        f"{cost_unit(cost)}, over the budget {budget:.6g}")
+    return plan
 
 
 # ================================================================ measured
