@@ -66,6 +66,7 @@ def mnist_result():
                          eval_examples=500, log=quiet)
 
 
+@pytest.mark.slow
 def test_mnist_rows(mnist_result):
     res = mnist_result
     assert [r.method for r in res.rows] == list(common.PAPER_METHODS)
@@ -92,6 +93,7 @@ def test_mnist_rows(mnist_result):
     assert "~B=" in pred.level_str
 
 
+@pytest.mark.slow
 def test_mnist_report_split_is_disjoint(mnist_result):
     """Every row's report numbers are those of a direct validation on test
     images 501-1000, not on the 500 the level was chosen on."""
@@ -105,6 +107,7 @@ def test_mnist_report_split_is_disjoint(mnist_result):
         assert r.quant_accuracy == pytest.approx(v.quant_accuracy)
 
 
+@pytest.mark.slow
 def test_mnist_reference_networks(mnist_result):
     res = mnist_result
     # 16-bit network: every tensor 16 bits, same widths, accuracy measured
@@ -145,6 +148,7 @@ def test_mnist_markdown(mnist_result, tmp_path):
     assert [p.name for p in out.parent.iterdir()] == ["results.md"]
 
 
+@pytest.mark.slow
 def test_equal_accuracy_level_is_the_first_that_meets_the_drop(mnist_result):
     """The uniform level of the equal-accuracy search meets the 0.1 pp drop
     and the level below does not, both measured directly with validate()."""
@@ -171,6 +175,7 @@ def test_equal_accuracy_level_is_the_first_that_meets_the_drop(mnist_result):
 
 
 # ------------------------------------------------------------ matched
+@pytest.mark.slow
 def test_grids_have_one_level_per_bit(mnist_result):
     from tfprec.peers import matched
     from tfprec.planning import cost_aware as ca
@@ -207,6 +212,7 @@ def test_grids_have_one_level_per_bit(mnist_result):
     assert ca.per_example_bound(grid2.plan(5), g) <= grid2.levels[5]
 
 
+@pytest.mark.slow
 def test_predicted_at_budget(mnist_result):
     from tfprec.errors import PlanError, UnattainableTargetError
     from tfprec.peers import matched
@@ -229,6 +235,7 @@ def test_predicted_at_budget(mnist_result):
             matched.predicted_at_budget(g, bad)
 
 
+@pytest.mark.slow
 def test_matched_bad_arguments(mnist_result):
     from tfprec.errors import PlanError
     from tfprec.peers import matched
@@ -356,6 +363,7 @@ class _FakeCalibration:
                                      num_examples=self.n)
 
 
+@pytest.mark.slow
 def test_mobilenet_end_to_end(monkeypatch):
     from tfprec.planning import plan as plan_lib
     from tfprec.planning import cost_aware as cost_aware_lib

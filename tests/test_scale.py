@@ -77,6 +77,7 @@ def test_bad_estimator_arguments():
         tfprec.noise_gains(m, X, class_chunk=0)
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_matches_one_device():
     # Logical devices must be set before TensorFlow starts: own process.
     code = textwrap.dedent("""
