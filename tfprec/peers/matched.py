@@ -45,6 +45,7 @@ for comparison (it leaves budget unused).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from typing import Callable, Optional
 
@@ -174,6 +175,10 @@ def family_grid(gains, family: str, *, cost: str = "compute",
     # x(1 + 1e-9): uniform B meets t_B; targets are probabilities, at most 1
     floor = max(max(vals) * 1e-30, 1e-300)
     vals = [min(1.0, max(v, floor) * (1 + 1e-9)) for v in vals]
+    # levels must not fall as precision drops (the selection bisects them):
+    # an estimated criterion (the prediction on N examples moves in steps of
+    # 1/N and is not monotone in B at high precision) takes its running max
+    vals = list(itertools.accumulate(vals, max))
     levels, labels = [], []
     for k, (b, v) in enumerate(zip(bits, vals)):
         levels.append(v)
