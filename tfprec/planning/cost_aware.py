@@ -32,6 +32,24 @@ def _bits_of(plan) -> tuple:
             np.array([l.act_bits for l in plan.layers]))
 
 
+def _uniform_starts(model, n: int, max_bits: int, target: float, what: str) -> list:
+    """Descent starts under a search model (value(bw, ba), a probability):
+    every tensor at ``max_bits`` and the cheapest uniform plan meeting
+    ``target``; UnattainableTargetError when even ``max_bits`` misses it."""
+    top = np.full(n, max_bits)
+    if model.value(top, top) > target:
+        raise UnattainableTargetError(
+            f"even {max_bits} bits for every tensor gives a {what} "
+            f"of {model.value(top, top):.3g} > target {target:.3g}.")
+    starts = [(top, top)]
+    for b in range(MIN_BITS, max_bits + 1):
+        u = np.full(n, b)
+        if model.value(u, u) <= target:
+            starts.append((u, u))
+            break
+    return starts
+
+
 def _knapsack(tabs, gw, ga, target: float, max_bits: int):
     """Exact cheapest per-layer (B_W, B_A) with bound <= target when no input
     tensor is shared (:func:`tfprec.planning.search.mckp`); None if none.
@@ -222,17 +240,7 @@ def per_example_at_level(gains, target: float, cost: str = "compute",
     n = len(gains.layers)
     lead = _leads(gains)
     tabs = cost_lib.cost_tables(gains.layers, cost, memory_convention)
-    top = np.full(n, max_bits)
-    if bound.value(top, top) > target:
-        raise UnattainableTargetError(
-            f"even {max_bits} bits for every tensor gives a per-example bound "
-            f"of {bound.value(top, top):.3g} > target {target:.3g}.")
-    starts = [(top, top)]
-    for b in range(MIN_BITS, max_bits + 1):    # cheapest uniform start
-        u = np.full(n, b)
-        if bound.value(u, u) <= target:
-            starts.append((u, u))
-            break
+    starts = _uniform_starts(bound, n, max_bits, target, "per-example bound")
     try:
         starts.append(_bits_of(cost_aware_at_level(gains, target, cost, max_bits,
                                                    memory_convention)))
@@ -345,17 +353,7 @@ def predicted_cost_aware_plan(gains, target: float = DEFAULT_TARGET,
     n = len(gains.layers)
     lead = _leads(gains)
     tabs = cost_lib.cost_tables(gains.layers, cost, memory_convention)
-    top = np.full(n, max_bits)
-    if model.value(top, top) > target:
-        raise UnattainableTargetError(
-            f"even {max_bits} bits for every tensor gives a predicted mismatch "
-            f"of {model.value(top, top):.3g} > target {target:.3g}.")
-    starts = [(top, top)]
-    for b in range(MIN_BITS, max_bits + 1):        # cheapest uniform start
-        u = np.full(n, b)
-        if model.value(u, u) <= target:
-            starts.append((u, u))
-            break
+    starts = _uniform_starts(model, n, max_bits, target, "predicted mismatch")
     point = starts[-1]
     for _ in range(2):                             # two tangent-plane steps
         lin = _linearized_start(gains, model, *point, target, cost, max_bits,
