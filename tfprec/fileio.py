@@ -16,6 +16,19 @@ def _umask() -> int:
     return mask
 
 
+def nearest_existing_dir(path: str) -> str:
+    """The nearest existing ancestor of ``path`` (``path`` itself if it
+    exists); the filesystem root at worst.  What must be writable for
+    ``path`` to be created."""
+    anchor = os.path.abspath(path)
+    while not os.path.exists(anchor):
+        parent = os.path.dirname(anchor)
+        if parent == anchor:
+            break
+        anchor = parent
+    return anchor
+
+
 def atomic_write_bytes(path: str, data: bytes) -> None:
     """Writes ``data`` to ``path`` via a temp file in the same directory.
 

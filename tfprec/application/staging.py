@@ -34,7 +34,8 @@ import time
 from typing import Optional
 
 from tfprec.errors import CliError
-from tfprec.fileio import atomic_write_text, atomic_write_with, make_temp_dir
+from tfprec.fileio import (atomic_write_text, atomic_write_with, make_temp_dir,
+                           nearest_existing_dir)
 
 MANIFEST = ".tfprec-run.json"
 TEMP_PREFIX = ".tfprec-tmp-"
@@ -97,12 +98,7 @@ def _anchor(final: str, output_dir: str) -> str:
     status 2) when it, or ``final`` if it exists, is not a writable folder."""
     if os.path.lexists(final) and not os.path.isdir(final):
         raise CliError(f"--output_dir: {output_dir!r} exists and is not a folder", 2)
-    anchor = os.path.dirname(final)
-    while not os.path.isdir(anchor):
-        parent = os.path.dirname(anchor)
-        if parent == anchor:
-            break
-        anchor = parent
+    anchor = nearest_existing_dir(os.path.dirname(final))
     if not os.access(anchor, os.W_OK | os.X_OK):
         raise CliError(f"--output_dir: cannot write into {anchor!r} "
                        f"(needed for {output_dir!r})", 2)

@@ -50,6 +50,19 @@ def _uniform_starts(model, n: int, max_bits: int, target: float, what: str) -> l
     return starts
 
 
+def _cheapest_of(tabs, model, starts, step) -> tuple:
+    """The cheapest (then lowest-valued under ``model``) of ``step(bw, ba)``
+    applied to each start (``step``: a descent or local search of
+    :mod:`tfprec.planning.search`)."""
+    results = []
+    for bw, ba in starts:
+        bw2, ba2 = step(bw, ba)
+        results.append((search.total_cost(tabs, bw2, ba2), model.value(bw2, ba2),
+                        bw2, ba2))
+    results.sort(key=lambda r: (r[0], r[1]))
+    return results[0][2], results[0][3]
+
+
 def _knapsack(tabs, gw, ga, target: float, max_bits: int):
     """Exact cheapest per-layer (B_W, B_A) with bound <= target when no input
     tensor is shared (:func:`tfprec.planning.search.mckp`); None if none.
@@ -167,13 +180,8 @@ def cost_aware_at_level(gains, target: float, cost: str = "compute",
         knap = _knapsack(tabs, gw, ga, target, max_bits)
         if knap is not None:
             cands.append(knap)
-    results = []
-    for bw, ba in cands:
-        bw2, ba2 = search.improve(tabs, bound, bw, ba, target, max_bits, lead)
-        results.append((search.total_cost(tabs, bw2, ba2), bound.value(bw2, ba2),
-                        bw2, ba2))
-    results.sort(key=lambda r: (r[0], r[1]))
-    _, _, bw, ba = results[0]
+    bw, ba = _cheapest_of(tabs, bound, cands, lambda bw, ba: search.improve(
+        tabs, bound, bw, ba, target, max_bits, lead))
     return plan_from_gains(gains, bw, ba, f"cost_aware:{cost}", target)
 
 
@@ -246,13 +254,9 @@ def per_example_at_level(gains, target: float, cost: str = "compute",
                                                    memory_convention)))
     except UnattainableTargetError:
         pass
-    results = []
-    for bw, ba in starts:
-        bw2, ba2 = search.descend(tabs, bound, bw, ba, target, lead)
-        results.append((search.total_cost(tabs, bw2, ba2), bound.value(bw2, ba2),
-                        bw2, ba2))
-    results.sort(key=lambda r: (r[0], r[1]))
-    _, value, bw, ba = results[0]
+    bw, ba = _cheapest_of(tabs, bound, starts, lambda bw, ba: search.descend(
+        tabs, bound, bw, ba, target, lead))
+    value = bound.value(bw, ba)
     return plan_from_gains(gains, bw, ba, f"cost_aware_pe:{cost}", target,
                            {"per_example_bound": value})
 
@@ -362,13 +366,8 @@ def predicted_cost_aware_plan(gains, target: float = DEFAULT_TARGET,
             break
         starts.append(lin)
         point = lin
-    results = []
-    for bw, ba in starts:
-        bw2, ba2 = search.descend(tabs, model, bw, ba, target, lead)
-        results.append((search.total_cost(tabs, bw2, ba2), model.value(bw2, ba2),
-                        bw2, ba2))
-    results.sort(key=lambda r: (r[0], r[1]))
-    _, _, bw, ba = results[0]
+    bw, ba = _cheapest_of(tabs, model, starts, lambda bw, ba: search.descend(
+        tabs, model, bw, ba, target, lead))
     bw, ba = search.improve(tabs, model, bw, ba, target, max_bits, lead)
     value = model.value(bw, ba)
     return plan_from_gains(gains, bw, ba, f"{predict.METHOD}:{cost}", target,

@@ -16,7 +16,7 @@ import os
 from typing import Optional
 
 
-from tfprec import inputs
+from tfprec import fileio, inputs
 from tfprec._tf import keras, tf
 from tfprec.errors import ExportError, InvalidDataError, PlanError
 from tfprec.statistics.graph import parse_model
@@ -174,12 +174,7 @@ def _check_log_dir(log_dir) -> str:
     if not isinstance(log_dir, (str, os.PathLike)) or not os.fspath(log_dir):
         raise ExportError(f"log_dir must be a folder path (str), got {log_dir!r}")
     path = os.fspath(log_dir)
-    anchor = os.path.abspath(path)
-    while not os.path.exists(anchor):
-        parent = os.path.dirname(anchor)
-        if parent == anchor:
-            break
-        anchor = parent
+    anchor = fileio.nearest_existing_dir(path)
     if not os.path.isdir(anchor):
         raise ExportError(f"log_dir {path!r} cannot be created: {anchor!r} is "
                           "not a folder")
