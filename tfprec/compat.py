@@ -68,6 +68,11 @@ def producing_node(tensor):
     return layer.inbound_nodes[node_index]
 
 
+def is_symbolic(value) -> bool:
+    """Whether ``value`` is a symbolic (Keras functional) tensor."""
+    return hasattr(value, "_keras_history")
+
+
 def wrapper_weight_vars(wrapper) -> list:
     """(variable, quantizer) pairs of a TFMOT ``QuantizeWrapperV2``."""
     return [(v, q) for v, q, _ in wrapper._weight_vars]

@@ -222,11 +222,38 @@ def mobilenet_like(num_classes: int = 10, input_shape: tuple = (32, 32, 3),
     return keras.Model(inp, out, name=name)
 
 
+def _application(fn_name: str, **defaults) -> Callable[..., keras.Model]:
+    """Builder of ``keras.applications.<fn_name>`` (tf_keras) with random
+    weights (``weights=None``: nothing is downloaded), a logits output
+    (``classifier_activation=None``), 32x32x3 inputs and 10 classes by
+    default."""
+    def build_app(num_classes: int = 10, input_shape: tuple = (32, 32, 3),
+                  **kw) -> keras.Model:
+        fn = getattr(keras.applications, fn_name)
+        return fn(input_shape=tuple(input_shape), weights=None,
+                  classes=int(num_classes), classifier_activation=None,
+                  **{**defaults, **kw})
+    build_app.__name__ = fn_name
+    build_app.__doc__ = (f"``tf_keras.applications.{fn_name}`` with random weights "
+                         "and a logits output (see :func:`_application`).")
+    return build_app
+
+
+#: keras.applications classifiers tfprec is tested on (issue 10); inputs in
+#: [0, 1] (MobileNetV3's own Rescaling preprocessing is switched off).
+APPLICATIONS = {
+    "mobilenet_v2": _application("MobileNetV2"),
+    "mobilenet_v3_small": _application("MobileNetV3Small", include_preprocessing=False),
+    "resnet50": _application("ResNet50"),
+    "densenet121": _application("DenseNet121"),
+}
+
 BUILDERS: dict[str, Callable[..., keras.Model]] = {
     "mnist_mlp": mnist_mlp,
     "cifar10_vgg": cifar10_vgg,
     "resnet20": resnet20,
     "mobilenet_like": mobilenet_like,
+    **APPLICATIONS,
 }
 
 

@@ -40,16 +40,16 @@ import numpy as np
 
 from tfprec import compat
 from tfprec._tf import keras  # selects Keras 2 before TFMOT is imported
-from tfprec.quantization.configs import (FixedPointQuantizeConfig, InputQuantizeConfig,
-                                         InputQuantizer)
+from tfprec.quantization.configs import (ChannelAffine, FixedPointQuantizeConfig,
+                                         InputQuantizeConfig, InputQuantizer)
 from tfprec.errors import UnsupportedModelError
 from tfprec.quantization.simulate import check_plan_bits, checked_plan  # noqa: F401
 from tfprec.statistics.graph import parse_model
+from tfprec.statistics.layers import NodeCall, weight_attrs
 
 import tensorflow_model_optimization as tfmot  # noqa: E402
 
 L = keras.layers
-_WEIGHT_CLASSES = (L.Dense, L.Conv2D, L.DepthwiseConv2D)
 
 INPUT_SUFFIX = "_input_quant"
 SOFTMAX_SUFFIX = "_softmax"
@@ -91,15 +91,84 @@ def _check_graph_model(model, what: str) -> None:
             "models are not supported).")
 
 
+def _clean_config(layer, use_bias) -> dict:
+    """``layer``'s config for a copy that gets tfprec's weights: no
+    regularizers or constraints (stated for the unfolded weights; custom ones
+    would make the clone unloadable), plain initializers."""
+    with warnings.catch_warnings():
+        # custom / lambda constraints warn when serialized; they are dropped
+        warnings.simplefilter("ignore", UserWarning)
+        cfg = layer.get_config()
+    if "use_bias" in cfg:
+        cfg["use_bias"] = use_bias
+    for key in list(cfg):
+        if key.endswith(("_regularizer", "_constraint")):
+            cfg[key] = None
+        elif key.endswith("_initializer"):
+            cfg[key] = "zeros"
+    return cfg
+
+
+def _set_op_weights(new, op) -> None:
+    """Assigns weight op ``op``'s (folded) kernel and bias to layer ``new``."""
+    vals = [op.attrs["kernel"]] + ([] if op.attrs["bias"] is None else [op.attrs["bias"]])
+    attrs = weight_attrs(new)
+    if len(attrs) != len(vals):
+        raise UnsupportedModelError(
+            f"layer '{op.name}': its copy has {len(attrs)} weight tensors, tfprec "
+            f"analysed {len(vals)}")
+    dt = np.dtype(new.dtype)
+    for a, v in zip(attrs, vals):
+        getattr(new, a).assign(v.astype(dt))
+
+
+def _weight_layer_copy(layer, op, x, split: bool):
+    """A built copy of weight op ``op``'s layer (or its part) with the folded
+    weights: the same class, a ChannelAffine for a standalone
+    BatchNormalization, a DepthwiseConv2D or 1x1 Conv2D for the two parts
+    of a SeparableConv2D."""
+    part = op.attrs.get("part")
+    if op.kind == "affine":
+        new = ChannelAffine(name=op.name, dtype=layer.dtype)
+    elif part == "depthwise":
+        new = L.DepthwiseConv2D(layer.kernel_size, strides=layer.strides,
+                                padding=layer.padding,
+                                depth_multiplier=layer.depth_multiplier,
+                                use_bias=False, name=op.name, dtype=layer.dtype)
+    elif part == "pointwise":
+        new = L.Conv2D(layer.filters, 1, use_bias=op.attrs["bias"] is not None,
+                       activation="linear" if split else layer.activation,
+                       name=op.name, dtype=layer.dtype)
+    else:
+        cfg = _clean_config(layer, op.attrs["bias"] is not None)
+        if split:
+            cfg["activation"] = "linear"
+        try:
+            new = type(layer).from_config(cfg)
+        except Exception as e:  # noqa: BLE001 - reported with the layer's name
+            raise UnsupportedModelError(
+                f"layer '{layer.name}' of class {type(layer).__name__} could not "
+                f"be rebuilt from its get_config() ({e})") from e
+    # built and given the folded weights before any TFMOT wrapper takes its
+    # variables over
+    new.build(x.shape)
+    _set_op_weights(new, op)
+    return new
+
+
 def _rebuild(model, plan=None, split_softmax: bool = True):
     """Functional clone of ``model`` with BatchNormalization folded.
 
     With ``plan``, weight layers and new InputQuantizer layers are wrapped in
     TFMOT ``QuantizeWrapperV2`` with the plan's configs, each in its layer's
-    dtype.
+    dtype.  Weightless layers are copied from their config and called with
+    the arguments of their node (constants such as ``x + 3.0`` included).
     """
     graph = parse_model(model)   # raises UnsupportedModelError
-    wops = {op.name: op for op in graph.weight_ops}
+    by_layer: dict = {}
+    for op in graph.weight_ops:
+        base = op.name[:-len("_depthwise")] if op.attrs.get("part") == "depthwise" else op.name
+        by_layer.setdefault(base, []).append(op)
     folded_bn = {op.attrs["folded_bn"] for op in graph.weight_ops
                  if "folded_bn" in op.attrs}
     taken = {l.name for l in model.layers}
@@ -119,61 +188,46 @@ def _rebuild(model, plan=None, split_softmax: bool = True):
                          name=in_layer.name)
     tmap = {id(in_t): new_in}
     out_t = model.outputs[0]
-    nodes = compat.nodes_in_order(model)
-    for node in nodes:
+    for node in compat.nodes_in_order(model):
         if node.is_input:
             continue
         layer = node.layer
-        ins = [tmap[id(t)] for t in _flat(node.keras_inputs)]
+        call = NodeCall(node, id)
+        ins = [tmap[i] for i in call.input_ids]
         outs = _flat(node.outputs)
         if layer.name in folded_bn:
             tmap[id(outs[0])] = ins[0]
             continue
-        if type(layer) in _WEIGHT_CLASSES:
-            op = wops[layer.name]
-            with warnings.catch_warnings():
-                # custom / lambda constraints warn when serialized; they are
-                # dropped below anyway
-                warnings.simplefilter("ignore", UserWarning)
-                cfg = layer.get_config()
-            cfg["use_bias"] = op.attrs["bias"] is not None
-            for key in list(cfg):
-                # weights are set below; regularizers and constraints were
-                # stated for the unfolded weights (and custom ones would make
-                # the clone unloadable), so none are carried over
-                if key.endswith(("_regularizer", "_constraint")):
-                    cfg[key] = None
-                elif key.endswith("_initializer"):
-                    cfg[key] = "zeros" if key.startswith("bias") else "glorot_uniform"
+        if layer.name in by_layer:
+            x = ins[0]
             split = (split_softmax and _activation_name(layer) == "softmax"
                      and outs[0] is out_t)
+            for op in by_layer[layer.name]:
+                new = _weight_layer_copy(layer, op, x, split)
+                call_new = new
+                if plan is not None:
+                    lp = plan.layer(op.name)
+                    iq = InputQuantizer(target=op.name,
+                                        name=unique(op.name + INPUT_SUFFIX),
+                                        dtype=layer.dtype)
+                    x = _wrap(iq, InputQuantizeConfig(int(lp.act_bits), float(lp.act_range),
+                                                      bool(lp.act_signed)))(x)
+                    call_new = _wrap(new, FixedPointQuantizeConfig(int(lp.weight_bits),
+                                                                   float(lp.weight_range)))
+                x = call_new(x)
             if split:
-                cfg["activation"] = "linear"
-            new = type(layer).from_config(cfg)
-            x = ins[0]
-            # built and given the folded weights before any TFMOT wrapper
-            # takes its variables over
-            new.build(x.shape)
-            dt = np.dtype(layer.dtype)
-            new.set_weights([op.attrs[k].astype(dt) for k in ("kernel", "bias")
-                             if op.attrs[k] is not None])
-            call = new
-            if plan is not None:
-                lp = plan.layer(layer.name)
-                iq = InputQuantizer(target=layer.name,
-                                    name=unique(layer.name + INPUT_SUFFIX),
-                                    dtype=layer.dtype)
-                x = _wrap(iq, InputQuantizeConfig(int(lp.act_bits), float(lp.act_range),
-                                                  bool(lp.act_signed)))(x)
-                call = _wrap(new, FixedPointQuantizeConfig(int(lp.weight_bits),
-                                                           float(lp.weight_range)))
-            y = call(x)
-            if split:
-                y = L.Activation("softmax", name=unique(layer.name + SOFTMAX_SUFFIX),
-                                 dtype=layer.dtype)(y)
+                x = L.Activation("softmax", name=unique(layer.name + SOFTMAX_SUFFIX),
+                                 dtype=layer.dtype)(x)
+            y = x
         else:
-            new = type(layer).from_config(layer.get_config())
-            y = new(ins if isinstance(layer, (L.Add, L.Concatenate)) else ins[0])
+            try:
+                new = type(layer).from_config(layer.get_config())
+            except Exception as e:  # noqa: BLE001 - reported with the layer's name
+                raise UnsupportedModelError(
+                    f"layer '{layer.name}' of class {type(layer).__name__} could "
+                    f"not be copied from its get_config() ({e})") from e
+            args, kwargs = call.args(ins)
+            y = new(*args, **kwargs)
         tmap[id(outs[0])] = y
     return keras.Model(new_in, tmap[id(out_t)], name=model.name)
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from tfprec._tf import keras, tf  # noqa: F401  (selects Keras 2 before TFMOT)
 from tfprec.errors import UnsupportedModelError
+from tfprec.statistics.layers import weight_attrs
 from tfprec.quantization.quantizers import (ConfigValue, FixedPointQuantizer,
                                           _check_format)
 
@@ -36,12 +37,17 @@ _QuantizeConfig = tfmot.quantization.keras.QuantizeConfig
 
 
 def _weight_attrs(layer) -> list:
-    """Names of the layer attributes holding its kernel and (if any) bias."""
-    kernel = "depthwise_kernel" if hasattr(layer, "depthwise_kernel") else "kernel"
-    attrs = [kernel]
-    if getattr(layer, "use_bias", False) and getattr(layer, "bias", None) is not None:
-        attrs.append("bias")
-    return attrs
+    """Names of the layer attributes holding its quantized weights (kernel
+    and bias, or the layer's one or two trainable weights).
+
+    Found once, while the attributes still hold the variables (the wrapper
+    then puts quantized tensors in them), and remembered on the layer.
+    """
+    names = getattr(layer, "_tfprec_weight_attrs", None)
+    if names is None:
+        names = weight_attrs(layer)
+        object.__setattr__(layer, "_tfprec_weight_attrs", names)
+    return names
 
 
 class FixedPointQuantizeConfig(ConfigValue, _QuantizeConfig):
@@ -158,7 +164,33 @@ class InputQuantizer(keras.layers.Layer):
         return {**super().get_config(), "target": self.target}
 
 
+@keras.utils.register_keras_serializable(package="tfprec")
+class ChannelAffine(keras.layers.Layer):
+    """y = x * kernel + bias over the last (channel) axis.
+
+    :func:`tfprec.quantization.apply.quantize_model` puts one in place of
+    every BatchNormalization that follows no weight layer, with kernel =
+    gamma / sqrt(moving_var + eps) and bias = beta - moving_mean * kernel
+    (the inference map of the BN), so that the plan's weight format
+    quantizes exactly the scale and offset that tfprec analysed.
+    """
+
+    def build(self, input_shape):
+        n = int(input_shape[-1])
+        self.kernel = self.add_weight("kernel", (n,), initializer="ones")
+        self.bias = self.add_weight("bias", (n,), initializer="zeros")
+        super().build(input_shape)
+
+    def call(self, inputs):
+        return inputs * self.kernel + self.bias
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
 CUSTOM_OBJECTS = {
+    "ChannelAffine": ChannelAffine,
+    "tfprec>ChannelAffine": ChannelAffine,
     "FixedPointQuantizer": FixedPointQuantizer,
     "FixedPointQuantizeConfig": FixedPointQuantizeConfig,
     "InputQuantizeConfig": InputQuantizeConfig,

@@ -27,6 +27,8 @@ from tfprec import inputs as inputs_lib
 from tfprec.errors import PlanError
 from tfprec.fixedpoint import check_bits
 from tfprec.planning import plan as plan_lib
+from tfprec._tf import tf
+from tfprec.statistics import generic, registry  # noqa: F401  (generic registers its kinds)
 from tfprec.statistics.graph import WEIGHT_KINDS, parse_model
 
 
@@ -176,8 +178,13 @@ def _run(graph, plan, x: np.ndarray, record: Optional[dict] = None) -> np.ndarra
                 y = y if bias is None else y + bias
             elif k == "conv2d":
                 y = _conv2d(inp, kernel, bias, a["strides"], a["padding"])
-            else:
+            elif k == "depthwise":
                 y = _depthwise(inp, kernel, bias, a["strides"], a["padding"])
+            else:   # generic / affine weight ops: their TF forward, in float64
+                const = lambda t: None if t is None else tf.constant(t, tf.float64)
+                y = registry.lookup(k).forward(
+                    dict(a, kernel_t=const(kernel), bias_t=const(bias)),
+                    tf.constant(inp, tf.float64)).numpy()
         elif k == "act":
             y = ins[0]
             if a["fn"] != "linear":
@@ -200,6 +207,8 @@ def _run(graph, plan, x: np.ndarray, record: Optional[dict] = None) -> np.ndarra
                 y = y + t
         elif k == "concat":
             y = np.concatenate(ins, axis=a["axis"])
+        elif k == "layer":      # any weightless layer, run by TF in float64
+            y = np.asarray(a["call"]([tf.constant(v) for v in ins], tf.float64))
         else:  # pragma: no cover - parse_model emits only the kinds above
             raise AssertionError(f"op kind {k!r}")
         vals[op.output] = y

@@ -259,37 +259,18 @@ class GainsPass:
 
     # -------------------------------------------------------- distributed
     def distributed(self, strategy):
-        """A step that splits each batch over ``strategy``'s replicas and
-        reduces the results (sums, concatenated per-example rows, max/min)."""
-        n_rep = strategy.num_replicas_in_sync
-        reduce_ops = {"sw": "SUM", "sa": "SUM", "sh": "SUM", "ties": "SUM",
-                      "pw": "CONCAT", "pa": "CONCAT", "amax": "MAX", "amin": "MIN"}
-        if self.per_class:          # per-class rows, examples first
-            reduce_ops.update(cw="CONCAT0", ca="CONCAT0", cm="CONCAT0", ci="CONCAT0")
-        run = self.dist_steps.get(id(strategy))
-        if run is None:
-            run = self.dist_steps[id(strategy)] = tf.function(
-                lambda x, seed: strategy.run(self._step, args=(x, seed)),
-                reduce_retracing=True)
-
-        def step(b, seed):
-            parts = np.array_split(b, n_rep)
-            dist = strategy.experimental_distribute_values_from_function(
-                lambda ctx: tf.constant(parts[ctx.replica_id_in_sync_group]))
-            seeds = strategy.experimental_distribute_values_from_function(
-                lambda ctx: tf.constant(seed + np.array(
-                    [0, 1_000_003 * ctx.replica_id_in_sync_group], np.int32)))
-            out = run(dist, seeds)
-            res = {}
-            for k, op in reduce_ops.items():
-                vals = [np.asarray(v) for v in strategy.experimental_local_results(out[k])]
-                if op.startswith("CONCAT"):    # per-example [L, B_r] / [B_r, ...]
-                    res[k] = np.concatenate(vals, axis=0 if op == "CONCAT0" else 1)
-                    continue
-                red = {"SUM": np.sum, "MAX": np.max, "MIN": np.min}[op]
-                res[k] = red(np.stack(vals), axis=0)
-            return res
-        return step
+        """A numpy step (batch, seed) -> results like :attr:`step`'s, that
+        splits each batch over ``strategy``'s replicas (all workers' under
+        ``MultiWorkerMirroredStrategy``) and all-gathers the results: sums
+        and ties added, amax / amin global, per-example rows in example
+        order.  Built by :func:`tfprec.statistics.distributed.make_step`
+        (design and multi-worker contract there); one per strategy."""
+        from tfprec.statistics import distributed as dist_lib
+        held = self.dist_steps.get(id(strategy))
+        if held is None or held[0] is not strategy:   # ids of dead objects recur
+            held = self.dist_steps[id(strategy)] = (strategy, dist_lib.make_step(
+                strategy, self._step, self.step.input_signature[0], self.per_class))
+        return held[1]
 
 
 class ShiftPass:

@@ -25,7 +25,7 @@ import weakref
 from typing import Callable, Optional, Sequence
 
 from tfprec._tf import tf
-from tfprec.statistics import registry
+from tfprec.statistics import generic, registry
 from tfprec.statistics.graph import WEIGHT_KINDS, Graph
 
 
@@ -205,6 +205,8 @@ class Executor:
             return [(op.inputs[0], g)]
         if k == "add":
             return [(i, g) for i in op.inputs]
+        if k == "layer":
+            return generic.generic_backward(op, vals, g, c, self.dtype, self.needs_grad)
         if k == "concat":
             sizes = [self.g.shapes[i][a["axis"] - 1] for i in op.inputs]
             return list(zip(op.inputs, tf.split(g, sizes, axis=a["axis"])))

@@ -371,8 +371,16 @@ def noise_gains(model, x: DataLike, batch_size: int = 128,
       seed: seed of the random projections (the result is deterministic).
       class_chunk: cotangent rows per stacked backward pass (memory grows
         with class_chunk * batch_size); default min(rows, 32).
-      strategy: a ``tf.distribute.Strategy``; each batch is split over its
-        replicas and the sums are reduced across them.
+      strategy: a ``tf.distribute.Strategy`` (MirroredStrategy,
+        OneDeviceStrategy, MultiWorkerMirroredStrategy; not
+        ParameterServerStrategy); each batch is split into contiguous
+        shards over its replicas and the results are all-gathered (sums and
+        ties added, activation ranges global, per-example rows in example
+        order), so the result equals the one-process pass up to float
+        rounding.  Under MultiWorkerMirroredStrategy every worker must call
+        ``noise_gains`` with the same full ``x`` and the same arguments; each
+        computes only its replicas' shards and every worker returns the
+        full :class:`NoiseGains` (:mod:`tfprec.statistics.distributed`).
       per_example: also keep every example's margin-weighted squared norms
         (2 floats per weight layer and example), which the per-example
         bound (:func:`tfprec.planning.plan.per_example_bound`) needs.  Memory then
@@ -390,7 +398,8 @@ def noise_gains(model, x: DataLike, batch_size: int = 128,
         dominant cost of ``per_class=True`` (2000 examples on 2 busy CPU
         cores: MNIST MLP about 4 s; ResNet-20, 22 weight layers, about
         11 min).  Not distributed: with ``strategy``, the shift
-        tables run on the default device.  Memory: 16 K L + 12 K + 60 K L
+        tables run on the default device (of every worker, on the whole
+        batch).  Memory: 16 K L + 12 K + 60 K L
         bytes per example (constant per example).
 
     Returns:

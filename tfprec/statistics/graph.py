@@ -17,17 +17,20 @@ import numpy as np
 from tfprec import compat
 from tfprec._tf import keras
 from tfprec.errors import UnsupportedModelError
+from tfprec.statistics import layers as layer_calls
 
 L = keras.layers
 
-WEIGHT_KINDS = ("dense", "conv2d", "depthwise")
+WEIGHT_KINDS = ("dense", "conv2d", "depthwise", "generic", "affine")
+#: Weight kinds with a fast registered rule of their own (the rest of
+#: WEIGHT_KINDS: ``generic`` runs the layer itself, ``affine`` is a
+#: BatchNormalization that follows no weight layer).
+REGISTERED_KINDS = ("dense", "conv2d", "depthwise")
 
 SUPPORTED_LAYERS = (
-    "InputLayer, Dense, Conv2D, DepthwiseConv2D, BatchNormalization (directly "
-    "after a Dense/Conv2D/DepthwiseConv2D with linear activation), Activation "
-    "and ReLU (relu, relu6, ReLU(max_value) clipping, linear), MaxPooling2D, "
-    "AveragePooling2D, GlobalAveragePooling2D, Flatten, Reshape, Dropout, Add, "
-    "Concatenate, and a final softmax"
+    "any layer of a Sequential or functional tf_keras model with one input "
+    "and one class-score output, each weight layer called once, with at most "
+    "two trainable weight tensors per layer (SeparableConv2D: two ops)"
 )
 
 
@@ -118,38 +121,148 @@ def _pair(v):
     return tuple(int(x) for x in v)
 
 
-def _check_channels_last(layer):
-    fmt = getattr(layer, "data_format", "channels_last")
-    if fmt not in (None, "channels_last"):
-        raise _unsupported(layer, f"data_format={fmt!r} (only channels_last)")
+def _channels_last(layer) -> bool:
+    return getattr(layer, "data_format", "channels_last") in (None, "channels_last")
 
 
-def _weight_op(layer, inp: str, out: str) -> Op:
+def _is_weight_layer(layer) -> bool:
+    """A BatchNormalization, or a layer with weights that train (frozen layers,
+    ``trainable=False``, count too: their weights are quantized the same)."""
+    return isinstance(layer, L.BatchNormalization) or any(
+        getattr(w, "trainable", False) for w in layer.weights)
+
+
+def _trainable_arrays(layer) -> tuple:
+    """(attribute names, float64 arrays) of ``layer``'s weights to quantize."""
+    ws = [w for w in layer.weights if getattr(w, "trainable", False)]
+    if not 1 <= len(ws) <= 2:
+        raise _unsupported(layer, f"{len(ws)} weight tensors (tfprec quantizes "
+                           "one or two per layer: a kernel and a bias); split "
+                           "the layer or flatten a nested model")
+    names = []
+    for w in ws:
+        hit = next((k for k, v in vars(layer).items() if v is w), None)
+        if hit is None:
+            raise _unsupported(layer, f"its weight '{w.name}' is not held in an "
+                               "attribute, so quantized values cannot be "
+                               "substituted for it")
+        names.append(hit)
+    return names, [np.asarray(w.numpy(), np.float64) for w in ws]
+
+
+#: False makes every weight layer take the generic path (benchmarks and tests
+#: compare it with the registered rules; see :func:`registered_rules`).
+_USE_REGISTERED = [True]
+
+
+class registered_rules:
+    """Context manager: ``with registered_rules(False): parse_model(m)`` parses
+    every weight layer as a ``generic`` op (same gains, slower pass)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = bool(enabled)
+
+    def __enter__(self):
+        self.saved = _USE_REGISTERED[0]
+        _USE_REGISTERED[0] = self.enabled
+        return self
+
+    def __exit__(self, *exc):
+        _USE_REGISTERED[0] = self.saved
+        return False
+
+
+def _registered_kind(layer, in_shape) -> Optional[str]:
     cls = type(layer)
-    _check_channels_last(layer)
-    weights = [np.asarray(w, dtype=np.float64) for w in layer.get_weights()]
-    use_bias = bool(getattr(layer, "use_bias", False))
-    kernel = weights[0]
-    bias = weights[1] if use_bias else None
+    if not _USE_REGISTERED[0]:
+        return None
+    if cls is L.Dense:
+        return "dense" if len(in_shape) == 1 else None
+    if cls not in (L.Conv2D, L.DepthwiseConv2D) or not _channels_last(layer):
+        return None
+    if tuple(layer.dilation_rate) != (1, 1) or layer.padding.upper() not in ("VALID", "SAME"):
+        return None
+    if cls is L.Conv2D:
+        return "conv2d" if getattr(layer, "groups", 1) == 1 else None
+    return "depthwise"
+
+
+def _weight_ops(layer, inp: str, out: str, shapes: dict) -> list:
+    """The weight op(s) of one weight layer call: registered, generic, or
+    for SeparableConv2D a depthwise and a pointwise op."""
+    cls = type(layer)
+    in_shape = shapes[inp]
+    if (cls is L.SeparableConv2D and _channels_last(layer)
+            and tuple(layer.dilation_rate) == (1, 1)):
+        dw_k = np.asarray(layer.depthwise_kernel.numpy(), np.float64)
+        pw_k = np.asarray(layer.pointwise_kernel.numpy(), np.float64)
+        bias = (np.asarray(layer.bias.numpy(), np.float64) if layer.use_bias else None)
+        _check_finite_weights(layer, kernel=dw_k)
+        _check_finite_weights(layer, kernel=pw_k, bias=bias)
+        mid = out + "/depthwise"
+        shapes[mid] = tuple(shapes[out][:-1]) + (int(dw_k.shape[2] * dw_k.shape[3]),)
+        pad = layer.padding.upper()
+        dw = Op(layer.name + "_depthwise", "depthwise", [inp], mid,
+                {"kernel": dw_k, "bias": None, "strides": _pair(layer.strides),
+                 "padding": pad, "ksize": tuple(dw_k.shape[:2]), "part": "depthwise"},
+                cls.__name__)
+        pw = Op(layer.name, "conv2d", [mid], out,
+                {"kernel": pw_k, "bias": bias, "strides": (1, 1), "padding": "VALID",
+                 "ksize": (1, 1), "part": "pointwise"}, cls.__name__)
+        return [dw, pw]
+    names, arrays = _trainable_arrays(layer)
+    kernel = arrays[0]
+    bias = arrays[1] if len(arrays) == 2 else None
     _check_finite_weights(layer, kernel=kernel, bias=bias)
     attrs: dict[str, Any] = {"kernel": kernel, "bias": bias}
-    if cls is L.Dense:
-        kind = "dense"
-    else:
-        if tuple(layer.dilation_rate) != (1, 1):
-            raise _unsupported(layer, f"dilation_rate={layer.dilation_rate}")
-        pad = layer.padding.upper()
-        if pad not in ("VALID", "SAME"):
-            raise _unsupported(layer, f"padding={layer.padding!r}")
-        attrs.update(strides=_pair(layer.strides), padding=pad,
-                     ksize=tuple(kernel.shape[:2]))
-        if cls is L.Conv2D:
-            if getattr(layer, "groups", 1) != 1:
-                raise _unsupported(layer, f"groups={layer.groups}")
-            kind = "conv2d"
-        else:
-            kind = "depthwise"
-    return Op(layer.name, kind, [inp], out, attrs, cls.__name__)
+    kind = _registered_kind(layer, in_shape)
+    if kind is not None:
+        if kind != "dense":
+            attrs.update(strides=_pair(layer.strides), padding=layer.padding.upper(),
+                         ksize=tuple(kernel.shape[:2]))
+        return [Op(layer.name, kind, [inp], out, attrs, cls.__name__)]
+    overrides = {}
+    if getattr(layer, "activation", None) is not None:
+        overrides["activation"] = "linear"
+    attrs.update(layer=layer, input_shape=(None, *in_shape), overrides=overrides,
+                 weight_attrs=names,
+                 macs=layer_calls.macs_of(layer, kernel, in_shape, shapes[out]),
+                 fold=("depthwise" if isinstance(layer, L.DepthwiseConv2D) and _channels_last(layer)
+                       else "last" if isinstance(layer, (L.Dense, L.Conv1D, L.Conv2D))
+                       and not isinstance(layer, (L.Conv2DTranspose, L.SeparableConv2D))
+                       and _channels_last(layer) else None))
+    return [Op(layer.name, "generic", [inp], out, attrs, cls.__name__)]
+
+
+def _act_op(layer, name: str, inp: str, out: str, act: str, fn, final: bool,
+            node=None, call=None, shapes=None) -> Op:
+    """The op of an activation (fused in a weight layer, or an Activation
+    layer): relu / clipping ``act`` ops, a final softmax, else a generic
+    ``layer`` op calling the activation function."""
+    cls = type(layer).__name__
+    attrs = _act_attrs(act, layer)
+    if attrs is not None:
+        return Op(name, "act", [inp], out, attrs, cls)
+    if act == "softmax" and final:
+        return Op(name, "softmax", [inp], out, {}, cls)
+    return Op(name, "layer", [inp], out,
+              {"call": layer_calls.ActivationCall(fn),
+               "bounds": layer_calls.ACT_BOUNDS.get(act, (None, None))}, cls)
+
+
+def _layer_op(layer, node, call, shapes: dict) -> Op:
+    """A generic ``layer`` op: the weightless layer runs as itself."""
+    if isinstance(layer, L.Concatenate) and layer.axis == 0:
+        raise _unsupported(layer, "concatenation along the batch axis")
+    out = _tid(_flat(node.outputs)[0])
+    in_shapes = [(None, *shapes[i]) for i in call.input_ids]
+    bounds = (None, None)
+    if isinstance(layer, L.Activation):
+        bounds = layer_calls.ACT_BOUNDS.get(_activation_name(layer.activation),
+                                            (None, None))
+    return Op(layer.name, "layer", list(call.input_ids), out,
+              {"call": layer_calls.LayerCall(layer, call, in_shapes),
+               "bounds": bounds}, type(layer).__name__)
 
 
 def _check_finite_weights(layer, **weights) -> None:
@@ -188,23 +301,23 @@ def _fold_bn(op: Op, bn) -> None:
         axis = axis[0]
     if axis % rank != rank - 1:
         raise _unsupported(bn, f"axis={bn.axis} (only the channel axis)")
-    cfg = {w.name.split("/")[-1].split(":")[0]: np.asarray(w, np.float64)
-           for w in bn.weights}
-    n = bn.input_shape[-1]
-    gamma = cfg.get("gamma", np.ones(n))
-    beta = cfg.get("beta", np.zeros(n))
-    mean = cfg["moving_mean"]
-    var = cfg["moving_variance"]
-    scale = gamma / np.sqrt(var + bn.epsilon)
+    scale, offset = layer_calls.bn_affine(bn)
     k = op.attrs["kernel"]
-    if op.kind == "depthwise":  # kernel [kh, kw, cin, m]; out channel c*m+j
+    if op.kind == "depthwise" or op.attrs.get("fold") == "depthwise":
+        # kernel [kh, kw, cin, m]; out channel c*m+j
         kh, kw, cin, m = k.shape
         k = k * scale.reshape(cin, m)[None, None]
     else:
         k = k * scale
-    b = op.attrs["bias"] if op.attrs["bias"] is not None else np.zeros(n)
+    if op.attrs["bias"] is None:
+        b = np.zeros(scale.shape)
+        if op.kind == "generic":        # the private copy gets a bias too
+            op.attrs["overrides"] = dict(op.attrs["overrides"], use_bias=True)
+            op.attrs["weight_attrs"] = [op.attrs["weight_attrs"][0], "bias"]
+    else:
+        b = op.attrs["bias"]
     op.attrs["kernel"] = k
-    op.attrs["bias"] = (b - mean) * scale + beta
+    op.attrs["bias"] = b * scale + offset
     _check_finite_weights(bn, **{"folded kernel and bias (moving statistics "
                                  "and scale)": np.append(k, op.attrs["bias"])})
     op.attrs["folded_bn"] = bn.name
@@ -244,82 +357,74 @@ def parse_model(model) -> Graph:
         if node.is_input:
             continue
         layer = node.layer
-        ins = [_tid(t) for t in node.keras_inputs]
+        cls = type(layer)
+        name = layer.name
+        call = layer_calls.NodeCall(node, _tid)
+        ins = call.input_ids
         outs = [_tid(t) for t in _flat(node.outputs)]
+        if len(outs) != 1:
+            raise _unsupported(layer, f"a layer with {len(outs)} outputs")
         for i in ins:
             consumers[i] = consumers.get(i, 0) + 1
         out = outs[0]
         shapes[out] = tuple(_flat(node.outputs)[0].shape[1:])
-        cls = type(layer)
-        name = layer.name
-        if cls in (L.Dense, L.Conv2D, L.DepthwiseConv2D):
+        final = out == output_id
+        if _is_weight_layer(layer):
             if name in seen_weight_layers:
-                raise _unsupported(layer, "a weight layer called more than once")
+                raise _unsupported(layer, "a weight layer called more than once "
+                                   "(shared weights would need one format for "
+                                   "several tensors); call a copy of the layer "
+                                   "for each use")
             seen_weight_layers.add(name)
-            if cls is L.Dense and len(shapes[ins[0]]) != 1:
-                raise _unsupported(layer, "Dense on an input of rank > 2")
-            act = _activation_name(layer.activation)
-            wop = _weight_op(layer, ins[0], out + "/pre" if act != "linear" else out)
-            ops.append(wop)
+            if isinstance(layer, L.Embedding):
+                raise _unsupported(layer, "an Embedding reads integer token ids, "
+                                   "which have no fixed-point format; not "
+                                   "supported yet (analyse the model from the "
+                                   "embedding output on)")
+            if cls is L.BatchNormalization:
+                ops.append(Op(name, "bn", ins[:1], out, {"layer": layer}, cls.__name__))
+                continue
+            act = _activation_name(getattr(layer, "activation", None))
+            pre = out + "/pre" if act != "linear" else out
+            shapes[pre] = shapes[out]
+            ops.extend(_weight_ops(layer, ins[0], pre, shapes))
             if act != "linear":
-                shapes[out + "/pre"] = shapes[out]
-                attrs = _act_attrs(act, layer)
-                if attrs is None:
-                    if act == "softmax" and node is nodes[-1] and out == output_id:
-                        ops.append(Op(name + "/act", "softmax", [out + "/pre"], out,
-                                      {}, cls.__name__))
-                        continue
-                    raise _unsupported(layer, f"activation {act!r}")
-                ops.append(Op(name + "/act", "act", [out + "/pre"], out, attrs,
-                              cls.__name__))
-        elif cls is L.BatchNormalization:
-            ops.append(Op(name, "bn", ins, out, {"layer": layer}, cls.__name__))
+                ops.append(_act_op(layer, name + "/act", pre, out, act,
+                                   layer.activation, final))
         elif cls is L.Activation:
-            act = _activation_name(layer.activation)
-            attrs = _act_attrs(act, layer)
-            if attrs is None:
-                if act == "softmax":
-                    ops.append(Op(name, "softmax", ins, out, {}, cls.__name__))
-                    continue
-                raise _unsupported(layer, f"activation {act!r}")
-            ops.append(Op(name, "act", ins, out, attrs, cls.__name__))
-        elif cls is L.Softmax:
+            ops.append(_act_op(layer, name, ins[0], out,
+                               _activation_name(layer.activation), layer.activation,
+                               final, node, call, shapes))
+        elif cls is L.Softmax and final:
             _check_softmax_axis(layer, len(shapes[ins[0]]) + 1)
             ops.append(Op(name, "softmax", ins, out, {}, cls.__name__))
-        elif cls is L.ReLU:
-            if float(layer.negative_slope) != 0.0 or float(layer.threshold) != 0.0:
-                raise _unsupported(layer, "ReLU with negative_slope or threshold")
+        elif (cls is L.ReLU and float(layer.negative_slope) == 0.0
+              and float(layer.threshold) == 0.0):
             high = None if layer.max_value is None else float(layer.max_value)
             ops.append(Op(name, "act", ins, out,
                           {"fn": "relu", "low": 0.0, "high": high}, cls.__name__))
-        elif cls in (L.MaxPooling2D, L.AveragePooling2D):
-            _check_channels_last(layer)
+        elif cls in (L.MaxPooling2D, L.AveragePooling2D) and _channels_last(layer):
             pad = layer.padding.upper()
             ops.append(Op(name, "maxpool" if cls is L.MaxPooling2D else "avgpool",
                           ins, out, {"ksize": _pair(layer.pool_size),
                                      "strides": _pair(layer.strides),
                                      "padding": pad}, cls.__name__))
-        elif cls is L.GlobalAveragePooling2D:
-            _check_channels_last(layer)
+        elif cls is L.GlobalAveragePooling2D and _channels_last(layer):
             ops.append(Op(name, "gap", ins, out,
                           {"keepdims": bool(getattr(layer, "keepdims", False))},
                           cls.__name__))
-        elif cls in (L.Flatten, L.Reshape):
+        elif cls in (L.Flatten, L.Reshape) and len(ins) == 1:
             ops.append(Op(name, "reshape", ins, out, {}, cls.__name__))
-        elif cls is L.Dropout:
+        elif cls is L.Dropout and len(ins) == 1:
             ops.append(Op(name, "identity", ins, out, {}, cls.__name__))
-        elif cls is L.Add:
-            if len({shapes[i] for i in ins}) != 1:
-                raise _unsupported(layer, "Add of differently shaped inputs")
+        elif cls is L.Add and len({shapes[i] for i in ins}) == 1:
             ops.append(Op(name, "add", ins, out, {}, cls.__name__))
-        elif cls is L.Concatenate:
-            rank = len(shapes[ins[0]]) + 1
-            axis = layer.axis % rank
-            if axis == 0:
-                raise _unsupported(layer, "concatenation along the batch axis")
-            ops.append(Op(name, "concat", ins, out, {"axis": axis}, cls.__name__))
+        elif cls is L.Concatenate and (layer.axis % (len(shapes[ins[0]]) + 1)) != 0:
+            ops.append(Op(name, "concat", ins, out,
+                          {"axis": layer.axis % (len(shapes[ins[0]]) + 1)},
+                          cls.__name__))
         else:
-            raise _unsupported(layer)
+            ops.append(_layer_op(layer, node, call, shapes))
 
     ops, dropped = _fold_and_strip(ops, consumers, output_id)
     output_id = ops[-1].output if ops else input_id
@@ -331,7 +436,10 @@ def parse_model(model) -> Graph:
     if len(out_shape) != 1 or out_shape[0] is None or out_shape[0] < 2:
         raise UnsupportedModelError(
             f"model '{model.name}' must output a vector of M >= 2 class "
-            f"scores per example; its output shape is {out_shape}.")
+            f"scores per example; its output shape is {out_shape}"
+            + (" (a one-unit binary sigmoid head is not supported yet: give the "
+               "model a Dense(2) logits head)" if tuple(out_shape) == (1,) else "")
+            + ".")
     bounds = _propagate_bounds(ops)
     return Graph(ops, input_id, output_id, shapes, bounds, int(out_shape[0]),
                  dropped_softmax=dropped)
@@ -357,15 +465,13 @@ def _fold_and_strip(ops: list, consumers: dict, output_id: str):
         if op.kind == "bn":
             bn = op.attrs["layer"]
             src = by_output.get(op.inputs[0])
-            if (src is None or src.kind not in WEIGHT_KINDS
-                    or consumers.get(op.inputs[0], 0) != 1
-                    or "folded_bn" in src.attrs):
-                raise _unsupported(
-                    bn, "BatchNormalization is folded only when it directly "
-                    "follows a Dense/Conv2D/DepthwiseConv2D with linear "
-                    "activation whose output it alone consumes")
-            _fold_bn(src, bn)
-            rename[op.output] = src.output
+            if (src is not None and _foldable(src)
+                    and consumers.get(op.inputs[0], 0) == 1
+                    and "folded_bn" not in src.attrs):
+                _fold_bn(src, bn)
+                rename[op.output] = src.output
+                continue
+            result.append(_affine_op(op, bn))
             continue
         if op.kind == "softmax":
             if op.output != output_id:
@@ -378,6 +484,30 @@ def _fold_and_strip(ops: list, consumers: dict, output_id: str):
     return result, dropped
 
 
+def _foldable(op: Op) -> bool:
+    """A weight op whose output channels are its kernel's last axis (or a
+    depthwise kernel's last two), so a following BatchNormalization folds."""
+    return op.kind in REGISTERED_KINDS or op.attrs.get("fold") is not None
+
+
+def _affine_op(op: Op, bn) -> Op:
+    """A BatchNormalization that follows no foldable weight op: the weight op
+    y = x * scale + offset over the channel (last) axis."""
+    axis = bn.axis if isinstance(bn.axis, int) else list(bn.axis)
+    rank = len(bn.input_shape)
+    if isinstance(axis, list):
+        if len(axis) != 1:
+            raise _unsupported(bn, f"axis={bn.axis}")
+        axis = axis[0]
+    if axis % rank != rank - 1:
+        raise _unsupported(bn, f"axis={bn.axis} (only the channel axis, the last)")
+    scale, offset = layer_calls.bn_affine(bn)
+    _check_finite_weights(bn, **{"scale and offset (moving statistics, gamma and "
+                                 "beta)": np.append(scale, offset)})
+    return Op(op.name, "affine", op.inputs, op.output,
+              {"kernel": scale, "bias": offset}, op.layer_class)
+
+
 def _propagate_bounds(ops: list) -> dict:
     """Known value ranges (low, high) of tensors, from bounded activations."""
     b: dict[str, tuple] = {}
@@ -388,6 +518,8 @@ def _propagate_bounds(ops: list) -> dict:
             if op.attrs["fn"] == "linear":
                 lo, hi = ins[0]
             b[op.output] = (lo, hi)
+        elif op.kind == "layer":
+            b[op.output] = op.attrs.get("bounds", (None, None))
         elif op.kind in ("maxpool", "avgpool", "gap", "reshape", "identity"):
             b[op.output] = ins[0]
         elif op.kind == "concat":

@@ -255,6 +255,8 @@ def forward_op(op, ins: list, out_shape: tuple, dtype):
         return tf.reshape(ins[0], [-1, *out_shape])
     if k == "identity":
         return ins[0]
+    if k == "layer":
+        return a["call"](ins, dtype)
     if k == "add":
         return tf.add_n(ins)
     if k == "concat":
