@@ -128,8 +128,8 @@ def test_shared_weight_layer(x8):
 def test_model_without_weights_or_classes(x8):
     with raises(UnsupportedModelError, "nothing to quantize"):
         tfprec.noise_gains(seq(L.ReLU()), x8)
-    with raises(UnsupportedModelError, "M >= 2", "(1,)"):
-        tfprec.noise_gains(seq(L.Dense(1)), x8)
+    with raises(UnsupportedModelError, "M >= 2", "(2, 3)"):
+        tfprec.noise_gains(seq(L.Reshape((2, 4)), L.Dense(3)), x8)
 
 
 # -------------------------------------------------------------------- data

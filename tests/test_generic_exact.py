@@ -284,18 +284,16 @@ ZOO = {f.__name__: f for f in (
     act_leaky_relu, act_elu, act_inner_softmax, merges, spatial, preprocessing,
     reshaping, mobilenetv3_se, densenet_block, separable, conv1d,
     layernorm, prelu, conv_transpose, dilated_grouped, maxpool_same_odd,
-    standalone_bn, sequential_mix)}
+    standalone_bn, sequential_mix, binary_sigmoid)}
 
 #: Run in the default suite (they cover most kinds together); the rest of
 #: the zoo runs with ``-m slow``.
 FAST = ("mobilenetv3_se", "densenet_block", "separable", "standalone_bn",
-        "sequential_mix", "conv1d", "maxpool_same_odd")
+        "sequential_mix", "conv1d", "maxpool_same_odd", "binary_sigmoid")
 
-#: Not supported yet (issue 10 stays open for them): refused with a named
-#: error.  The reference already handles both (Embedding: E_A = 0; one
-#: sigmoid unit: logits [0, z]).
-NOT_YET = {"text": (text, r"layer 'emb' of class Embedding.*integer token ids"),
-           "binary_sigmoid": (binary_sigmoid, r"one-unit binary sigmoid head")}
+#: Not supported yet (issue 10 stays open for it): refused with a named
+#: error.  The reference already handles it (Embedding: E_A = 0).
+NOT_YET = {"text": (text, r"layer 'emb' of class Embedding.*integer token ids")}
 
 
 # ------------------------------------------------------------------- cases

@@ -202,3 +202,35 @@ def test_cached_trained_replaces_corrupt_cache(small_mnist, tmp_path, monkeypatc
 def test_cache_dir_env(monkeypatch, tmp_path, small_mnist):
     monkeypatch.setenv(models.ENV_CACHE_DIR, str(tmp_path))
     assert models.cache_path("mnist_mlp", small_mnist, 1).startswith(str(tmp_path))
+
+
+def test_recalibrate_batchnorm_sets_batch_statistics():
+    """After recalibration each BN's moving mean / variance are the batch
+    statistics of its own input: exactly for the first BN; for a later one up
+    to the n/(n-1) variance correction upstream (the pass normalizes with the
+    batch's biased variance, inference with the stored unbiased one)."""
+    from tfprec._tf import keras
+    L = keras.layers
+    keras.utils.set_random_seed(0)
+    inp = L.Input((6, 6, 2))
+    h = L.Conv2D(3, 3, name="c1")(inp)
+    h = L.BatchNormalization(name="bn1", momentum=0.999)(h)
+    h = L.ReLU()(h)
+    h = L.Conv2D(4, 3, name="c2")(h)
+    h = L.BatchNormalization(name="bn2", momentum=0.99)(h)
+    m = keras.Model(inp, L.Dense(3)(L.Flatten()(h)))
+    x = np.random.default_rng(0).normal(size=(64, 6, 6, 2)).astype(np.float32)
+    w = [v.copy() for v in m.get_weights()]
+    assert models.recalibrate_batchnorm(m, x, batch_size=48) == 2
+    for name, src, tol in (("bn1", "c1", 1e-5), ("bn2", "c2", 2e-3)):
+        bn = m.get_layer(name)
+        feats = keras.Model(m.input, m.get_layer(src).output).predict(x[:48], verbose=0)
+        mean = feats.mean(axis=(0, 1, 2))
+        var = feats.reshape(-1, feats.shape[-1]).var(axis=0, ddof=1)   # Keras: unbiased
+        np.testing.assert_allclose(bn.moving_mean.numpy(), mean, rtol=tol, atol=1e-5)
+        np.testing.assert_allclose(bn.moving_variance.numpy(), var, rtol=tol, atol=1e-5)
+        assert bn.momentum in (0.999, 0.99)                  # restored
+    trainable = [v.name for v in m.weights if "moving" not in v.name]
+    for v, old in zip(m.weights, w):
+        if v.name in trainable:
+            np.testing.assert_array_equal(v.numpy(), old)    # weights unchanged

@@ -351,6 +351,13 @@ def as_inputs(x: DataLike, in_shape: tuple, *, dtype="float32", what: str = "x",
     return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
+def model_num_classes(model) -> int:
+    """M, the number of classes of ``model``: its output width, or 2 for a
+    one-unit (binary sigmoid or logit) output."""
+    m = int(model.outputs[0].shape[-1])
+    return 2 if m == 1 else m
+
+
 def as_labels(y, n: int, num_classes: int, *, what: str = "y") -> np.ndarray:
     """``y`` as ``n`` int64 class ids in 0..num_classes-1.
 

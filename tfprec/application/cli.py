@@ -147,7 +147,8 @@ def _load(r: RunState) -> None:
     else:
         with _timed(r, "load model"):
             r.model = steps.load_model(s.model, s.custom_objects)
-    n_out = int(r.model.outputs[0].shape[-1])
+    from tfprec import inputs as inputs_lib
+    n_out = inputs_lib.model_num_classes(r.model)
     if r.ds.num_classes > n_out:
         raise CliError(f"--data={s.data} has {r.ds.num_classes} classes but the "
                        f"model outputs {n_out} scores", 2)

@@ -79,15 +79,17 @@ flags.DEFINE_float(
     "target_bound", 0.01,
     "Analytic target: the plan's BOUND on the probability that the "
     "fixed-point decision differs from the float decision, "
-    "sum_T 4^(1-B_T) G_T <= this (a fraction in (0, 1)).  Used unless "
-    "--max_accuracy_drop, --target_mismatch or --cost_budget is given.")
+    "sum_T 4^(1-B_T) G_T <= this (a fraction in (0, 1)).  Used only when "
+    "given; without a target flag tfprec uses the measured default "
+    "--target_mismatch=%g (the bound is shown beside it)." % 0.01)
 flags.DEFINE_float(
     "target_mismatch", None,
     "Measured target, as tfprec.calibrate's target_mismatch: the fraction of "
     "held-out examples whose fixed-point decision differs from the float "
-    "decision <= this (in [0, 1)).  Calibrated on the selection half of the "
-    "held-out examples and confirmed on the report half, like "
-    "--max_accuracy_drop.  (Before tfprec 0.2 this flag was the analytic "
+    "decision <= this (in [0, 1); no labels needed).  Calibrated on the "
+    "selection half of the held-out examples and confirmed on the report "
+    "half, like --max_accuracy_drop.  The default target when no target "
+    "flag is given: 0.01.  (Before tfprec 0.2 this flag was the analytic "
     "bound target, now --target_bound.)")
 flags.DEFINE_float(
     "max_accuracy_drop", None,
@@ -320,6 +322,13 @@ class Settings:
             return f"measured accuracy drop <= {self.max_accuracy_drop:g} pp"
         return f"measured mismatch <= {self.target_mismatch:g}"
 
+    @property
+    def default_target(self) -> bool:
+        """Whether the target is the default (no target flag was given)."""
+        return (self.mode == "measured" and self.max_accuracy_drop is None
+                and "--target_mismatch" not in self.command
+                and "--target_measured_mismatch" not in self.command)
+
 
 _ALIASES = ("model_path",)
 
@@ -344,6 +353,13 @@ def _measured_mismatch(fv) -> tuple:
                  "--target_bound",)
 
 
+#: The measured mismatch target used when no target flag is given (a
+#: fraction of held-out decisions): the analytic bound is conservative by
+#: one to three orders of magnitude, so its plans rarely deploy as integer
+#: models; a measured target does.
+DEFAULT_TARGET_MISMATCH = 0.01
+
+
 def _mode(fv, target_given: bool, measured_mismatch) -> str:
     measured = (["max_accuracy_drop"] if fv.max_accuracy_drop is not None else []) + (
         ["target_mismatch"] if measured_mismatch is not None else [])
@@ -353,10 +369,12 @@ def _mode(fv, target_given: bool, measured_mismatch) -> str:
     if len(kinds) > 1:
         raise CliError("give one target: " + " and ".join(f"--{k}" for k in kinds)
                        + " exclude each other", 2)
-    if measured:
+    if measured or not kinds:
         if fv.eval_examples < 2:
             raise CliError("--eval_examples must be at least 2 with a measured "
-                           "target (half calibrates, half confirms)", 2)
+                           "target (half calibrates, half confirms; the default "
+                           "target is measured: give --target_bound for the "
+                           "analytic one)", 2)
         return "measured"
     return "budget" if fv.cost_budget is not None else "analytic"
 
@@ -438,6 +456,9 @@ def read_settings(fv=FLAGS) -> Settings:
     _check_paths(fv)
     measured_mismatch, notices = _measured_mismatch(fv)
     mode = _mode(fv, bool(fv["target_bound"].present), measured_mismatch)
+    if (mode == "measured" and measured_mismatch is None
+            and fv.max_accuracy_drop is None):
+        measured_mismatch = DEFAULT_TARGET_MISMATCH
     _check_inputs(fv, bool(fv["plots"].present))
     check_output_dir(fv.output_dir, fv.overwrite)
     if fv["target_mismatch"].present:

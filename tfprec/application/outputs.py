@@ -201,7 +201,10 @@ def stdout_summary(r, files: list, seconds: float) -> str:
     header = [f"tfprec: model {model_info(r)['model']}, "
               f"{int(r.model.count_params()):,} parameters; data {r.ds.name}; "
               f"{len(r.x_cal)} calibration / {len(r.x_eval)} held-out examples",
-              f"target: {s.target_text()}; allocation {s.allocation} -> {plan.method}"]
+              f"target: {s.target_text()}"
+              + (" (the default, measured on held-out examples; --target_bound for "
+                 "the analytic bound)" if s.default_target else "")
+              + f"; allocation {s.allocation} -> {plan.method}"]
     footer = ([f"note: {n}" for n in r.notes]
               + [f"WARNING: {w}" for w in r.warnings]
               + ["", f"wrote {len(files)} files to {r.staging.final}: "

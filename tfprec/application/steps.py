@@ -17,6 +17,7 @@ import time
 import warnings
 from typing import Optional
 
+from tfprec import inputs as inputs_lib
 from tfprec.application import report as report_lib
 from tfprec.application.flags import CliError, Settings, log
 from tfprec.planning import select
@@ -313,7 +314,7 @@ def usefulness_warnings(v, model, split: str) -> list:
     where = f"on the {split}"
     if v.float_accuracy is not None and v.quant_accuracy is not None:
         drop = 100.0 * (v.float_accuracy - v.quant_accuracy)
-        chance = 1.0 / max(int(model.outputs[0].shape[-1]), 1)
+        chance = 1.0 / inputs_lib.model_num_classes(model)
         if drop > USELESS_DROP_PP:
             out.append(f"the chosen plan loses {drop:.1f} percentage points of accuracy "
                        f"{where} (float {100 * v.float_accuracy:.2f} %, fixed point "

@@ -65,7 +65,7 @@ def labelled_examples(model, x, y, what: str):
     """(x, y) as checked arrays from numpy or tf.data (:func:`tfprec.inputs.as_examples`
     with the model's input shape, classes and dtype); labels required."""
     return inputs.as_examples(
-        x, y, inputs.model_input_shape(model), int(model.outputs[0].shape[-1]),
+        x, y, inputs.model_input_shape(model), inputs.model_num_classes(model),
         dtype=inputs.model_dtype(model), what=f"{what}: x", label_what=f"{what}: y",
         need_labels=True)
 

@@ -419,7 +419,7 @@ def calibrate(model, gains, x_val, y_val=None, *, target_mismatch: Optional[floa
         gains = dataclasses.replace(gains, fingerprint=None)
     max_examples = inputs.optional_positive_int("max_examples", max_examples)
     x, y = inputs.as_examples(x_val, y_val, inputs.model_input_shape(model),
-                              int(model.outputs[0].shape[-1]),
+                              inputs.model_num_classes(model),
                               dtype=inputs.model_dtype(model), what="x_val",
                               label_what="y_val", max_examples=max_examples)
     sanity.check_input_scale(model, sanity.InputStats.of(x), inputs.raw_dtype(x_val),

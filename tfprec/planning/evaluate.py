@@ -27,6 +27,7 @@ from typing import Optional
 
 import numpy as np
 
+from tfprec import inputs
 from tfprec.errors import InvalidDataError, PlanError
 from tfprec.planning import plan as plan_lib
 from tfprec.planning.rules import level_text
@@ -82,7 +83,7 @@ class Evaluator:
         self.batch_size = batch_size
         self.n = len(x)
         self.fdec = validate_lib.float_decisions(model, x, batch_size)
-        sanity.check_decisions(self.fdec, y, int(model.outputs[0].shape[-1]),
+        sanity.check_decisions(self.fdec, y, inputs.model_num_classes(model),
                                what, label_what)
         self.float_correct = None if y is None else int(np.sum(self.fdec == y))
         self.kind, self.target = target_kind, target

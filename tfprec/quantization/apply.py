@@ -328,6 +328,18 @@ def logits_model(model) -> keras.Model:
     return model
 
 
+def binary_threshold(model):
+    """For a one-output-unit (binary) classifier, the decision threshold on
+    its output: 0.5 when the output is a sigmoid probability (the final
+    activation of the output layer), else 0.0 (a logit); None when the model
+    outputs M >= 2 class scores (decision: argmax)."""
+    if int(model.outputs[0].shape[-1]) != 1:
+        return None
+    out_layer = compat.producing_layer(model.outputs[0])
+    inner = getattr(out_layer, "layer", out_layer)  # unwrap a TFMOT wrapper
+    return 0.5 if _activation_name(inner) == "sigmoid" else 0.0
+
+
 def input_quantizer_layer(qmodel, name: str):
     """The ``QuantizeWrapperV2`` that quantizes weight layer ``name``'s input.
 

@@ -207,6 +207,8 @@ def _run(graph, plan, x: np.ndarray, record: Optional[dict] = None) -> np.ndarra
                 y = y + t
         elif k == "concat":
             y = np.concatenate(ins, axis=a["axis"])
+        elif k == "binary":     # one logit z -> two-class logits [0, z]
+            y = np.concatenate([np.zeros_like(ins[0]), ins[0]], axis=-1)
         elif k == "layer":      # any weightless layer, run by TF in float64
             y = np.asarray(a["call"]([tf.constant(v) for v in ins], tf.float64))
         else:  # pragma: no cover - parse_model emits only the kinds above

@@ -19,7 +19,7 @@ from tfprec import inputs as inputs_lib
 from tfprec._tf import tf
 from tfprec.planning import plan as plan_lib
 from tfprec.planning import rules as rules_lib
-from tfprec.quantization.apply import logits_model, quantize_model
+from tfprec.quantization.apply import binary_threshold, logits_model, quantize_model
 from tfprec.errors import InvalidDataError, PlanError, UnattainableTargetError
 from tfprec.statistics import sanity
 
@@ -76,7 +76,7 @@ def _examples(model, x, y, max_examples=None):
     (:func:`tfprec.statistics.sanity.check_input_scale`)."""
     max_examples = inputs_lib.optional_positive_int("max_examples", max_examples)
     xa, ya = inputs_lib.as_examples(
-        x, y, inputs_lib.model_input_shape(model), int(model.outputs[0].shape[-1]),
+        x, y, inputs_lib.model_input_shape(model), inputs_lib.model_num_classes(model),
         dtype=inputs_lib.model_dtype(model), what="x", label_what="y",
         max_examples=max_examples)
     sanity.check_input_scale(model, sanity.InputStats.of(xa),
@@ -93,8 +93,12 @@ def _decisions(model, x, batch_size: int) -> np.ndarray:
     batch_size = inputs_lib.positive_int("batch_size", batch_size)
     dtype = model.inputs[0].dtype
     in_shape = inputs_lib.model_input_shape(model)
-    fn = tf.function(lambda t: tf.argmax(model(t, training=False), axis=1),
-                     input_signature=[tf.TensorSpec([None, *in_shape], dtype)])
+    thr = binary_threshold(model)
+    if thr is None:
+        decide = lambda t: tf.argmax(model(t, training=False), axis=1)
+    else:                       # binary: class 1 iff p > 0.5 (or logit z > 0)
+        decide = lambda t: tf.cast(model(t, training=False)[:, 0] > thr, tf.int64)
+    fn = tf.function(decide, input_signature=[tf.TensorSpec([None, *in_shape], dtype)])
     out = [fn(tf.constant(b, dtype)).numpy()
            for b in inputs_lib.iter_batches(x, in_shape, batch_size,
                                             dtype=dtype.name, what="x")]
@@ -174,7 +178,7 @@ def validate(model, plan, x, y=None, batch_size: int = 256,
     batch_size = inputs_lib.positive_int("batch_size", batch_size)
     x, y = _examples(model, x, y, max_examples)
     fdec = float_decisions(model, x, batch_size)
-    sanity.check_decisions(fdec, y, int(model.outputs[0].shape[-1]), "x", "y")
+    sanity.check_decisions(fdec, y, inputs_lib.model_num_classes(model), "x", "y")
     qdec = quant_decisions(model, plan, x, batch_size)
     return _result(plan, fdec, qdec, y)
 
@@ -232,7 +236,7 @@ def sweep(model, gains, x, y=None, b_mins: Iterable[int] = range(2, 13),
     batch_size = inputs_lib.positive_int("batch_size", batch_size)
     x, y = _examples(model, x, y, max_examples)
     fdec = float_decisions(model, x, batch_size)
-    sanity.check_decisions(fdec, y, int(model.outputs[0].shape[-1]), "x", "y")
+    sanity.check_decisions(fdec, y, inputs_lib.model_num_classes(model), "x", "y")
     rows = []
     for method in methods:
         for level in b_mins:

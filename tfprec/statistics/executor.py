@@ -207,6 +207,8 @@ class Executor:
             return [(i, g) for i in op.inputs]
         if k == "layer":
             return generic.generic_backward(op, vals, g, c, self.dtype, self.needs_grad)
+        if k == "binary":
+            return [(op.inputs[0], g[:, 1:])]
         if k == "concat":
             sizes = [self.g.shapes[i][a["axis"] - 1] for i in op.inputs]
             return list(zip(op.inputs, tf.split(g, sizes, axis=a["axis"])))

@@ -139,14 +139,7 @@ def _trainable_arrays(layer) -> tuple:
         raise _unsupported(layer, f"{len(ws)} weight tensors (tfprec quantizes "
                            "one or two per layer: a kernel and a bias); split "
                            "the layer or flatten a nested model")
-    names = []
-    for w in ws:
-        hit = next((k for k, v in vars(layer).items() if v is w), None)
-        if hit is None:
-            raise _unsupported(layer, f"its weight '{w.name}' is not held in an "
-                               "attribute, so quantized values cannot be "
-                               "substituted for it")
-        names.append(hit)
+    names = layer_calls.weight_attrs(layer, ws)
     return names, [np.asarray(w.numpy(), np.float64) for w in ws]
 
 
@@ -245,6 +238,9 @@ def _act_op(layer, name: str, inp: str, out: str, act: str, fn, final: bool,
         return Op(name, "act", [inp], out, attrs, cls)
     if act == "softmax" and final:
         return Op(name, "softmax", [inp], out, {}, cls)
+    if act == "sigmoid" and final and shapes is not None and tuple(shapes[out]) == (1,):
+        # a binary classifier's probability: dropped, its logit z is kept
+        return Op(name, "softmax", [inp], out, {"sigmoid": True}, cls)
     return Op(name, "layer", [inp], out,
               {"call": layer_calls.ActivationCall(fn),
                "bounds": layer_calls.ACT_BOUNDS.get(act, (None, None))}, cls)
@@ -339,7 +335,11 @@ def parse_model(model) -> Graph:
         raise UnsupportedModelError(
             f"model '{model.name}' of class {type(model).__name__} is a "
             "subclassed (or unbuilt) model; tfprec supports Sequential models "
-            "with a known input shape and functional models only.")
+            "with a known input shape and functional models only (as TFMOT). "
+            "Rebuild it with the functional API, e.g. inputs = "
+            "keras.Input(shape); outputs = layers...(inputs); "
+            "keras.Model(inputs, outputs), and copy the weights over with "
+            "set_weights; or give a Sequential model an Input layer.")
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise UnsupportedModelError(
             f"model '{model.name}' has {len(model.inputs)} inputs and "
@@ -390,7 +390,7 @@ def parse_model(model) -> Graph:
             ops.extend(_weight_ops(layer, ins[0], pre, shapes))
             if act != "linear":
                 ops.append(_act_op(layer, name + "/act", pre, out, act,
-                                   layer.activation, final))
+                                   layer.activation, final, shapes=shapes))
         elif cls is L.Activation:
             ops.append(_act_op(layer, name, ins[0], out,
                                _activation_name(layer.activation), layer.activation,
@@ -433,13 +433,18 @@ def parse_model(model) -> Graph:
             f"model '{model.name}' has no Dense, Conv2D or DepthwiseConv2D "
             "layer; there is nothing to quantize.")
     out_shape = shapes[output_id]
+    if tuple(out_shape) == (1,):
+        # binary classifier: one logit z (its sigmoid dropped), decision z > 0,
+        # analysed as the two-class logits [0, z] (margin |z|)
+        ops.append(Op("binary_logits", "binary", [output_id], output_id + "/binary",
+                      {}, "binary"))
+        output_id = output_id + "/binary"
+        shapes[output_id] = out_shape = (2,)
     if len(out_shape) != 1 or out_shape[0] is None or out_shape[0] < 2:
         raise UnsupportedModelError(
             f"model '{model.name}' must output a vector of M >= 2 class "
-            f"scores per example; its output shape is {out_shape}"
-            + (" (a one-unit binary sigmoid head is not supported yet: give the "
-               "model a Dense(2) logits head)" if tuple(out_shape) == (1,) else "")
-            + ".")
+            f"scores (or one binary logit / sigmoid probability) per example; "
+            f"its output shape is {out_shape}.")
     bounds = _propagate_bounds(ops)
     return Graph(ops, input_id, output_id, shapes, bounds, int(out_shape[0]),
                  dropped_softmax=dropped)

@@ -26,16 +26,16 @@ _WEIGHT_ATTR_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel", "bias",
                       "gamma", "beta", "alpha", "embeddings")
 
 
-def weight_attrs(layer) -> list:
-    """Attribute names of ``layer``'s trainable weights, in
-    ``layer.trainable_weights`` order.
+def weight_attrs(layer, weights=None) -> list:
+    """Attribute names of ``layer``'s quantized weights (``weights``, by
+    default ``layer.trainable_weights``), in that order.
 
     Raises:
       UnsupportedModelError: a weight is not held in a plain attribute.
     """
     names = []
     d = vars(layer)
-    for w in layer.trainable_weights:
+    for w in layer.trainable_weights if weights is None else weights:
         hit = next((k for k in _WEIGHT_ATTR_NAMES if d.get(k) is w), None)
         if hit is None:
             hit = next((k for k, v in d.items() if v is w), None)

@@ -257,6 +257,8 @@ def forward_op(op, ins: list, out_shape: tuple, dtype):
         return ins[0]
     if k == "layer":
         return a["call"](ins, dtype)
+    if k == "binary":           # one logit z -> two-class logits [0, z]
+        return tf.concat([tf.zeros_like(ins[0]), ins[0]], axis=-1)
     if k == "add":
         return tf.add_n(ins)
     if k == "concat":
