@@ -25,7 +25,7 @@ def _setup():
 def test_callback_in_fit_every_epoch_and_at_end(tmp_path):
     m, x, y = _setup()
     cb = tfprec.NoiseGainCallback(x[:40], every_n_epochs=2, log_dir=str(tmp_path),
-                                  verbose=False, batch_size=16)
+                                  verbose=False, batch_size=16, method="paper")
     m.fit(x, y, epochs=4, batch_size=32, verbose=0, callbacks=[cb])
     assert [h.epoch for h in cb.history] == [1, 3]   # epoch 3 is also the end
     assert cb.plan is cb.history[-1].plan and cb.plan.bound() <= 0.01
@@ -42,6 +42,34 @@ def test_callback_in_fit_every_epoch_and_at_end(tmp_path):
     name = cb.plan.layers[0].name
     assert {"tfprec/bound", f"tfprec/{name}/weight_bits",
             f"tfprec/{name}/log10_G_A"} <= tags
+
+
+def test_default_target_is_measured_on_held_out_half():
+    """The default (issue 11): gains on the first half of the calibration
+    inputs, the cheapest plan whose measured mismatch on the second half is
+    <= target; recounted here with the fake-quant model."""
+    from tfprec.quantization import validate
+    m, x, y = _setup()
+    m.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    cb = tfprec.NoiseGainCallback(x[:80], target=0.05, verbose=False)
+    assert cb.method == "measured"
+    cb.set_model(m)
+    cb.on_train_end()
+    ref = tfprec.noise_gains(m, x[:40])
+    for a, b in zip(cb.gains.layers, ref.layers):
+        assert a.e_w == pytest.approx(b.e_w, rel=1e-5)
+    res = validate.validate(m, cb.plan, x[40:80])
+    assert res.num_mismatch <= 0.05 * 40
+    # the cheapest: the analytic paper plan at the same target is not cheaper
+    assert cb.plan.cost().total_compute <= tfprec.paper_plan(ref, 0.05).cost().total_compute
+    held = tfprec.NoiseGainCallback(x[:40], heldout_data=x[40:80], target=0.05,
+                                    verbose=False)
+    held.set_model(m)
+    held.on_train_end()
+    for a, b in zip(held.gains.layers, tfprec.noise_gains(m, x[:40]).layers):
+        assert a.e_w == pytest.approx(b.e_w, rel=1e-5)
+    with pytest.raises(TfprecError, match="heldout_data"):
+        tfprec.NoiseGainCallback(x[:40], heldout_data=[1, 2])
 
 
 def test_callback_only_reads_model():

@@ -1,6 +1,6 @@
 """Keras callback that gathers noise gains and a precision plan.
 
-    cb = tfprec.NoiseGainCallback(x_calib, target=0.01, log_dir="logs/tfprec")
+    cb = tfprec.NoiseGainCallback(x_calib, log_dir="logs/tfprec")
     model.fit(x, y, epochs=10, callbacks=[cb])
     cb.gains, cb.plan          # after training
     cb.history                 # one entry per statistics pass
@@ -25,6 +25,12 @@ from tfprec.planning.cost import COST_KINDS
 from tfprec.planning.plan import DEFAULT_TARGET, PrecisionPlan
 from tfprec.planning.cost_aware import PLAN_METHODS, make_plan
 
+#: The callback's plan methods: "measured" (the default: the cheapest plan
+#: whose MEASURED float/fixed-point mismatch on held-out inputs is at most
+#: ``target``, by :func:`tfprec.planning.calibrate.calibrate`) and the
+#: analytic rules of :data:`PLAN_METHODS` (the plan's bound <= ``target``).
+CALLBACK_METHODS = ("measured",) + tuple(PLAN_METHODS)
+
 
 @dataclasses.dataclass(frozen=True)
 class StatisticsPass:
@@ -41,8 +47,19 @@ class NoiseGainCallback(keras.callbacks.Callback):
 
     Args:
       calibration_data: inputs for the pass (numpy array or tf.data.Dataset).
-      target: bound on the mismatch probability (a probability) for the plan.
-      method: plan rule, one of ``tfprec.planning.plan.PLAN_METHODS``.
+      target: for ``method="measured"`` (the default), the largest fraction
+        of held-out inputs whose fixed-point decision may differ from the
+        float one (measured, no labels needed); for the analytic methods, the
+        bound on the mismatch probability.  A probability, default 0.01.
+      method: ``"measured"`` (default; plans that deploy as integer models on
+        a normal network, the analytic bound is still recorded in the plan)
+        or an analytic rule of ``tfprec.planning.cost_aware.PLAN_METHODS``
+        (``"paper"``, ``"cost_aware"``, ...: the paper's faithful bound,
+        conservative by one to three orders of magnitude).
+      heldout_data: held-out inputs (numpy or tf.data; labels not needed)
+        on which ``method="measured"`` measures the mismatch.  Default: the
+        calibration examples are split, the first half for the gains, the
+        second half held out.
       cost: "compute" (full adders) or "memory" (bits), for cost_aware.
       every_n_epochs: also run after every N-th epoch (None: only at the end).
       batch_size: examples per batch of the pass.
@@ -70,13 +87,14 @@ class NoiseGainCallback(keras.callbacks.Callback):
     """
 
     def __init__(self, calibration_data, target: float = DEFAULT_TARGET,
-                 method: str = "paper", cost: str = "compute",
+                 method: str = "measured", cost: str = "compute",
+                 heldout_data=None,
                  every_n_epochs: Optional[int] = None, batch_size: int = 128,
                  max_examples: Optional[int] = None, log_dir: Optional[str] = None,
                  verbose: bool = True):
         super().__init__()
         # Checked now, not after a training run.
-        self.method = inputs.choice("method", method, PLAN_METHODS)
+        self.method = inputs.choice("method", method, CALLBACK_METHODS)
         self.every_n_epochs = inputs.optional_positive_int("every_n_epochs",
                                                            every_n_epochs)
         self.batch_size = inputs.positive_int("batch_size", batch_size)
@@ -91,6 +109,12 @@ class NoiseGainCallback(keras.callbacks.Callback):
                 "calibration_data must be a numpy array [N, ...] or a "
                 f"tf.data.Dataset, got {type(calibration_data).__name__}.")
         self.calibration_data = calibration_data
+        if heldout_data is not None and (isinstance(heldout_data, (list, tuple)) or not (
+                isinstance(heldout_data, tf.data.Dataset) or hasattr(heldout_data, "shape"))):
+            raise InvalidDataError(
+                "heldout_data must be a numpy array [N, ...], a tf.data.Dataset "
+                f"or None, got {type(heldout_data).__name__}.")
+        self.heldout_data = heldout_data
         self.log_dir = None if log_dir is None else _check_log_dir(log_dir)
         self.history: list = []
         self._writer = None
@@ -108,11 +132,29 @@ class NoiseGainCallback(keras.callbacks.Callback):
 
     def run(self, model, epoch: int = -1) -> StatisticsPass:
         """Runs the statistics pass on ``model`` now and records it."""
+        calib, heldout = self.calibration_data, self.heldout_data
+        if self.method == "measured" and heldout is None:
+            graph = parse_model(model)
+            x = inputs.as_inputs(calib, graph.shapes[graph.input_id],
+                                 dtype=inputs.model_dtype(model),
+                                 what="calibration_data", max_examples=self.max_examples)
+            if len(x) < 2:
+                raise InvalidDataError(
+                    "calibration_data: method='measured' splits it into gains and "
+                    f"held-out halves and needs at least 2 examples, got {len(x)} "
+                    "(or pass heldout_data)")
+            half = len(x) // 2
+            calib, heldout = x[:half], x[half:]
         # the predicted-mismatch method needs the per-class terms
         extra = {"per_class": True} if self.method == "cost_aware_predicted" else {}
-        g = noise_gains(model, self.calibration_data, batch_size=self.batch_size,
+        g = noise_gains(model, calib, batch_size=self.batch_size,
                         max_examples=self.max_examples, verbose=self.verbose, **extra)
-        p = make_plan(g, self.method, self.target, self.cost)
+        if self.method == "measured":
+            from tfprec.planning.calibrate import calibrate   # local: heavy import
+            p = calibrate(model, g, heldout, None, target_mismatch=self.target,
+                          cost=self.cost, batch_size=max(self.batch_size, 256)).best.plan
+        else:
+            p = make_plan(g, self.method, self.target, self.cost)
         entry = StatisticsPass(epoch, g, p)
         self.history.append(entry)
         if self.log_dir:
