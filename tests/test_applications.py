@@ -13,7 +13,9 @@ independent implementation of the same fixed-point network) up to float32
 rounding -> TFLite export and its decision agreement with the fake-quant
 model.
 
-MobileNetV2 (alpha 0.35) runs in the default suite; the others with ``-m slow``.
+All four run with ``-m slow`` (20-60 s each); the default suite covers the
+same layer kinds in ``tests/test_generic_exact.py`` (MobileNetV3-style
+squeeze-excite, DenseNet-style BN-ReLU-conv blocks, separable convs).
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ def _x(n=N, seed=0):
 
 
 CASES = [
-    ("mobilenet_v2", {"alpha": 0.35}),
+    pytest.param("mobilenet_v2", {"alpha": 0.35}, marks=pytest.mark.slow),
     pytest.param("mobilenet_v3_small", {"alpha": 0.75}, marks=pytest.mark.slow),
     pytest.param("resnet50", {}, marks=pytest.mark.slow),
     pytest.param("densenet121", {}, marks=pytest.mark.slow),

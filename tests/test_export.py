@@ -188,11 +188,19 @@ def check_weights_on_grid(detail, w, lp, k_folded, op_name):
     codes_ref = fixedpoint.quantize_int(k_folded, lp.weight_bits, lp.weight_range, True)
     scales = detail["quantization_parameters"]["scales"]
     zps = detail["quantization_parameters"]["zero_points"]
+    mul = 1
     if lp.weight_bits <= 8:
         assert w.dtype == np.int8
-        assert list(scales) == [np.float32(step)]          # one scale per tensor
-        assert list(zps) == [0]
+        assert len(scales) == 1 and list(zps) == [0]       # one scale per tensor
+        # stored as the code (scale Delta_W) or, for the odd-accumulator
+        # requantization or an int32 bias, as 2^t * code at scale Delta_W / 2^t
+        # (int8 holds that while B_W + t <= 8): the same values exactly
+        mul = int(round(step / float(scales[0])))
+        assert mul in [2 ** t for t in range(9 - lp.weight_bits)]
+        assert float(scales[0]) * mul == step
         codes = w.astype(np.int64)
+        assert np.all(codes % mul == 0)
+        codes = codes // mul
     else:
         assert w.dtype == np.float32 and len(scales) == 0
         codes = w.astype(np.float64) / step
@@ -214,11 +222,19 @@ def check_acts_on_grid(detail, a, lp):
     zps = detail["quantization_parameters"]["zero_points"]
     if lp.act_bits <= 8:
         assert a.dtype == np.int8
-        assert list(scales) == [np.float32(step)]
-        assert len(zps) == 1
+        assert len(scales) == 1 and len(zps) == 1
+        # stored as the code (scale Delta_A) or, for the odd-accumulator
+        # requantization of a layer with 8-bit weights, as 2 * code at scale
+        # Delta_A / 2 (int8 holds that while B_A <= 7): the same values
+        mul = int(round(step / float(scales[0])))
+        assert mul in (1, 2) and float(scales[0]) * mul == step
+        assert mul == 1 or lp.act_bits <= 7
+        top = mul * (2 ** lp.act_bits - 1)
         zp = int(zps[0])
-        assert zp == (-128 if (not lp.act_signed and lp.act_bits == 8) else 0)
+        assert zp == (-128 if (not lp.act_signed and top > 127) else 0)
         codes = a.astype(np.int64) - zp
+        assert np.all(codes % mul == 0)
+        codes = codes // mul
     else:
         assert a.dtype == np.float32 and len(scales) == 0
         codes = a.astype(np.float64) / step
@@ -286,11 +302,12 @@ def test_mlp_export_grids_agreement_and_12_bit_layer(mlp, tmp_path):
 
     # independent read-back of every weight and input tensor
     got = read_back(path, x[:32], list(MLP_SPEC))
+    wcodes, acodes = {}, {}
     for n in MLP_SPEC:
         wd, w, ad, a, op_name = got[n]
         lp = plan.layer(n)
-        check_weights_on_grid(wd, w, lp, folded(m, n)[0], op_name)
-        check_acts_on_grid(ad, a, lp)
+        wcodes[n] = check_weights_on_grid(wd, w, lp, folded(m, n)[0], op_name)
+        acodes[n] = check_acts_on_grid(ad, a, lp)
     # the 12-bit layer is not rounded coarser: some weight codes are not on
     # the 8-bit grid (multiples of 16), and its input holds 12-bit codes
     wd, w, ad, a, _ = got["d3"]
@@ -299,8 +316,8 @@ def test_mlp_export_grids_agreement_and_12_bit_layer(mlp, tmp_path):
     codes_a = a.astype(np.float64) / fixedpoint.step(12, plan.layer("d3").act_range)
     assert np.any(np.mod(codes_a, 16) != 0)
     # the 4-bit unsigned input of d2 uses codes 0..15 only; 3-bit d1 weights -4..3
-    assert got["d2"][3].min() >= 0 and got["d2"][3].max() <= 15
-    assert got["d1"][1].min() >= -4 and got["d1"][1].max() <= 3
+    assert acodes["d2"].min() >= 0 and acodes["d2"].max() <= 15
+    assert wcodes["d1"].min() >= -4 and wcodes["d1"].max() <= 3
 
     # logits: TFLite vs the numpy fixed-point simulation (and tfprec's own)
     xe = x[:N_EVAL]
@@ -417,8 +434,10 @@ def test_layer_that_cannot_be_exported_is_named(mlp, tmp_path):
     # a layer the exporter cannot represent at all
     odd = keras.Sequential([L.Input((4,)), L.Dense(3, name="fc"),
                             L.LeakyReLU(name="leaky"), L.Dense(2, name="out")])
+    x4 = np.random.default_rng(5).normal(size=(32, 4)).astype(np.float32)
+    odd_plan = make_plan(odd, x4, {"fc": (8, 8), "out": (8, 8)})
     with pytest.raises(ExportError, match="leaky"):
-        export_tflite(odd, plan, str(tmp_path / "y.tflite"))
+        export_tflite(odd, odd_plan, str(tmp_path / "y.tflite"), backend="exact")
     with pytest.raises(ExportError, match="kernels"):
         export_tflite(m, plan, str(tmp_path / "z.tflite"), kernels="gpu")
     assert not any(p.suffix == ".tflite" for p in tmp_path.iterdir())

@@ -217,3 +217,27 @@ def test_no_figures_when_matplotlib_missing(case, tmp_path, monkeypatch):
                          sweep_rows=sweep)
     assert out["figures"] == []
     assert sorted(os.listdir(tmp_path)) == ["report.md"]
+
+
+def test_mostly_float_export_gets_one_plain_line():
+    """Issue 11: an export whose weights are mostly float32 says so, with the
+    flag that changes it; the share is by weight count (independent recount)."""
+    import types
+    from tfprec.application import report as report_lib
+    plan = types.SimpleNamespace(layers=[
+        types.SimpleNamespace(name="a", num_weights=300),
+        types.SimpleNamespace(name="b", num_weights=100)])
+    exact = types.SimpleNamespace(layers=[
+        types.SimpleNamespace(name="a", weight_dtype="float32"),
+        types.SimpleNamespace(name="b", weight_dtype="int8")])
+    aeq = types.SimpleNamespace(backend="ai_edge_quantizer", layers=[
+        types.SimpleNamespace(name="a", weight_type="int4"),
+        types.SimpleNamespace(name="b", weight_type="float")])
+    assert report_lib.float_weight_share(exact, plan) == 300 / 400
+    assert report_lib.float_weight_share(aeq, plan) == 100 / 400
+    line = report_lib.mostly_float_line(exact, plan)
+    assert line.startswith("the TFLite file is mostly float: 75 % of the weights")
+    assert "--max_bits=8" in line
+    assert report_lib.mostly_float_line(aeq, plan) is None
+    assert report_lib.export_backend(exact) == "exact"
+    assert report_lib.export_backend(aeq) == "ai_edge_quantizer"

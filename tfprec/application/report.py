@@ -232,10 +232,44 @@ def _sweep_section(sweep_rows) -> list:
     return out
 
 
-def _export_section(export_report) -> list:
+def float_weight_share(export_report, plan) -> float:
+    """Fraction (by count) of the plan's weights the exported file stores as
+    float32 (planned above 8 bits: LiteRT has no wider integer weights)."""
+    nw = {l.name: l.num_weights for l in plan.layers}
+    total = sum(nw.values())
+    is_float = lambda l: (getattr(l, "weight_dtype", "") == "float32"  # noqa: E731
+                          or getattr(l, "weight_type", "") == "float")
+    fl = sum(nw.get(l.name, 0) for l in getattr(export_report, "layers", ())
+             if is_float(l))
+    return fl / total if total else 0.0
+
+
+def export_backend(export_report) -> str:
+    """The backend that wrote the file: 'exact' or 'ai_edge_quantizer'."""
+    return getattr(export_report, "backend", "exact")
+
+
+def mostly_float_line(export_report, plan) -> Optional[str]:
+    """One plain line when most of the exported weights are float32, with the
+    flag that changes it; None otherwise."""
+    share = float_weight_share(export_report, plan)
+    if share <= 0.5:
+        return None
+    return (f"the TFLite file is mostly float: {100 * share:.0f} % of the weights are "
+            "planned above 8 bits and stored as float32; --max_bits=8 caps every "
+            "tensor at 8 bits (integer storage), and a measured target "
+            "(--target_mismatch, the default, or --max_accuracy_drop) gives "
+            "cheaper plans than --target_bound")
+
+
+def _export_section(export_report, plan=None) -> list:
     if export_report is None:
         return []
-    return ["## TFLite export", "", export_report.to_markdown()]
+    head = [f"Backend: `{export_backend(export_report)}`."]
+    line = None if plan is None else mostly_float_line(export_report, plan)
+    if line:
+        head.append(f"**{line[0].upper() + line[1:]}.**")
+    return ["## TFLite export", "", *head, "", export_report.to_markdown()]
 
 
 def _figures_section(figures) -> list:
@@ -278,7 +312,7 @@ def render_report(plan, *, gains=None, validation=None, comparisons: Sequence = 
            + _calibration_section(calibration)
            + _comparison_section(comparisons, calibration, settings)
            + _sweep_section(sweep_rows)
-           + _export_section(export_report)
+           + _export_section(export_report, plan)
            + _figures_section(figures)
            + _run_section(timings, files))
     return "\n".join(out).rstrip() + "\n"

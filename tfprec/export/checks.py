@@ -52,15 +52,28 @@ def interpreter(content=None, resolver: str = "auto", path=None):
                        experimental_op_resolver_type=kinds[resolver])
 
 
-def run_probe(content: bytes, resolver: str, x: np.ndarray) -> dict:
-    """Runs the probe model; returns {output tensor index: value}."""
+def run_probe(content: bytes, resolver: str, x: np.ndarray,
+              batch_size: int = 256) -> dict:
+    """Runs a model (the probe or the written file) on inputs ``x`` in
+    batches of ``batch_size`` examples (the last one zero-padded); returns
+    {output tensor index: value [N, ...]}."""
     it = interpreter(content, resolver)
     inp = it.get_input_details()[0]["index"]
-    it.resize_tensor_input(inp, list(x.shape))
+    n = int(x.shape[0])
+    bs = max(1, min(int(batch_size), n))
+    it.resize_tensor_input(inp, [bs, *x.shape[1:]])
     it.allocate_tensors()
-    it.set_tensor(inp, x)
-    it.invoke()
-    return {d["index"]: np.array(it.get_tensor(d["index"])) for d in it.get_output_details()}
+    outs: dict = {}
+    for s in range(0, n, bs):
+        xb = x[s:s + bs]
+        m = xb.shape[0]
+        if m < bs:
+            xb = np.concatenate([xb, np.zeros((bs - m, *x.shape[1:]), x.dtype)])
+        it.set_tensor(inp, xb)
+        it.invoke()
+        for d in it.get_output_details():
+            outs.setdefault(d["index"], []).append(np.array(it.get_tensor(d["index"])[:m]))
+    return {k: np.concatenate(v) for k, v in outs.items()}
 
 
 def _qparams(detail):
@@ -79,11 +92,15 @@ def check_weights(it, details, rep: LayerExport, tens, op, fw, fa) -> bool:
     v = it.get_tensor(tens["kernel"])
     scales, zps = _qparams(d)
     exp = kc if tens["kernel_layout"] == "keras" else tflite_kernel(op, kc)
+    mul = int(tens.get("kernel_mul", 1))
     if rep.weight_dtype == "int8":
-        ok &= (v.dtype == np.int8 and scales.size == 1 and scales[0] == fw.step
+        # stored mul*code at scale Delta_W/mul (mul = 2^t, B_W + t <= 8):
+        # the same values, exactly
+        ok &= (v.dtype == np.int8 and scales.size == 1 and scales[0] * mul == fw.step
                and zps.size == 1 and zps[0] == 0
-               and v.min() >= fw.lo and v.max() <= fw.hi
-               and v.shape == exp.shape and np.array_equal(v.astype(np.int64), exp))
+               and mul in [2 ** t for t in range(0, 9 - fw.bits)]
+               and v.min() >= mul * fw.lo and v.max() <= mul * fw.hi
+               and v.shape == exp.shape and np.array_equal(v.astype(np.int64), mul * exp))
     else:
         codes = v.astype(np.float64) / fw.step
         ok &= (v.dtype == np.float32 and scales.size == 0 and v.shape == exp.shape
@@ -98,11 +115,14 @@ def check_weights(it, details, rep: LayerExport, tens, op, fw, fa) -> bool:
         v = it.get_tensor(tens["bias"])
         scales, zps = _qparams(d)
         if rep.bias_dtype == "int32":
-            raw = v.astype(np.int64) - int(tens.get("bias_shift", 0))
+            # stored bmul*b + badd at scale Delta_A*Delta_W/bmul, b = the bias
+            # in units of Delta_A*Delta_W (badd: the odd-accumulator 1 or the
+            # positivity shift, both documented in tflite.py)
+            bmul, badd = int(tens.get("bias_mul", 1)), int(tens.get("bias_add", 0))
+            raw = (v.astype(np.int64) - badd).astype(np.float64)
             ok &= (v.dtype == np.int32 and scales.size == 1
-                   and scales[0] == fa.step * fw.step and zps[0] == 0
-                   and np.array_equal(raw.astype(np.float64) * fa.step,
-                                      bc.astype(np.float64)))
+                   and scales[0] * bmul == fa.step * fw.step and zps[0] == 0
+                   and np.array_equal(raw * (fa.step / bmul), bc.astype(np.float64)))
         else:
             codes = v.astype(np.float64) / fw.step
             ok &= (v.dtype == np.float32 and np.array_equal(codes, bc.astype(np.float64)))
@@ -120,9 +140,15 @@ def check_acts(values: dict, details, rep: LayerExport, tens, fa: Fmt, sim_codes
     v = values[t]
     scales, zps = _qparams(d)
     if rep.act_dtype == "int8":
-        ok = (v.dtype == np.int8 and scales.size == 1 and scales[0] == fa.step
-              and zps.size == 1 and zps[0] == fa.zp)
-        codes = v.astype(np.int64) - fa.zp
+        # stored mul*code + zp at scale Delta_A/mul (mul = 2: the doubled
+        # input of a layer with 8-bit weights; zp -128 when 2*hi > 127)
+        mul = int(tens.get("input_mul", 1))
+        zp = fa.zp if mul == 1 else (-128 if 2 * fa.hi > 127 else 0)
+        ok = (v.dtype == np.int8 and scales.size == 1 and scales[0] * mul == fa.step
+              and zps.size == 1 and zps[0] == zp and mul in (1, 2))
+        codes = v.astype(np.int64) - zp
+        ok = bool(ok and np.all(codes % mul == 0))
+        codes = codes // mul
     else:
         codes_f = v.astype(np.float64) / fa.step
         ok = (v.dtype == np.float32 and scales.size == 0

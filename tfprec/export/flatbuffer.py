@@ -103,7 +103,16 @@ class Builder:
         self.ops.append(o)
         return outputs[0] if len(outputs) == 1 else outputs
 
-    def finish(self, inputs, outputs, description: str) -> bytes:
+    def finish(self, inputs, outputs, description: str, signature=None,
+               metadata=None) -> bytes:
+        """The model file (bytes) with this subgraph's ``inputs`` and
+        ``outputs`` (tensor ids).
+
+        ``signature``: (input names, output names), one name per input and
+        output tensor; the file then has the SignatureDef ``serving_default``
+        (what ``Interpreter.get_signature_runner()`` runs).  ``metadata``:
+        {name: bytes} stored as flatbuffer metadata entries.
+        """
         import flatbuffers
         S = self.S
         codes = [None] * len(self.codes)
@@ -124,12 +133,40 @@ class Builder:
         m.description = description
         m.operatorCodes = codes
         m.subgraphs = [sg]
-        m.buffers = self.buffers
+        m.buffers = list(self.buffers)
+        if signature is not None:
+            in_names, out_names = signature
+            if len(in_names) != len(inputs) or len(out_names) != len(outputs):
+                raise ExportError(f"internal: signature names {in_names}, {out_names} do "
+                                  f"not match {len(inputs)} inputs and {len(outputs)} "
+                                  "outputs")
+            sig = S.SignatureDefT()
+            sig.signatureKey = "serving_default"
+            sig.subgraphIndex = 0
+            sig.inputs = [self._tensor_map(n, t) for n, t in zip(in_names, inputs)]
+            sig.outputs = [self._tensor_map(n, t) for n, t in zip(out_names, outputs)]
+            m.signatureDefs = [sig]
+        if metadata:
+            m.metadata = []
+            for name, data in metadata.items():
+                buf = S.BufferT()
+                buf.data = np.frombuffer(bytes(data), np.uint8).copy()
+                m.buffers.append(buf)
+                md = S.MetadataT()
+                md.name = name
+                md.buffer = len(m.buffers) - 1
+                m.metadata.append(md)
         fb = flatbuffers.Builder(1024)
         fb.Finish(m.Pack(fb), file_identifier=b"TFL3")
         return bytes(fb.Output())
 
     # -------------------------------------------------------------- helpers
+    def _tensor_map(self, name: str, tensor: int):
+        tm = self.S.TensorMapT()
+        tm.name = str(name)
+        tm.tensorIndex = int(tensor)
+        return tm
+
     def shape_of(self, t) -> tuple:
         return tuple(int(d) for d in self.tensors[t].shape[1:])
 
@@ -155,3 +192,30 @@ class Builder:
 
     def fconst(self, name, value) -> int:
         return self.const(name, np.float32(value), np.float32)
+
+    def round_to_grid(self, x: int, step: float, lo: int, hi: int, name: str) -> int:
+        """float32 tensor x -> k*step with k = floor(x/step + 1/2) (ties
+        upward, as the plan) saturated to lo..hi, by builtin float ops
+        (exact: see the comment)."""
+        BO = self.BO
+        shp = self.shape_of(x)
+        v = self.binary(BO.MUL, x, self.fconst(f"{name}/inv_step", 1.0 / step),
+                        f"{name}/scaled", shp)
+        # floor(v + 1/2) exactly (v + 1/2 itself could round in float32):
+        # f = FLOOR(v), then +1 where v - f >= 1/2.  v - f is exact whenever
+        # it is below 1/2 (it is a multiple of v's ulp), so the comparison
+        # never errs.
+        f = self.tensor(f"{name}/floor", shp, np.float32)
+        self.op(BO.FLOOR, [v], [f])
+        d = self.binary(BO.SUB, v, f, f"{name}/frac", shp)
+        up = self.binary(BO.GREATER_EQUAL, d, self.fconst(f"{name}/half", 0.5),
+                         f"{name}/up", shp, dtype=np.bool_)
+        upf = self.tensor(f"{name}/up_f", shp, np.float32)
+        opts = self.S.CastOptionsT()
+        opts.inDataType = self.S.TensorType.BOOL
+        opts.outDataType = self.S.TensorType.FLOAT32
+        self.op(BO.CAST, [up], [upf], self.BOPT.CastOptions, opts)
+        k = self.binary(BO.ADD, f, upf, f"{name}/code", shp)
+        k = self.binary(BO.MAXIMUM, k, self.fconst(f"{name}/kmin", lo), f"{name}/code_lo", shp)
+        k = self.binary(BO.MINIMUM, k, self.fconst(f"{name}/kmax", hi), f"{name}/code_hi", shp)
+        return self.binary(BO.MUL, k, self.fconst(f"{name}/step", step), name, shp)

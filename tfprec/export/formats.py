@@ -13,6 +13,8 @@ import dataclasses
 import math
 from typing import Optional
 
+import numpy as np
+
 from tfprec.errors import ExportError, InvalidDataError, PlanError, UnsupportedModelError
 from tfprec.fixedpoint import check_bits, check_pow2, int_limits
 from tfprec.statistics.graph import WEIGHT_KINDS
@@ -31,6 +33,8 @@ TIE_DIRECTION = {
 # LiteRT op resolver ('auto' / 'ref' / 'builtin', see checks.interpreter) of
 # each kernel family
 RESOLVER_OF = {"xnnpack": "auto", "reference": "ref", "optimized": "builtin"}
+# the kernel families, in report order
+FAMILIES = tuple(TIE_DIRECTION)
 
 
 class ExportInvalidDataError(ExportError, InvalidDataError):
@@ -141,6 +145,28 @@ def plan_formats(graph, plan) -> dict:
 
 
 # --------------------------------------------------------------------------
+# Weight layouts
+# --------------------------------------------------------------------------
+def tflite_kernel(op, k):
+    """Keras kernel layout -> TFLite layout."""
+    if op.kind == "dense":
+        return np.ascontiguousarray(k.T)                    # [out, in]
+    if op.kind == "conv2d":
+        return np.ascontiguousarray(np.transpose(k, (3, 0, 1, 2)))  # [O, kh, kw, I]
+    kh, kw, cin, m = k.shape
+    return np.ascontiguousarray(k.reshape(1, kh, kw, cin * m))
+
+
+# the weight layers the exporter lowers (Dense, Conv2D, DepthwiseConv2D)
+LOWERED_WEIGHT_KINDS = ("dense", "conv2d", "depthwise")
+
+
+def w_out(op, tflite_shape) -> int:
+    """Number of output channels of a weight op from its TFLite kernel shape."""
+    return int(tflite_shape[-1] if op.kind == "depthwise" else tflite_shape[0])
+
+
+# --------------------------------------------------------------------------
 # Where an int8 kernel's output can be requantized onto the next grid
 # --------------------------------------------------------------------------
 def consumers(graph) -> dict:
@@ -180,19 +206,22 @@ class Chain:
     fmt: Fmt
     ops: list           # non-weight ops absorbed (act / maxpool / reshape / identity)
     clip: tuple         # (lo, hi) real-valued composed activation clip
+    concat: object = None   # a Concatenate the chain passes through (not absorbed)
 
 
 def int8_chain(graph, op, cons, fmts) -> Optional[Chain]:
     """The int8 grid op's output can be requantized onto, if any.
 
     Follows op's output through single-consumer activation / max-pool /
-    reshape / identity ops to a tensor consumed only by weight layers that
-    share one input format of <= 8 bits, with every activation clip bound on
-    that grid.
+    reshape / identity ops, and possibly one Concatenate whose output feeds
+    weight layers directly (concatenation commutes with rounding and
+    clipping), to a tensor consumed only by weight layers that share one
+    input format of <= 8 bits, with every activation clip bound on that grid.
     """
     t = op.output
     chain: list = []
     clip = (None, None)
+    concat = None
     while True:
         if t == graph.output_id:
             return None
@@ -208,10 +237,14 @@ def int8_chain(graph, op, cons, fmts) -> Optional[Chain]:
                 return None
             if not (on_grid(clip[0], fa.step) and on_grid(clip[1], fa.step)):
                 return None
-            return Chain(fa, chain, clip)
-        if len(cs) != 1:
+            return Chain(fa, chain, clip, concat)
+        if len(cs) != 1 or concat is not None:
             return None
         c = cs[0]
+        if c.kind == "concat":
+            concat = c
+            t = c.output
+            continue
         if c.kind == "act":
             if c.attrs.get("fn") == "relu":
                 clip = compose_clip((c.attrs.get("low"), c.attrs.get("high")), clip)
@@ -221,3 +254,102 @@ def int8_chain(graph, op, cons, fmts) -> Optional[Chain]:
             return None
         chain.append(c)
         t = c.output
+
+
+# --------------------------------------------------------------------------
+# Where an int8 kernel's output is dequantized (pooling, add, concat, logits)
+# --------------------------------------------------------------------------
+def act_run(graph, cons, op) -> tuple:
+    """(ops, clip): the activation / identity ops that alone follow op's
+    output (stopping at a tensor with several readers, another op or the
+    logits) and their composed clip (lo, hi), None = unbounded."""
+    t, ops, clip = op.output, [], (None, None)
+    while t != graph.output_id:
+        cs = cons.get(t, [])
+        if len(cs) != 1:
+            break
+        c = cs[0]
+        if c.kind == "act" and c.attrs.get("fn") == "relu":
+            clip = compose_clip((c.attrs.get("low"), c.attrs.get("high")), clip)
+        elif not (c.kind == "identity"
+                  or (c.kind == "act" and c.attrs.get("fn") == "linear")):
+            break
+        ops.append(c)
+        t = c.output
+    return ops, clip
+
+
+def exact_int8_output(graph, cons, op, acc_step: float, acc_bound: float,
+                      tb: int = 0):
+    """(absorbed act ops, lo, hi, zp) when op's output, after the activations
+    that alone follow it, fits int8 codes at scale acc_step / 2^tb (acc_step
+    = Delta_A*Delta_W; the kernel's multiplier is then exactly 1 and nothing
+    is rounded): lo..hi are the reachable accumulator values (clipped; the
+    accumulator is at most ``acc_bound`` units of acc_step in magnitude), zp
+    the zero point whose saturation realizes the lower clip.  None when it
+    does not fit or a clip bound is off that grid."""
+    ops, clip = act_run(graph, cons, op)
+    unit = acc_step / 2 ** tb
+    if not (on_grid(clip[0], unit) and on_grid(clip[1], unit)):
+        return None
+    bound = int(np.ceil(acc_bound * 2 ** tb))
+    lo, hi = -bound, bound
+    if clip[0] is not None:
+        lo = max(lo, int(clip[0] / unit))
+    if clip[1] is not None:
+        hi = min(hi, int(clip[1] / unit))
+    hi = max(hi, lo)
+    if hi - lo > 255:
+        return None
+    zp = int(min(127, max(-128, -128 - lo)))
+    if lo + zp < -128 or hi + zp > 127:
+        return None
+    return ops, lo, hi, zp
+
+
+def rounded_chain(graph, cons, op, bound: float) -> Optional[Chain]:
+    """A Chain onto an 8-bit grid that is not in the plan (the
+    ``round_pooled_outputs`` option): the finest power-of-two step whose 256
+    codes cover op's output after the activations that alone follow it
+    (clipped range, else +-``bound``, the largest |output|), with the clip
+    bounds on that grid; None when there is none."""
+    ops, clip = act_run(graph, cons, op)
+    lo = -bound if clip[0] is None else max(-bound, clip[0])
+    hi = bound if clip[1] is None else min(bound, clip[1])
+    if not (np.isfinite(lo) and np.isfinite(hi)) or hi <= lo:
+        return None
+    signed = lo < 0
+    span = max(hi, -lo) / 127.0 if signed else hi / 255.0
+    if span <= 0:
+        return None
+    step = 2.0 ** math.ceil(math.log2(span))
+    if not (on_grid(clip[0], step) and on_grid(clip[1], step)):
+        return None
+    return Chain(Fmt(8, step * 2.0 ** 7, signed), ops, clip)
+
+
+def fused_clip(step: float, zp: int, klo: int, khi: int) -> tuple:
+    """(fused activation code, lowest code, highest code) of an int8 kernel
+    writing codes of step ``step`` with zero point ``zp``: the fused
+    activation (none 0, RELU 1, RELU_N1_TO_1 2, RELU6 3) that leaves the
+    fewest MAXIMUM / MINIMUM ops for the clip [klo, khi] (codes) without
+    clipping inside it.  Only activations whose bounds are codes of the grid
+    are used (TFLite and XNNPACK then both clamp at exactly that code, also
+    with the scale nudged by 2^-23)."""
+    nlo, nhi = -128 - zp, 127 - zp
+    best = (int(klo > nlo) + int(khi < nhi), 0, nlo, nhi)
+    for code, lo_v, hi_v in ((1, 0.0, None), (2, -1.0, 1.0), (3, 0.0, 6.0)):
+        lo, hi = nlo, nhi
+        ok = True
+        for v, is_lo in ((lo_v, True), (hi_v, False)):
+            if v is None:
+                continue
+            k = v / step
+            if k != math.floor(k) or abs(k) >= 2.0 ** 20:
+                ok = False
+                break
+            lo, hi = (max(lo, int(k)), hi) if is_lo else (lo, min(hi, int(k)))
+        cost = int(klo > lo) + int(khi < hi)
+        if ok and lo <= klo and hi >= khi and cost < best[0]:
+            best = (cost, code, lo, hi)
+    return best[1], best[2], best[3]

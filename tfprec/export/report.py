@@ -31,6 +31,9 @@ class LayerExport:
         plan's fixed-point simulation on the check examples, on the kernel
         family the export targets.
       num_weights, num_inputs: counts used for the representational cost.
+      exact_on: the kernel families ('xnnpack', 'reference', 'optimized')
+        on which this layer's arithmetic equals the plan's by construction
+        (every requantization rounds like the plan, no float32 sum rounds).
       notes: anything worth knowing (fallbacks, rounding).
     """
 
@@ -52,6 +55,7 @@ class LayerExport:
     act_codes_match: float = float("nan")
     num_weights: int = 0
     num_inputs: int = 0
+    exact_on: tuple = ()
     notes: list = dataclasses.field(default_factory=list)
 
     @property
@@ -78,8 +82,15 @@ class ExportReport:
         simulation (:func:`simulate_plan`).
       max_logit_diff: largest |TFLite logit - simulated logit| on them.
       agreement_by_kernels, max_logit_diff_by_kernels: the same for every
-        kernel family ('xnnpack': the interpreter's default; 'reference';
-        'optimized': builtin kernels without delegates).
+        kernel family ('xnnpack': the interpreter's default; 'reference':
+        BUILTIN_REF; 'optimized': builtin kernels without delegates), each
+        measured by running the written file itself on the check examples.
+      act_codes_match_by_kernels: {family: fraction (a probability) of all
+        weight-layer input codes, over the check examples, equal to the
+        plan's simulation}.
+      exact_on: the kernel families on which every layer is exact by
+        construction (the intersection of the layers' ``exact_on``); also
+        stored in the file's ``tfprec`` metadata entry (JSON).
       notes: model-level notes.
     """
 
@@ -94,6 +105,8 @@ class ExportReport:
     kernels: str = "xnnpack"
     agreement_by_kernels: dict = dataclasses.field(default_factory=dict)
     max_logit_diff_by_kernels: dict = dataclasses.field(default_factory=dict)
+    act_codes_match_by_kernels: dict = dataclasses.field(default_factory=dict)
+    exact_on: tuple = ()
     notes: list = dataclasses.field(default_factory=list)
 
     @property
@@ -124,12 +137,15 @@ class ExportReport:
                else "(weights only: check_examples=0)"),
             f"- decisions equal to the plan's fixed-point simulation "
             f"({self.kernels} kernels): {100 * self.sim_agreement:.2f}%, max "
-            f"|logit difference| {self.max_logit_diff:.3g}; by kernel family: "
+            f"|logit difference| {self.max_logit_diff:.3g}; by kernel family "
+            f"(the written file run on each): "
             + ", ".join(f"{k} {100 * v:.2f}%" for k, v in self.agreement_by_kernels.items()),
+            "- exact by construction on kernel families: "
+            + (", ".join(self.exact_on) if self.exact_on else "none (see the notes)"),
             "",
             "| layer | B_W | B_A | weights | input | compute | output | "
-            "weight grid | input grid | input codes = sim |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "weight grid | input grid | input codes = sim | exact on |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for l in self.layers:
             sign = "s" if l.act_signed else "u"
@@ -137,7 +153,8 @@ class ExportReport:
                 f"| {l.name} | {l.weight_bits} | {l.act_bits}{sign} | "
                 f"{l.weight_dtype} (bias {l.bias_dtype}) | {l.act_dtype} | "
                 f"{l.compute} | {l.output} | {ok(l.weights_grid_ok)} | "
-                f"{ok(l.act_grid_ok)} | {100 * l.act_codes_match:.2f}% |")
+                f"{ok(l.act_grid_ok)} | {100 * l.act_codes_match:.2f}% | "
+                f"{', '.join(l.exact_on) or 'none'} |")
         notes = list(self.notes) + [f"{l.name}: {n}" for l in self.layers for n in l.notes]
         if notes:
             lines += [""] + [f"- {n}" for n in notes]

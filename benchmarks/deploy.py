@@ -1,0 +1,287 @@
+"""Deployment benchmark of the ai_edge_quantizer export backend.
+
+    python benchmarks/deploy.py [--nets mnist_mlp,cifar10_vgg,mobilenet_v2]
+                                [--select 2000] [--report 2000]
+    python benchmarks/deploy.py --verify       # the kernel-combination table
+
+For each network (the committed reference weights, examples/weights/), at
+its cheapest plan whose fake-quant accuracy on the SELECTION split (the first
+``--select`` test images) is within ``--max_drop`` percentage points of
+float (``tfprec.calibrate.calibrate_plan`` ... see :func:`cheapest_plan`),
+measured on the disjoint REPORT split (the next ``--report`` images): file
+size over TF's full-integer int8 PTQ file (targets <= 0.6 MLP, <= 0.75 CNN),
+accuracy vs the fake-quant model's (target within 0.2 pp), decision
+agreement with the fake-quant model (target >= 99.5 %) per kernel family,
+and the median single-example latency over TF int8's.
+
+``--verify`` exports one-layer models for every (op, activation type,
+weight type) combination with the multiplier nudged up and down, and
+prints, per kernel family, the fraction of examples whose logits equal the
+plan's float64 simulation: the source of
+``tfprec.export.aeq_recipe.VERIFIED`` / ``TIE_DIRECTION``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "examples"))
+
+import tfprec  # noqa: E402  (first: selects Keras 2)
+from tfprec._tf import keras  # noqa: E402
+from tfprec.errors import UnsupportedModelError  # noqa: E402
+
+TARGETS = {"mnist_mlp": 0.6, "cifar10_vgg": 0.75, "mobilenet_v2": 0.75}
+FAMILIES = ("xnnpack", "optimized", "reference")
+MOBILENET_EPOCHS = 3
+
+
+# ------------------------------------------------------------------ nets
+def load_net(name: str):
+    """(model, dataset) of a benchmark network; UnsupportedModelError when
+    tfprec cannot analyse it yet."""
+    from tfprec.application import data as data_lib
+    if name == "mnist_mlp":
+        from common import load_reference
+        return load_reference("mnist_mlp"), data_lib.load_dataset("mnist", flatten=True)
+    if name == "cifar10_vgg":
+        from common import load_reference
+        return load_reference("cifar10_vgg"), data_lib.load_dataset("cifar10")
+    if name == "mobilenet_v2":
+        # keras.applications.MobileNetV2 at 32x32 (tfprec.models builder when
+        # the installed tfprec has it), trained briefly on the CPU and cached;
+        # checked for analysability first, on an untrained copy, so that an
+        # unsupported model is reported before any training
+        from tfprec.application import models
+        ds = data_lib.load_dataset("cifar10")
+        if "mobilenet_v2" in getattr(models, "BUILDERS", {}):
+            probe = models.build("mobilenet_v2")
+        else:
+            probe = keras.applications.MobileNetV2(
+                input_shape=(32, 32, 3), weights=None, classes=10,
+                classifier_activation=None)
+        tfprec.noise_gains(probe, ds.x_train[:8])  # UnsupportedModelError if not
+        return models.cached_trained("mobilenet_v2", ds, epochs=MOBILENET_EPOCHS), ds
+    raise SystemExit(f"unknown net {name!r}")
+
+
+def deployed_bytes(plan) -> float:
+    """Weight bytes of ``plan`` as this backend stores it: <= 4 bits 0.5
+    byte (int4; depthwise int8: 1), 5..8 bits 1 byte, wider 4 (float32)."""
+    total = 0.0
+    for lp in plan.layers:
+        b = lp.weight_bits
+        per = 0.5 if b <= 4 and lp.layer_class != "DepthwiseConv2D" else (
+            1.0 if b <= 8 else 4.0)
+        total += per * lp.num_weights
+    return total
+
+
+def cheapest_plan(model, ds, n_select: int, max_drop_pp: float, max_bits: int = 16):
+    """(plan, label, float accuracy, fake-quant accuracy) on the selection
+    split.  ``tfprec.calibrate.calibrate`` with ``max_accuracy_drop`` and
+    the memory cost finds each family's cheapest plan (cost-aware, paper,
+    uniform, measured greedy) whose fake-quant accuracy on the selection
+    split is within ``max_drop_pp`` percentage points of float; the one
+    with the smallest :func:`deployed_bytes` is taken (the memory cost
+    counts bits, the file stores int4 / int8 / float32)."""
+    from tfprec.planning.calibrate import calibrate
+    xs, ys = ds.x_test[:n_select], ds.y_test[:n_select]
+    gains = tfprec.noise_gains(model, ds.x_train[:1000])
+    res = calibrate(model, gains, xs, ys, max_accuracy_drop=max_drop_pp, cost="memory",
+                    max_bits=max_bits,
+                    methods=("cost_aware", "paper", "uniform", "measured_greedy"))
+    best = min(res.candidates, key=lambda c: deployed_bytes(c.plan))
+    sizes = ", ".join(f"{c.method} {deployed_bytes(c.plan) / 1e3:.0f} kB" for c in res.candidates)
+    return (best.plan, f"calibrate: {best.method} level {best.level} (deployed weights: "
+            f"{sizes})", res.float_accuracy, best.quant_accuracy)
+
+
+def storage_greedy(model, plan, xs, ys, min_accuracy: float):
+    """``plan`` with weights moved down to the next LiteRT storage type
+    (5..8 bits -> 4: int8 -> int4; > 8 -> 8: float32 -> int8), largest
+    layers first, each change kept when the fake-quant accuracy on the
+    selection split (xs, ys) stays >= ``min_accuracy``: the smallest file
+    the greedy finds.  Returns (plan, accuracy, evaluations)."""
+    from tfprec.quantization.apply import logits_model, quantize_model
+
+    def accuracy(p):
+        q = logits_model(quantize_model(model, p))
+        return float(np.mean(np.argmax(q.predict(xs, batch_size=256, verbose=0), -1) == ys))
+    acc, n = accuracy(plan), 1
+    for lp in sorted(plan.layers, key=lambda l: -l.num_weights):
+        b = plan.layer(lp.name).weight_bits
+        to = 4 if 4 < b <= 8 and lp.layer_class != "DepthwiseConv2D" else (8 if b > 8 else None)
+        if to is None:
+            continue
+        cand = plan.with_bits(weight_bits={lp.name: to})
+        a, n = accuracy(cand), n + 1
+        if a >= min_accuracy:
+            plan, acc = cand, a
+    return plan, acc, n
+
+
+def bench(name: str, args) -> str:
+    from tfprec.export.tflite import export_tflite
+    try:
+        model, ds = load_net(name)
+    except (UnsupportedModelError, ValueError) as e:
+        # UnsupportedModelError: tfprec cannot analyse it yet; ValueError:
+        # tfprec.models has no such builder yet
+        return f"## {name}\n\nnot supported yet: {type(e).__name__}: {e}\n"
+    t = time.perf_counter()
+    plan, how, acc_f, acc_sel = cheapest_plan(model, ds, args.select, args.max_drop,
+                                              args.max_bits)
+    if args.storage_greedy:
+        before = deployed_bytes(plan)
+        plan, acc_sel, n_eval = storage_greedy(
+            model, plan, ds.x_test[:args.select], ds.y_test[:args.select],
+            acc_f - args.max_drop / 100)
+        how += (f"; then storage greedy ({n_eval} evaluations): deployed weights "
+                f"{before / 1e3:.0f} -> {deployed_bytes(plan) / 1e3:.0f} kB")
+    lo, hi = args.select, args.select + args.report
+    x, y = ds.x_test[lo:hi], ds.y_test[lo:hi]
+    with tempfile.TemporaryDirectory() as d:
+        rep = export_tflite(model, plan, os.path.join(d, f"{name}.tflite"), x,
+                            backend="ai_edge_quantizer", labels=y, check_examples=len(x),
+                            baselines=True, latency=True)
+        tuned = {}
+        for fam in (FAMILIES[1:] if args.tuned_files else ()):
+            r2 = export_tflite(model, plan, os.path.join(d, f"{name}_{fam}.tflite"), x,
+                               backend="ai_edge_quantizer", labels=y,
+                               check_examples=len(x), kernels=fam)
+            tuned[fam] = r2
+    ptq = next(r for r in rep.baselines if r["name"] == "TF int8 PTQ")
+    ratio = rep.file_size_bytes / ptq["size_bytes"]
+    lines = [f"## {name}", "",
+             f"plan: {how}, smallest file (<= {args.max_bits} bits) within "
+             f"{args.max_drop} pp of float on "
+             f"the selection split ({args.select} images: float {100 * acc_f:.2f} %, "
+             f"fake-quant {'-' if acc_sel is None else f'{100 * acc_sel:.2f}'} %); bits "
+             + ", ".join(f"{l.name} W{l.weight_bits}/A{l.act_bits}" for l in plan.layers),
+             f"report split: {len(x)} test images {lo}..{hi - 1}; "
+             f"{time.perf_counter() - t:.0f} s", "",
+             f"- size / TF int8 PTQ: {rep.file_size_bytes} / {ptq['size_bytes']} = "
+             f"{ratio:.3f} (target <= {TARGETS[name]}): "
+             f"{'met' if ratio <= TARGETS[name] else 'NOT met'}"]
+    for fam in FAMILIES:
+        d_pp = 100 * (rep.accuracy_by_kernels[fam] - rep.fake_quant_accuracy)
+        agr = rep.agreement_by_kernels[fam]
+        lines.append(f"- {fam}: accuracy {100 * rep.accuracy_by_kernels[fam]:.2f} % "
+                     f"(fake-quant {100 * rep.fake_quant_accuracy:.2f} %, {d_pp:+.2f} pp, "
+                     f"target within 0.2: {'met' if abs(d_pp) <= 0.2 else 'NOT met'}); "
+                     f"agreement {100 * agr:.2f} % (target >= 99.5: "
+                     f"{'met' if agr >= 0.995 else 'NOT met'})")
+    for fam, r2 in tuned.items():
+        d_pp = 100 * (r2.accuracy_by_kernels[fam] - r2.fake_quant_accuracy)
+        lines.append(f"- file tuned for {fam} (kernels='{fam}'), run on {fam}: accuracy "
+                     f"{100 * r2.accuracy_by_kernels[fam]:.2f} % ({d_pp:+.2f} pp), agreement "
+                     f"{100 * r2.agreement_by_kernels[fam]:.2f} % (target >= 99.5: "
+                     f"{'met' if r2.agreement_by_kernels[fam] >= 0.995 else 'NOT met'}); "
+                     f"size {r2.file_size_bytes} bytes")
+    lines.append(f"- median single-example latency (XNNPACK, 1 thread): "
+                 f"{1e6 * rep.latency_s:.0f} us vs TF int8 {1e6 * ptq['latency_s']:.0f} us "
+                 f"= {rep.latency_s / ptq['latency_s']:.2f}x")
+    return "\n".join(lines) + "\n\n" + rep.to_markdown()
+
+
+# ------------------------------------------------------------------ verify
+COMBOS = [(k, a, w) for k in ("dense", "conv2d", "depthwise")
+          for a in ("int8", "int16") for w in ("int4", "int8", "int2", "int4_block32")]
+# what AEQ 0.10's policy accepts for static (integer-activation) ops
+SUPPORTED = [c for c in COMBOS if c[2] in ("int4", "int8")
+             and not (c[0] == "depthwise" and c[2] == "int4")]
+
+
+def _one_layer(kind: str, seed: int = 0):
+    L = keras.layers
+    keras.utils.set_random_seed(seed)
+    shape = {"dense": (64,), "conv2d": (8, 8, 3), "depthwise": (8, 8, 4)}[kind]
+    x = inp = keras.Input(shape, name="input")
+    if kind == "dense":
+        x = L.Dense(32, name="layer")(x)
+    elif kind == "conv2d":
+        x = L.Conv2D(8, 3, name="layer")(x)
+    else:
+        x = L.DepthwiseConv2D(3, name="layer")(x)
+    x = L.ReLU(max_value=2.0, name="clip")(x)
+    if kind != "dense":
+        x = L.Flatten(name="flatten")(x)
+    m = keras.Model(inp, L.Dense(10, name="logits")(x))
+    rng = np.random.default_rng(seed)
+    for layer in m.layers:
+        if layer.weights:
+            layer.set_weights([rng.normal(0, 0.3, w.shape).astype(np.float32)
+                               for w in layer.get_weights()])
+    return m, rng.uniform(0, 1, (400, *shape)).astype(np.float32)
+
+
+def verify(combos=COMBOS, n: int = 400) -> list:
+    """Rows (kind, act, weight, direction, {family: fraction of examples
+    whose logits equal the float64 simulation of the plan within 1e-5},
+    error or '')."""
+    from tfprec.export.aeq import export_aeq
+    from tfprec.export.runtime import run_family
+    from tfprec.export.tflite import simulate_plan
+    rows = []
+    for kind, act, wt in combos:
+        m, x = _one_layer(kind)
+        gains = tfprec.noise_gains(m, x[:200])
+        p = tfprec.uniform_plan(gains, bits=8)
+        wb = {"int2": 2, "int4": 4, "int4_block32": 4, "int8": 7}[wt]
+        ab = 10 if act == "int16" else 5
+        plan = p.with_bits(weight_bits={"layer": wb, "logits": 8},
+                           act_bits={"layer": 8 if act == "int8" else 12, "logits": ab})
+        sim = simulate_plan(m, plan, x[:n])
+        for direction in (1, -1):
+            res, err = {}, ""
+            with tempfile.TemporaryDirectory() as d:
+                try:
+                    path = os.path.join(d, "v.tflite")
+                    export_aeq(m, plan, path, x, check_examples=0, weight_types={"layer": wt},
+                               _directions={"layer": direction}, _unverified=True)
+                    content = open(path, "rb").read()
+                    for fam in FAMILIES:
+                        out = run_family(content, x[:n], fam)
+                        tol = 1e-5 * max(1.0, float(np.abs(sim).max()))
+                        res[fam] = float(np.mean(np.max(np.abs(out - sim), -1) <= tol))
+                except Exception as e:       # noqa: BLE001 - reported
+                    err = f"{type(e).__name__}: {str(e)[:120]}"
+            rows.append((kind, act, wt, direction, res, err))
+            print(f"\nVERIFY {kind} {act} {wt} dir={direction:+d} {res} {err}", flush=True)
+    return rows
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--nets", default="mnist_mlp,cifar10_vgg,mobilenet_v2")
+    ap.add_argument("--select", type=int, default=2000)
+    ap.add_argument("--report", type=int, default=2000)
+    ap.add_argument("--max_drop", type=float, default=0.5)
+    ap.add_argument("--max_bits", type=int, default=16,
+                    help="no tensor of the plan above this many bits")
+    ap.add_argument("--storage_greedy", type=int, default=1,
+                    help="1: lower weights to the next LiteRT storage type where the "
+                    "selection accuracy allows (see storage_greedy)")
+    ap.add_argument("--tuned_files", type=int, default=1,
+                    help="1: also export files with ties tuned for the optimized and "
+                    "the reference kernels and report each on its own family")
+    ap.add_argument("--verify", action="store_true")
+    ap.add_argument("--all_combos", action="store_true",
+                    help="--verify also int2 and 32-blockwise int4 weights")
+    args = ap.parse_args(argv)
+    if args.verify:
+        verify(COMBOS if args.all_combos else SUPPORTED)
+        return
+    for name in args.nets.split(","):
+        print(bench(name.strip(), args), flush=True)
+
+
+if __name__ == "__main__":
+    main()

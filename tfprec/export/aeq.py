@@ -1,0 +1,418 @@
+"""TFLite export of a precision plan with Google's AI Edge Quantizer.
+
+:func:`export_aeq` (``export_tflite(..., backend="ai_edge_quantizer")``)
+writes a LiteRT file with ``tf.lite.TFLiteConverter`` (float) and
+``ai_edge_quantizer`` 0.10 (recipe API), and runs it with
+``ai_edge_litert.interpreter.Interpreter`` under every kernel family.
+
+Formats, per weight layer of the plan (METHOD.md section 1):
+
+* weights: B_W <= 4 bits -> packed INT4, 5..8 -> INT8 (per-channel
+  quantization, every channel's scale exactly the plan's Delta_W =
+  R_W 2^(1-B_W), zero point 0: the (BatchNorm-folded) kernel and bias are
+  snapped to the plan's grid first and AEQ's min/max algorithm is given the
+  statistics (:func:`tfprec.export.aeq_recipe.weight_qsv`) that make its
+  scale Delta_W, so it stores the plan's codes).  DEPTHWISE_CONV_2D has no
+  INT4 kernel: INT8, same grid.  B_W > 8: float32 values on the grid
+  (float compute), or, with ``round_wide_weights=True``, rounded to 8 bits.
+  LiteRT int8 weights are narrow-range: an 8-bit code -128 is refused.
+* activations: int8 when every integer layer's input needs <= 8 bits,
+  else int16 for all (16x8 / 16x4 kernels; one width for the whole network
+  keeps every requantization exact).  The input of each weight layer is an
+  integer tensor with scale Delta_A (int8: zero point 0 for signed formats,
+  -128 for unsigned; int16: zero point 0), and so is every tensor between
+  the previous weight layer and it (its output is requantized straight onto
+  the next grid; clips, ReLUs, max-pool and reshapes commute with rounding).
+  The plan's saturation is an explicit clip in front of every weight layer.
+  Tensors the plan does not fix (after an add, an average pool) get AEQ's
+  calibrated min/max scales.
+* the logits layer is weight-only (its integer weights are dequantized and
+  it computes in float32 on its exact input grid), so the logits are not
+  rounded to 8 bits.
+
+Requantization ties: the integer kernels round ties differently per family
+(XNNPACK to even, gemmlowp-style kernels twice).  Where a weight layer's
+output reaches the next layer through the plan's clip (a float MINIMUM that
+requantizes exactly onto Delta_A), its output scale is Delta_A*(1 -+ eps),
+which makes the family named by ``kernels`` round positive ties upward as
+the plan does (:data:`tfprec.export.aeq_recipe.TIE_DIRECTION`, measured by
+``benchmarks/deploy.py --verify``).
+
+The result is checked as written: every weight tensor dequantized equals
+the snapped weights exactly with scale Delta_W, every planned activation
+tensor has scale Delta_A, and the decisions are compared with the fake-quant
+model (:func:`tfprec.quantize_model`) under each kernel family (XNNPACK,
+the optimized builtin kernels, the BUILTIN_REF reference kernels).  The
+kernel families round requantization ties differently (see
+:mod:`tfprec.export.tflite`), so agreement can be below 100 %.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from tfprec._tf import tf
+from tfprec.errors import ExportError
+from tfprec.export import aeq_recipe as R
+from tfprec.export.aeq_report import (METADATA_NAME, AeqExportReport, AeqLayer,  # noqa: F401
+                                      read_metadata, with_metadata)
+from tfprec.export.formats import ExportInvalidDataError, as_export_errors, layer_formats
+from tfprec.export import runtime
+from tfprec.fileio import atomic_write_bytes
+from tfprec.inputs import as_inputs, choice, flag, nonnegative_int
+from tfprec.quantization.simulate import checked_plan
+from tfprec.statistics.graph import parse_model
+
+CALIBRATION_EXAMPLES = 64
+
+
+# --------------------------------------------------------------------------
+# Arguments
+# --------------------------------------------------------------------------
+def _output_path(path) -> str:
+    """``path`` as a str; ExportError for None, non-paths, directories and
+    folders that do not exist or are not writable (before anything is
+    built)."""
+    if path is None or not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise ExportError(f"path must be the output file name (str or os.PathLike), "
+                          f"got {path!r}")
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) or path.endswith(("/", os.sep)):
+        raise ExportError(f"cannot write TFLite file path={path!r}: it is a directory")
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+        raise ExportError(f"cannot write TFLite file path={path!r}: its folder "
+                          f"{folder!r} does not exist or is not writable")
+    return path
+
+
+def _inputs(data, graph, fmts: dict, n: int) -> tuple:
+    """(inputs [n' <= n, ...] float32, source): ``representative_data`` (an
+    array or tensor, a tf.data.Dataset of inputs or (input, label) pairs,
+    an iterable of arrays or of ``[array]`` lists, or a callable returning
+    one), checked by :func:`tfprec.inputs.as_inputs`; None: ``n`` inputs
+    drawn uniformly over the first layer's input range ('synthetic')."""
+    shape = tuple(graph.shapes[graph.input_id])
+    if data is None:
+        fa = fmts[graph.weight_ops[0].name][1]
+        lo, hi = (-1.1 * fa.range, 1.1 * fa.range) if fa.signed else (-0.1 * fa.range,
+                                                                      2.1 * fa.range)
+        x = np.random.default_rng(0).uniform(lo, hi, (n, *shape))
+        return x.astype(np.float32), "synthetic"
+    if callable(data) and not hasattr(data, "__iter__"):
+        data = data()
+    what = "representative_data"
+    with as_export_errors():
+        if isinstance(data, tf.data.Dataset) or hasattr(data, "shape"):
+            return as_inputs(data, shape, what=what, max_examples=n,
+                             allow_single=True), what
+        if not hasattr(data, "__iter__") or isinstance(data, (str, bytes, dict)):
+            raise ExportInvalidDataError(f"{what} must be an array [N, ...], a "
+                                         "tf.data.Dataset or an iterable of arrays, "
+                                         f"got {type(data).__name__}")
+        got, count = [], 0
+        for i, item in enumerate(data):
+            if isinstance(item, (list, tuple)) and item and hasattr(item[0], "shape"):
+                item = item[0]
+            got.append(as_inputs(item, shape, what=f"{what} item {i}", allow_single=True,
+                                 allow_empty=True))
+            count += len(got[-1])
+            if count >= n:
+                break
+        if not count:
+            raise ExportInvalidDataError(f"{what} is empty: at least one example is needed.")
+    return np.concatenate(got)[:n], what
+
+
+# --------------------------------------------------------------------------
+# Export
+# --------------------------------------------------------------------------
+
+def _quiet():
+    """Context manager hiding AI Edge Quantizer's progress bars (tqdm on
+    stderr); errors still propagate."""
+    import contextlib
+    import io
+    return contextlib.redirect_stderr(io.StringIO())
+
+def export_aeq(model, plan, path, representative_data=None, *, labels=None,
+               check_examples: int = 2000, round_wide_weights: bool = False,
+               weight_types=None, baselines: bool = False, latency: bool = False,
+               kernels: str = "xnnpack", exact_ties: bool = True,
+               strict: bool = True, allow_fingerprint_mismatch: bool = False,
+               _directions=None, _unverified: bool = False) -> AeqExportReport:
+    """Writes the plan's network as an ai_edge_quantizer LiteRT file.
+
+    Args:
+      model, plan, path, representative_data, allow_fingerprint_mismatch:
+        as for :func:`tfprec.export.tflite.export_tflite` (the inputs also
+        calibrate tensors the plan does not fix).
+      labels: integer labels of the first examples of
+        ``representative_data`` (optional); accuracy (a fraction) is then
+        reported per kernel family.
+      check_examples: how many examples (non-negative int) the decision
+        checks run on under each kernel family (default 2000).
+      round_wide_weights: store weights planned above 8 bits as int8
+        (rounded to 8 bits, off the plan) instead of float32 on their grid.
+      weight_types: optional {layer name: 'int2' | 'int4' | 'int8' |
+        'int4_block32' | 'float'} overriding the storage type; combinations
+        not in :data:`tfprec.export.aeq_recipe.VERIFIED` are refused.
+      baselines: also build TF's float and full-integer int8 PTQ files of
+        the model and report their size, op types, accuracy and latency.
+      latency: measure the median single-example latency (seconds).
+      kernels: the kernel family ('xnnpack', 'optimized', 'reference')
+        whose requantization is made to round ties upward like the plan
+        (:data:`tfprec.export.aeq_recipe.TIE_DIRECTION`); the others can
+        land one step off on ties (the report gives every family).
+      exact_ties: keep the plan's clip (a float MINIMUM, where the previous
+        layer's output is requantized exactly onto Delta_A) in front of
+        every layer fed by a weight layer, even when the int8 saturation
+        already is the plan's, so that ties can be tuned; False drops it
+        (fewer operators, ties round per kernel family).
+      strict: raise ExportError (with ``.report``) and write nothing when a
+        stored grid differs from the plan.
+
+    Returns:
+      An :class:`~tfprec.export.aeq_report.AeqExportReport`.
+
+    Raises:
+      ExportError: bad arguments (also InvalidDataError / PlanError /
+        UnsupportedModelError, as for ``export_tflite``); an unverified
+        kernel combination or an activation format no integer type holds
+        (message names the layer); the quantizer or the interpreter fails;
+        a grid check fails (``strict``); the file cannot be written.
+    """
+    path = _output_path(path)
+    with as_export_errors():
+        n_check = nonnegative_int("check_examples", check_examples)
+        wide_to_8 = flag("round_wide_weights", round_wide_weights)
+        strict = flag("strict", strict)
+        baselines = flag("baselines", baselines)
+        latency = flag("latency", latency)
+        exact_ties = flag("exact_ties", exact_ties)
+        kernels = choice("kernels", kernels, R.FAMILIES)
+    with as_export_errors():
+        plan = checked_plan(model, plan, allow_fingerprint_mismatch=allow_fingerprint_mismatch)
+    with as_export_errors("cannot export: "):
+        graph = parse_model(model)
+    weight_types = dict(weight_types or {})
+    names = [op.name for op in graph.weight_ops]
+    for k, v in weight_types.items():
+        if k not in names or v not in R.WEIGHT_TYPES:
+            raise ExportError(f"weight_types[{k!r}]={v!r}: the layer must be one of "
+                              f"{names} and the type one of {sorted(R.WEIGHT_TYPES)}")
+    fmts = {op.name: layer_formats(plan.layer(op.name)) for op in graph.weight_ops}
+    n_avail = max(n_check, CALIBRATION_EXAMPLES)
+    xs, source = _inputs(representative_data, graph, fmts, n_avail)
+    ys = None
+    if labels is not None:
+        ys = np.asarray(labels).reshape(-1)[:len(xs)].astype(np.int64)
+        if len(ys) != min(len(xs), len(np.asarray(labels).reshape(-1))) or len(ys) == 0:
+            raise ExportError("labels must be integer labels of the examples of "
+                              "representative_data")
+
+    # ---- per-layer formats
+    kinds = {op.name: op.kind for op in graph.weight_ops}
+    last = graph.weight_ops[-1].name
+    layers, wtype = [], {}
+    for name in names:
+        fw, fa = fmts[name]
+        wtype[name], note = R.weight_type(kinds[name], fw.bits, wide_to_8,
+                                         weight_types.get(name))
+        layers.append(AeqLayer(name=name, kind=kinds[name], weight_bits=fw.bits,
+                               act_bits=fa.bits, act_signed=fa.signed,
+                               weight_step=fw.step, act_step=fa.step,
+                               weight_type=wtype[name], notes=[note] if note else []))
+    integer = [l for l in layers if l.weight_type != "float" and l.name != last]
+    act = "int16" if any(l.act_bits > 8 for l in layers) else "int8"
+    for l in layers:
+        fa = fmts[l.name][1]
+        if act == "int16" and not fa.signed and fa.bits == 16:
+            raise ExportError(f"layer {l.name!r}: its 16-bit unsigned input format "
+                              "fits no LiteRT integer type; use backend='exact'")
+        l.act_type = "float" if (l.name == last or l.weight_type == "float") else act
+        if act == "int16" and l.act_bits <= 8 and l in integer:
+            l.notes.append(f"{l.act_bits}-bit input carried in int16 (the network "
+                           "uses one activation width, int16, for exact requantization)")
+        l.families = (sorted(R.FAMILIES) if _unverified else
+                      sorted(R.check_verified(l.name, l.kind, l.act_type, l.weight_type)))
+    act_for_chain = act
+
+    # ---- float file
+    gm, snapped = R.grid_model(model, plan, fmts, wide_to_8, act, exact_ties,
+                              tie_offset=[l.name for l in layers
+                                          if l.weight_type == "float" and l.name != last])
+    for l in layers:
+        if l.weight_type == "float" and l.name != last:
+            l.notes.append("bias raised by Delta_A*Delta_W/4 so that exact ties of the "
+                           "float output round upward when quantized")
+    try:
+        float_content = runtime.float_tflite(gm)
+    except Exception as e:
+        raise ExportError(f"TFLiteConverter cannot convert the model: {e}") from e
+    g = R.read_graph(float_content)
+    wops = [op for op in g.ops if op.name in R.WEIGHT_OPS]
+    if [R.WEIGHT_OPS[o.name] for o in wops] != [kinds[n] for n in names]:
+        raise ExportError(f"the converted model's weight operators "
+                          f"{[o.name for o in wops]} do not match the layers {names}")
+    op_of = dict(zip(names, wops))
+    wstep = {n: (fmts[n][0].range * 2.0 ** -7 if (wide_to_8 and fmts[n][0].bits > 8)
+                 else fmts[n][0].step) for n in names}
+    for l in layers:
+        if l.weight_type == "int8" and np.min(snapped[l.name][0]) / wstep[l.name] < -127:
+            raise ExportError(
+                f"layer {l.name!r}: its 8-bit kernel has code -128 (value "
+                f"{-128 * wstep[l.name]!r}); LiteRT int8 weights are narrow-range "
+                "[-127, 127]. Use backend='exact'.")
+    for name in names:
+        k = R.tflite_kernel(kinds[name], snapped[name][0])
+        got = g.const(wops[names.index(name)].inputs[1])
+        if got is None or got.view(np.float32).size != k.size or not np.array_equal(
+                got.view(np.float32).reshape(k.shape), k.astype(np.float32)):
+            raise ExportError(f"layer {name!r}: the converted kernel is not the "
+                              "snapped kernel (operator order differs?)")
+
+    # ---- recipe
+    from ai_edge_quantizer import qtyping, quantizer
+    key = R.ALGORITHM_KEY
+    qt = quantizer.Quantizer(bytearray(float_content))
+    default = R.op_config(act, "int8")
+    default = type(default)(activation_tensor_config=default.activation_tensor_config,
+                            weight_tensor_config=qtyping.TensorQuantizationConfig(
+                                num_bits=8, symmetric=True,
+                                granularity=qtyping.QuantGranularity.CHANNELWISE),
+                            compute_precision=qtyping.ComputePrecision.INTEGER)
+    qt.update_quantization_recipe(regex=".*", operation_name="*", op_config=default,
+                                  algorithm_key=key)
+    for io in ("INPUT", "OUTPUT"):        # float input and logits
+        qt.update_quantization_recipe(regex=".*", operation_name=io,
+                                      algorithm_key="no_quantize")
+    for l in layers:
+        op = op_of[l.name]
+        regex = R.anchored(g.tensor_name(op.outputs[0]))
+        cfg = R.op_config(l.act_type, l.weight_type)
+        if cfg is None:
+            qt.update_quantization_recipe(regex=regex, operation_name="*",
+                                          algorithm_key="no_quantize")
+        else:
+            qt.update_quantization_recipe(regex=regex, operation_name=op.name,
+                                          op_config=cfg, algorithm_key=key)
+    # ---- calibration, then the plan's activation grids
+    in_name = gm.inputs[0].name.split(":")[0]
+    ncal = min(len(xs), CALIBRATION_EXAMPLES)
+    try:
+        with _quiet():          # AEQ's tqdm progress bars go to stderr
+            cal = qt.calibrate({"serving_default": [{in_name: xs[i:i + 1]}
+                                                    for i in range(ncal)]})
+    except Exception as e:
+        raise ExportError(f"ai_edge_quantizer calibration failed: {e}") from e
+    planned = {}
+    for l in layers:
+        chain, src = R.chain_tensors(g, op_of[l.name])
+        fa = fmts[l.name][1]
+        lo, hi = R.span(fa, act_for_chain)
+        prev = next((n for n, o in op_of.items() if o is src), None)
+        pl = next((x for x in layers if x.name == prev), None)
+        direction = 0
+        if pl is not None and pl.act_type != "float" and pl.weight_type != "float":
+            direction = (_directions or {}).get(prev, R.tie_direction(
+                pl.kind, pl.act_type, pl.weight_type, kernels))
+        nudge = R.nudge(g, chain, src, fmts, op_of, direction)
+        for t in chain:
+            nm = g.tensor_name(t)
+            planned[nm] = (l.name, fa)
+            f = 1.0 - nudge.get(t, 0.0)
+            cal[nm] = {"min": np.array([[lo * f]], np.float32),
+                       "max": np.array([[hi * f]], np.float32)}
+        if nudge:
+            e = next(iter(nudge.values()))
+            l.notes.append("input requantized by the previous layer with scale "
+                           "Delta_A*(1%s2^-%d), then exactly onto Delta_A by the float "
+                           "clip, so that ties round upward as in the plan on %s kernels"
+                           % ("-" if e > 0 else "+", round(-np.log2(abs(e))), kernels))
+    for l in layers:
+        if l.weight_type in ("int2", "int4", "int8"):
+            op = op_of[l.name]
+            k = R.tflite_kernel(kinds[l.name], snapped[l.name][0])
+            cal[g.tensor_name(op.inputs[1])] = R.weight_qsv(
+                kinds[l.name], k, R.WEIGHT_TYPES[l.weight_type], wstep[l.name])
+    try:
+        with _quiet():
+            content = bytes(qt.quantize(cal, enable_progress_report=False).quantized_model)
+    except Exception as e:
+        raise ExportError(f"ai_edge_quantizer could not quantize the model: {e}") from e
+
+    # ---- read back: types, weights, scales
+    from tfprec.export.aeq_report import check_file
+    qg = R.read_graph(content)
+    check_file(qg, layers, snapped, fmts, planned, kinds, wide_to_8)
+
+    report = AeqExportReport(
+        path=path, layers=layers, file_size_bytes=len(content), plan_bits=float(sum(
+            lp.weight_bits * lp.num_weights + lp.act_bits * lp.num_inputs
+            for lp in plan.layers)),
+        check_examples=0, check_source=source, sim_agreement=float("nan"),
+        max_logit_diff=float("nan"), kernels="xnnpack", backend="ai_edge_quantizer",
+        activation_type=act, op_table=runtime.op_table(content),
+        notes=[R.VERIFICATION_NOTES])
+    report.substitutions = [f"{l.name}: {n}" for l in layers for n in l.notes]
+    report.verified_families = sorted(set.intersection(*[set(l.families) for l in layers]))
+    report.kernels = kernels
+    if len(report.verified_families) < len(R.FAMILIES):
+        report.notes.append(
+            f"kernel combinations verified exact only on {report.verified_families}: "
+            + "; ".join(f"{l.name} {l.kind} {l.act_type} x {l.weight_type} on {l.families}"
+                        for l in layers if len(l.families) < len(R.FAMILIES)))
+
+    # ---- decisions under every kernel family vs the fake-quant model
+    xc = xs[:n_check]
+    if len(xc):
+        from tfprec.quantization.apply import logits_model, quantize_model
+        fq = logits_model(quantize_model(model, plan,
+                                         allow_fingerprint_mismatch=allow_fingerprint_mismatch))
+        ref = np.asarray(fq.predict(xc, batch_size=256, verbose=0), np.float64)
+        dec = np.argmax(ref, -1)
+        report.check_examples = len(xc)
+        for fam in R.FAMILIES:
+            try:
+                out = runtime.run_family(content, xc, fam)
+            except Exception as e:
+                raise ExportError(f"the exported model does not run under the "
+                                  f"{fam} kernels: {e}") from e
+            report.agreement_by_kernels[fam] = float(np.mean(np.argmax(out, -1) == dec))
+            report.max_logit_diff_by_kernels[fam] = float(np.max(np.abs(out - ref)))
+            if ys is not None:
+                m = min(len(ys), len(out))
+                report.accuracy_by_kernels[fam] = float(np.mean(np.argmax(out[:m], -1) == ys[:m]))
+        if ys is not None:
+            m = min(len(ys), len(dec))
+            report.fake_quant_accuracy = float(np.mean(dec[:m] == ys[:m]))
+        report.sim_agreement = report.agreement_by_kernels["xnnpack"]
+        report.max_logit_diff = report.max_logit_diff_by_kernels["xnnpack"]
+        exact = [f for f, v in report.agreement_by_kernels.items() if v == 1.0]
+        report.exact_families = exact
+        if len(exact) < len(R.FAMILIES):
+            report.notes.append(
+                "decisions equal the fake-quant model's on every check example only "
+                f"under {exact or 'no'} kernels (requantization ties round differently "
+                "per family)")
+    if latency and len(xs):
+        report.latency_s = runtime.median_latency(content, xs, "xnnpack")
+    if baselines:
+        from tfprec.export.aeq_report import baseline_rows
+        report.baselines = baseline_rows(model, xs, xc, ys, latency)
+    content = with_metadata(content, report)
+    report.file_size_bytes = len(content)
+    if strict and not report.grid_check_passed:
+        err = ExportError(f"grid check failed for layers "
+                          f"{[l.name for l in layers if not l.grid_check_passed]}; "
+                          f"nothing written to {path!r}")
+        err.report = report
+        raise err
+    try:
+        atomic_write_bytes(path, content)
+    except OSError as e:
+        raise ExportError(f"cannot write TFLite file {path!r}: {e}") from e
+    report.file_size_bytes = os.path.getsize(path)
+    return report

@@ -1,0 +1,410 @@
+"""Plan -> AI Edge Quantizer recipe, for :mod:`tfprec.export.aeq`.
+
+Three pieces:
+
+* :func:`weight_qsv`: the min/max statistics that make AEQ's min/max
+  algorithm give every channel of a snapped kernel the scale Delta_W
+  exactly, so its stored codes are the plan's.  (AEQ's
+  ``dequantized_weight_recovery`` infers the scale from the smallest gap
+  between a channel's values, which is a multiple of Delta_W when a channel
+  has no two adjacent codes and fails when the gaps have no common step;
+  it does not handle DEPTHWISE_CONV_2D either.  Custom algorithm keys are
+  not accepted by AEQ 0.10's recipe manager.)
+* :func:`read_graph` lists the operators and tensors of a float TFLite file
+  (LiteRT schema, public).
+* :data:`VERIFIED`: the (operator, activation type, weight type) kernel
+  combinations whose outputs were checked here against the fake-quant model
+  on every LiteRT kernel family; :func:`check_verified` refuses the others.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import numpy as np
+
+from tfprec._tf import keras, tf
+from tfprec.errors import ExportError
+from tfprec.fixedpoint import quantize
+
+ALGORITHM_KEY = "min_max_uniform_quantize"
+
+# Kernel families: LiteRT op resolvers (tfprec.export.checks.interpreter).
+FAMILIES = ("xnnpack", "optimized", "reference")
+RESOLVER = {"xnnpack": "auto", "optimized": "builtin", "reference": "ref"}
+
+# Weight storage types the backend can write ('float': float32 values on the
+# plan's grid), and their bits.
+WEIGHT_TYPES = {"int2": 2, "int4": 4, "int8": 8, "int4_block32": 4, "float": 32}
+
+# (op kind, activation type, weight type) -> kernel families on which the
+# integer kernel gives exactly the plan's codes (with the tie nudge of
+# TIE_DIRECTION tuned for that family): measured by
+# ``python benchmarks/deploy.py --verify`` (one-layer models, 400 examples,
+# low-bit grids so that requantization ties are frequent) on LiteRT 2.3.0 /
+# ai-edge-quantizer 0.10.0.  Fraction of examples whose logits equal the
+# plan's float64 simulation, with the better nudge per family:
+#   dense   int8 int4 / int8 int8 / int16 int8: 1.0 on all three families
+#   dense   int16 int4: reference 1.0, xnnpack and optimized 0.9975
+#   conv2d  int8 int4 / int8 int8: 1.0 on all three
+#   conv2d  int16 int4: reference 1.0, xnnpack / optimized 0.985
+#   conv2d  int16 int8: reference 1.0, xnnpack / optimized 0.9825
+#   depthwise int8 int8 / int16 int8: 1.0 on all three
+# (XNNPACK does not take the int16 operators: they run on the builtin
+# kernels).  'float' activations: weight-only (weights dequantized, float
+# compute), the mode of the logits layer; float weights (B_W > 8) compute in
+# float32.  A combination exact on only some families is exported, and its
+# report and metadata say so.
+_ALL = frozenset(FAMILIES)
+_REF = frozenset({"reference"})
+VERIFIED = {
+    ("dense", "int8", "int8"): _ALL, ("dense", "int8", "int4"): _ALL,
+    ("dense", "int16", "int8"): _ALL, ("dense", "int16", "int4"): _REF,
+    ("dense", "float", "int8"): _ALL, ("dense", "float", "int4"): _ALL,
+    ("conv2d", "int8", "int8"): _ALL, ("conv2d", "int8", "int4"): _ALL,
+    ("conv2d", "int16", "int8"): _REF, ("conv2d", "int16", "int4"): _REF,
+    ("conv2d", "float", "int8"): _ALL, ("conv2d", "float", "int4"): _ALL,
+    ("depthwise", "int8", "int8"): _ALL, ("depthwise", "int16", "int8"): _ALL,
+    ("depthwise", "float", "int8"): _ALL,
+}
+VERIFICATION_NOTES = (
+    "int2 and 32-blockwise int4 weights are refused: ai-edge-quantizer 0.10 "
+    "offers them only for weight-only / dynamic-range operators, whose "
+    "activations are not on the plan's grid, and LiteRT's int2 and blockwise "
+    "kernels are not verified here; DEPTHWISE_CONV_2D has no int4 kernel in "
+    "its policy (int4 plans are stored as int8, same grid)")
+
+# Direction of the requantization nudge (tfprec.export.aeq._nudge) that
+# makes a kernel family round ties of positive values upward, measured as
+# above: +1 multiplier a hair above 2^-p (single rounding: XNNPACK, the
+# reference FULLY_CONNECTED, the int16 kernels), -1 a hair below (gemmlowp
+# double rounding: optimized builtins, reference CONV_2D / DEPTHWISE_CONV_2D,
+# and XNNPACK for int4 CONV_2D, which it leaves to the builtins).
+_SPLIT = {"xnnpack": 1, "optimized": -1, "reference": 1}
+_SPLIT_CONV = {"xnnpack": 1, "optimized": -1, "reference": -1}
+_UP = {"xnnpack": 1, "optimized": 1, "reference": 1}
+_DOWN = {"xnnpack": -1, "optimized": -1, "reference": -1}
+TIE_DIRECTION = {
+    ("dense", "int8", "int4"): _SPLIT, ("dense", "int8", "int8"): _SPLIT,
+    ("dense", "int16", "int4"): _UP, ("dense", "int16", "int8"): _UP,
+    ("conv2d", "int8", "int4"): _DOWN, ("conv2d", "int8", "int8"): _SPLIT_CONV,
+    ("conv2d", "int16", "int4"): _UP, ("conv2d", "int16", "int8"): _UP,
+    ("depthwise", "int8", "int8"): _SPLIT_CONV, ("depthwise", "int16", "int8"): _UP,
+}
+
+
+def tie_direction(kind: str, act: str, weight: str, family: str) -> int:
+    """+1 / -1 (see :data:`TIE_DIRECTION`); +1 for combinations not in it."""
+    return TIE_DIRECTION.get((kind, act, weight), {}).get(family, 1)
+
+
+def check_verified(layer: str, kind: str, act: str, weight: str) -> frozenset:
+    """The kernel families on which (kind, act, weight) is verified; a
+    named ExportError for a combination that is not (nothing is written)."""
+    if weight == "float":
+        return _ALL
+    fams = VERIFIED.get((kind, act, weight))
+    if not fams:
+        raise ExportError(
+            f"layer {layer!r}: {kind} with {act} activations and {weight} "
+            f"weights is not a verified LiteRT kernel combination of the "
+            f"ai_edge_quantizer backend ({VERIFICATION_NOTES}); verified: "
+            + ", ".join(f"{k}/{a}/{w}" for k, a, w in sorted(VERIFIED)))
+    return fams
+
+
+# --------------------------------------------------------------------------
+# Weight scales
+# --------------------------------------------------------------------------
+def weight_qsv(kind: str, kernel: np.ndarray, bits: int, step: float) -> dict:
+    """Per-channel min/max of a (TFLite-layout) kernel for AEQ's min/max
+    rule such that every channel's symmetric scale is exactly ``step``:
+    bound / (2^(B-1) - 1) with bound = (2^(B-1) - 1) * step (the quotient
+    is exact in floating point).  Channels: axis 0 (FULLY_CONNECTED,
+    CONV_2D) or the last axis (DEPTHWISE_CONV_2D)."""
+    qmax = 2 ** (bits - 1) - 1
+    axis = kernel.ndim - 1 if kind == "depthwise" else 0
+    shape = [1] * kernel.ndim
+    shape[axis] = kernel.shape[axis]
+    bound = np.full(shape, qmax * step, np.float32)
+    return {"min": -bound, "max": bound}
+
+
+# --------------------------------------------------------------------------
+# TFLite graphs
+# --------------------------------------------------------------------------
+@dataclasses.dataclass
+class TflOp:
+    index: int
+    name: str            # builtin operator name, e.g. 'FULLY_CONNECTED'
+    inputs: list         # tensor indices (-1: none)
+    outputs: list
+
+
+@dataclasses.dataclass
+class TflGraph:
+    ops: list
+    tensors: list        # schema TensorT objects
+    buffers: list
+    inputs: list
+    outputs: list
+    model: object
+    raw: bytes = b""
+
+    def buffer_bytes(self, i: int) -> Optional[bytes]:
+        """Bytes of buffer ``i``: inline data, or (files over the flatbuffer
+        size limit, or written so by ai_edge_quantizer) ``offset``/``size``
+        into the file; None when empty."""
+        b = self.buffers[i]
+        if b.data is not None and len(b.data):
+            return np.asarray(b.data, np.uint8).tobytes()
+        off, size = int(getattr(b, "offset", 0) or 0), int(getattr(b, "size", 0) or 0)
+        if off > 1 and size > 0:
+            return bytes(self.raw[off:off + size])
+        return None
+
+    def tensor_name(self, i: int) -> str:
+        n = self.tensors[i].name
+        return n.decode() if isinstance(n, bytes) else str(n)
+
+    def producer(self, t: int) -> Optional[TflOp]:
+        for op in self.ops:
+            if t in op.outputs:
+                return op
+        return None
+
+    def consumers(self, t: int) -> list:
+        return [op for op in self.ops if t in op.inputs]
+
+    def const(self, t: int) -> Optional[np.ndarray]:
+        """Value of a constant tensor (None for a runtime tensor)."""
+        if t < 0:
+            return None
+        data = self.buffer_bytes(self.tensors[t].buffer)
+        return None if data is None else np.frombuffer(data, np.uint8)
+
+    def type_name(self, t: int) -> str:
+        from ai_edge_litert import schema_py_generated as S
+        names = {v: k for k, v in vars(S.TensorType).items() if not k.startswith("_")}
+        return names.get(self.tensors[t].type, "?").lower()
+
+
+def read_graph(content: bytes) -> TflGraph:
+    """Operators (in execution order) and tensors of subgraph 0 of a TFLite
+    flatbuffer, read with the LiteRT schema."""
+    from ai_edge_litert import schema_py_generated as S
+    model = S.ModelT.InitFromPackedBuf(bytearray(content), 0)
+    names = {v: k for k, v in vars(S.BuiltinOperator).items() if not k.startswith("_")}
+    sg = model.subgraphs[0]
+    ops = []
+    for i, op in enumerate(sg.operators):
+        code = model.operatorCodes[op.opcodeIndex]
+        bc = max(int(code.builtinCode), int(code.deprecatedBuiltinCode))
+        name = names.get(bc, str(bc))
+        if name == "CUSTOM" and code.customCode:
+            name = "CUSTOM:" + (code.customCode.decode() if isinstance(code.customCode, bytes)
+                                else str(code.customCode))
+        ops.append(TflOp(i, name, [int(t) for t in op.inputs],
+                         [int(t) for t in op.outputs]))
+    return TflGraph(ops, list(sg.tensors), list(model.buffers),
+                    [int(t) for t in sg.inputs], [int(t) for t in sg.outputs], model,
+                    bytes(content))
+
+
+WEIGHT_OPS = {"FULLY_CONNECTED": "dense", "CONV_2D": "conv2d",
+              "DEPTHWISE_CONV_2D": "depthwise"}
+# ops whose output holds values of the input grid (clips, ReLUs, max-pool,
+# reshapes): a weight layer's input format is carried back through them to
+# the producing weight op's output
+TRANSPARENT = {"MINIMUM", "MAXIMUM", "RELU", "RELU6", "RELU_N1_TO_1", "RELU_0_TO_1",
+               "MAX_POOL_2D", "RESHAPE", "SQUEEZE"}
+
+
+def chain_tensors(g: TflGraph, op: TflOp) -> tuple:
+    """(tensors carrying ``op``'s input grid, producing weight op or None):
+    ``op``'s data input and, back through transparent ops, every tensor up
+    to and including the output of the weight op (or model input) that
+    feeds it."""
+    got = []
+    t = op.inputs[0]
+    while True:
+        got.append(t)
+        p = g.producer(t)
+        if p is None:
+            return got, None
+        if p.name in WEIGHT_OPS:
+            return got, p
+        if p.name not in TRANSPARENT:
+            return got, p
+        data = [i for i in p.inputs if i >= 0 and g.const(i) is None]
+        if len(data) != 1:
+            return got, p
+        t = data[0]
+
+
+# --------------------------------------------------------------------------
+# Formats and recipe entries
+# --------------------------------------------------------------------------
+def weight_type(kind: str, bits: int, wide_to_8: bool, override) -> tuple:
+    """(storage type, substitution note or '')."""
+    if override is not None:
+        return override, f"weights stored as {override} (weight_types)"
+    if bits > 8:
+        if wide_to_8:
+            return "int8", f"{bits}-bit weights rounded to 8 bits (round_wide_weights)"
+        return "float", f"{bits}-bit weights stored as float32 on their grid"
+    if bits <= 4 and kind != "depthwise":
+        return "int4", ""
+    if bits <= 4:
+        return "int8", f"{bits}-bit depthwise weights stored as int8 (no int4 depthwise kernel)"
+    return "int8", ""
+
+
+def span(fa, act: str) -> tuple:
+    """(min, max) QSV that makes AEQ's min/max rule give scale Delta_A with
+    the zero point of the format's integer type."""
+    d = fa.step
+    if act == "int16":
+        return -32767.0 * d, 32767.0 * d
+    return (0.0, 255.0 * d) if not fa.signed else (-128.0 * d, 127.0 * d)
+
+
+def op_config(act: str, wtype: str):
+    from ai_edge_quantizer import qtyping
+    gran = qtyping.QuantGranularity
+    if wtype == "float":
+        return None
+    g = gran.BLOCKWISE_32 if wtype == "int4_block32" else gran.CHANNELWISE
+    wcfg = qtyping.TensorQuantizationConfig(
+        num_bits=WEIGHT_TYPES[wtype], symmetric=True, granularity=g,
+    )
+    if act == "float":
+        return qtyping.OpQuantizationConfig(
+            weight_tensor_config=wcfg, compute_precision=qtyping.ComputePrecision.FLOAT,
+            explicit_dequantize=True)
+    acfg = qtyping.TensorQuantizationConfig(num_bits=16 if act == "int16" else 8,
+                                            symmetric=act == "int16")
+    return qtyping.OpQuantizationConfig(
+        activation_tensor_config=acfg, weight_tensor_config=wcfg,
+        compute_precision=qtyping.ComputePrecision.INTEGER)
+
+
+def nudge(g, chain: list, src, fmts: dict, op_of: dict, direction: int) -> dict:
+    """{tensor: eps} for the tensors between a weight op's output and a
+    float MINIMUM (the plan's clip, which requantizes exactly onto
+    Delta_A): scale Delta_A*(1-eps) (``direction`` +1: the kernel's
+    multiplier a hair above 2^-p, for single-rounding kernels) or
+    Delta_A*(1+eps) (-1: a hair below, which makes the first step of a
+    double-rounding kernel a no-op) makes ties of positive values round
+    upward (the plan's rule) without moving any other value: eps =
+    2^-(p+10) with 2^-p = Delta_in*Delta_W/Delta_A the accumulator's
+    resolution in output steps (clamped to 2^-22..2^-12, float32)."""
+    if src is None or src.name not in WEIGHT_OPS or not direction:
+        return {}
+    mins = [i for i, t in enumerate(chain)
+            if (p := g.producer(t)) is not None and p.name == "MINIMUM"]
+    if not mins:
+        return {}
+    prev = next(n for n, o in op_of.items() if o is src)
+    fw, fin = fmts[prev]
+    fa = fmts[next(n for n, o in op_of.items() if chain[0] in o.inputs)][1]
+    p = int(round(np.log2(fa.step / (fin.step * fw.step))))
+    eps = direction * 2.0 ** -min(max(p + 10, 12), 22)
+    # chain runs from the consumer back to the producer: the tensors after
+    # the last MINIMUM (closest to the producer) are the nudged ones
+    return {t: eps for t in chain[mins[-1] + 1:]}
+
+
+def anchored(name: str) -> str:
+    import re
+    return "^" + re.escape(name) + ";?$"
+
+
+# --------------------------------------------------------------------------
+# The float model that is converted
+# --------------------------------------------------------------------------
+class PlanClip(keras.layers.Layer):
+    """clip(x, low, high): the plan's saturation of a weight layer's input
+    (MINIMUM then MAXIMUM in the TFLite graph)."""
+
+    def __init__(self, low, high, **kw):
+        super().__init__(**kw)
+        self.low = None if low is None else float(low)
+        self.high = None if high is None else float(high)
+
+    def call(self, x):
+        if self.high is not None:
+            x = tf.minimum(x, tf.constant(self.high, x.dtype))
+        if self.low is not None:
+            x = tf.maximum(x, tf.constant(self.low, x.dtype))
+        return x
+
+
+# --------------------------------------------------------------------------
+# The float model that is converted
+# --------------------------------------------------------------------------
+def grid_model(model, plan, fmts: dict, wide_to_8: bool, act: str,
+                exact_ties: bool = True, tie_offset=()):
+    """Float tf_keras model = the plan's network without rounding of the
+    activations: BN folded, softmax dropped, kernels and biases snapped to
+    their grids, a :class:`PlanClip` in front of every weight layer."""
+    from tfprec import compat
+    from tfprec.quantization.apply import fold_batchnorm, logits_model
+    folded = logits_model(fold_batchnorm(model, split_softmax=True))
+    weight_classes = (keras.layers.Dense, keras.layers.Conv2D,
+                      keras.layers.DepthwiseConv2D)
+    snapped = {}
+    for layer in folded.layers:
+        if not isinstance(layer, weight_classes):
+            continue
+        fw = fmts[layer.name][0]
+        bits = min(fw.bits, 8) if wide_to_8 else fw.bits
+        ws = [quantize(w, bits, fw.range, True).astype(w.dtype) for w in layer.get_weights()]
+        if fw.bits > 8 and not wide_to_8 and len(ws) > 1 and layer.name in tie_offset:
+            # float layer: a quarter of the accumulator's step added to the
+            # bias moves exact ties of its float output upward (the plan's
+            # rounding) when the next QUANTIZE rounds it, and no other value
+            # across a rounding boundary
+            fa = fmts[layer.name][1]
+            ws[1] = (ws[1] + np.float32(fa.step * fw.step / 4)).astype(ws[1].dtype)
+        layer.set_weights(ws)
+        snapped[layer.name] = ws
+    inp = folded.inputs[0]
+    new_in = keras.Input(batch_shape=(None, *inp.shape[1:]), dtype=inp.dtype,
+                         name="input")
+    tmap = {id(inp): new_in}
+    relu_of = {}        # id(ReLU output) -> (its input, low, high)
+    for node in compat.nodes_in_order(folded):
+        if node.is_input:
+            continue
+        layer = node.layer
+        ins = [tmap[id(t)] for t in tf.nest.flatten(node.keras_inputs)]
+        if isinstance(layer, weight_classes):
+            fa = fmts[layer.name][1]
+            x, lo, hi = ins[0], None, None
+            if id(x) in relu_of:        # merge a ReLU / clip into the plan's clip
+                x, lo, hi = relu_of[id(x)]
+            lo = fa.lo * fa.step if lo is None else max(lo, fa.lo * fa.step)
+            hi = fa.hi * fa.step if hi is None else min(hi, fa.hi * fa.step)
+            if (not exact_ties and act == "int8" and fa.bits == 8
+                    and hi == fa.hi * fa.step):
+                hi = None           # the int8 saturation is the plan's
+            ins = [PlanClip(lo, hi, name=f"{layer.name}_plan_clip")(x)]
+        y = layer(ins if len(ins) > 1 else ins[0])
+        if (isinstance(layer, keras.layers.ReLU) and not layer.negative_slope
+                and not layer.threshold):
+            mv = layer.max_value
+            relu_of[id(y)] = (ins[0], 0.0, None if mv is None else float(mv))
+        tmap[id(tf.nest.flatten(node.outputs)[0])] = y
+    out = keras.Model(new_in, tmap[id(folded.outputs[0])], name="tfprec_grid")
+    return out, snapped
+
+
+def tflite_kernel(kind: str, w: np.ndarray) -> np.ndarray:
+    """Keras kernel -> TFLite layout."""
+    if kind == "dense":
+        return w.T
+    if kind == "conv2d":
+        return np.transpose(w, (3, 0, 1, 2))
+    kh, kw, cin, m = w.shape
+    return w.reshape(1, kh, kw, cin * m)

@@ -1,0 +1,286 @@
+"""Report and read-back checks of the ai_edge_quantizer export
+(:mod:`tfprec.export.aeq`), and the TensorFlow reference rows (float file,
+TF's full-integer int8 post-training quantization) it is compared with."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Optional
+
+import numpy as np
+
+from tfprec.errors import ExportError
+from tfprec.export import runtime
+from tfprec.export.report import ExportReport
+
+METADATA_NAME = "tfprec"
+
+
+@dataclasses.dataclass
+class AeqLayer:
+    """One weight layer of an ai_edge_quantizer export.
+
+    Attributes:
+      name, kind: Keras layer name and graph kind ('dense', 'conv2d',
+        'depthwise').
+      weight_bits, act_bits, act_signed: the plan's B_W, B_A (bits) and
+        input signedness; weight_step, act_step: Delta_W, Delta_A.
+      weight_type: storage type chosen ('int4', 'int8', 'float', ...).
+      act_type: type of the layer's input as computed ('int8', 'int16',
+        'float': weight-only or float layer).
+      families: kernel families on which the combination is verified.
+      stored_weight, stored_input, stored_output: types read back from the
+        file.
+      weights_grid_ok: the kernel (and bias) dequantized equal the snapped
+        weights exactly, with every scale exactly Delta_W.
+      act_grid_ok: the input tensor is stored with scale Delta_A and the
+        zero point of the format (or is float fed by such a tensor).
+      notes: substitutions and other remarks.
+    """
+
+    name: str
+    kind: str
+    weight_bits: int
+    act_bits: int
+    act_signed: bool
+    weight_step: float
+    act_step: float
+    weight_type: str
+    act_type: str = ""
+    families: list = dataclasses.field(default_factory=list)
+    stored_weight: str = ""
+    stored_input: str = ""
+    stored_output: str = ""
+    weights_grid_ok: bool = False
+    act_grid_ok: bool = False
+    notes: list = dataclasses.field(default_factory=list)
+
+    @property
+    def grid_check_passed(self) -> bool:
+        return bool(self.weights_grid_ok and self.act_grid_ok)
+
+
+@dataclasses.dataclass
+class AeqExportReport(ExportReport):
+    """:class:`~tfprec.export.report.ExportReport` of the ai_edge_quantizer
+    backend.  ``layers`` are :class:`AeqLayer`; ``agreement_by_kernels`` is
+    the fraction of check examples (probability) whose decision equals the
+    fake-quant model's (:func:`tfprec.quantize_model`) per kernel family.
+
+    Extra attributes:
+      backend: 'ai_edge_quantizer'.
+      activation_type: 'int8' or 'int16' (the whole network).
+      op_table: one row per operator of the file: {'op', 'input', 'weight',
+        'output'} stored types.
+      substitutions: formats that differ from the plan's bit-widths (wider
+        storage, float weights), one line each.
+      accuracy_by_kernels: accuracy (fraction) per family when labels were
+        given; fake_quant_accuracy: the fake-quant model's on the same.
+      exact_families: families whose decisions equal the fake-quant model's
+        on every check example.
+      verified_families: families on which every layer's kernel
+        combination is verified exact (:data:`~tfprec.export.aeq_recipe.VERIFIED`).
+      kernels: the family the tie rounding was tuned for.
+      latency_s: median single-example latency (seconds, XNNPACK, 1 thread).
+      baselines: rows for TF's float file and its int8 PTQ file (see
+        :func:`baseline_rows`).
+    """
+
+    backend: str = "ai_edge_quantizer"
+    activation_type: str = "int8"
+    op_table: list = dataclasses.field(default_factory=list)
+    substitutions: list = dataclasses.field(default_factory=list)
+    accuracy_by_kernels: dict = dataclasses.field(default_factory=dict)
+    fake_quant_accuracy: Optional[float] = None
+    exact_families: list = dataclasses.field(default_factory=list)
+    verified_families: list = dataclasses.field(default_factory=list)
+    latency_s: Optional[float] = None
+    baselines: list = dataclasses.field(default_factory=list)
+
+    def to_markdown(self) -> str:
+        pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"  # noqa: E731
+        lines = [f"### LiteRT export (ai_edge_quantizer): `{os.path.basename(self.path)}`", "",
+                 f"- activations: {self.activation_type}; grid checks passed: "
+                 f"{'yes' if self.grid_check_passed else '**NO**'}",
+                 f"- decisions equal to the fake-quant model on {self.check_examples} "
+                 "examples: " + ", ".join(f"{k} {pct(v)}" for k, v in
+                                           self.agreement_by_kernels.items()),
+                 f"- decisions exact on kernel families: {self.exact_families or 'none'}; "
+                 f"combinations verified on: {self.verified_families}; ties tuned for "
+                 f"{self.kernels}"]
+        if self.accuracy_by_kernels:
+            lines.append(f"- accuracy: fake-quant {pct(self.fake_quant_accuracy)}; "
+                         + ", ".join(f"{k} {pct(v)}" for k, v in
+                                     self.accuracy_by_kernels.items()))
+        rows = [("ai_edge_quantizer (this file)", self.file_size_bytes,
+                 self.accuracy_by_kernels.get("xnnpack"), self.latency_s)]
+        rows += [(b["name"], b["size_bytes"], b.get("accuracy"), b.get("latency_s"))
+                 for b in self.baselines]
+        lines += ["", "| file | size (bytes) | accuracy (xnnpack) | median latency |",
+                  "|---|---|---|---|"]
+        for nm, size, acc, lat in rows:
+            lines.append(f"| {nm} | {size} | {pct(acc)} | "
+                         f"{'-' if lat is None else f'{1e6 * lat:.0f} us'} |")
+        lines += ["", "| layer | B_W | B_A | weights | input | families verified | "
+                  "weight grid | input grid |", "|---|---|---|---|---|---|---|---|"]
+        for l in self.layers:
+            lines.append(f"| {l.name} | {l.weight_bits} | {l.act_bits}"
+                         f"{'s' if l.act_signed else 'u'} | {l.stored_weight} | "
+                         f"{l.stored_input} | {', '.join(l.families)} | "
+                         f"{'yes' if l.weights_grid_ok else 'NO'} | "
+                         f"{'yes' if l.act_grid_ok else 'NO'} |")
+        lines += ["", "Operators of the file:", "", runtime.op_table_markdown(self.op_table)]
+        for b in self.baselines:
+            lines += ["", f"Operators of {b['name']}:", "",
+                      runtime.op_table_markdown(b["op_table"])]
+        notes = list(self.substitutions) + list(self.notes)
+        if notes:
+            lines += [""] + [f"- {n}" for n in notes]
+        return "\n".join(lines) + "\n"
+
+
+def baseline_rows(model, xs, xc, ys, latency: bool) -> list:
+    """Rows for TF's float32 file and TF's full-integer int8 PTQ file of
+    ``model`` (BatchNorm folded, logits output): name, size_bytes,
+    op_table, accuracy on (xc, ys) under XNNPACK, latency_s, content."""
+    from tfprec.quantization.apply import fold_batchnorm, logits_model
+    km = logits_model(fold_batchnorm(model, split_softmax=True))
+    rows = []
+    for name, content in (("TF float32", runtime.float_tflite(km)),
+                          ("TF int8 PTQ", runtime.tf_int8_ptq(km, xs))):
+        row = {"name": name, "size_bytes": len(content),
+               "op_table": runtime.op_table(content), "content": content}
+        if ys is not None and len(xc):
+            out = runtime.run_family(content, xc, "xnnpack")
+            m = min(len(ys), len(out))
+            row["accuracy"] = float(np.mean(np.argmax(out[:m], -1) == ys[:m]))
+        if latency and len(xs):
+            row["latency_s"] = runtime.median_latency(content, xs, "xnnpack")
+        rows.append(row)
+    return rows
+
+
+# --------------------------------------------------------------------------
+# Read-back checks
+# --------------------------------------------------------------------------
+def tensor_values(g, t: int) -> np.ndarray:
+    """Stored integer / float values of constant tensor ``t`` in its shape
+    (INT4: two's-complement nibbles, low nibble first)."""
+    tt = g.tensors[t]
+    raw = np.frombuffer(g.buffer_bytes(tt.buffer) or b"", np.uint8)
+    shape = [int(d) for d in tt.shape]
+    kind = g.type_name(t)
+    n = int(np.prod(shape))
+    if kind == "int4":
+        lo = (raw & 0x0F).astype(np.int16)
+        hi = (raw >> 4).astype(np.int16)
+        v = np.stack([lo, hi], -1).reshape(-1)[:n]
+        return np.where(v >= 8, v - 16, v).reshape(shape)
+    dt = {"int8": np.int8, "int16": np.int16, "int32": np.int32, "int64": np.int64,
+          "float32": np.float32}[kind]
+    return raw.view(dt).reshape(shape)
+
+
+def _qp(g, t: int):
+    q = g.tensors[t].quantization
+    if q is None or q.scale is None:
+        return None, None
+    return np.asarray(q.scale, np.float64), np.asarray(q.zeroPoint, np.int64)
+
+
+def check_file(g, layers, snapped, fmts, planned, kinds, wide_to_8) -> None:
+    """Fills every :class:`AeqLayer`'s stored types and grid flags from the
+    quantized file's graph ``g``."""
+    from tfprec.export.aeq_recipe import WEIGHT_OPS, tflite_kernel
+    wops = [op for op in g.ops if op.name in WEIGHT_OPS]
+    for l, op in zip(layers, wops):
+        fw, fa = fmts[l.name]
+        step = fw.range * 2.0 ** -7 if (wide_to_8 and fw.bits > 8) else fw.step
+        w = op.inputs[1]
+        p = g.producer(w)
+        if p is not None and p.name == "DEQUANTIZE":
+            w = p.inputs[0]
+        l.stored_weight = g.type_name(w)
+        data = op.inputs[0]
+        l.stored_input = g.type_name(data)
+        l.stored_output = g.type_name(op.outputs[0])
+        kern = tflite_kernel(kinds[l.name], snapped[l.name][0]).astype(np.float64)
+        vals = tensor_values(g, w).astype(np.float64)
+        scales, zps = _qp(g, w)
+        if l.stored_weight == "float32":
+            ok = np.array_equal(vals, kern)
+        else:
+            ok = (scales is not None and np.all(scales == step) and np.all(zps == 0)
+                  and vals.shape == kern.shape and np.array_equal(vals * step, kern))
+        if len(snapped[l.name]) > 1 and len(op.inputs) > 2 and op.inputs[2] >= 0:
+            b = op.inputs[2]
+            bp = g.producer(b)
+            if bp is not None and bp.name == "DEQUANTIZE":
+                b = bp.inputs[0]
+            bv = tensor_values(g, b).astype(np.float64)
+            bs, _ = _qp(g, b)
+            if g.type_name(b) != "float32":
+                bv = bv * (bs if bs.size == bv.size else bs.reshape(-1)[0])
+            ok = ok and np.array_equal(bv.reshape(-1),
+                                       snapped[l.name][1].astype(np.float64).reshape(-1))
+        l.weights_grid_ok = bool(ok)
+        # input grid: the integer tensor feeding the op (through DEQUANTIZE
+        # for float layers)
+        src = data
+        dp = g.producer(data)
+        if l.stored_input == "float32" and dp is not None and dp.name == "DEQUANTIZE":
+            src = dp.inputs[0]
+        s, z = _qp(g, src)
+        kind = g.type_name(src)
+        want_zp = -128 if (kind == "int8" and not fa.signed) else 0
+        l.act_grid_ok = bool(kind in ("int8", "int16") and s is not None and s.size == 1
+                             and s[0] == fa.step and z[0] == want_zp)
+
+
+# --------------------------------------------------------------------------
+# Metadata
+# --------------------------------------------------------------------------
+def with_metadata(content: bytes, report) -> bytes:
+    """``content`` with a ``tfprec`` metadata entry (JSON: backend, kernel
+    families on which decisions matched the fake-quant model, formats)."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as S
+    m = S.ModelT.InitFromPackedBuf(bytearray(content), 0)
+    for buf in m.buffers:       # buffers stored after the flatbuffer: inline them
+        off, size = int(getattr(buf, "offset", 0) or 0), int(getattr(buf, "size", 0) or 0)
+        if off > 1 and size > 0:
+            buf.data = np.frombuffer(content[off:off + size], np.uint8)
+            buf.offset, buf.size = 0, 0
+    meta = {"backend": "ai_edge_quantizer", "activation_type": report.activation_type,
+            "kernels": report.kernels, "exact_families": report.exact_families,
+            "verified_families": report.verified_families,
+            "agreement_by_kernels": report.agreement_by_kernels,
+            "layers": {l.name: {"weight_bits": l.weight_bits, "act_bits": l.act_bits,
+                                "weight_type": l.weight_type, "act_type": l.act_type}
+                       for l in report.layers}}
+    buf = S.BufferT()
+    buf.data = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    m.buffers.append(buf)
+    md = S.MetadataT()
+    md.name = METADATA_NAME
+    md.buffer = len(m.buffers) - 1
+    m.metadata = (m.metadata or []) + [md]
+    b = flatbuffers.Builder(len(content) + 4096)
+    b.Finish(m.Pack(b), file_identifier=b"TFL3")
+    return bytes(b.Output())
+
+
+def read_metadata(path_or_content) -> dict:
+    """The ``tfprec`` metadata (a dict) of a file written by :func:`export_aeq`."""
+    from ai_edge_litert import schema_py_generated as S
+    content = path_or_content
+    if isinstance(content, (str, os.PathLike)):
+        with open(content, "rb") as f:
+            content = f.read()
+    m = S.ModelT.InitFromPackedBuf(bytearray(content), 0)
+    for md in m.metadata or []:
+        nm = md.name.decode() if isinstance(md.name, bytes) else md.name
+        if nm == METADATA_NAME:
+            return json.loads(bytes(m.buffers[md.buffer].data).decode())
+    raise ExportError("the file has no tfprec metadata")
