@@ -59,7 +59,7 @@ from tfprec.export.aeq_report import (METADATA_NAME, AeqExportReport, AeqLayer, 
                                       read_metadata, with_metadata)
 from tfprec.export.formats import ExportInvalidDataError, as_export_errors, layer_formats
 from tfprec.export import runtime
-from tfprec.fileio import atomic_write_bytes
+from tfprec.export.report import write_checked
 from tfprec.inputs import as_inputs, choice, flag, nonnegative_int
 from tfprec.quantization.simulate import checked_plan
 from tfprec.statistics.graph import parse_model
@@ -404,15 +404,4 @@ def export_aeq(model, plan, path, representative_data=None, *, labels=None,
         report.baselines = baseline_rows(model, xs, xc, ys, latency)
     content = with_metadata(content, report)
     report.file_size_bytes = len(content)
-    if strict and not report.grid_check_passed:
-        err = ExportError(f"grid check failed for layers "
-                          f"{[l.name for l in layers if not l.grid_check_passed]}; "
-                          f"nothing written to {path!r}")
-        err.report = report
-        raise err
-    try:
-        atomic_write_bytes(path, content)
-    except OSError as e:
-        raise ExportError(f"cannot write TFLite file {path!r}: {e}") from e
-    report.file_size_bytes = os.path.getsize(path)
-    return report
+    return write_checked(path, content, report, layers, strict)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from tfprec.errors import ExportError
+from tfprec.fileio import atomic_write_bytes
+
 
 @dataclasses.dataclass
 class LayerExport:
@@ -159,3 +162,21 @@ class ExportReport:
         if notes:
             lines += [""] + [f"- {n}" for n in notes]
         return "\n".join(lines) + "\n"
+
+
+def write_checked(path: str, content: bytes, report, layers, strict: bool):
+    """Writes ``content`` atomically to ``path`` unless ``strict`` and a
+    layer's grid check failed (ExportError naming the layers, carrying the
+    report, nothing written); sets ``report.file_size_bytes``."""
+    if strict and not report.grid_check_passed:
+        bad = [l.name for l in layers if not l.grid_check_passed]
+        err = ExportError(f"grid check failed for layers {bad}; nothing written "
+                          f"to {path!r}")
+        err.report = report
+        raise err
+    try:
+        atomic_write_bytes(path, content)
+    except OSError as e:
+        raise ExportError(f"cannot write TFLite file {path!r}: {e}") from e
+    report.file_size_bytes = os.path.getsize(path)
+    return report

@@ -139,8 +139,7 @@ from tfprec.export.checks import (bmm_honors_zero_point, check_acts, check_weigh
 from tfprec.export.formats import (RESOLVER_OF, TIE_DIRECTION, ExportInvalidDataError,
                                    as_export_errors, plan_formats)
 from tfprec.export.lower import Realizer
-from tfprec.export.report import ExportReport, LayerExport
-from tfprec.fileio import atomic_write_bytes
+from tfprec.export.report import ExportReport, LayerExport, write_checked
 from tfprec.inputs import as_inputs, choice, flag, nonnegative_int, positive_int
 from tfprec.quantization.simulate import _run as _simulate, checked_plan, simulate_logits
 from tfprec.statistics.graph import WEIGHT_KINDS, parse_model
@@ -461,18 +460,7 @@ def export_tflite(model, plan, path, representative_data=None, *,
     else:
         report.notes.append("check_examples=0: only the stored weights were "
                             "checked (no activation grid or decision check)")
-    if strict and not report.grid_check_passed:
-        bad = [l.name for l in layers if not l.grid_check_passed]
-        err = ExportError(f"grid check failed for layers {bad}; nothing written "
-                          f"to {path!r}")
-        err.report = report
-        raise err
-    try:
-        atomic_write_bytes(path, content)
-    except OSError as e:
-        raise ExportError(f"cannot write TFLite file {path!r}: {e}") from e
-    report.file_size_bytes = os.path.getsize(path)
-    return report
+    return write_checked(path, content, report, layers, strict)
 
 
 def _io_names(model) -> tuple:

@@ -287,8 +287,8 @@ def _check_softmax_axis(layer, rank: int) -> None:
                            "can be dropped")
 
 
-def _fold_bn(op: Op, bn) -> None:
-    """Folds inference BatchNormalization ``bn`` into weight op ``op``."""
+def _check_bn_axis(bn) -> None:
+    """UnsupportedModelError unless ``bn`` normalizes the last (channel) axis."""
     axis = bn.axis if isinstance(bn.axis, int) else list(bn.axis)
     rank = len(bn.input_shape)
     if isinstance(axis, list):
@@ -296,7 +296,12 @@ def _fold_bn(op: Op, bn) -> None:
             raise _unsupported(bn, f"axis={bn.axis}")
         axis = axis[0]
     if axis % rank != rank - 1:
-        raise _unsupported(bn, f"axis={bn.axis} (only the channel axis)")
+        raise _unsupported(bn, f"axis={bn.axis} (only the channel axis, the last)")
+
+
+def _fold_bn(op: Op, bn) -> None:
+    """Folds inference BatchNormalization ``bn`` into weight op ``op``."""
+    _check_bn_axis(bn)
     scale, offset = layer_calls.bn_affine(bn)
     k = op.attrs["kernel"]
     if op.kind == "depthwise" or op.attrs.get("fold") == "depthwise":
@@ -498,14 +503,7 @@ def _foldable(op: Op) -> bool:
 def _affine_op(op: Op, bn) -> Op:
     """A BatchNormalization that follows no foldable weight op: the weight op
     y = x * scale + offset over the channel (last) axis."""
-    axis = bn.axis if isinstance(bn.axis, int) else list(bn.axis)
-    rank = len(bn.input_shape)
-    if isinstance(axis, list):
-        if len(axis) != 1:
-            raise _unsupported(bn, f"axis={bn.axis}")
-        axis = axis[0]
-    if axis % rank != rank - 1:
-        raise _unsupported(bn, f"axis={bn.axis} (only the channel axis, the last)")
+    _check_bn_axis(bn)
     scale, offset = layer_calls.bn_affine(bn)
     _check_finite_weights(bn, **{"scale and offset (moving statistics, gamma and "
                                  "beta)": np.append(scale, offset)})
