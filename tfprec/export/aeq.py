@@ -230,7 +230,9 @@ def export_aeq(model, plan, path, representative_data=None, *, labels=None,
         fa = fmts[l.name][1]
         if act == "int16" and not fa.signed and fa.bits == 16:
             raise ExportError(f"layer {l.name!r}: its 16-bit unsigned input format "
-                              "fits no LiteRT integer type; use backend='exact'")
+                              "fits no LiteRT integer type (int16 is signed: 15 bits "
+                              "of magnitude); use backend='exact', or plan with "
+                              "max_bits=15 (--max_bits=15)")
         l.act_type = "float" if (l.name == last or l.weight_type == "float") else act
         if act == "int16" and l.act_bits <= 8 and l in integer:
             l.notes.append(f"{l.act_bits}-bit input carried in int16 (the network "
