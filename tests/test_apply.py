@@ -189,6 +189,7 @@ def test_float_simulation_and_bn_folding(models64):
         np.testing.assert_allclose(run(folded, x), run(model, x), atol=1e-12)
 
 
+@pytest.mark.slow   # default-suite time (< 5 min); see README
 def test_fake_quant_logits_match_simulation_float32(models32):
     for model, x in models32:
         for plan in mixed_plans(model, x):

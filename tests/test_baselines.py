@@ -84,7 +84,8 @@ def tiny():
 
 # ------------------------------------------------------- Hessian traces
 @pytest.mark.parametrize("probes,samples", [pytest.param("joint", 800, marks=pytest.mark.slow),
-                                            ("per_block", 300)])
+                                            pytest.param("per_block", 300,
+                                                         marks=pytest.mark.slow)])
 def test_hutchinson_matches_exact_trace(tiny, probes, samples):
     m, x, y, _ = tiny
     tr = hessian.hessian_trace_sensitivity(m, x, y, num_samples=samples, batch_size=16,
@@ -307,6 +308,7 @@ def _hand_compute_cost(b):
     return total
 
 
+@pytest.mark.slow   # default-suite time (< 5 min); see README
 def test_smallest_bound_plan_against_brute_force(tiny):
     from tfprec.planning import select
     _, _, _, g = tiny
@@ -426,6 +428,7 @@ def clf():
     return m, x, y, tfprec.noise_gains(m, x[:100])
 
 
+@pytest.mark.slow   # default-suite time (< 5 min); see README
 def test_greedy_search_within_tolerance(clf, monkeypatch):
     m, x, y, g = clf
     calls = []
@@ -465,6 +468,7 @@ def test_greedy_search_bad_input(clf):
         greedy.greedy_search_plan(m, g, x, y, tolerance_pp=0.0, start_bits=3)
 
 
+@pytest.mark.slow   # default-suite time (< 5 min); see README
 def test_bisect_budget_plan(clf):
     m, x, y, g = clf
     plan, evals = budget_lib.bisect_budget_plan(m, g, x, y, tolerance_pp=1.5)

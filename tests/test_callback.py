@@ -77,7 +77,7 @@ def test_callback_only_reads_model():
     m.fit(x, y, epochs=1, batch_size=32, verbose=0)
     before_w = [w.copy() for w in m.get_weights()]
     before_opt = [v.numpy().copy() for v in m.optimizer.variables()]
-    cb = tfprec.NoiseGainCallback(x[:40], verbose=False)
+    cb = tfprec.NoiseGainCallback(x[:40], verbose=False, method="paper")
     cb.set_model(m)
     cb.on_train_end()
     assert cb.gains is not None

@@ -90,6 +90,6 @@ def test_unwritable_log_dir_fails_before_training(tmp_path):
 
 def test_good_callback_still_runs_and_creates_log_dir(tmp_path):
     log_dir = tmp_path / "new" / "logs"
-    cb = tfprec.NoiseGainCallback(X, log_dir=str(log_dir), verbose=False)
+    cb = tfprec.NoiseGainCallback(X, log_dir=str(log_dir), verbose=False, method="paper")
     assert _fit(_mlp(), cb, epochs=1) == [0]
     assert log_dir.is_dir() and cb.plan is not None

@@ -184,7 +184,8 @@ def test_mlp_int4_weights(mlp, tmp_path):
     assert meta["layers"]["fc1"]["weight_type"] == "int4"
 
 
-@pytest.mark.parametrize("kernels", FAMILIES)
+@pytest.mark.parametrize("kernels", [
+    k if k == "xnnpack" else pytest.param(k, marks=pytest.mark.slow) for k in FAMILIES])
 def test_cnn_conv_depthwise(cnn, tmp_path, kernels):
     m, gains, x, _ = cnn
     plan = _plan(gains, 4, 5)
@@ -200,6 +201,7 @@ def test_cnn_conv_depthwise(cnn, tmp_path, kernels):
     _check_agreement(path, m, plan, x, rep)
 
 
+@pytest.mark.slow
 def test_int16_activations(mlp, tmp_path):
     m, gains, x, _ = mlp
     plan = _plan(gains, 8, 6).with_bits(act_bits={"fc2": 10})
@@ -212,6 +214,7 @@ def test_int16_activations(mlp, tmp_path):
     _check_agreement(path, m, plan, x[:200], rep)
 
 
+@pytest.mark.slow
 def test_wide_weights_stay_float(mlp, tmp_path):
     m, gains, x, _ = mlp
     plan = _plan(gains, 8, 8).with_bits(weight_bits={"fc2": 12})

@@ -118,7 +118,9 @@ def test_mobilenet_like_structure():
     _check_allowed(m)
 
 
-@pytest.mark.parametrize("name", sorted(models.BUILDERS))
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.slow) if n in models.APPLICATIONS else n
+    for n in sorted(models.BUILDERS)])     # the applications: tests/test_applications.py
 def test_graph_parser_accepts(name):
     from tfprec.statistics.graph import parse_model
     m = models.build(name)

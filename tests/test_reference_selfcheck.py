@@ -252,7 +252,8 @@ FD_OPS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(FD_MODELS))
+@pytest.mark.parametrize("name", [
+    n if n == "image" else pytest.param(n, marks=pytest.mark.slow) for n in sorted(FD_MODELS)])
 def test_reference_matches_finite_differences(name):
     model = FD_MODELS[name]()
     x = _inputs(model, 4, seed=7)

@@ -154,6 +154,7 @@ def test_validate_errors(toy):
         V.plan_at_level(g, "nope", 4)
 
 
+@pytest.mark.slow   # default-suite time (< 5 min); see README
 def test_mnist_measured_mismatch_below_bound():
     """METHOD.md section 6 on a small MNIST MLP (784-128-128-10, hidden
     activation clip(x, 0, 2), inputs in [0, 1], weights clipped to [-1, 1]):
