@@ -25,6 +25,7 @@ from test_export import make_plan, sim_dense_chain, vars_of
 from tfprec._tf import keras, tf
 from tfprec.errors import ExportError, InvalidDataError, PlanError, UnsupportedModelError
 from tfprec.export import agreement, export_tflite, simulate_plan, tflite_predict
+from tfprec.export import running as running_mod
 from tfprec.export import tflite as tflite_mod
 from tfprec.quantization.apply import quantize_model
 from tfprec.statistics.gains import model_fingerprint
@@ -389,7 +390,7 @@ def test_tflite_predict_checks_x_against_the_interpreter_input(small, tmp_path, 
     path = str(tmp_path / "m.tflite")
     export_tflite(m, plan, path, representative_data=x[:4], check_examples=0)
     calls = []
-    real = tflite_mod.interpreter
+    real = running_mod.interpreter
 
     def never(*args):
         raise AssertionError("x reached the interpreter before the input check")
@@ -399,7 +400,7 @@ def test_tflite_predict_checks_x_against_the_interpreter_input(small, tmp_path, 
         calls.append(it)
         it.set_tensor = it.resize_tensor_input = never
         return it
-    monkeypatch.setattr(tflite_mod, "interpreter", spy)
+    monkeypatch.setattr(running_mod, "interpreter", spy)
     with pytest.raises(InvalidDataError, match=words) as e:
         tflite_predict(path, make(x))
     assert isinstance(e.value, ExportError) and len(calls) == 1

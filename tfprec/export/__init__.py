@@ -12,6 +12,9 @@ Two backends behind :func:`export_tflite` (``backend=``):
   ``aeq_report``), for any model tfprec analyses; ``runtime`` runs files
   under each LiteRT kernel family and times them.
 
+``running`` has :func:`tflite_predict` and :func:`agreement` for files of
+either backend.
+
 ``"auto"`` (the default) uses the exact writer wherever it can express the
 model, else AI Edge Quantizer.
 """
