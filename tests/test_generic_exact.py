@@ -351,3 +351,24 @@ def test_not_yet_supported_models_are_refused_by_name(name):
     x = _candidates(model, 8, np.random.default_rng(0))
     with pytest.raises(tfprec.UnsupportedModelError, match=words):
         tfprec.noise_gains(model, x)
+
+
+@pytest.mark.parametrize("act, r_a, signed", [("sigmoid", 0.5, False),
+                                               ("tanh", 1.0, True),
+                                               ("swish", None, True)])
+def test_known_activation_bounds_fix_the_range(act, r_a, signed):
+    """sigmoid [0, 1] -> unsigned R_A = 1/2; tanh [-1, 1] -> signed R_A = 1
+    (from the known bound, whatever the data); swish has no known bound: its
+    range is calibrated from the data."""
+    keras.utils.set_random_seed(0)
+    m = keras.Sequential([keras.layers.Input((5,)),
+                          keras.layers.Dense(6, activation=act, name="d1"),
+                          keras.layers.Dense(3, name="d2")])
+    x = np.random.default_rng(0).normal(size=(64, 5)).astype(np.float32) * 0.1
+    g = tfprec.noise_gains(m, x)
+    d2 = g["d2"]
+    assert d2.act_signed == signed
+    if r_a is None:
+        assert d2.act_range_source != "known bound"
+    else:
+        assert d2.act_range_source == "known bound" and d2.r_a == r_a

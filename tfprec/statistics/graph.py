@@ -243,7 +243,7 @@ def _act_op(layer, name: str, inp: str, out: str, act: str, fn, final: bool,
         return Op(name, "softmax", [inp], out, {"sigmoid": True}, cls)
     return Op(name, "layer", [inp], out,
               {"call": layer_calls.ActivationCall(fn),
-               "bounds": layer_calls.ACT_BOUNDS.get(act, (None, None))}, cls)
+               "bounds": layer_calls.act_bounds(act)}, cls)
 
 
 def _layer_op(layer, node, call, shapes: dict) -> Op:
@@ -254,8 +254,7 @@ def _layer_op(layer, node, call, shapes: dict) -> Op:
     in_shapes = [(None, *shapes[i]) for i in call.input_ids]
     bounds = (None, None)
     if isinstance(layer, L.Activation):
-        bounds = layer_calls.ACT_BOUNDS.get(_activation_name(layer.activation),
-                                            (None, None))
+        bounds = layer_calls.act_bounds(_activation_name(layer.activation))
     return Op(layer.name, "layer", list(call.input_ids), out,
               {"call": layer_calls.LayerCall(layer, call, in_shapes),
                "bounds": bounds}, type(layer).__name__)

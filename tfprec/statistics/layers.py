@@ -154,6 +154,8 @@ def bn_affine(bn) -> tuple:
 
 
 def act_bounds(name: str) -> tuple:
+    """Known (low, high) output range of activation ``name`` ((None, None):
+    unknown, calibrated from data)."""
     return ACT_BOUNDS.get(name, (None, None))
 
 
