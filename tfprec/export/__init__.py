@@ -4,8 +4,8 @@ Two backends behind :func:`export_tflite` (``backend=``):
 
 * ``"exact"``: tfprec's own writer. Modules: :mod:`~tfprec.export.tflite`
   (the public API), ``formats`` (plan -> fixed-point formats, rounding per
-  kernel family), ``flatbuffer`` (the LiteRT schema writer), ``lower`` (graph
-  -> TFLite operators), ``checks`` (read-back through the LiteRT interpreter)
+  kernel family), ``flatbuffer`` (the LiteRT schema writer), ``lower`` and ``lower_ops``
+  (graph -> TFLite operators), ``checks`` (read-back through the LiteRT interpreter)
   and ``report``.
 * ``"ai_edge_quantizer"`` (``"aeq"``): Google's AI Edge Quantizer recipes
   over a ``TFLiteConverter`` float file (``aeq``, ``aeq_recipe``,
