@@ -228,7 +228,7 @@ def _weight_ops(layer, inp: str, out: str, shapes: dict) -> list:
 
 
 def _act_op(layer, name: str, inp: str, out: str, act: str, fn, final: bool,
-            node=None, call=None, shapes=None) -> Op:
+            shapes: dict) -> Op:
     """The op of an activation (fused in a weight layer, or an Activation
     layer): relu / clipping ``act`` ops, a final softmax, else a generic
     ``layer`` op calling the activation function."""
@@ -238,7 +238,7 @@ def _act_op(layer, name: str, inp: str, out: str, act: str, fn, final: bool,
         return Op(name, "act", [inp], out, attrs, cls)
     if act == "softmax" and final:
         return Op(name, "softmax", [inp], out, {}, cls)
-    if act == "sigmoid" and final and shapes is not None and tuple(shapes[out]) == (1,):
+    if act == "sigmoid" and final and tuple(shapes[out]) == (1,):
         # a binary classifier's probability: dropped, its logit z is kept
         return Op(name, "softmax", [inp], out, {"sigmoid": True}, cls)
     return Op(name, "layer", [inp], out,
@@ -252,12 +252,9 @@ def _layer_op(layer, node, call, shapes: dict) -> Op:
         raise _unsupported(layer, "concatenation along the batch axis")
     out = _tid(_flat(node.outputs)[0])
     in_shapes = [(None, *shapes[i]) for i in call.input_ids]
-    bounds = (None, None)
-    if isinstance(layer, L.Activation):
-        bounds = layer_calls.act_bounds(_activation_name(layer.activation))
     return Op(layer.name, "layer", list(call.input_ids), out,
               {"call": layer_calls.LayerCall(layer, call, in_shapes),
-               "bounds": bounds}, type(layer).__name__)
+               "bounds": (None, None)}, type(layer).__name__)
 
 
 def _check_finite_weights(layer, **weights) -> None:
@@ -394,11 +391,11 @@ def parse_model(model) -> Graph:
             ops.extend(_weight_ops(layer, ins[0], pre, shapes))
             if act != "linear":
                 ops.append(_act_op(layer, name + "/act", pre, out, act,
-                                   layer.activation, final, shapes=shapes))
+                                   layer.activation, final, shapes))
         elif cls is L.Activation:
             ops.append(_act_op(layer, name, ins[0], out,
                                _activation_name(layer.activation), layer.activation,
-                               final, node, call, shapes))
+                               final, shapes))
         elif cls is L.Softmax and final:
             _check_softmax_axis(layer, len(shapes[ins[0]]) + 1)
             ops.append(Op(name, "softmax", ins, out, {}, cls.__name__))
