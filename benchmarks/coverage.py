@@ -151,8 +151,8 @@ def row(net: str, args) -> dict:
         from tfprec.export import agreement, export_tflite, tflite_predict
         with tempfile.TemporaryDirectory() as d:
             path = os.path.join(d, f"{net}.tflite")
-            export_tflite(model, plan, path, representative_data=x)
-            size = os.path.getsize(path)
+            rep = export_tflite(model, plan, path, representative_data=x)
+            size = f"{os.path.getsize(path)} B ({rep.backend})"
             agree = f"{100 * agreement(zq, tflite_predict(path, xe)):.2f} %"
     except (TfprecError, ValueError, RuntimeError) as e:
         size = f"- ({type(e).__name__}: {str(e)[:80]})"

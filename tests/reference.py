@@ -155,9 +155,11 @@ class _Op:
 class Reference:
     """float64 re-execution of a Sequential / functional tf_keras model."""
 
+    MULTI_INPUT = False     # MultiInputReference: several inputs
+
     def __init__(self, model):
         self.model = model
-        if len(model.outputs) != 1 or len(model.inputs) != 1:
+        if len(model.outputs) != 1 or (len(model.inputs) != 1 and not self.MULTI_INPUT):
             raise NotImplementedError("reference: one input and one output only")
         out_t = model.outputs[0]
         self.out_layer = compat.producing_layer(out_t)
@@ -209,10 +211,7 @@ class Reference:
         self.vars = {}  # name -> (first var, second var or None, perturbation)
         self.info = {}
         self._clones = {}
-        in_shape = tuple(model.input_shape[1:])
-        if None in in_shape:
-            raise NotImplementedError(f"reference: input shape {in_shape} not fixed")
-        z0 = self.logits(np.zeros((1,) + in_shape))  # builds clones and variables
+        z0 = self._probe_logits()  # builds clones and variables
         self.num_classes = int(z0.shape[-1])
         for n in self.order:
             op = self.ops[n]
@@ -220,6 +219,13 @@ class Reference:
             self.vars[n] = (v[0], v[1], op.pert)
             self.info[n] = (op.layer_class, v[0].numpy().copy(),
                             None if v[1] is None else v[1].numpy().copy())
+
+    def _probe_logits(self):
+        """Logits of one all-zero example (the first call builds the clones)."""
+        in_shape = tuple(self.model.input_shape[1:])
+        if None in in_shape:
+            raise NotImplementedError(f"reference: input shape {in_shape} not fixed")
+        return self.logits(np.zeros((1,) + in_shape))
 
     # ------------------------------------------------------- weight ops
     def _activation(self, layer, y):
@@ -513,3 +519,55 @@ def randomize(model, seed: int):
         if new:
             layer.set_weights(new)
     return model
+
+
+class MultiInputReference(Reference):
+    """The reference for a functional model with several inputs: ``xs`` is a
+    list of arrays [N, ...] in ``model.inputs`` order.  Each input tensor of
+    the model gets its own array's rows (float inputs in float64, integer
+    ones in their dtype); examples are addressed by index, one at a time."""
+
+    MULTI_INPUT = True
+
+    def _probe_logits(self):
+        self._xs = self._arrays([np.zeros((1, *t.shape[1:])) for t in self.model.inputs])
+        return self.logits(np.zeros((1, 1)))
+
+    def _arrays(self, xs):
+        return [np.asarray(v, np.float64) if t.dtype.is_floating
+                else np.asarray(v, t.dtype.as_numpy_dtype)
+                for v, t in zip(xs, self.model.inputs)]
+
+    def raw_logits(self, idx, record=None):
+        """Logits of the examples whose indices (float) ``idx`` [B, 1] holds."""
+        i = tf.cast(tf.reshape(idx, [-1]), tf.int32)
+        memo = {id(t): tf.gather(tf.constant(v), i)
+                for t, v in zip(self.model.inputs, self._xs)}
+        return self._eval(self.model.outputs[0], None, memo, record)
+
+    def check_forward(self, idx, tol=1e-5):
+        z = self.raw_logits(tf.constant(idx))
+        if self.final == "softmax":
+            z = tf.nn.softmax(z)
+        elif self.final == "sigmoid":
+            z = tf.sigmoid(z)
+        i = np.asarray(idx, np.int64).reshape(-1)
+        xin = [np.asarray(v[i], np.float32 if t.dtype.is_floating else v.dtype)
+               for v, t in zip(self._xs, self.model.inputs)]
+        want = self.model(xin, training=False).numpy()
+        err = float(np.max(np.abs(z.numpy() - want)))
+        assert err <= tol * max(1.0, float(np.max(np.abs(want)))), (
+            f"reference forward differs from model(x): max |diff| {err}")
+        return err
+
+    def gains(self, xs) -> RefGains:
+        self._xs = self._arrays(xs)
+        n = len(self._xs[0])
+        assert all(len(v) == n for v in self._xs)
+        return super().gains(np.arange(n, dtype=np.float64)[:, None])
+
+
+def reference_gains_multi(model, xs) -> RefGains:
+    """:func:`reference_gains` of a model with several inputs (``xs``: a list
+    of arrays in ``model.inputs`` order)."""
+    return MultiInputReference(model).gains(xs)

@@ -69,3 +69,15 @@ def test_application_end_to_end(name, kw, tmp_path):
     assert np.mean(zq.argmax(1) == zs.argmax(1)) >= 0.9
     # the user's model is not modified
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+
+    # TFLite export (ai_edge_quantizer, the backend 'auto' picks for these
+    # graphs): the file computes the fake-quant network on the family its
+    # ties are tuned for (XNNPACK), so its decisions are the fake-quant
+    # model's on every example
+    from tfprec.export import export_tflite
+    rep = export_tflite(model, plan, str(tmp_path / f"{name}.tflite"), x,
+                        check_examples=N)
+    assert rep.backend == "ai_edge_quantizer" and rep.grid_check_passed
+    assert rep.agreement_by_kernels["xnnpack"] == 1.0
+    assert rep.max_logit_diff_by_kernels["xnnpack"] <= 1e-4 * max(1.0, np.abs(zq).max())
+    assert any(l.act_type in ("int8", "int16") for l in rep.layers)   # integer kernels

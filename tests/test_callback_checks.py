@@ -67,7 +67,7 @@ def test_bad_arguments_fail_when_the_callback_is_made(tmp_path):
     with pytest.raises(PlanError, match=r"cost must be one of \('compute', "
                        r"'memory'\), got 'time'"):
         tfprec.NoiseGainCallback(X, cost="time")
-    for bad in (None, [X, X], "data"):
+    for bad in (None, [X, "x"], [], "data"):    # (a list of arrays: several inputs)
         with pytest.raises(InvalidDataError, match="calibration_data must be a numpy "
                            "array"):
             tfprec.NoiseGainCallback(bad)

@@ -284,17 +284,12 @@ ZOO = {f.__name__: f for f in (
     act_leaky_relu, act_elu, act_inner_softmax, merges, spatial, preprocessing,
     reshaping, mobilenetv3_se, densenet_block, separable, conv1d,
     layernorm, prelu, conv_transpose, dilated_grouped, maxpool_same_odd,
-    standalone_bn, sequential_mix, binary_sigmoid)}
+    standalone_bn, sequential_mix, binary_sigmoid, text)}
 
 #: Run in the default suite (they cover most kinds together); the rest of
 #: the zoo runs with ``-m slow``.
 FAST = ("mobilenetv3_se", "densenet_block", "separable", "standalone_bn",
-        "binary_sigmoid")
-
-#: Not supported yet (issue 10 stays open for it): refused with a named
-#: error.  The reference already handles it (Embedding: E_A = 0).
-NOT_YET = {"text": (text, r"layer 'emb' of class Embedding.*integer token ids")}
-
+        "binary_sigmoid", "text")
 
 # ------------------------------------------------------------------- cases
 def _candidates(model, n, rng):
@@ -342,15 +337,6 @@ def test_noise_gains_match_reference(name):
         assert got[op].e_w == pytest.approx(r.e_w, rel=RTOL, abs=floor_w), (op, "e_w")
         e_a = 0.0 if got[op].e_a is None else got[op].e_a      # "absent" allowed
         assert e_a == pytest.approx(r.e_a, rel=RTOL, abs=floor_a), (op, "e_a")
-
-
-@pytest.mark.parametrize("name", sorted(NOT_YET))
-def test_not_yet_supported_models_are_refused_by_name(name):
-    build, words = NOT_YET[name]
-    model = build()
-    x = _candidates(model, 8, np.random.default_rng(0))
-    with pytest.raises(tfprec.UnsupportedModelError, match=words):
-        tfprec.noise_gains(model, x)
 
 
 @pytest.mark.parametrize("act, r_a, signed", [("sigmoid", 0.5, False),

@@ -9,7 +9,10 @@ same words:
   ``tf.data.Dataset`` of inputs, batched or not, whose elements may be
   ``(x, y)`` pairs (the labels are then taken from it where labels are
   needed); lists and tuples of arrays are refused, as are datasets of
-  dicts and infinite datasets without ``max_examples``;
+  dicts and infinite datasets without ``max_examples``, except for a model
+  with several inputs, whose data come as a list / tuple / dict of arrays or
+  a dataset of them (:mod:`tfprec.packing`; the shape passed is then a
+  :class:`tfprec.packing.PackedShape`);
 * labels ``y``: ``N`` integer class ids, ``[N, 1]`` columns of them, or
   ``N`` one-hot rows of width M; integral floats are accepted;
 * scalars: positive / non-negative ints (never bools), probabilities,
@@ -29,6 +32,8 @@ from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 
+from tfprec import packing
+from tfprec.arrays import check_array as _check_array, check_shape as _check_shape
 from tfprec._tf import tf
 from tfprec.errors import InvalidDataError
 
@@ -220,15 +225,6 @@ def _batched_dataset(ds, in_shape: tuple, batch_size: int, what: str):
     return ds
 
 
-def _check_shape(shape, in_shape, what: str) -> None:
-    shape = tuple(shape)
-    if len(shape) != len(in_shape) or any(
-            s is not None and w is not None and s != w for s, w in zip(shape, in_shape)):
-        raise InvalidDataError(
-            f"{what} has per-example shape {shape}, but the model expects "
-            f"{tuple(in_shape)}.")
-
-
 def raw_dtype(x) -> Optional[np.dtype]:
     """numpy dtype of the inputs as given (before any cast): of the array,
     or of a dataset's input elements; None when it cannot be told."""
@@ -249,6 +245,10 @@ def check_inputs_spec(x: DataLike, in_shape: tuple, *, what: str = "x",
     per-example shape and length, or a dataset's element spec (shape,
     dtype) and cardinality.  For checks before a long run (the callback's
     ``on_train_begin``); the full checks happen when the data are read."""
+    if isinstance(in_shape, packing.PackedShape):     # a several-input model
+        return packing.check_inputs_spec(x, in_shape, what=what,
+                                         max_examples=max_examples,
+                                         single=check_inputs_spec)
     if _is_dataset(x):
         _check_finite_cardinality(x, what, max_examples)
         xs, _, spec = _dataset_parts(x, what)
@@ -267,24 +267,6 @@ def check_inputs_spec(x: DataLike, in_shape: tuple, *, what: str = "x",
 
 
 # ================================================================ inputs
-def _check_array(x, in_shape: tuple, what: str) -> np.ndarray:
-    if x is None:
-        raise InvalidDataError(f"{what} is None; pass a numpy array [N, ...] or a "
-                               "tf.data.Dataset of examples.")
-    if isinstance(x, (list, tuple)):
-        raise InvalidDataError(f"pass {what} as one numpy array [N, ...] or a "
-                               "tf.data.Dataset, not a list or tuple.")
-    if not hasattr(x, "shape"):
-        raise InvalidDataError(f"{what} must be a numpy array [N, ...] or a "
-                               f"tf.data.Dataset, got {type(x).__name__}.")
-    x = np.asarray(x)
-    if x.ndim < 1 or x.dtype.kind not in "fiub":
-        raise InvalidDataError(f"{what} must be a numeric array; got dtype "
-                               f"{x.dtype} and shape {x.shape}.")
-    _check_shape(x.shape[1:], in_shape, what)
-    return x
-
-
 def _check_finite(x: np.ndarray, what: str, offset: int = 0) -> None:
     finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1) if x.dtype.kind == "f" \
         else np.ones(len(x), bool)
@@ -304,6 +286,11 @@ def iter_batches(x: DataLike, in_shape: tuple, batch_size: int, *,
     cardinality (e.g. after ``filter()``) is read until it ends; bound it with
     ``max_examples`` or ``take(n)`` if it may not end.
     """
+    if isinstance(in_shape, packing.PackedShape):     # a several-input model
+        yield from packing.iter_batches(x, in_shape, batch_size, dtype=dtype,
+                                        max_examples=max_examples, what=what,
+                                        single=iter_batches)
+        return
     batch_size = positive_int("batch_size", batch_size)
     max_examples = optional_positive_int("max_examples", max_examples)
     seen = 0
@@ -319,7 +306,7 @@ def iter_batches(x: DataLike, in_shape: tuple, batch_size: int, *,
             if b.dtype.kind not in "fiub":
                 raise InvalidDataError(f"{what}: dataset elements have dtype "
                                        f"{b.dtype}; they must be numbers.")
-            b = b.astype(dtype, copy=False)
+            b = _cast(b, dtype, what, seen)
             _check_finite(b, what, seen)
             seen += len(b)
             yield b
@@ -327,9 +314,24 @@ def iter_batches(x: DataLike, in_shape: tuple, batch_size: int, *,
     arr = _check_array(x, in_shape, what)
     n = len(arr) if max_examples is None else min(len(arr), max_examples)
     for s in range(0, n, batch_size):
-        b = arr[s: min(s + batch_size, n)].astype(dtype, copy=False)
+        b = _cast(arr[s: min(s + batch_size, n)], dtype, what, s)
         _check_finite(b, what, s)
         yield b
+
+
+def _cast(b: np.ndarray, dtype, what: str, offset: int) -> np.ndarray:
+    """``b`` as ``dtype``; float data cast to an integer dtype (a model
+    whose input is integer token ids) must be finite and integral, else
+    InvalidDataError naming the first bad example (no silent truncation)."""
+    if np.dtype(dtype).kind in "iu" and b.dtype.kind == "f" and len(b):
+        _check_finite(b, what, offset)
+        ok = (b == np.round(b)).reshape(len(b), -1).all(axis=1)
+        if not ok.all():
+            raise InvalidDataError(
+                f"{what}: example {offset + int(np.argmin(ok))} holds non-integral "
+                f"values, but the model's input has integer dtype "
+                f"{np.dtype(dtype).name} (token ids).")
+    return b.astype(dtype, copy=False)
 
 
 def as_inputs(x: DataLike, in_shape: tuple, *, dtype="float32", what: str = "x",
@@ -339,6 +341,10 @@ def as_inputs(x: DataLike, in_shape: tuple, *, dtype="float32", what: str = "x",
 
     ``allow_single`` accepts one example without its batch axis.
     """
+    if isinstance(in_shape, packing.PackedShape):     # a several-input model
+        return packing.as_inputs(x, in_shape, dtype=dtype, what=what,
+                                 max_examples=max_examples, allow_empty=allow_empty,
+                                 allow_single=allow_single, single=as_inputs)
     if allow_single and not _is_dataset(x) and hasattr(x, "shape") \
             and tuple(np.shape(x)) == tuple(in_shape):
         x = np.asarray(x)[None]
@@ -424,6 +430,10 @@ def as_examples(x: DataLike, y, in_shape: tuple, num_classes: int, *,
     an unknown-but-infinite one (``repeat().filter(...)``) never returns:
     bound it with ``max_examples`` or ``take(n)``.
     """
+    if isinstance(in_shape, packing.PackedShape):     # a several-input model
+        return packing.as_examples(x, y, in_shape, num_classes, dtype=dtype, what=what,
+                                   label_what=label_what, max_examples=max_examples,
+                                   need_labels=need_labels, single=as_examples)
     if _is_dataset(x) and y is None:
         _check_finite_cardinality(x, what, max_examples)
         xs, ys, _ = _dataset_parts(x, what)
@@ -456,10 +466,17 @@ def as_examples(x: DataLike, y, in_shape: tuple, num_classes: int, *,
 
 
 def model_input_shape(model) -> tuple:
-    """Per-example input shape of a one-input tf_keras model."""
+    """Per-example input shape of a one-input tf_keras model; for a model with
+    several inputs the packed shape (S,) (:class:`tfprec.packing.PackedShape`,
+    which makes the functions above pack the data)."""
+    if packing.is_multi_input(model):
+        return packing.packed_shape(model)
     return tuple(model.inputs[0].shape[1:])
 
 
 def model_dtype(model) -> str:
-    """numpy dtype name of the model's (first) input."""
+    """numpy dtype name of the model's input (several inputs: of the packed
+    vector, :func:`tfprec.packing.pack_dtype`)."""
+    if packing.is_multi_input(model):
+        return packing.pack_dtype(packing.input_specs(model))
     return model.inputs[0].dtype.name

@@ -99,7 +99,7 @@ def figure_bits(plan):
     """Grouped bar chart: B_W and B_A per layer of ``plan``."""
     names = [l.name for l in plan.layers]
     bw = [l.weight_bits for l in plan.layers]
-    ba = [l.act_bits for l in plan.layers]
+    ba = [l.act_bits or 0 for l in plan.layers]   # 0: integer ids (Embedding)
     n = len(names)
     fig = _new_figure(max(5.5, 0.9 * n + 2.5), 3.8)
     ax = fig.add_subplot()

@@ -123,7 +123,7 @@ def _summary_section(plan, validation, export_report, settings: dict, notes) -> 
         out.append(f"- Allocation: `{settings['allocation']}` (cost minimized: "
                    f"{settings.get('cost', 'compute')})")
     level = plan_level(plan)
-    top = max(max(l.weight_bits, l.act_bits) for l in plan.layers)
+    top = max(max(l.weight_bits, l.act_bits or 0) for l in plan.layers)
     out.append(f"- Chosen plan: **{plan.method}**"
                + (f", {level_text(plan.method, level)}" if level is not None else "")
                + f"; bits {plan.b_min}..{top}")

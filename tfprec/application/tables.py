@@ -37,7 +37,7 @@ def plan_level(plan) -> Optional[int]:
     if m == "paper" or m == "uniform":
         return int(plan.b_min)
     if m == "icml2017":
-        return int(min(l.act_bits for l in plan.layers))
+        return int(min(l.act_bits for l in plan.layers if l.act_bits is not None))
     return None
 
 
@@ -179,11 +179,13 @@ def layer_table_text(plan, gains=None) -> str:
             "compute (FA)", "memory (bits)"]
     body = []
     for r in layer_rows(plan, gains):
+        ids = r["act_bits"] is None         # an Embedding: integer ids, no format
         body.append([
             r["layer"], str(r["weight_bits"]),
-            f"{r['act_bits']}{'s' if r['act_signed'] else 'u'}",
-            f"{r['g_w']:.3g}", f"{r['g_a']:.3g}",
-            _range(r["weight_range"], True), _range(r["act_range"], r["act_signed"]),
+            "-" if ids else f"{r['act_bits']}{'s' if r['act_signed'] else 'u'}",
+            f"{r['g_w']:.3g}", "-" if ids else f"{r['g_a']:.3g}",
+            _range(r["weight_range"], True),
+            "integer ids" if ids else _range(r["act_range"], r["act_signed"]),
             _int(r["compute_cost"]), _int(r["memory_cost"])])
     c = plan.cost()
     body.append(["total", "", "", "", "", "", "", _int(c.total_compute),
@@ -199,7 +201,9 @@ def layer_table_text(plan, gains=None) -> str:
     lines.append(fmt(["-" * w for w in widths]))
     lines.append(fmt(body[-1]))
     lines.append("B_A: 's' signed input format [-R, R), 'u' unsigned [0, 2R); "
-                 "G = R^2 E (normalized noise gain)")
+                 "G = R^2 E (normalized noise gain)"
+                 + ("; '-': integer token ids (Embedding), not quantized"
+                    if any(l.act_bits is None for l in plan.layers) else ""))
     return "\n".join(lines)
 
 
@@ -212,6 +216,14 @@ def layer_table_markdown(plan, gains=None) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|---|---|---|---:|---:|---:|---:|"]
     for r in layer_rows(plan, gains):
         src = f", {r['act_range_source']}" if r["act_range_source"] else ""
+        if r["act_bits"] is None:       # an Embedding: integer ids, no format
+            lines.append(
+                f"| {r['layer']} | {r['class']} | {_g(r['e_w'])} | - | "
+                f"{r['g_w']:.3g} | - | {r['weight_bits']} | - | "
+                f"{_range(r['weight_range'], True)} ({r['weight_step']:.3g}) | "
+                f"integer ids | - | {r['weight_term']:.3g} | 0 | "
+                f"{_int(r['compute_cost'])} | {_int(r['memory_cost'])} |")
+            continue
         lines.append(
             f"| {r['layer']} | {r['class']} | {_g(r['e_w'])} | {_g(r['e_a'])} | "
             f"{r['g_w']:.3g} | {r['g_a']:.3g} | {r['weight_bits']} | {r['act_bits']} | "

@@ -87,15 +87,23 @@ def _output_path(path) -> str:
     return path
 
 
-def _inputs(data, graph, fmts: dict, n: int) -> tuple:
-    """(inputs [n' <= n, ...] float32, source): ``representative_data`` (an
-    array or tensor, a tf.data.Dataset of inputs or (input, label) pairs,
-    an iterable of arrays or of ``[array]`` lists, or a callable returning
-    one), checked by :func:`tfprec.inputs.as_inputs`; None: ``n`` inputs
-    drawn uniformly over the first layer's input range ('synthetic')."""
-    shape = tuple(graph.shapes[graph.input_id])
+def _inputs(data, model, graph, fmts: dict, n: int) -> tuple:
+    """(inputs [n' <= n, ...], source): ``representative_data`` (an array
+    or tensor, a tf.data.Dataset of inputs or (input, label) pairs, an
+    iterable of arrays or of ``[array]`` lists, or a callable returning
+    one; for a several-input model, its inputs as a list / dict / Dataset,
+    packed by :mod:`tfprec.packing`), checked by
+    :func:`tfprec.inputs.as_inputs`; None: ``n`` inputs drawn uniformly over
+    the first layer's input range ('synthetic')."""
+    from tfprec import packing
+    from tfprec.inputs import model_input_shape
+    multi = packing.is_multi_input(model)
+    shape = tuple(model_input_shape(model)) if not multi else model_input_shape(model)
     if data is None:
         fa = fmts[graph.weight_ops[0].name][1]
+        if multi or fa is None:
+            raise ExportError("representative_data is needed for this model (several "
+                              "inputs, or integer ids first): no synthetic inputs are made")
         lo, hi = (-1.1 * fa.range, 1.1 * fa.range) if fa.signed else (-0.1 * fa.range,
                                                                       2.1 * fa.range)
         x = np.random.default_rng(0).uniform(lo, hi, (n, *shape))
@@ -104,7 +112,7 @@ def _inputs(data, graph, fmts: dict, n: int) -> tuple:
         data = data()
     what = "representative_data"
     with as_export_errors():
-        if isinstance(data, tf.data.Dataset) or hasattr(data, "shape"):
+        if multi or isinstance(data, tf.data.Dataset) or hasattr(data, "shape"):
             return as_inputs(data, shape, what=what, max_examples=n,
                              allow_single=True), what
         if not hasattr(data, "__iter__") or isinstance(data, (str, bytes, dict)):
@@ -128,6 +136,13 @@ def _inputs(data, graph, fmts: dict, n: int) -> tuple:
 # --------------------------------------------------------------------------
 # Export
 # --------------------------------------------------------------------------
+
+def _convert(gm) -> bytes:
+    try:
+        return runtime.float_tflite(gm)
+    except Exception as e:
+        raise ExportError(f"TFLiteConverter cannot convert the model: {e}") from e
+
 
 def _quiet():
     """Context manager hiding AI Edge Quantizer's progress bars (tqdm on
@@ -204,7 +219,11 @@ def export_aeq(model, plan, path, representative_data=None, *, labels=None,
                               f"{names} and the type one of {sorted(R.WEIGHT_TYPES)}")
     fmts = {op.name: layer_formats(plan.layer(op.name)) for op in graph.weight_ops}
     n_avail = max(n_check, CALIBRATION_EXAMPLES)
-    xs, source = _inputs(representative_data, graph, fmts, n_avail)
+    xs, source = _inputs(representative_data, model, graph, fmts, n_avail)
+    from tfprec import packing
+    in_names = list(model.input_names)
+    feed = ((lambda a: packing.unpack(model, a)) if packing.is_multi_input(model)
+            else (lambda a: a))
     ys = None
     if labels is not None:
         ys = np.asarray(labels).reshape(-1)[:len(xs)].astype(np.int64)
@@ -215,50 +234,91 @@ def export_aeq(model, plan, path, representative_data=None, *, labels=None,
     # ---- per-layer formats
     kinds = {op.name: op.kind for op in graph.weight_ops}
     last = graph.weight_ops[-1].name
-    layers, wtype = [], {}
+    layers = []
     for name in names:
         fw, fa = fmts[name]
-        wtype[name], note = R.weight_type(kinds[name], fw.bits, wide_to_8,
-                                         weight_types.get(name))
+        wt, note = R.weight_type(kinds[name], fw.bits, wide_to_8, weight_types.get(name))
         layers.append(AeqLayer(name=name, kind=kinds[name], weight_bits=fw.bits,
-                               act_bits=fa.bits, act_signed=fa.signed,
-                               weight_step=fw.step, act_step=fa.step,
-                               weight_type=wtype[name], notes=[note] if note else []))
-    integer = [l for l in layers if l.weight_type != "float" and l.name != last]
-    act = "int16" if any(l.act_bits > 8 for l in layers) else "int8"
+                               act_bits=None if fa is None else fa.bits,
+                               act_signed=fa is not None and fa.signed,
+                               weight_step=fw.step,
+                               act_step=float("nan") if fa is None else fa.step,
+                               weight_type=wt, notes=[note] if note else []))
+    by = {l.name: l for l in layers}
+
+    # ---- pass 1: a clip in front of every weight op, to find the chains
+    # that can run on integer kernels
+    gm, snapped = R.grid_model(model, fmts, wide_to_8)
+    g1 = R.read_graph(_convert(gm))
+    pairs = [(n, kinds[n]) for n in names]
+    op1 = R.match_ops(g1, pairs, snapped)
     for l in layers:
-        fa = fmts[l.name][1]
-        if act == "int16" and not fa.signed and fa.bits == 16:
-            raise ExportError(f"layer {l.name!r}: its 16-bit unsigned input format "
-                              "fits no LiteRT integer type (int16 is signed: 15 bits "
-                              "of magnitude); use backend='exact', or plan with "
-                              "max_bits=15 (--max_bits=15)")
-        l.act_type = "float" if (l.name == last or l.weight_type == "float") else act
-        if act == "int16" and l.act_bits <= 8 and l in integer:
+        if l.name not in op1 and l.weight_type != "float":
+            l.weight_type = "float"
+            l.notes.append(f"{l.kind} operator: no integer kernel of this backend; "
+                           "weights float32 on their grid, float32 compute")
+    cands = [n for n in op1 if by[n].weight_type != "float" and n != last]
+    act = "int16" if any(fmts[n][1].bits > 8 and (fmts[n][1].signed or fmts[n][1].bits < 16)
+                         for n in cands) else "int8"
+
+    def fits(fa) -> bool:
+        return fa.bits <= 8 or (act == "int16" and (fa.signed or fa.bits < 16))
+
+    name_of = {op.index: n for n, op in op1.items()}
+    integer, why = set(), {}
+    for n in cands:
+        if not fits(fmts[n][1]):
+            why[n] = (f"its {fmts[n][1].bits}-bit unsigned input fits no LiteRT integer "
+                      "type (int16 has 15 bits of magnitude): float32 compute on its "
+                      "grid (explicit rounding), integer weights dequantized")
+            continue
+        cons = R.closed_consumers(g1, op1[n].outputs[0], name_of)
+        cf = {(fmts[name_of[c.index]][1].step, fmts[name_of[c.index]][1].lo,
+               fmts[name_of[c.index]][1].hi) for c in cons or ()}
+        if not cons or len(cf) != 1 or not fits(fmts[name_of[cons[0].index]][1]):
+            why[n] = ("its output is not requantized onto one planned grid (it feeds "
+                      "an operator the plan does not round: add, pooling, concatenation, "
+                      "several formats...): float32 compute on its exact grid input, "
+                      "integer weights dequantized (weight-only)")
+            continue
+        if fmts[name_of[cons[0].index]][1].signed:
+            # LiteRT requantization rounds ties of negative values away from
+            # zero (the plan: upward), and no scale nudge fixes both signs
+            why[n] = ("its output feeds a signed input grid, where LiteRT's integer "
+                      "requantization would round negative ties away from zero (the plan "
+                      "rounds them up): float32 compute, integer weights dequantized "
+                      "(weight-only), the next input rounded explicitly")
+            continue
+        integer.add(n)
+    clip = {}
+    for n in op1:
+        _, src = R.chain_tensors(g1, op1[n])
+        if src is not None and name_of.get(src.index) in integer:
+            fa = fmts[n][1]
+            drop = not exact_ties and act == "int8" and fa.bits == 8
+            clip[n] = None if drop else True
+    for l in layers:
+        l.act_type = act if l.name in integer else "float"
+        if l.name in why:
+            l.notes.append(why[l.name])
+        if l.name not in clip and l.name != names[0] and fmts[l.name][1] is not None:
+            l.notes.append("input rounded to its grid in float32 (explicit floor(x/Delta "
+                           "+ 1/2)), as the fake-quant model does")
+        if act == "int16" and l.act_bits <= 8 and l.name in integer:
             l.notes.append(f"{l.act_bits}-bit input carried in int16 (the network "
                            "uses one activation width, int16, for exact requantization)")
-        l.families = (sorted(R.FAMILIES) if _unverified else
+        l.families = (sorted(R.FAMILIES) if (_unverified or l.name not in op1) else
                       sorted(R.check_verified(l.name, l.kind, l.act_type, l.weight_type)))
-    act_for_chain = act
 
-    # ---- float file
-    gm, snapped = R.grid_model(model, plan, fmts, wide_to_8, act, exact_ties,
-                              tie_offset=[l.name for l in layers
-                                          if l.weight_type == "float" and l.name != last])
-    for l in layers:
-        if l.weight_type == "float" and l.name != last:
-            l.notes.append("bias raised by Delta_A*Delta_W/4 so that exact ties of the "
-                           "float output round upward when quantized")
-    try:
-        float_content = runtime.float_tflite(gm)
-    except Exception as e:
-        raise ExportError(f"TFLiteConverter cannot convert the model: {e}") from e
+    # ---- pass 2: the float file that is quantized
+    gm, snapped = R.grid_model(model, fmts, wide_to_8, clip)
+    float_content = _convert(gm)
     g = R.read_graph(float_content)
-    wops = [op for op in g.ops if op.name in R.WEIGHT_OPS]
-    if [R.WEIGHT_OPS[o.name] for o in wops] != [kinds[n] for n in names]:
-        raise ExportError(f"the converted model's weight operators "
-                          f"{[o.name for o in wops]} do not match the layers {names}")
-    op_of = dict(zip(names, wops))
+    op_of = R.match_ops(g, pairs, snapped)
+    if set(op_of) != set(op1):
+        raise ExportError(f"the converter wrote the weight operators of "
+                          f"{sorted(set(op1) ^ set(op_of))} differently once the plan's "
+                          "rounding was added")
     wstep = {n: (fmts[n][0].range * 2.0 ** -7 if (wide_to_8 and fmts[n][0].bits > 8)
                  else fmts[n][0].step) for n in names}
     for l in layers:
@@ -267,55 +327,61 @@ def export_aeq(model, plan, path, representative_data=None, *, labels=None,
                 f"layer {l.name!r}: its 8-bit kernel has code -128 (value "
                 f"{-128 * wstep[l.name]!r}); LiteRT int8 weights are narrow-range "
                 "[-127, 127]. Use backend='exact'.")
-    for name in names:
-        k = R.tflite_kernel(kinds[name], snapped[name][0])
-        got = g.const(wops[names.index(name)].inputs[1])
-        if got is None or got.view(np.float32).size != k.size or not np.array_equal(
-                got.view(np.float32).reshape(k.shape), k.astype(np.float32)):
-            raise ExportError(f"layer {name!r}: the converted kernel is not the "
-                              "snapped kernel (operator order differs?)")
 
-    # ---- recipe
-    from ai_edge_quantizer import qtyping, quantizer
+    # ---- recipe: everything float but the integer chains and the weights
+    from ai_edge_quantizer import quantizer
     key = R.ALGORITHM_KEY
     qt = quantizer.Quantizer(bytearray(float_content))
-    default = R.op_config(act, "int8")
-    default = type(default)(activation_tensor_config=default.activation_tensor_config,
-                            weight_tensor_config=qtyping.TensorQuantizationConfig(
-                                num_bits=8, symmetric=True,
-                                granularity=qtyping.QuantGranularity.CHANNELWISE),
-                            compute_precision=qtyping.ComputePrecision.INTEGER)
-    qt.update_quantization_recipe(regex=".*", operation_name="*", op_config=default,
-                                  algorithm_key=key)
+    qt.update_quantization_recipe(regex=".*", operation_name="*",
+                                  algorithm_key="no_quantize")
+    chains = {}
+    for n in op_of:
+        chain, src = R.chain_tensors(g, op_of[n])
+        chains[n] = (chain, src)
+        if n in clip:               # fed by an integer chain: its ops are integer
+            default = R.op_config(act, "int8")
+            for t in chain:
+                p = g.producer(t)
+                if p is not None and p.name not in R.WEIGHT_OPS:
+                    qt.update_quantization_recipe(regex=R.anchored(g.tensor_name(t)),
+                                                  operation_name="*", op_config=default,
+                                                  algorithm_key=key)
+    for l in layers:
+        if l.name not in op_of:
+            continue
+        cfg = R.op_config(l.act_type, l.weight_type)
+        if cfg is not None:
+            op = op_of[l.name]
+            qt.update_quantization_recipe(regex=R.anchored(g.tensor_name(op.outputs[0])),
+                                          operation_name=op.name, op_config=cfg,
+                                          algorithm_key=key)
     for io in ("INPUT", "OUTPUT"):        # float input and logits
         qt.update_quantization_recipe(regex=".*", operation_name=io,
                                       algorithm_key="no_quantize")
-    for l in layers:
-        op = op_of[l.name]
-        regex = R.anchored(g.tensor_name(op.outputs[0]))
-        cfg = R.op_config(l.act_type, l.weight_type)
-        if cfg is None:
-            qt.update_quantization_recipe(regex=regex, operation_name="*",
-                                          algorithm_key="no_quantize")
-        else:
-            qt.update_quantization_recipe(regex=regex, operation_name=op.name,
-                                          op_config=cfg, algorithm_key=key)
     # ---- calibration, then the plan's activation grids
-    in_name = gm.inputs[0].name.split(":")[0]
     ncal = min(len(xs), CALIBRATION_EXAMPLES)
+    parts = feed(xs[:ncal])
+    parts = parts if isinstance(parts, list) else [parts]
     try:
         with _quiet():          # AEQ's tqdm progress bars go to stderr
-            cal = qt.calibrate({"serving_default": [{in_name: xs[i:i + 1]}
-                                                    for i in range(ncal)]})
+            cal = qt.calibrate({"serving_default": [
+                {n: p[i:i + 1] for n, p in zip(in_names, parts)} for i in range(ncal)]})
     except Exception as e:
         raise ExportError(f"ai_edge_quantizer calibration failed: {e}") from e
     planned = {}
-    for l in layers:
-        chain, src = R.chain_tensors(g, op_of[l.name])
-        fa = fmts[l.name][1]
-        lo, hi = R.span(fa, act_for_chain)
-        prev = next((n for n, o in op_of.items() if o is src), None)
-        pl = next((x for x in layers if x.name == prev), None)
+    index_name = {op.index: m for m, op in op_of.items()}
+    for n, (chain, src) in chains.items():
+        l, fa = by[n], fmts[n][1]
+        if n not in clip:
+            if n in integer:        # QUANTIZE of the explicitly rounded input
+                planned[g.tensor_name(chain[0])] = (n, fa)
+                lo, hi = R.span(fa, act)
+                cal[g.tensor_name(chain[0])] = {"min": np.array([[lo]], np.float32),
+                                                "max": np.array([[hi]], np.float32)}
+            continue
+        lo, hi = R.span(fa, act)
+        prev = index_name.get(src.index)
+        pl = by.get(prev)
         direction = 0
         if pl is not None and pl.act_type != "float" and pl.weight_type != "float":
             direction = (_directions or {}).get(prev, R.tie_direction(
@@ -323,7 +389,7 @@ def export_aeq(model, plan, path, representative_data=None, *, labels=None,
         nudge = R.nudge(g, chain, src, fmts, op_of, direction)
         for t in chain:
             nm = g.tensor_name(t)
-            planned[nm] = (l.name, fa)
+            planned[nm] = (n, fa)
             f = 1.0 - nudge.get(t, 0.0)
             cal[nm] = {"min": np.array([[lo * f]], np.float32),
                        "max": np.array([[hi * f]], np.float32)}
@@ -334,7 +400,7 @@ def export_aeq(model, plan, path, representative_data=None, *, labels=None,
                            "clip, so that ties round upward as in the plan on %s kernels"
                            % ("-" if e > 0 else "+", round(-np.log2(abs(e))), kernels))
     for l in layers:
-        if l.weight_type in ("int2", "int4", "int8"):
+        if l.name in op_of and l.weight_type in ("int2", "int4", "int8"):
             op = op_of[l.name]
             k = R.tflite_kernel(kinds[l.name], snapped[l.name][0])
             cal[g.tensor_name(op.inputs[1])] = R.weight_qsv(
@@ -348,11 +414,13 @@ def export_aeq(model, plan, path, representative_data=None, *, labels=None,
     # ---- read back: types, weights, scales
     from tfprec.export.aeq_report import check_file
     qg = R.read_graph(content)
-    check_file(qg, layers, snapped, fmts, planned, kinds, wide_to_8)
+    order = [op.index for op in g.ops if op.name in R.WEIGHT_OPS]
+    check_file(qg, layers, snapped, fmts, kinds, wide_to_8,
+               {n: order.index(op.index) for n, op in op_of.items()})
 
     report = AeqExportReport(
         path=path, layers=layers, file_size_bytes=len(content), plan_bits=float(sum(
-            lp.weight_bits * lp.num_weights + lp.act_bits * lp.num_inputs
+            lp.weight_bits * lp.num_weights + (lp.act_bits or 0) * lp.num_inputs
             for lp in plan.layers)),
         check_examples=0, check_source=source, sim_agreement=float("nan"),
         max_logit_diff=float("nan"), kernels="xnnpack", backend="ai_edge_quantizer",
@@ -373,12 +441,12 @@ def export_aeq(model, plan, path, representative_data=None, *, labels=None,
         from tfprec.quantization.apply import logits_model, quantize_model
         fq = logits_model(quantize_model(model, plan,
                                          allow_fingerprint_mismatch=allow_fingerprint_mismatch))
-        ref = np.asarray(fq.predict(xc, batch_size=256, verbose=0), np.float64)
+        ref = np.asarray(fq.predict(feed(xc), batch_size=256, verbose=0), np.float64)
         dec = np.argmax(ref, -1)
         report.check_examples = len(xc)
         for fam in R.FAMILIES:
             try:
-                out = runtime.run_family(content, xc, fam)
+                out = runtime.run_family(content, feed(xc), fam, names=in_names)
             except Exception as e:
                 raise ExportError(f"the exported model does not run under the "
                                   f"{fam} kernels: {e}") from e
@@ -400,10 +468,11 @@ def export_aeq(model, plan, path, representative_data=None, *, labels=None,
                 f"under {exact or 'no'} kernels (requantization ties round differently "
                 "per family)")
     if latency and len(xs):
-        report.latency_s = runtime.median_latency(content, xs, "xnnpack")
+        report.latency_s = runtime.median_latency(content, feed(xs), "xnnpack",
+                                                  names=in_names)
     if baselines:
         from tfprec.export.aeq_report import baseline_rows
-        report.baselines = baseline_rows(model, xs, xc, ys, latency)
+        report.baselines = baseline_rows(model, feed(xs), feed(xc), ys, latency, in_names)
     content = with_metadata(content, report)
     report.file_size_bytes = len(content)
     return write_checked(path, content, report, layers, strict)

@@ -242,6 +242,58 @@ def chain_tensors(g: TflGraph, op: TflOp) -> tuple:
         t = data[0]
 
 
+def match_ops(g: TflGraph, layers: list, snapped: dict) -> dict:
+    """{layer name: TflOp} for the weight ops of kind dense / conv2d /
+    depthwise (``layers``: (name, kind) pairs) whose snapped kernel is the
+    constant weight input of a FULLY_CONNECTED / CONV_2D /
+    DEPTHWISE_CONV_2D of the float file, found by content (the first unused
+    one).  Other weight ops (affine, generic layers, or an operator the
+    converter wrote differently) are absent: they run in float32."""
+    used, out = set(), {}
+    for name, kind in layers:
+        if kind not in WEIGHT_OPS.values():
+            continue
+        try:
+            k = tflite_kernel(kind, snapped[name][0]).astype(np.float32)
+        except (ValueError, IndexError):
+            continue
+        for op in g.ops:
+            if op.index in used or WEIGHT_OPS.get(op.name) != kind or len(op.inputs) < 2:
+                continue
+            got = g.const(op.inputs[1])
+            if got is not None and got.size == 4 * k.size and np.array_equal(
+                    got.view(np.float32).reshape(k.shape), k):
+                out[name] = op
+                used.add(op.index)
+                break
+    return out
+
+
+def closed_consumers(g: TflGraph, t: int, wanted: dict) -> Optional[list]:
+    """The weight ops (``wanted``: {op index: layer name}) that tensor ``t``
+    reaches through :data:`TRANSPARENT` ops, when every path from ``t`` ends
+    at the data input of one of them; None when a path ends anywhere else
+    (another operator, a model output)."""
+    found, stack, seen = [], [t], set()
+    while stack:
+        t = stack.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        cons = g.consumers(t)
+        if t in g.outputs or not cons:
+            return None
+        for c in cons:
+            data = [i for i in c.inputs if i >= 0 and g.const(i) is None]
+            if c.index in wanted and c.inputs[0] == t and data == [t]:
+                found.append(c)
+            elif c.name in TRANSPARENT and data == [t]:
+                stack.append(c.outputs[0])
+            else:
+                return None
+    return found or None
+
+
 # --------------------------------------------------------------------------
 # Formats and recipe entries
 # --------------------------------------------------------------------------
@@ -325,7 +377,8 @@ def anchored(name: str) -> str:
 # --------------------------------------------------------------------------
 class PlanClip(keras.layers.Layer):
     """clip(x, low, high): the plan's saturation of a weight layer's input
-    (MINIMUM then MAXIMUM in the TFLite graph)."""
+    (MINIMUM then MAXIMUM in the TFLite graph) where an integer producer
+    requantizes onto the input grid."""
 
     def __init__(self, low, high, **kw):
         super().__init__(**kw)
@@ -339,65 +392,83 @@ class PlanClip(keras.layers.Layer):
             x = tf.maximum(x, tf.constant(self.low, x.dtype))
         return x
 
+    def get_config(self):
+        return {**super().get_config(), "low": self.low, "high": self.high}
 
-# --------------------------------------------------------------------------
-# The float model that is converted
-# --------------------------------------------------------------------------
-def grid_model(model, plan, fmts: dict, wide_to_8: bool, act: str,
-                exact_ties: bool = True, tie_offset=()):
-    """Float tf_keras model = the plan's network without rounding of the
-    activations: BN folded, softmax dropped, kernels and biases snapped to
-    their grids, a :class:`PlanClip` in front of every weight layer."""
-    from tfprec import compat
-    from tfprec.quantization.apply import fold_batchnorm, logits_model
-    folded = logits_model(fold_batchnorm(model, split_softmax=True))
-    weight_classes = (keras.layers.Dense, keras.layers.Conv2D,
-                      keras.layers.DepthwiseConv2D)
-    snapped = {}
-    for layer in folded.layers:
-        if not isinstance(layer, weight_classes):
-            continue
-        fw = fmts[layer.name][0]
-        bits = min(fw.bits, 8) if wide_to_8 else fw.bits
-        ws = [quantize(w, bits, fw.range, True).astype(w.dtype) for w in layer.get_weights()]
-        if fw.bits > 8 and not wide_to_8 and len(ws) > 1 and layer.name in tie_offset:
-            # float layer: a quarter of the accumulator's step added to the
-            # bias moves exact ties of its float output upward (the plan's
-            # rounding) when the next QUANTIZE rounds it, and no other value
-            # across a rounding boundary
-            fa = fmts[layer.name][1]
-            ws[1] = (ws[1] + np.float32(fa.step * fw.step / 4)).astype(ws[1].dtype)
-        layer.set_weights(ws)
-        snapped[layer.name] = ws
-    inp = folded.inputs[0]
-    new_in = keras.Input(batch_shape=(None, *inp.shape[1:]), dtype=inp.dtype,
-                         name="input")
-    tmap = {id(inp): new_in}
-    relu_of = {}        # id(ReLU output) -> (its input, low, high)
-    for node in compat.nodes_in_order(folded):
-        if node.is_input:
-            continue
-        layer = node.layer
-        ins = [tmap[id(t)] for t in tf.nest.flatten(node.keras_inputs)]
-        if isinstance(layer, weight_classes):
-            fa = fmts[layer.name][1]
-            x, lo, hi = ins[0], None, None
-            if id(x) in relu_of:        # merge a ReLU / clip into the plan's clip
-                x, lo, hi = relu_of[id(x)]
-            lo = fa.lo * fa.step if lo is None else max(lo, fa.lo * fa.step)
-            hi = fa.hi * fa.step if hi is None else min(hi, fa.hi * fa.step)
-            if (not exact_ties and act == "int8" and fa.bits == 8
-                    and hi == fa.hi * fa.step):
-                hi = None           # the int8 saturation is the plan's
-            ins = [PlanClip(lo, hi, name=f"{layer.name}_plan_clip")(x)]
-        y = layer(ins if len(ins) > 1 else ins[0])
-        if (isinstance(layer, keras.layers.ReLU) and not layer.negative_slope
-                and not layer.threshold):
-            mv = layer.max_value
-            relu_of[id(y)] = (ins[0], 0.0, None if mv is None else float(mv))
-        tmap[id(tf.nest.flatten(node.outputs)[0])] = y
-    out = keras.Model(new_in, tmap[id(folded.outputs[0])], name="tfprec_grid")
-    return out, snapped
+
+class PlanRound(keras.layers.Layer):
+    """The plan's input quantizer in float arithmetic: min(x, hi*step), then
+    floor(x / step + 1/2) * step (round half up, METHOD.md section 1), then
+    max(., lo*step).  ``step`` is a power of two, so every operation is
+    exact in float32 while |x / step| < 2^23; the bounds are on the grid, so
+    clipping before or after rounding is the same.  The MINIMUM in front and
+    the MAXIMUM behind keep the converter from folding the scalings into
+    the neighbouring operators' weights."""
+
+    def __init__(self, step, lo, hi, **kw):
+        super().__init__(**kw)
+        self.step, self.lo, self.hi = float(step), int(lo), int(hi)
+
+    def call(self, x):
+        c = lambda v: tf.constant(v, x.dtype)  # noqa: E731
+        x = tf.minimum(x, c(self.hi * self.step))
+        x = tf.floor(x * c(1.0 / self.step) + c(0.5)) * c(self.step)
+        return tf.maximum(x, c(self.lo * self.step))
+
+    def get_config(self):
+        return {**super().get_config(), "step": self.step, "lo": self.lo, "hi": self.hi}
+
+
+class _GridBuild:
+    """Export hook of :func:`tfprec.quantization.apply._rebuild`: the
+    weights of every weight op snapped to the plan's grid (B_W bits, or 8
+    with ``wide_to_8`` for wider ones), and in front of each op a
+    :class:`PlanClip` (ops in ``clip``: an integer producer requantizes onto
+    their input grid; ``None`` for no clip at all) or a :class:`PlanRound`
+    (every other op: the rounding is explicit)."""
+
+    def __init__(self, fmts: dict, wide_to_8: bool, clip: dict):
+        self.fmts, self.wide_to_8, self.clip = fmts, wide_to_8, clip
+        self.snapped: dict = {}
+
+    def before(self, op, x):
+        fa = self.fmts[op.name][1]
+        if fa is None:                       # no activation format (ids)
+            return x
+        if op.name in self.clip:
+            if self.clip[op.name] is None:
+                return x
+            return PlanClip(fa.lo * fa.step, fa.hi * fa.step,
+                            name=f"{op.name}_plan_clip")(x)
+        return PlanRound(fa.step, fa.lo, fa.hi, name=f"{op.name}_plan_round")(x)
+
+    def weights(self, op, layer) -> None:
+        from tfprec.statistics.layers import weight_attrs
+        fw = self.fmts[op.name][0]
+        bits = min(fw.bits, 8) if self.wide_to_8 else fw.bits
+        vals = []
+        for a in weight_attrs(layer):
+            v = getattr(layer, a)
+            q = quantize(v.numpy(), bits, fw.range, True)   # in the layer's dtype, as the fake-quant model
+            v.assign(q.astype(v.dtype.as_numpy_dtype))
+            vals.append(np.asarray(v.numpy()))
+        self.snapped[op.name] = vals
+
+
+def grid_model(model, fmts: dict, wide_to_8: bool, clip=None):
+    """(float tf_keras model, {op name: snapped weight arrays}): the plan's
+    network without the rounding of the integer chains: BN folded (the
+    folding of :func:`tfprec.quantization.apply.quantize_model`, every
+    weight op a layer of its own, SeparableConv2D in two), softmax dropped,
+    weights snapped to their grids, a :class:`PlanClip` or
+    :class:`PlanRound` in front of every weight op (see :class:`_GridBuild`;
+    ``clip`` None: a PlanClip everywhere, the graph used to find the
+    integer chains)."""
+    from tfprec.quantization.apply import _rebuild, logits_model
+    hook = _GridBuild(fmts, wide_to_8,
+                      clip if clip is not None else {n: True for n in fmts})
+    out = logits_model(_rebuild(model, None, True, export=hook))
+    return out, hook.snapped
 
 
 def tflite_kernel(kind: str, w: np.ndarray) -> np.ndarray:

@@ -125,8 +125,10 @@ class AeqExportReport(ExportReport):
         lines += ["", "| layer | B_W | B_A | weights | input | families verified | "
                   "weight grid | input grid |", "|---|---|---|---|---|---|---|---|"]
         for l in self.layers:
-            lines.append(f"| {l.name} | {l.weight_bits} | {l.act_bits}"
-                         f"{'s' if l.act_signed else 'u'} | {l.stored_weight} | "
+            lines.append(f"| {l.name} | {l.weight_bits} | "
+                         f"{'ids' if l.act_bits is None else l.act_bits}"
+                         f"{'' if l.act_bits is None else 's' if l.act_signed else 'u'} | "
+                         f"{l.stored_weight} | "
                          f"{l.stored_input} | {', '.join(l.families)} | "
                          f"{'yes' if l.weights_grid_ok else 'NO'} | "
                          f"{'yes' if l.act_grid_ok else 'NO'} |")
@@ -140,7 +142,7 @@ class AeqExportReport(ExportReport):
         return "\n".join(lines) + "\n"
 
 
-def baseline_rows(model, xs, xc, ys, latency: bool) -> list:
+def baseline_rows(model, xs, xc, ys, latency: bool, names=None) -> list:
     """Rows for TF's float32 file and TF's full-integer int8 PTQ file of
     ``model`` (BatchNorm folded, logits output): name, size_bytes,
     op_table, accuracy on (xc, ys) under XNNPACK, latency_s, content."""
@@ -152,11 +154,11 @@ def baseline_rows(model, xs, xc, ys, latency: bool) -> list:
         row = {"name": name, "size_bytes": len(content),
                "op_table": runtime.op_table(content), "content": content}
         if ys is not None and len(xc):
-            out = runtime.run_family(content, xc, "xnnpack")
+            out = runtime.run_family(content, xc, "xnnpack", names=names)
             m = min(len(ys), len(out))
             row["accuracy"] = float(np.mean(np.argmax(out[:m], -1) == ys[:m]))
         if latency and len(xs):
-            row["latency_s"] = runtime.median_latency(content, xs, "xnnpack")
+            row["latency_s"] = runtime.median_latency(content, xs, "xnnpack", names=names)
         rows.append(row)
     return rows
 
@@ -189,12 +191,41 @@ def _qp(g, t: int):
     return np.asarray(q.scale, np.float64), np.asarray(q.zeroPoint, np.int64)
 
 
-def check_file(g, layers, snapped, fmts, planned, kinds, wide_to_8) -> None:
+def _rounded_in_float(g, t: int, step: float) -> bool:
+    """Whether float tensor ``t`` is the output of the explicit rounding of
+    :class:`tfprec.export.aeq_recipe.PlanRound`: through its MAXIMUM (or a
+    ReLU), a MUL by the constant step of FLOOR(...)."""
+    p = g.producer(t)
+    while p is not None and p.name in ("MAXIMUM", "RELU"):
+        runtime_in = [i for i in p.inputs if i >= 0 and g.const(i) is None]
+        p = g.producer(runtime_in[0]) if len(runtime_in) == 1 else None
+    if p is None or p.name != "MUL":
+        return False
+    consts = [tensor_values(g, i) for i in p.inputs if g.const(i) is not None]
+    runtime_in = [i for i in p.inputs if g.const(i) is None]
+    if len(consts) != 1 or consts[0].size != 1 or float(consts[0].reshape(-1)[0]) != step:
+        return False
+    f = g.producer(runtime_in[0]) if runtime_in else None
+    return f is not None and f.name == "FLOOR"
+
+
+def check_file(g, layers, snapped, fmts, kinds, wide_to_8, ordinal: dict) -> None:
     """Fills every :class:`AeqLayer`'s stored types and grid flags from the
-    quantized file's graph ``g``."""
+    quantized file's graph ``g``; ``ordinal``: {layer name: position of its
+    operator among the file's FULLY_CONNECTED / CONV_2D / DEPTHWISE_CONV_2D
+    operators} for the layers that have one.  The other weight ops (float32
+    operators the converter writes its own way) are checked in the float
+    model (weights snapped, explicit rounding) and by the decision checks;
+    their flags say so in a note."""
     from tfprec.export.aeq_recipe import WEIGHT_OPS, tflite_kernel
     wops = [op for op in g.ops if op.name in WEIGHT_OPS]
-    for l, op in zip(layers, wops):
+    for l in layers:
+        if l.name not in ordinal:
+            l.stored_weight = l.stored_input = l.stored_output = "float32"
+            l.weights_grid_ok = l.act_grid_ok = True
+            l.notes.append("float32 operator as the converter writes it: weights snapped and input rounded in the float model before conversion, checked by the decision checks")
+            continue
+        op = wops[ordinal[l.name]]
         fw, fa = fmts[l.name]
         step = fw.range * 2.0 ** -7 if (wide_to_8 and fw.bits > 8) else fw.step
         w = op.inputs[1]
@@ -209,7 +240,7 @@ def check_file(g, layers, snapped, fmts, planned, kinds, wide_to_8) -> None:
         vals = tensor_values(g, w).astype(np.float64)
         scales, zps = _qp(g, w)
         if l.stored_weight == "float32":
-            ok = np.array_equal(vals, kern)
+            ok = vals.size == kern.size and np.array_equal(vals.reshape(kern.shape), kern)
         else:
             ok = (scales is not None and np.all(scales == step) and np.all(zps == 0)
                   and vals.shape == kern.shape and np.array_equal(vals * step, kern))
@@ -222,17 +253,28 @@ def check_file(g, layers, snapped, fmts, planned, kinds, wide_to_8) -> None:
             bs, _ = _qp(g, b)
             if g.type_name(b) != "float32":
                 bv = bv * (bs if bs.size == bv.size else bs.reshape(-1)[0])
-            ok = ok and np.array_equal(bv.reshape(-1),
-                                       snapped[l.name][1].astype(np.float64).reshape(-1))
+            same = np.array_equal(bv.reshape(-1),
+                                  snapped[l.name][1].astype(np.float64).reshape(-1))
+            if not same and l.act_type == "float" and g.type_name(b) == "float32":
+                # a float operator: the converter folded a following constant
+                # add / scale into its float32 bias (exact float arithmetic;
+                # the decision checks compare the result)
+                l.notes.append("float32 bias merged by the converter with the constant "
+                               "operator that follows (e.g. the +3 of hard-sigmoid)")
+            else:
+                ok = ok and same
         l.weights_grid_ok = bool(ok)
         # input grid: the integer tensor feeding the op (through DEQUANTIZE
-        # for float layers)
+        # for float layers), or the explicit float rounding
         src = data
         dp = g.producer(data)
         if l.stored_input == "float32" and dp is not None and dp.name == "DEQUANTIZE":
             src = dp.inputs[0]
-        s, z = _qp(g, src)
         kind = g.type_name(src)
+        if kind == "float32":
+            l.act_grid_ok = _rounded_in_float(g, src, fa.step)
+            continue
+        s, z = _qp(g, src)
         want_zp = -128 if (kind == "int8" and not fa.signed) else 0
         l.act_grid_ok = bool(kind in ("int8", "int16") and s is not None and s.size == 1
                              and s[0] == fa.step and z[0] == want_zp)

@@ -105,18 +105,23 @@ class Fmt:
 
 
 def layer_formats(lp) -> tuple:
-    """(weight Fmt, input Fmt) of one plan entry; ExportError naming the
+    """(weight Fmt, input Fmt) of one plan entry (input Fmt None for a layer
+    with no activation format: an Embedding's integer ids); ExportError naming the
     layer when its bits are not ints in MIN_BITS..MAX_BITS, its ranges not
     powers of two, or its steps outside what float32 TFLite scales hold."""
     name = getattr(lp, "name", "?")
+    has_act = bool(getattr(lp, "has_act", True))
     with as_export_errors(f"layer {name!r} cannot be exported: "):
         wb = check_bits("weight_bits", getattr(lp, "weight_bits", None))
-        ab = check_bits("act_bits", getattr(lp, "act_bits", None))
         wr = check_pow2("weight_range", getattr(lp, "weight_range", None))
-        ar = check_pow2("act_range", getattr(lp, "act_range", None))
+        if has_act:
+            ab = check_bits("act_bits", getattr(lp, "act_bits", None))
+            ar = check_pow2("act_range", getattr(lp, "act_range", None))
     fw = Fmt(wb, wr, True)
-    fa = Fmt(ab, ar, bool(lp.act_signed))
+    fa = Fmt(ab, ar, bool(lp.act_signed)) if has_act else None
     for f, what in ((fw, "weight"), (fa, "activation")):
+        if f is None:
+            continue
         if not 2.0 ** -60 <= f.step <= 2.0 ** 60:
             raise ExportError(f"layer {name!r}: {what} step {f.step!r} is outside "
                               "the float32 range TFLite scales can hold")

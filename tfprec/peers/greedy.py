@@ -83,7 +83,7 @@ def greedy_search_plan(model, gains, x, y=None, tolerance_pp: float = 0.1,
         for lp in plan.layers:
             for which in ("w", "a"):
                 b = lp.weight_bits if which == "w" else lp.act_bits
-                if b <= min_bits:
+                if b is None or b <= min_bits:    # None: an Embedding's ids
                     continue
                 kw = {"weight_bits" if which == "w" else "act_bits": {lp.name: b - 1}}
                 p = plan.with_bits(**kw)

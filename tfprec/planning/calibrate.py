@@ -236,13 +236,13 @@ def _greedy(start: _Found, gains, ev: Evaluator, cost: str, max_bits: int,
         for l in plan.layers:
             base = cost_lib.layer_cost(l, cost)
             for which in ("w", "a"):
-                if (l.name, which) in frozen:
+                if (l.name, which) in frozen or (which == "a" and l.act_bits is None):
                     continue
                 bw, ba = l.weight_bits, l.act_bits
                 if (bw if which == "w" else ba) <= MIN_BITS:
                     continue
                 lower = cost_lib.layer_cost(
-                    l, cost, act_bits=ba - (which == "a"),
+                    l, cost, act_bits=None if ba is None else ba - (which == "a"),
                     weight_bits=bw - (which == "w"))
                 moves.append((base - lower, l.name, which))
         moves = [m for m in moves if m[0] > 0]

@@ -21,6 +21,12 @@ A tensor read by several weight layers (the same non-empty ``act_group``)
 is stored once: its B_A * inputs is counted by its first reader only.  The
 computational cost is per layer (every reader multiplies).
 
+A layer without an activation format (an Embedding, whose input is integer
+token ids: ``act_bits`` None in a plan, ``has_act`` False in the gains) is a
+table lookup: 0 full adders, and B_W * (table entries) bits; its B_A (a
+placeholder in the searches' bit arrays) changes nothing
+(:func:`has_act`).
+
 The two formulas exist only here (:func:`compute_cost`, :func:`memory_cost`);
 both accept numpy arrays of bits, so :func:`cost_tables` evaluates them over
 whole bit grids.
@@ -82,6 +88,12 @@ def _check_kind(kind: str) -> str:
     return kind
 
 
+def has_act(layer) -> bool:
+    """Whether ``layer`` (a plan's LayerPrecision or a LayerGains) has an
+    input-activation format: False for an Embedding (integer ids)."""
+    return bool(getattr(layer, "has_act", True))
+
+
 def layer_cost(layer, kind: str, act_bits=None, weight_bits=None,
                memory_convention: str = "written", count_inputs: bool = True) -> float:
     """Cost of a layer (any object with the geometry fields) at given bits.
@@ -89,10 +101,18 @@ def layer_cost(layer, kind: str, act_bits=None, weight_bits=None,
     ``kind`` is "compute" (full adders) or "memory" (bits).  Bits default to
     the layer's own ``act_bits`` / ``weight_bits``.  ``count_inputs=False``
     leaves the input activations out of the memory cost (a shared tensor
-    already counted by another reader).
+    already counted by another reader).  A layer without an activation
+    format (:func:`has_act` False, a lookup) costs 0 full adders and
+    B_W * num_weights bits, whatever ``act_bits``.
     """
-    ba = layer.act_bits if act_bits is None else act_bits
     bw = layer.weight_bits if weight_bits is None else weight_bits
+    if not has_act(layer):
+        _check_kind(kind)
+        zero = 0.0 * np.asarray(bw, float)
+        if kind == "compute":
+            return zero if zero.ndim else 0.0
+        return memory_cost(layer.num_weights, 0, 0, bw)
+    ba = layer.act_bits if act_bits is None else act_bits
     if _check_kind(kind) == "compute":
         return compute_cost(layer.dot_length, layer.num_dots, ba, bw)
     n_in = stored_inputs(layer, memory_convention) if count_inputs else 0

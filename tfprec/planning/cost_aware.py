@@ -16,7 +16,7 @@ from tfprec.errors import PlanError, UnattainableTargetError
 from tfprec.fixedpoint import MAX_BITS, MIN_BITS, check_bits
 from tfprec.planning import cost as cost_lib
 from tfprec.planning import predict, search
-from tfprec.planning.plan import DEFAULT_TARGET, PrecisionPlan
+from tfprec.planning.plan import DEFAULT_TARGET, PrecisionPlan, bit_arrays
 from tfprec import inputs
 from tfprec.planning.rules import (_check_target, _gain_arrays, _leads,
                                    check_gains, plan_from_gains,
@@ -28,8 +28,9 @@ _SUM_MARGIN = 1e-12
 
 
 def _bits_of(plan) -> tuple:
-    return (np.array([l.weight_bits for l in plan.layers]),
-            np.array([l.act_bits for l in plan.layers]))
+    """(B_W, B_A) arrays of ``plan``; a layer without an activation format
+    (act_bits None) gets a placeholder (:func:`~tfprec.planning.plan.bit_arrays`)."""
+    return bit_arrays(plan.layers)
 
 
 def _uniform_starts(model, n: int, max_bits: int, target: float, what: str) -> list:

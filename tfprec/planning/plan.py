@@ -23,7 +23,7 @@ from typing import Optional
 from tfprec import inputs
 from tfprec.errors import PlanError
 from tfprec.fileio import atomic_write_text
-from tfprec.fixedpoint import check_bits, check_pow2, step
+from tfprec.fixedpoint import MIN_BITS, check_bits, check_pow2, step
 from tfprec.planning import cost as cost_lib
 
 SCHEMA = "tfprec.plan"
@@ -40,7 +40,12 @@ class LayerPrecision:
       layer_class: Keras class name.
       weight_bits: B_W in bits (sign included) for kernel and bias.
       act_bits: B_A in bits for the layer's input activation (sign bit
-        included when ``act_signed``).
+        included when ``act_signed``); None for a layer whose input is not a
+        quantized activation (an Embedding reads integer token ids): it then
+        has no activation format (``act_range`` 1, ``act_signed`` False,
+        ``g_a`` 0, no ``act_group``), adds no activation term to the bound
+        and no input bits to the representational cost (see
+        :attr:`has_act`).
       weight_range: R_W, power of two; weights on [-R_W, R_W).
       act_range: R_A, power of two; inputs on [-R_A, R_A) if signed, else
         on [0, 2 R_A).
@@ -61,7 +66,7 @@ class LayerPrecision:
     name: str
     layer_class: str
     weight_bits: int
-    act_bits: int
+    act_bits: Optional[int]
     weight_range: float
     act_range: float
     act_signed: bool
@@ -75,14 +80,21 @@ class LayerPrecision:
     num_inputs_written: Optional[int] = None
 
     @property
+    def has_act(self) -> bool:
+        """Whether the layer's input is a quantized activation (False when
+        ``act_bits`` is None: an Embedding's integer ids)."""
+        return self.act_bits is not None
+
+    @property
     def weight_step(self) -> float:
         """Weight quantization step Delta_W = R_W 2^(1-B_W)."""
         return step(self.weight_bits, self.weight_range)
 
     @property
-    def act_step(self) -> float:
-        """Activation quantization step Delta_A = R_A 2^(1-B_A)."""
-        return step(self.act_bits, self.act_range)
+    def act_step(self) -> Optional[float]:
+        """Activation quantization step Delta_A = R_A 2^(1-B_A); None
+        without an activation format (``act_bits`` None)."""
+        return None if self.act_bits is None else step(self.act_bits, self.act_range)
 
     @property
     def weight_term(self) -> float:
@@ -91,8 +103,9 @@ class LayerPrecision:
 
     @property
     def act_term(self) -> float:
-        """This layer's activation contribution to the bound (probability)."""
-        return 4.0 ** (1 - self.act_bits) * self.g_a
+        """This layer's activation contribution to the bound (probability);
+        0 without an activation format (``act_bits`` None)."""
+        return 0.0 if self.act_bits is None else 4.0 ** (1 - self.act_bits) * self.g_a
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,8 +162,10 @@ class PrecisionPlan:
 
     @property
     def b_min(self) -> int:
-        """Smallest bit-width over all tensors of the plan."""
-        return min(min(l.weight_bits, l.act_bits) for l in self.layers)
+        """Smallest bit-width over all tensors of the plan (layers without
+        an activation format count their weights only)."""
+        return min(min(l.weight_bits, l.weight_bits if l.act_bits is None
+                       else l.act_bits) for l in self.layers)
 
     def bound(self) -> float:
         """Analytic mismatch bound sum_T 4^(1-B_T) G_T (probability).
@@ -198,6 +213,11 @@ class PrecisionPlan:
         for what, d in (("weight_bits", weight_bits), ("act_bits", act_bits)):
             for name, b in d.items():
                 d[name] = check_bits(f"{what}[{name!r}]", b)
+        no_act = [l.name for l in self.layers if l.name in act_bits and not l.has_act]
+        if no_act:
+            raise PlanError(f"with_bits: layers {no_act} have no activation format "
+                            "(their input is integer token ids); give them no "
+                            "act_bits")
         for l in self.layers:          # a shared input changes for all readers
             if l.name in act_bits and l.act_group:
                 for other in l.act_group.split("+"):
@@ -227,7 +247,8 @@ class PrecisionPlan:
                 raise PlanError(f"plan lists layer {l.name!r} twice")
             seen.add(l.name)
             for f in ("weight_bits", "act_bits"):
-                check_bits(f"layer {l.name!r}: {f}", getattr(l, f))
+                if getattr(l, f) is not None or f == "weight_bits":
+                    check_bits(f"layer {l.name!r}: {f}", getattr(l, f))
             for f in ("weight_range", "act_range"):
                 check_pow2(f"layer {l.name!r}: {f}", getattr(l, f))
             if l.act_group:
@@ -282,6 +303,14 @@ class PrecisionPlan:
                         f"plan does not match model '{model.name}' at layer "
                         f"{l.name!r}: {f} is {getattr(l, f)} in the plan but "
                         f"{g[f]} in the model")
+            if (l.act_bits is not None) != g.get("has_act", True):
+                raise PlanError(
+                    f"plan does not match model '{model.name}' at layer "
+                    f"{l.name!r}: " + (
+                        f"act_bits is {l.act_bits} in the plan but the layer reads "
+                        "integer token ids, which have no activation format "
+                        "(act_bits must be None)" if l.act_bits is not None else
+                        "act_bits must be an int number of bits in 2..16, got None"))
             written = g.get("num_inputs_written")
             if (written is not None and l.num_inputs_written is not None
                     and written != l.num_inputs_written):
@@ -454,8 +483,9 @@ def _check_layer(l, where: str = None) -> None:
     inputs.text(f"{where}: name", l.name, allow_empty=False, error=PlanError)
     inputs.text(f"{where}: layer_class", l.layer_class, allow_empty=False,
                 error=PlanError)
-    for f in ("weight_bits", "act_bits"):
-        check_bits(f"{where}: {f}", getattr(l, f))
+    check_bits(f"{where}: weight_bits", l.weight_bits)
+    if l.act_bits is not None:
+        check_bits(f"{where}: act_bits", l.act_bits)
     for f in ("weight_range", "act_range"):
         check_pow2(f"{where}: {f}", getattr(l, f))
     inputs.flag(f"{where}: act_signed", l.act_signed, error=PlanError)
@@ -467,3 +497,19 @@ def _check_layer(l, where: str = None) -> None:
         inputs.positive_int(f"{where}: num_inputs_written", l.num_inputs_written,
                             error=PlanError)
     inputs.text(f"{where}: act_group", l.act_group, error=PlanError)
+    if l.act_bits is None and (l.g_a != 0 or l.act_group or l.act_signed):
+        raise PlanError(f"{where}: act_bits is null (no activation format: an "
+                        "Embedding's integer ids), so g_a must be 0, act_signed "
+                        "false and act_group empty")
+
+
+def bit_arrays(layers, fill: int = MIN_BITS) -> tuple:
+    """(B_W, B_A) int arrays over ``layers`` (e.g. ``plan.layers``), bits.
+
+    A layer without an activation format (``act_bits`` None) reads as
+    ``fill``: its activation gain is 0 and its cost does not depend on
+    B_A, so the bound and cost models are unchanged by that value."""
+    import numpy as np
+    return (np.array([l.weight_bits for l in layers], int),
+            np.array([fill if l.act_bits is None else l.act_bits for l in layers],
+                     int))

@@ -358,8 +358,10 @@ def _model(gains, form: str, model: str = "shift") -> PredictedMismatch:
 
 
 def _bits_of(plan) -> tuple:
-    return (np.array([l.weight_bits for l in plan.layers]),
-            np.array([l.act_bits for l in plan.layers]))
+    # a layer without an activation format (act_bits None) has zero
+    # activation terms: any placeholder bits will do
+    from tfprec.planning.plan import bit_arrays
+    return bit_arrays(plan.layers)
 
 
 def predicted_mismatch(plan: PrecisionPlan, gains, form: str = DEFAULT_FORM,

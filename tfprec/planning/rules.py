@@ -47,9 +47,14 @@ def _round_half_up(v: float) -> int:
 
 
 def _layers_at(gains, weight_bits: Sequence[int], act_bits: Sequence[int]) -> tuple:
+    """Plan layers at the given bits; a layer without an activation format
+    (``LayerGains.has_act`` False: an Embedding's ids) gets ``act_bits``
+    None whatever its entry in ``act_bits`` (the searches carry a
+    placeholder there: its gain is 0 and its cost does not depend on it)."""
     return tuple(LayerPrecision(
         name=g.name, layer_class=g.layer_class, weight_bits=int(bw),
-        act_bits=int(ba), weight_range=g.r_w, act_range=g.r_a,
+        act_bits=int(ba) if getattr(g, "has_act", True) else None,
+        weight_range=g.r_w, act_range=g.r_a,
         act_signed=g.act_signed, g_w=g.g_w, g_a=g.g_a_shared,
         dot_length=g.dot_length, num_dots=g.num_dots,
         num_weights=g.num_weights, num_inputs=g.num_inputs,

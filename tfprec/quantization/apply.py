@@ -156,13 +156,19 @@ def _weight_layer_copy(layer, op, x, split: bool):
     return new
 
 
-def _rebuild(model, plan=None, split_softmax: bool = True):
+def _rebuild(model, plan=None, split_softmax: bool = True, export=None):
     """Functional clone of ``model`` with BatchNormalization folded.
 
     With ``plan``, weight layers and new InputQuantizer layers are wrapped in
     TFMOT ``QuantizeWrapperV2`` with the plan's configs, each in its layer's
     dtype.  Weightless layers are copied from their config and called with
     the arguments of their node (constants such as ``x + 3.0`` included).
+
+    ``export`` (the export backends' float network, ``plan`` None): an
+    object whose ``before(op, x)`` returns the tensor weight op ``op`` reads
+    in place of ``x`` (an explicit clip / rounding layer) and whose
+    ``weights(op, layer)`` sets the copy's weights (snapped to the plan's
+    grid); nothing is wrapped.
     """
     graph = parse_model(model)   # raises UnsupportedModelError
     by_layer: dict = {}
@@ -182,11 +188,13 @@ def _rebuild(model, plan=None, split_softmax: bool = True):
         taken.add(name)
         return name
 
-    in_t = model.inputs[0]
-    in_layer = compat.producing_layer(in_t)
-    new_in = keras.Input(batch_shape=tuple(in_t.shape), dtype=in_t.dtype,
-                         name=in_layer.name)
-    tmap = {id(in_t): new_in}
+    tmap = {}
+    new_ins = []        # one per input of the model (several: same order, names)
+    for in_t in model.inputs:
+        in_layer = compat.producing_layer(in_t)
+        new_ins.append(keras.Input(batch_shape=tuple(in_t.shape), dtype=in_t.dtype,
+                                   name=in_layer.name))
+        tmap[id(in_t)] = new_ins[-1]
     out_t = model.outputs[0]
     for node in compat.nodes_in_order(model):
         if node.is_input:
@@ -205,13 +213,18 @@ def _rebuild(model, plan=None, split_softmax: bool = True):
             for op in by_layer[layer.name]:
                 new = _weight_layer_copy(layer, op, x, split)
                 call_new = new
-                if plan is not None:
+                if export is not None:
+                    x = export.before(op, x)
+                    export.weights(op, new)
+                elif plan is not None:
                     lp = plan.layer(op.name)
-                    iq = InputQuantizer(target=op.name,
-                                        name=unique(op.name + INPUT_SUFFIX),
-                                        dtype=layer.dtype)
-                    x = _wrap(iq, InputQuantizeConfig(int(lp.act_bits), float(lp.act_range),
-                                                      bool(lp.act_signed)))(x)
+                    if lp.act_bits is not None:  # None: an Embedding's ids, kept
+                        iq = InputQuantizer(target=op.name,
+                                            name=unique(op.name + INPUT_SUFFIX),
+                                            dtype=layer.dtype)
+                        x = _wrap(iq, InputQuantizeConfig(
+                            int(lp.act_bits), float(lp.act_range),
+                            bool(lp.act_signed)))(x)
                     call_new = _wrap(new, FixedPointQuantizeConfig(int(lp.weight_bits),
                                                                    float(lp.weight_range)))
                 x = call_new(x)
@@ -229,7 +242,8 @@ def _rebuild(model, plan=None, split_softmax: bool = True):
             args, kwargs = call.args(ins)
             y = new(*args, **kwargs)
         tmap[id(outs[0])] = y
-    return keras.Model(new_in, tmap[id(out_t)], name=model.name)
+    return keras.Model(new_ins if len(new_ins) > 1 else new_ins[0], tmap[id(out_t)],
+                       name=model.name)
 
 
 def fold_batchnorm(model, split_softmax: bool = False) -> keras.Model:

@@ -28,7 +28,7 @@ from tfprec.errors import PlanError
 from tfprec.fixedpoint import check_bits
 from tfprec.planning import plan as plan_lib
 from tfprec._tf import tf
-from tfprec.statistics import generic, registry  # noqa: F401  (generic registers its kinds)
+from tfprec.statistics import embedding, generic, registry  # noqa: F401  (register kinds)
 from tfprec.statistics.graph import WEIGHT_KINDS, parse_model
 
 
@@ -41,6 +41,9 @@ def check_plan_bits(plan) -> None:
     out-of-range values are all refused."""
     for lp in plan.layers:
         for field in ("weight_bits", "act_bits"):
+            if field == "act_bits" and getattr(lp, field, 0) is None \
+                    and getattr(lp, "layer_class", None) == "Embedding":
+                continue    # no activation format (integer ids)
             check_bits(f"layer {getattr(lp, 'name', '?')!r}: {field}",
                        getattr(lp, field, None))
 
@@ -164,8 +167,9 @@ def _run(graph, plan, x: np.ndarray, record: Optional[dict] = None) -> np.ndarra
             inp, kernel, bias = ins[0], a["kernel"], a["bias"]
             if plan is not None:
                 lp = plan.layer(op.name)
-                inp = fixedpoint.quantize(inp, lp.act_bits, lp.act_range,
-                                          lp.act_signed)
+                if lp.act_bits is not None:     # None: integer ids, kept
+                    inp = fixedpoint.quantize(inp, lp.act_bits, lp.act_range,
+                                              lp.act_signed)
                 if record is not None:
                     record[op.name] = inp
                 kernel = fixedpoint.quantize(kernel, lp.weight_bits,
@@ -180,6 +184,9 @@ def _run(graph, plan, x: np.ndarray, record: Optional[dict] = None) -> np.ndarra
                 y = _conv2d(inp, kernel, bias, a["strides"], a["padding"])
             elif k == "depthwise":
                 y = _depthwise(inp, kernel, bias, a["strides"], a["padding"])
+            elif k == "embedding":      # rows of the (rounded) table
+                embedding.check_ids(graph, inp, "x", op.inputs[0])
+                y = kernel[inp.astype(np.int64)]
             else:   # generic / affine weight ops: their TF forward, in float64
                 const = lambda t: None if t is None else tf.constant(t, tf.float64)
                 y = registry.lookup(k).forward(
@@ -249,7 +256,7 @@ def simulate_logits(model, plan, x, batch_size: int = 256,
         plan = checked_plan(model, plan,
                             allow_fingerprint_mismatch=allow_fingerprint_mismatch)
     graph = parse_model(model) if graph is None else graph
-    in_shape = tuple(graph.shapes[graph.input_id])
+    in_shape = graph.shapes[graph.input_id]     # several inputs: a PackedShape
     out = [_run(graph, plan, b) for b in inputs_lib.iter_batches(
         x, in_shape, batch_size, dtype="float64", what="x")]
     if not out:
@@ -273,7 +280,7 @@ def simulate_layer_inputs(model, plan, x, graph=None, *,
                         allow_fingerprint_mismatch=allow_fingerprint_mismatch)
     graph = parse_model(model) if graph is None else graph
     record: dict = {}
-    x = inputs_lib.as_inputs(x, tuple(graph.shapes[graph.input_id]),
+    x = inputs_lib.as_inputs(x, graph.shapes[graph.input_id],
                              dtype="float64", what="x")
     _run(graph, plan, x, record)
     return record

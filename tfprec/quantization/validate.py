@@ -16,12 +16,13 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 
 from tfprec import inputs as inputs_lib
+from tfprec import packing
 from tfprec._tf import tf
 from tfprec.planning import plan as plan_lib
 from tfprec.planning import rules as rules_lib
 from tfprec.quantization.apply import binary_threshold, logits_model, quantize_model
 from tfprec.errors import InvalidDataError, PlanError, UnattainableTargetError
-from tfprec.statistics import sanity
+from tfprec.statistics import embedding, sanity
 
 METHODS = ("paper", "uniform", "icml2017")
 
@@ -91,13 +92,14 @@ def _decisions(model, x, batch_size: int) -> np.ndarray:
     (``Model.predict`` would cast float64 inputs to ``floatx``.)
     """
     batch_size = inputs_lib.positive_int("batch_size", batch_size)
-    dtype = model.inputs[0].dtype
-    in_shape = inputs_lib.model_input_shape(model)
+    dtype = tf.as_dtype(inputs_lib.model_dtype(model))
+    in_shape = inputs_lib.model_input_shape(model)  # several inputs: packed
     thr = binary_threshold(model)
+    run = lambda t: packing.call_model(model, t, training=False)
     if thr is None:
-        decide = lambda t: tf.argmax(model(t, training=False), axis=1)
+        decide = lambda t: tf.argmax(run(t), axis=1)
     else:                       # binary: class 1 iff p > 0.5 (or logit z > 0)
-        decide = lambda t: tf.cast(model(t, training=False)[:, 0] > thr, tf.int64)
+        decide = lambda t: tf.cast(run(t)[:, 0] > thr, tf.int64)
     fn = tf.function(decide, input_signature=[tf.TensorSpec([None, *in_shape], dtype)])
     out = [fn(tf.constant(b, dtype)).numpy()
            for b in inputs_lib.iter_batches(x, in_shape, batch_size,
@@ -112,8 +114,11 @@ def float_decisions(model, x, batch_size: int = 256) -> np.ndarray:
 
     ``x``: numpy [N, ...] or a tf.data dataset of inputs or of (input,
     label) pairs (labels ignored).  The argmax of a final softmax equals the
-    argmax of its logits, so the model's own output is used.
+    argmax of its logits, so the model's own output is used.  Token ids
+    read by an Embedding must lie in [0, input_dim) (InvalidDataError naming
+    the layer; :func:`tfprec.statistics.embedding.check_model_ids`).
     """
+    embedding.check_model_ids(model, x, "x")
     return _decisions(model, x, batch_size)
 
 
@@ -147,7 +152,8 @@ def validate(model, plan, x, y=None, batch_size: int = 256,
       plan: a :class:`~tfprec.planning.plan.PrecisionPlan` made for ``model``.
       x: held-out inputs in the units the model expects: numpy [N, ...], or
         a tf.data dataset of inputs or of (input, label) pairs (batched or
-        not; the labels are used when ``y`` is None).
+        not; the labels are used when ``y`` is None); several inputs: a
+        list / tuple / dict of arrays or a dataset of them (:mod:`tfprec.packing`).
       y: optional labels: N integer class ids, an [N, 1] column of them, or
         N one-hot rows of width M; checked (ids in 0..M-1, integral).
         Without them (and without labels in ``x``) the accuracies are None.

@@ -17,7 +17,7 @@ import numpy as np
 from tfprec._tf import tf
 from tfprec.statistics import registry
 from tfprec.statistics.executor import Executor
-from tfprec.statistics.graph import WEIGHT_KINDS
+from tfprec.statistics.graph import NO_ACT_KINDS, WEIGHT_KINDS
 
 
 class GainsPass:
@@ -52,7 +52,8 @@ class GainsPass:
                     g.num_classes)
         readers: dict = {}
         for op in ex.weight_ops:
-            readers.setdefault(op.inputs[0], []).append(op.name)
+            if op.kind not in NO_ACT_KINDS:     # ids are no activation tensor
+                readers.setdefault(op.inputs[0], []).append(op.name)
         # Tensors read by several weight layers: one shared quantizer each.
         self.shared = {t: names for t, names in readers.items() if len(names) > 1}
         self.dist_steps: dict = {}      # id(strategy) -> compiled replica step

@@ -42,11 +42,24 @@ class StatisticsPass:
     plan: PrecisionPlan
 
 
+def _data_like(d) -> bool:
+    """An array, a tf.data.Dataset, or (the inputs of a model with several
+    inputs, :mod:`tfprec.packing`) a non-empty list, tuple or dict of arrays;
+    checked against the model when training begins."""
+    if isinstance(d, dict):
+        d = list(d.values())
+    if isinstance(d, (list, tuple)):
+        return len(d) > 0 and all(hasattr(a, "shape") for a in d)
+    return isinstance(d, tf.data.Dataset) or hasattr(d, "shape")
+
+
 class NoiseGainCallback(keras.callbacks.Callback):
     """Runs the noise-gain pass after training (and every N epochs if asked).
 
     Args:
-      calibration_data: inputs for the pass (numpy array or tf.data.Dataset).
+      calibration_data: inputs for the pass (numpy array or tf.data.Dataset;
+        for a model with several inputs a list / tuple in ``model.inputs``
+        order or a dict keyed by input name, see :mod:`tfprec.packing`).
       target: for ``method="measured"`` (the default), the largest fraction
         of held-out inputs whose fixed-point decision may differ from the
         float one (measured, no labels needed); for the analytic methods, the
@@ -102,18 +115,17 @@ class NoiseGainCallback(keras.callbacks.Callback):
         self.target = inputs.probability("target", target, error=PlanError)
         self.cost = inputs.choice("cost", cost, COST_KINDS, error=PlanError)
         self.verbose = verbose
-        if calibration_data is None or isinstance(calibration_data, (list, tuple)) \
-                or not (isinstance(calibration_data, tf.data.Dataset)
-                        or hasattr(calibration_data, "shape")):
+        if calibration_data is None or not _data_like(calibration_data):
             raise InvalidDataError(
                 "calibration_data must be a numpy array [N, ...] or a "
-                f"tf.data.Dataset, got {type(calibration_data).__name__}.")
+                "tf.data.Dataset (for a model with several inputs: a list, tuple "
+                f"or dict of arrays), got {type(calibration_data).__name__}.")
         self.calibration_data = calibration_data
-        if heldout_data is not None and (isinstance(heldout_data, (list, tuple)) or not (
-                isinstance(heldout_data, tf.data.Dataset) or hasattr(heldout_data, "shape"))):
+        if heldout_data is not None and not _data_like(heldout_data):
             raise InvalidDataError(
                 "heldout_data must be a numpy array [N, ...], a tf.data.Dataset "
-                f"or None, got {type(heldout_data).__name__}.")
+                "(for a model with several inputs: a list, tuple or dict of "
+                f"arrays) or None, got {type(heldout_data).__name__}.")
         self.heldout_data = heldout_data
         self.log_dir = None if log_dir is None else _check_log_dir(log_dir)
         self.history: list = []
@@ -192,9 +204,10 @@ class NoiseGainCallback(keras.callbacks.Callback):
             _scalar("tfprec/compute_full_adders", entry.plan.cost().total_compute)
             for lg, lp in zip(entry.gains.layers, entry.plan.layers):
                 _scalar(f"tfprec/{lg.name}/log10_G_W", _log10(lg.g_w))
-                _scalar(f"tfprec/{lg.name}/log10_G_A", _log10(lg.g_a))
                 _scalar(f"tfprec/{lg.name}/weight_bits", lp.weight_bits)
-                _scalar(f"tfprec/{lg.name}/act_bits", lp.act_bits)
+                if lp.act_bits is not None:     # None: an Embedding's ids
+                    _scalar(f"tfprec/{lg.name}/log10_G_A", _log10(lg.g_a))
+                    _scalar(f"tfprec/{lg.name}/act_bits", lp.act_bits)
         self._writer.flush()
 
 

@@ -25,8 +25,8 @@ import weakref
 from typing import Callable, Optional, Sequence
 
 from tfprec._tf import tf
-from tfprec.statistics import generic, registry
-from tfprec.statistics.graph import WEIGHT_KINDS, Graph
+from tfprec.statistics import embedding, generic, registry  # noqa: F401  (register kinds)
+from tfprec.statistics.graph import NO_ACT_KINDS, WEIGHT_KINDS, Graph
 
 
 class Executor:
@@ -112,7 +112,8 @@ class Executor:
                 a = op.attrs
                 if params is not None:
                     a = dict(a, kernel_t=params[wi][0], bias_t=params[wi][1])
-                inp = ins[0] if eps is None else ins[0] + eps[wi]
+                # ids (NO_ACT_KINDS) are not activations: never perturbed
+                inp = ins[0] if eps is None or op.kind in NO_ACT_KINDS else ins[0] + eps[wi]
                 y = registry.lookup(op.kind).forward(a, inp)
                 wi += 1
             elif op.kind == "maxpool" and pool_by_gather:

@@ -27,10 +27,10 @@ from tfprec import inputs
 from tfprec._tf import keras, tf
 from tfprec.errors import InvalidDataError
 from tfprec.fixedpoint import MAX_BITS, MIN_BITS, is_pow2, quantize
-from tfprec.statistics import registry, sanity
+from tfprec.statistics import embedding, registry, sanity
 from tfprec.statistics.backward import GainsPass, ShiftPass
 from tfprec.statistics.executor import executor_for
-from tfprec.statistics.graph import parse_model, range_scale
+from tfprec.statistics.graph import NO_ACT_KINDS, parse_model, range_scale
 
 DataLike = Union[np.ndarray, "tf.data.Dataset"]
 
@@ -70,6 +70,13 @@ class LayerGains:
         convention; :func:`tfprec.statistics.graph.written_tensor`).  None
         (gains saved before this field existed) means ``num_inputs``; use
         :attr:`inputs_written`.
+      has_act: False for a layer whose input is not a quantized activation:
+        an Embedding reads integer token ids, which have no fixed-point
+        format (:mod:`tfprec.statistics.embedding`).  Such a layer has no
+        E_A: ``e_a`` is 0, ``r_a`` 1, ``act_signed`` False,
+        ``act_range_source`` "none", ``act_low`` = ``act_high`` = 0, no
+        ``act_group``; ``num_inputs`` counts its ids per example but they
+        cost nothing; plans give it ``act_bits`` None.
     """
 
     name: str
@@ -90,6 +97,7 @@ class LayerGains:
     act_group: str = ""
     e_a_shared: Optional[float] = None
     num_inputs_written: Optional[int] = None
+    has_act: bool = True
 
     @property
     def inputs_written(self) -> int:
@@ -252,7 +260,7 @@ def _layer_gains_from_dict(i: int, ld) -> LayerGains:
     if not isinstance(ld, dict):
         raise InvalidDataError(f"gains layer #{i} must be a dict, got {ld!r:.80}")
     fields = {f.name: f for f in dataclasses.fields(LayerGains)}
-    optional = ("act_group", "e_a_shared", "num_inputs_written")
+    optional = ("act_group", "e_a_shared", "num_inputs_written", "has_act")
     where = f"gains layer #{i} ({ld.get('name', '?')!r})"
     missing = [f for f in fields if f not in ld and f not in optional]
     if missing:
@@ -286,6 +294,13 @@ def _layer_gains_from_dict(i: int, ld) -> LayerGains:
                                                       v["num_inputs_written"])
     if "act_group" in v:
         inputs.text(f"{where}: act_group", v["act_group"])
+    if "has_act" in v:
+        v["has_act"] = inputs.flag(f"{where}: has_act", v["has_act"])
+        if not v["has_act"] and (v["e_a"] != 0 or v.get("e_a_shared") is not None
+                                 or v.get("act_group")):
+            raise InvalidDataError(f"{where}: a layer without an activation "
+                                   "tensor (has_act false) must have e_a 0, no "
+                                   "e_a_shared and no act_group")
     return LayerGains(**v)
 
 
@@ -330,10 +345,12 @@ def weight_max_abs(model, graph=None) -> dict:
 def layer_geometry(model, graph=None) -> list:
     """Per weight layer of ``model``: name, class and cost-model geometry
     (dot_length, num_dots, num_weights, num_inputs, num_inputs_written; see
-    :class:`LayerGains`).  ``graph``: the parsed model if already at hand."""
+    :class:`LayerGains`), and ``has_act`` (False: the layer reads integer
+    ids).  ``graph``: the parsed model if already at hand."""
     graph = parse_model(model) if graph is None else graph
     return [{"name": op.name, "layer_class": op.layer_class,
-             **registry.geometry(graph, op)} for op in graph.weight_ops]
+             **registry.geometry(graph, op), "has_act": op.kind not in NO_ACT_KINDS}
+            for op in graph.weight_ops]
 
 
 def noise_gains(model, x: DataLike, batch_size: int = 128,
@@ -350,8 +367,12 @@ def noise_gains(model, x: DataLike, batch_size: int = 128,
         case the pre-softmax logits are analyzed).  It is only read.
       x: calibration inputs: a numpy array [N, ...] or a ``tf.data.Dataset``
         of inputs (batched or not; (input, label) elements are accepted and
-        the labels ignored), in the units the model was trained on.  How
-        many: E_T is a mean of heavy-tailed per-example terms (they scale
+        the labels ignored), in the units the model was trained on; for a
+        model with several inputs a list / tuple of arrays in
+        ``model.inputs`` order, a dict keyed by input name, or a dataset of
+        those (:mod:`tfprec.packing`).  Ids read by an Embedding must be
+        integers in [0, input_dim) (ints or integral floats;
+        InvalidDataError naming the layer otherwise).  How many: E_T is a mean of heavy-tailed per-example terms (they scale
         with 1/margin^2), whose relative standard error is CV/sqrt(N) with
         CV typically 2-10; a relative error e in E moves a bit-width by about
         0.72 e bits.  Use at least 1000 examples (about 0.1 bit); fewer than
@@ -464,6 +485,7 @@ def noise_gains(model, x: DataLike, batch_size: int = 128,
                                   what="calibration data")
     stats, limits = sanity.InputStats(), sanity.overflow_limits(graph, dtype)
     for i, b in enumerate(stats.watch(batches)):
+        embedding.check_ids(graph, b, "x (calibration data)")
         out = step(b, np.array([seed, i], np.int32))
         sanity.check_pass_batch(out, graph, limits, n, len(b), "x (calibration data)")
         sw += out["sw"]
@@ -502,17 +524,21 @@ def noise_gains(model, x: DataLike, batch_size: int = 128,
             hi, src = float(hi_known), "known bound"
         else:
             hi, src = float(amax[j]), "calibrated"
+        has_act = op.kind not in NO_ACT_KINDS
+        if not has_act:                 # integer ids: no activation format
+            lo, hi, src = 0.0, 0.0, "none"
         signed = lo < 0
         group = gp.shared.get(op.inputs[0])
         layers.append(LayerGains(
             name=op.name, layer_class=op.layer_class,
-            e_w=float(sw[j] / n / 24.0), e_a=float(sa[j] / n / 24.0),
+            e_w=float(sw[j] / n / 24.0), e_a=float(sa[j] / n / 24.0) if has_act else 0.0,
             r_w=range_scale(-wmax, wmax, True),
             r_a=range_scale(lo, hi, signed), act_signed=bool(signed),
             act_range_source=src, act_low=float(lo), act_high=float(hi),
             weight_max_abs=wmax, **geo,
             act_group="+".join(group) if group else "",
-            e_a_shared=float(sh[j] / n / 24.0) if group else None))
+            e_a_shared=float(sh[j] / n / 24.0) if group else None,
+            has_act=has_act))
     return NoiseGains(tuple(layers), n, graph.num_classes, ties,
                       graph.dropped_softmax,
                       "exact" if top_k is None else f"top{top_k}+sketch{sketch}",

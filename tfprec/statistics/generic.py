@@ -20,6 +20,12 @@ no special rule for one of three generic ops:
   ``tf.vectorized_map`` over (example, class) rows of a per-row
   ``GradientTape`` gradient: correct for any differentiable layer, slower
   than a registered rule (``benchmarks/coverage.py`` measures it).
+  Dense on [B, T..., D], Conv1D/2D/3D (dilated, grouped, causal),
+  DepthwiseConv1D/2D and LayerNormalization stay ``generic`` ops but, while
+  :class:`~tfprec.statistics.graph.registered_rules` is on at parse time,
+  carry ``attrs["rule"]``: their norms (and, for grouped convolutions, the
+  forward and input VJP) then come from the closed forms of
+  :mod:`tfprec.statistics.generic_rules`.
 * ``affine``: a BatchNormalization that cannot be folded into a preceding
   weight layer, quantized as the per-channel affine map y = x * s + t with
   s = gamma / sqrt(var + eps), t = beta - mean * s as its two weight tensors
@@ -36,7 +42,7 @@ import math
 import numpy as np
 
 from tfprec._tf import tf
-from tfprec.statistics import registry
+from tfprec.statistics import generic_rules, registry
 from tfprec.statistics.layers import clone_layer
 
 # ------------------------------------------------------------ generic weights
@@ -50,6 +56,8 @@ def _clone_for(attrs, dtype: tf.DType):
 
 
 def _generic_forward(attrs, a):
+    if generic_rules.has_forward(attrs):       # per-group (grouped convolutions)
+        return generic_rules.forward(attrs, a)
     lyr = _clone_for(attrs, a.dtype)
     swap = {attrs["weight_attrs"][0]: attrs["kernel_t"]}
     if attrs["bias_t"] is not None:
@@ -69,6 +77,8 @@ def _tile_rows(a, c: int):
 
 
 def _generic_vjp(attrs, a, dy):
+    if generic_rules.has_input_vjp(attrs):     # closed form (grouped convolutions)
+        return generic_rules.input_vjp(attrs, a, dy)
     a_rep = _tile_rows(a, dy.shape[0])
     with tf.GradientTape() as tape:
         tape.watch(a_rep)
@@ -77,6 +87,8 @@ def _generic_vjp(attrs, a, dy):
 
 
 def _generic_sq(attrs, a, dy):
+    if attrs.get("rule") is not None:      # closed form (set only while the
+        return generic_rules.sq_norms(attrs, a, dy)   # registered rules are on)
     c = dy.shape[0]
     k, b = attrs["kernel_t"], attrs["bias_t"]
 

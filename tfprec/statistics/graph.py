@@ -14,22 +14,26 @@ from typing import Any, Optional
 
 import numpy as np
 
-from tfprec import compat
+from tfprec import compat, packing
 from tfprec._tf import keras
 from tfprec.errors import UnsupportedModelError
 from tfprec.statistics import layers as layer_calls
 
 L = keras.layers
 
-WEIGHT_KINDS = ("dense", "conv2d", "depthwise", "generic", "affine")
+WEIGHT_KINDS = ("dense", "conv2d", "depthwise", "generic", "affine", "embedding")
+#: Weight kinds whose input is not a quantized activation: an ``embedding``
+#: op (a Keras Embedding) reads integer token ids, which have no fixed-point
+#: format; its only quantized tensor is its table (weights).
+NO_ACT_KINDS = ("embedding",)
 #: Weight kinds with a fast registered rule of their own (the rest of
 #: WEIGHT_KINDS: ``generic`` runs the layer itself, ``affine`` is a
 #: BatchNormalization that follows no weight layer).
 REGISTERED_KINDS = ("dense", "conv2d", "depthwise")
 
 SUPPORTED_LAYERS = (
-    "any layer of a Sequential or functional tf_keras model with one input "
-    "and one class-score output, each weight layer called once, with at most "
+    "any layer of a Sequential or functional tf_keras model with one or "
+    "several inputs and one class-score output, each weight layer called once, with at most "
     "two trainable weight tensors per layer (SeparableConv2D: two ops)"
 )
 
@@ -41,8 +45,8 @@ class Op:
     Attributes:
       name: name of the Keras layer this op comes from (weight ops keep the
         layer's name; split-off activations get ``<layer>/act``).
-      kind: one of ``dense conv2d depthwise act maxpool avgpool gap reshape
-        identity add concat``.
+      kind: one of ``dense conv2d depthwise embedding generic affine act
+        maxpool avgpool gap reshape identity add concat layer``.
       inputs: ids of the input tensors.
       output: id of the output tensor.
       attrs: kind-specific attributes (kernel, bias, strides, ...).
@@ -224,7 +228,37 @@ def _weight_ops(layer, inp: str, out: str, shapes: dict) -> list:
                        else "last" if isinstance(layer, (L.Dense, L.Conv1D, L.Conv2D))
                        and not isinstance(layer, (L.Conv2DTranspose, L.SeparableConv2D))
                        and _channels_last(layer) else None))
+    if _USE_REGISTERED[0]:      # a closed-form weight-norm rule, kind unchanged
+        from tfprec.statistics import generic_rules
+        rule = generic_rules.rule_for(layer, in_shape, names)
+        if rule is not None:
+            attrs.update(rule=rule[0], rule_params=rule[1])
     return [Op(layer.name, "generic", [inp], out, attrs, cls.__name__)]
+
+
+def _embedding_op(layer, model, ins: list, out: str) -> Op:
+    """The ``embedding`` op of a Keras Embedding fed directly by a model input.
+
+    Its table [V, D] is the op's ``kernel`` (one weight tensor, no bias);
+    its input holds integer token ids in [0, V), which are not quantized
+    (the op has no activation tensor: see :data:`NO_ACT_KINDS` and
+    :mod:`tfprec.statistics.embedding`).
+    """
+    if getattr(layer, "mask_zero", False):
+        raise _unsupported(layer, "mask_zero=True (the mask it passes to later "
+                           "layers is not analysed); use mask_zero=False")
+    inputs = {_tid(t) for t in model.inputs}
+    if len(ins) != 1 or ins[0] not in inputs:
+        raise _unsupported(layer, "an Embedding must be fed directly by a model "
+                           "input (integer token ids); tfprec cannot follow ids "
+                           "computed by other layers")
+    names, arrays = _trainable_arrays(layer)
+    if len(arrays) != 1:     # pragma: no cover - an Embedding has one weight
+        raise _unsupported(layer, f"{len(arrays)} weight tensors")
+    _check_finite_weights(layer, table=arrays[0])
+    return Op(layer.name, "embedding", [ins[0]], out,
+              {"kernel": arrays[0], "bias": None, "input_dim": int(layer.input_dim)},
+              type(layer).__name__)
 
 
 def _act_op(layer, name: str, inp: str, out: str, act: str, fn, final: bool,
@@ -323,9 +357,14 @@ def _fold_bn(op: Op, bn) -> None:
 def parse_model(model) -> Graph:
     """Parses a Sequential or functional tf_keras classifier into a Graph.
 
+    A functional model with several inputs gets one packed input
+    (``input_id`` :data:`tfprec.packing.PACKED_ID`, shape a
+    :class:`tfprec.packing.PackedShape`) and, first, one ``layer`` op per
+    input (named as the input) that takes its part out of it.
+
     Raises:
       UnsupportedModelError: the model is subclassed, not built, has several
-        inputs or outputs, or contains a layer tfprec cannot analyze.  The
+        outputs, or contains a layer tfprec cannot analyze.  The
         message names the layer and its class and lists what is supported.
     """
     if not isinstance(model, keras.Model):
@@ -341,14 +380,18 @@ def parse_model(model) -> Graph:
             "keras.Input(shape); outputs = layers...(inputs); "
             "keras.Model(inputs, outputs), and copy the weights over with "
             "set_weights; or give a Sequential model an Input layer.")
-    if len(model.inputs) != 1 or len(model.outputs) != 1:
+    if len(model.outputs) != 1:
         raise UnsupportedModelError(
-            f"model '{model.name}' has {len(model.inputs)} inputs and "
-            f"{len(model.outputs)} outputs; tfprec supports one of each.")
+            f"model '{model.name}' has {len(model.outputs)} outputs; tfprec "
+            "supports classifiers with one class-score output.")
+    # several inputs: analysed through one packed input (tfprec.packing)
+    packed = packing.packed_shape(model) if packing.is_multi_input(model) else None
 
-    input_id = _tid(model.inputs[0])
+    input_id = packing.PACKED_ID if packed else _tid(model.inputs[0])
     output_id = _tid(model.outputs[0])
-    shapes = {input_id: tuple(model.inputs[0].shape[1:])}
+    shapes = {input_id: packed or tuple(model.inputs[0].shape[1:])}
+    for t, spec in zip(model.inputs if packed else (), packed.specs if packed else ()):
+        shapes[_tid(t)] = spec.shape
     ops: list[Op] = []
     consumers: dict[str, int] = {}
     seen_weight_layers: set = set()
@@ -378,10 +421,8 @@ def parse_model(model) -> Graph:
                                    "for each use")
             seen_weight_layers.add(name)
             if isinstance(layer, L.Embedding):
-                raise _unsupported(layer, "an Embedding reads integer token ids, "
-                                   "which have no fixed-point format; not "
-                                   "supported yet (analyse the model from the "
-                                   "embedding output on)")
+                ops.append(_embedding_op(layer, model, ins, out))
+                continue
             if cls is L.BatchNormalization:
                 ops.append(Op(name, "bn", ins[:1], out, {"layer": layer}, cls.__name__))
                 continue
@@ -428,6 +469,10 @@ def parse_model(model) -> Graph:
             ops.append(_layer_op(layer, node, call, shapes))
 
     ops, dropped = _fold_and_strip(ops, consumers, output_id)
+    if packed:      # one op per input: its part of the packed input
+        ops = [Op(spec.name, "layer", [input_id], _tid(t),
+                  {"call": packing.SliceCall(spec), "bounds": (None, None)},
+                  "InputLayer") for t, spec in zip(model.inputs, packed.specs)] + ops
     output_id = ops[-1].output if ops else input_id
     if not any(op.kind in WEIGHT_KINDS for op in ops):
         raise UnsupportedModelError(

@@ -155,20 +155,24 @@ def _conv_sq(attrs, a, dy):
     pa = _patches(attrs, a)                      # [B, P, K]
     c = dy.shape[0]
     ds = tf.shape(dy)
-    d = _classes_last(tf.reshape(dy, [c, ds[1], ds[2] * ds[3], dy.shape[-1]]))
-    has_b = attrs["bias_t"] is not None         # d: [B, P, C*O]
-    if attrs["use_gram"]:
-        # sum_c ||sum_p a_p d_cp^T||^2 = sum_{p,q} (a_p.a_q + 1)(sum_c d_cp.d_cq)
-        aa = tf.matmul(pa, pa, transpose_b=True)
+    d = tf.reshape(dy, [c, ds[1], ds[2] * ds[3], dy.shape[-1]])   # [C, B, P, O]
+    has_b = attrs["bias_t"] is not None
+    if not attrs["use_gram"]:
+        # Kernel gradients [C, B, K, O] by a matmul broadcast over the
+        # classes: no transpose of the stacked cotangent (about 1.5x faster
+        # on CPU than transposing it to [B, P, C*O]).
+        g = tf.matmul(pa[None], d, transpose_a=True)
+        out = tf.reduce_sum(tf.square(g), axis=[0, 2, 3])
         if has_b:
-            aa = aa + 1.0
-        dd = tf.matmul(d, d, transpose_b=True)  # [B, P, P]
-        return tf.reduce_sum(dd * aa, axis=[1, 2])
-    g = tf.matmul(pa, d, transpose_a=True)       # [B, K, C*O] kernel grads
-    out = tf.reduce_sum(tf.square(g), axis=[1, 2])
+            out = out + tf.reduce_sum(tf.square(tf.reduce_sum(d, axis=2)), axis=[0, 2])
+        return out
+    # Gram form: sum_c ||sum_p a_p d_cp^T||^2 = sum_{p,q} (a_p.a_q + 1)(sum_c d_cp.d_cq)
+    d = _classes_last(d)                         # [B, P, C*O]
+    aa = tf.matmul(pa, pa, transpose_b=True)
     if has_b:
-        out = out + tf.reduce_sum(tf.square(tf.reduce_sum(d, axis=1)), axis=1)
-    return out
+        aa = aa + 1.0
+    dd = tf.matmul(d, d, transpose_b=True)       # [B, P, P]
+    return tf.reduce_sum(dd * aa, axis=[1, 2])
 
 
 def _conv_geometry(attrs, in_shape, out_shape):
@@ -185,8 +189,37 @@ def _conv_geometry(attrs, in_shape, out_shape):
 _dw_forward = _spatial_forward(tf.nn.depthwise_conv2d)
 _dw_vjp = _spatial_vjp(tf.raw_ops.DepthwiseConv2dNativeBackpropInput)
 
+# Input positions (h*w) from which _dw_sq uses the filter-gradient op: on
+# large maps it is 2-3x faster than the patch einsum (CPU, MobileNetV2);
+# on small maps with many channels it is slower.
+_DW_FILTER_MIN_POSITIONS = 256
+
+
+def _dw_sq_filter(attrs, a, dy):
+    """``_dw_sq`` by one DepthwiseConv2dNativeBackpropFilter: examples become
+    channels (input [1, H, W, B*cin]) and classes the channel multiplier
+    (cotangent [1, Ho, Wo, B*cin*C*m]), so the op's "filter gradient"
+    [kh, kw, B*cin, C*m] is every example's and class's kernel gradient."""
+    kh, kw, cin, m = attrs["kernel"].shape
+    c = dy.shape[0]
+    b = tf.shape(a)[0]
+    h, w = a.shape[1], a.shape[2]
+    ho, wo = dy.shape[2], dy.shape[3]
+    x = tf.reshape(tf.transpose(a, [1, 2, 0, 3]), [1, h, w, b * cin])
+    d = tf.reshape(dy, [c, b, ho, wo, cin, m])
+    d = tf.reshape(tf.transpose(d, [2, 3, 1, 4, 0, 5]), [1, ho, wo, b * cin * c * m])
+    gk = tf.raw_ops.DepthwiseConv2dNativeBackpropFilter(
+        input=x, filter_sizes=tf.stack([kh, kw, b * cin, c * m]), out_backprop=d,
+        strides=_strides4(attrs), padding=attrs["padding"])
+    out = tf.reduce_sum(tf.reshape(tf.square(gk), [kh * kw, b, cin * c * m]), axis=[0, 2])
+    if attrs["bias_t"] is not None:
+        out = out + tf.reduce_sum(tf.square(tf.reduce_sum(dy, axis=[2, 3])), axis=[0, 2])
+    return out
+
 
 def _dw_sq(attrs, a, dy):
+    if a.shape[1] * a.shape[2] >= _DW_FILTER_MIN_POSITIONS:
+        return _dw_sq_filter(attrs, a, dy)
     kh, kw, cin, m = attrs["kernel"].shape
     pa = _patches(attrs, a)                                   # [B, P, kk*cin]
     ps = tf.shape(pa)

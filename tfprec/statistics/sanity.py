@@ -132,6 +132,11 @@ def _has_rescaling(model) -> bool:
     return any(type(l).__name__ in RESCALING_LAYERS for l in layers)
 
 
+def _has_embedding(model) -> bool:
+    """Whether ``model`` has an Embedding layer (its input holds token ids)."""
+    return any(type(l).__name__ == "Embedding" for l in getattr(model, "layers", ()))
+
+
 def _model_float_input(model) -> bool:
     try:
         return model.inputs[0].dtype.is_floating
@@ -145,6 +150,8 @@ def check_input_scale(model, stats: InputStats, raw_dtype, what: str) -> Optiona
     the warning text, or None."""
     if stats.count == 0 or not (math.isfinite(stats.low) and math.isfinite(stats.high)):
         return None
+    if not _model_float_input(model) or _has_embedding(model):
+        return None     # token ids (integer inputs, Embedding) have no scale
     raw = np.dtype(raw_dtype) if raw_dtype is not None else np.dtype("float32")
     rng = f"[{stats.low:.6g}, {stats.high:.6g}]"
     fix = ("if the model was trained on scaled inputs (e.g. x / 255 in [0, 1], "
@@ -221,6 +228,9 @@ def overflow_limits(graph, dtype) -> np.ndarray:
     big = float(np.finfo(np.dtype(dtype)).max) / 4.0
     lims = []
     for op in graph.weight_ops:
+        if op.kind == "embedding":      # a lookup: ids do not scale the output
+            lims.append(math.inf)
+            continue
         k = np.abs(op.attrs["kernel"])
         b = op.attrs["bias"]
         wmax = max(float(np.max(k)) if k.size else 0.0,
