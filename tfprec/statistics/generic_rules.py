@@ -65,7 +65,8 @@ def rule_for(layer, in_shape, names) -> Optional[tuple]:
     cls = type(layer)
     names = list(names)
     if cls is L.Dense:
-        if len(in_shape) >= 2 and names in (["kernel"], ["kernel", "bias"]):
+        if (len(in_shape) >= 2 and None not in tuple(in_shape)
+                and names in (["kernel"], ["kernel", "bias"])):
             return "dense_nd", {}
         return None
     if cls in _conv_classes() + _depthwise_classes():
