@@ -249,6 +249,19 @@ def test_measured_budget_search():
     assert evaluations >= 1
 
 
+def test_hawq_peer_on_an_embedding_model():
+    """The HAWQ-v2 peer: Hessian traces through the table (an IndexedSlices
+    gradient) and a plan that gives the Embedding no activation bits."""
+    from tfprec.peers import hawq, hessian
+    model, x, g, xv, y = trained_case()
+    tr = hessian.hessian_trace_sensitivity(model, xv[:64], y[:64], num_samples=4)
+    assert tr["emb"] > 0 and tr.activation["emb"] == 0.0
+    plan = hawq.hawq_plan(model, g, tr, budget=2 * tfprec.uniform_plan(g, bits=2).cost(
+        ).total_compute + 1000)
+    _check_plan(plan, g)
+    assert plan.layer("emb").act_bits is None
+
+
 def test_with_bits_and_plan_checks():
     _, _, g, _, _ = trained_case()
     plan = tfprec.paper_plan(g, b_min=4)
@@ -347,6 +360,7 @@ def test_fake_quant_matches_simulate_for_conv_and_gap(name):
                                rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_validate_and_sweep():
     model, _, g, xv, y = trained_case()
     plan = tfprec.paper_plan(g, b_min=6)

@@ -162,7 +162,8 @@ def test_rules_are_selected_and_ops_stay_generic(name):
     assert all(op.kind == "generic" and "rule" not in op.attrs for op in off)
 
 
-@pytest.mark.parametrize("name", _params(ZOO))
+@pytest.mark.parametrize("name", [n if n in ("conv1d", "layernorm") else
+                                  pytest.param(n, marks=pytest.mark.slow) for n in ZOO])
 def test_float64_equals_vectorized_map_path(name):
     model, x, _ = case(name)
     dtype, rtol = ("float32", 1e-5) if name in FLOAT32_ONLY else ("float64", 1e-6)
@@ -178,7 +179,8 @@ def test_float64_equals_vectorized_map_path(name):
 
 
 @pytest.mark.parametrize("name", _params(ZOO))
-@pytest.mark.parametrize("dtype, rtol", [("float32", 1e-4), ("float64", 1e-8)])
+@pytest.mark.parametrize("dtype, rtol", [("float32", 1e-4), pytest.param(
+    "float64", 1e-8, marks=pytest.mark.slow)])
 def test_equals_reference(name, dtype, rtol):
     model, x, want = case(name)
     got = tfprec.noise_gains(model, x, batch_size=16, dtype=dtype)
@@ -203,6 +205,7 @@ def test_outer_sq_matches_numpy(gram, has_bias):
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_per_class_mode_matches_vectorized_map_path():
     """per_class=True calls the rule with one stacked row: same per-class
     gains as the generic path."""

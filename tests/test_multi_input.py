@@ -316,6 +316,7 @@ def test_plan_of_other_weights_refused(img_tab):
 
 
 # -------------------------------------------- validation and calibration
+@pytest.mark.slow
 def test_validate_and_sweep(img_tab):
     snap = snapshot(img_tab)
     x = data(img_tab, 60, seed=9)

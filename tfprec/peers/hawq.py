@@ -112,7 +112,8 @@ def hawq_plan(model, gains_or_plan, traces, budget: float, cost: str = "compute"
                         f"{sorted(traces)}. Compute them for this model.")
     if act_bits == "hessian":
         act_tr = getattr(traces, "activation", None)
-        if act_tr is None or any(n not in act_tr for n in tmpl.names):
+        if act_tr is None or any(n not in act_tr for n in tmpl.names
+                                  if tmpl.layer(n).has_act):
             raise PlanError(
                 "act_bits='hessian' needs activation traces "
                 "(hessian_trace_sensitivity's result); pass act_bits=<int> "
@@ -141,12 +142,12 @@ def hawq_plan(model, gains_or_plan, traces, budget: float, cost: str = "compute"
         err = np.array([sum(float(np.sum((fixedpoint.quantize(w, b, lp.weight_range, True)
                                           - w) ** 2)) for w in ws) for b in bits_w])
         ow = tw / n * err                                        # [len(bits_w)]
-        if act_tr is not None:
+        if act_tr is not None and lp.has_act:
             ta = max(float(act_tr[lp.name]), 0.0)
             oa = np.array([ta * fixedpoint.step(b, lp.act_range) ** 2 / 12.0
                            for b in bits_a])
         else:
-            oa = np.zeros(1)
+            oa = np.zeros(len(bits_a))
         objs.append((ow[:, None] + oa[None, :]).ravel())
         costs.append(table[np.ix_(bits_w, bits_a)].ravel())
         opts.append([(bw, ba) for bw in bits_w for ba in bits_a])
@@ -162,7 +163,8 @@ def hawq_plan(model, gains_or_plan, traces, budget: float, cost: str = "compute"
     if pick is None:  # pragma: no cover - the cheapest plan always fits
         raise UnattainableTargetError(f"no plan fits budget {budget:.6g}")
     bw = {lp.name: opts[g][k][0] for g, (lp, k) in enumerate(zip(tmpl.layers, pick))}
-    ba = {lp.name: opts[g][k][1] for g, (lp, k) in enumerate(zip(tmpl.layers, pick))}
+    ba = {lp.name: opts[g][k][1] for g, (lp, k) in enumerate(zip(tmpl.layers, pick))
+          if lp.has_act}          # an Embedding has no activation format
     plan = tmpl.with_bits(weight_bits=bw, act_bits=ba, method=f"hawq:{cost}")
     objective = float(sum(o[k] for o, k in zip(objs, pick)))
     return dataclasses.replace(plan, target=None, info={

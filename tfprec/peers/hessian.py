@@ -107,6 +107,8 @@ class _HvpPass:
                 loss = self.loss_sum(x, y, self._pack(params), eps)
             grads = tape.gradient(loss, primals,
                                   unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            # an Embedding's table gradient comes as IndexedSlices
+            grads = [tf.convert_to_tensor(g) for g in grads]
         return acc.jvp(grads, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
     def flat_params(self):
