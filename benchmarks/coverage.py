@@ -152,7 +152,7 @@ def row(net: str, args) -> dict:
         with tempfile.TemporaryDirectory() as d:
             path = os.path.join(d, f"{net}.tflite")
             rep = export_tflite(model, plan, path, representative_data=x)
-            size = f"{os.path.getsize(path)} B ({rep.backend})"
+            size = f"{os.path.getsize(path)} B ({getattr(rep, 'backend', 'exact')})"
             agree = f"{100 * agreement(zq, tflite_predict(path, xe)):.2f} %"
     except (TfprecError, ValueError, RuntimeError) as e:
         size = f"- ({type(e).__name__}: {str(e)[:80]})"

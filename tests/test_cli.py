@@ -126,6 +126,8 @@ def test_demo_report_has_table_and_validation(demo):
     assert "| layer | class | E_W | E_A | G_W | G_A | B_W | B_A |" in text
     for name in ("fc1", "fc2", "logits"):
         assert f"| {name} | Dense |" in text
+    assert "- noise-gain path of the weight layers: registered: 3 (fc1, fc2, logits)" \
+        in text
     assert f"| held-out examples | {v['num_examples']} |" in text
     assert f"| changed decisions | {v['num_mismatch']} |" in text
     assert f"| measured mismatch | {v['mismatch_rate']:.4f} |" in text

@@ -218,3 +218,17 @@ def test_per_class_mode_matches_vectorized_map_path():
     assert list(fast.names) == list(slow.names)
     np.testing.assert_allclose(fast.class_w, slow.class_w, rtol=1e-6)
     assert np.all(fast.class_w > 0)
+
+
+def test_weight_op_paths_name_the_path_of_each_layer():
+    """What the report lists: registered rules, closed-form generic rules,
+    and the vectorized_map generic path."""
+    from tfprec.statistics.graph import parse_model, weight_op_paths
+    x = inp = keras.Input((8, 3), name="in")
+    x = keras.layers.Conv1D(4, 3, name="c1d")(x)                 # closed form
+    x = keras.layers.PReLU(name="prelu")(x)                     # vectorized_map
+    x = keras.layers.Flatten(name="f")(x)
+    m = keras.Model(inp, keras.layers.Dense(3, name="fc")(x))   # registered
+    assert weight_op_paths(parse_model(m)) == {
+        "closed-form generic": ["c1d"], "generic (vectorized_map)": ["prelu"],
+        "registered": ["fc"]}

@@ -40,6 +40,11 @@ def model_info(r) -> dict:
         "input shape": str(tuple(model.inputs[0].shape[1:])),
         "classes": str(int(model.outputs[0].shape[-1])),
     }
+    from tfprec.statistics.graph import parse_model, weight_op_paths
+    paths = weight_op_paths(parse_model(model))
+    info["noise-gain path of the weight layers"] = "; ".join(
+        f"{k}: {len(v)} ({', '.join(v[:6])}{', ...' if len(v) > 6 else ''})"
+        for k, v in paths.items())
     if r.train_info:
         info["training"] = r.train_info
     return info

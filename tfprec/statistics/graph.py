@@ -584,6 +584,21 @@ def _propagate_bounds(ops: list) -> dict:
 WRITE_THROUGH_KINDS = ("maxpool", "avgpool", "act", "identity", "reshape")
 
 
+def weight_op_paths(graph: Graph) -> dict:
+    """{path: [weight op names]} of a parsed graph, for reports: 'registered'
+    (a closed-form registered rule: dense, conv2d, depthwise, affine BN,
+    embedding), 'closed-form generic' (a layer on the generic path with a
+    closed-form norm rule, :mod:`tfprec.statistics.generic_rules`) and
+    'generic (vectorized_map)' (the layer run per example row: exact, slower).
+    Empty paths are left out."""
+    out: dict = {}
+    for op in graph.weight_ops:
+        path = ("registered" if op.kind != "generic" else
+                "closed-form generic" if op.attrs.get("rule") else "generic (vectorized_map)")
+        out.setdefault(path, []).append(op.name)
+    return out
+
+
 def written_tensor(graph: Graph, tensor_id: str) -> str:
     """The tensor a previous layer *writes* that ``tensor_id`` is read from.
 
