@@ -99,12 +99,25 @@ def conv3d():
     return keras.Model(x, L.Dense(3, name="fc")(L.Flatten(name="f")(h)))
 
 
+def conv_transpose():
+    x = L.Input((4, 5, 3), name="in")
+    h = L.Conv2DTranspose(4, 3, strides=2, padding="same", activation="relu",
+                          name="t1")(x)                                 # 8x10
+    h = L.Conv2DTranspose(3, (3, 2), strides=(2, 1), use_bias=False,
+                          name="t2")(h)                                 # 17x11
+    h = L.Conv2D(2, 3, strides=3, name="c")(h)                          # 5x3
+    h = L.Conv2DTranspose(2, 2, name="t3")(h)                           # 6x4
+    return keras.Model(x, L.Dense(3, name="fc")(L.Flatten(name="f")(h)))
+
+
 ZOO = {f.__name__: f for f in (dense_nd, conv1d, conv2d, grouped, depthwise, layernorm,
-                               conv3d)}
+                               conv3d, conv_transpose)}
 #: weight ops of each model that must take a closed-form rule
 RULED = {"dense_nd": {"d4": "dense_nd", "d3": "dense_nd", "d3b": "dense_nd"},
          "conv1d": {"c1": "conv", "c2": "conv", "c3": "conv"},
          "conv2d": {"dil": "conv", "dil2": "conv"},
+         "conv_transpose": {"t1": "conv_transpose", "t2": "conv_transpose",
+                            "t3": "conv_transpose"},
          "grouped": {"grp": "conv", "grp1d": "conv"},
          "depthwise": {"dw1": "depthwise", "dw2": "depthwise", "dw1d": "depthwise"},
          "layernorm": {"dseq": "dense_nd", "ln": "layernorm", "ln2": "layernorm",
@@ -162,7 +175,7 @@ def test_rules_are_selected_and_ops_stay_generic(name):
     assert all(op.kind == "generic" and "rule" not in op.attrs for op in off)
 
 
-@pytest.mark.parametrize("name", [n if n in ("conv1d", "layernorm") else
+@pytest.mark.parametrize("name", [n if n in ("conv1d", "layernorm", "conv_transpose") else
                                   pytest.param(n, marks=pytest.mark.slow) for n in ZOO])
 def test_float64_equals_vectorized_map_path(name):
     model, x, _ = case(name)

@@ -22,6 +22,9 @@ closed form:
 * ``depthwise``: DepthwiseConv1D / DepthwiseConv2D, channels_last, any
   strides, dilation, padding: per input channel, patches of that channel
   against its ``depth_multiplier`` output channels.
+* ``conv_transpose``: Conv2DTranspose (channels_last, no dilation or
+  output_padding): Conv2D's filter gradient with input and output gradient
+  swapped, so the patches of the output gradient pair with the input.
 * ``layernorm``: LayerNormalization y = xhat * gamma + beta, xhat the input
   normalized over ``axis``: the gamma gradient is g * xhat and the beta
   gradient g, each summed over the positions outside ``axis``.
@@ -89,6 +92,16 @@ def rule_for(layer, in_shape, names) -> Optional[tuple]:
         if depthwise:
             return "depthwise", params
         return "conv", dict(params, groups=int(getattr(layer, "groups", 1) or 1))
+    if cls is getattr(L, "Conv2DTranspose", None):
+        if (layer.data_format != "channels_last" or layer.output_padding is not None
+                or tuple(layer.dilation_rate) != (1, 1)
+                or layer.padding.lower() not in ("valid", "same")
+                or names not in (["kernel"], ["kernel", "bias"])
+                or len(in_shape) != 3 or any(n is None for n in in_shape)):
+            return None
+        return "conv_transpose", dict(ksize=tuple(int(k) for k in layer.kernel_size),
+                                      strides=tuple(int(s) for s in layer.strides),
+                                      padding=layer.padding.lower())
     if cls is L.LayerNormalization:
         if not names or any(n not in ("gamma", "beta") for n in names):
             return None
@@ -275,8 +288,29 @@ def _layernorm_sq(attrs, a, dy):
     return out
 
 
+def _conv_transpose_sq(attrs, a, dy):
+    """Conv2DTranspose: its kernel gradient is Conv2D's filter gradient with
+    the roles swapped (input: the output gradient, output gradient: the
+    layer's input), so per example it is sum_p x_p (patch of dy at p)^T over
+    the input positions p, the patches taken with the layer's kernel size,
+    strides and padding; the bias gradient is dy summed over all output
+    positions."""
+    pr = attrs["rule_params"]
+    c = dy.shape[0]
+    pt = conv_patches(_merge_classes(dy), pr["ksize"], pr["strides"],
+                      (1,) * len(pr["ksize"]), pr["padding"])   # [C*B, P, kk, O]
+    n_p, k = pt.shape[1], pt.shape[2] * pt.shape[3]
+    pt = tf.transpose(tf.reshape(pt, [c, -1, n_p, k]), [1, 2, 0, 3])
+    x = tf.reshape(a, [-1, n_p, a.shape[-1]])
+    out = outer_sq(x, tf.reshape(pt, [-1, n_p, c * k]), False)
+    if attrs["bias_t"] is not None:
+        s = tf.reduce_sum(dy, axis=list(range(2, len(dy.shape) - 1)))     # [C, B, O]
+        out = out + tf.reduce_sum(tf.square(s), axis=[0, 2])
+    return out
+
+
 _RULES = {"dense_nd": _dense_nd_sq, "conv": _conv_sq, "depthwise": _depthwise_sq,
-          "layernorm": _layernorm_sq}
+          "layernorm": _layernorm_sq, "conv_transpose": _conv_transpose_sq}
 
 
 _VJPS = {"conv": _conv_vjp}
