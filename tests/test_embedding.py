@@ -129,7 +129,7 @@ def test_gains_match_reference(name):
     assert (emb.has_act, emb.e_a, emb.r_a, emb.act_group) == (False, 0.0, 1.0, "")
     assert all(lg.has_act for lg in got.layers if lg.name != "emb")
     table = model.get_layer("emb").get_weights()[0]
-    assert emb.r_w == tfprec.statistics.graph.pow2_ceil(float(np.abs(table).max()))
+    assert emb.r_w == tfprec.fixedpoint.pow2_ceil(float(np.abs(table).max()))
     assert emb.num_weights == table.size and emb.dot_length == 1
 
 

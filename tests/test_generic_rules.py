@@ -236,7 +236,8 @@ def test_per_class_mode_matches_vectorized_map_path():
 def test_weight_op_paths_name_the_path_of_each_layer():
     """What the report lists: registered rules, closed-form generic rules,
     and the vectorized_map generic path."""
-    from tfprec.statistics.graph import parse_model, weight_op_paths
+    from tfprec.statistics.generic_rules import weight_op_paths
+    from tfprec.statistics.graph import parse_model
     x = inp = keras.Input((8, 3), name="in")
     x = keras.layers.Conv1D(4, 3, name="c1d")(x)                 # closed form
     x = keras.layers.PReLU(name="prelu")(x)                     # vectorized_map

@@ -11,6 +11,8 @@ quantizer give identical codes at every tie point, in float32 and float64.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 MIN_BITS = 2
@@ -89,3 +91,20 @@ def check_pow2(name: str, value) -> float:
     if isinstance(value, bool) or not is_pow2(value):
         raise PlanError(f"{name} must be a positive power of two, got {value!r}")
     return float(value)
+
+
+def pow2_ceil(x: float) -> float:
+    """Smallest power of two >= x (1.0 for x <= 0)."""
+    if not x > 0 or not math.isfinite(x):
+        return 1.0
+    return float(2.0 ** math.ceil(math.log2(x)))
+
+
+def range_scale(low: float, high: float, signed: bool) -> float:
+    """Range scale R (a power of two) of METHOD.md section 1.
+
+    Signed tensors live on [-R, R); unsigned ones on [0, 2R).
+    """
+    if signed:
+        return pow2_ceil(max(abs(low), abs(high)))
+    return pow2_ceil(high / 2.0)

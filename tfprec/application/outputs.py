@@ -40,7 +40,8 @@ def model_info(r) -> dict:
         "input shape": str(tuple(model.inputs[0].shape[1:])),
         "classes": str(int(model.outputs[0].shape[-1])),
     }
-    from tfprec.statistics.graph import parse_model, weight_op_paths
+    from tfprec.statistics.generic_rules import weight_op_paths
+    from tfprec.statistics.graph import parse_model
     paths = weight_op_paths(parse_model(model))
     info["noise-gain path of the weight layers"] = "; ".join(
         f"{k}: {len(v)} ({', '.join(v[:6])}{', ...' if len(v) > 6 else ''})"

@@ -281,7 +281,8 @@ class PrecisionPlan:
         """
         from tfprec.statistics.gains import (layer_geometry,  # local: avoids a cycle
                                              model_fingerprint, weight_max_abs)
-        from tfprec.statistics.graph import parse_model, range_scale
+        from tfprec.fixedpoint import range_scale
+        from tfprec.statistics.graph import parse_model
         allow_fingerprint_mismatch = inputs.flag(
             "allow_fingerprint_mismatch", allow_fingerprint_mismatch, error=PlanError)
         graph = parse_model(model)

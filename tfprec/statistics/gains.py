@@ -30,7 +30,8 @@ from tfprec.fixedpoint import MAX_BITS, MIN_BITS, is_pow2, quantize
 from tfprec.statistics import embedding, registry, sanity
 from tfprec.statistics.backward import GainsPass, ShiftPass
 from tfprec.statistics.executor import executor_for
-from tfprec.statistics.graph import NO_ACT_KINDS, parse_model, range_scale
+from tfprec.fixedpoint import range_scale
+from tfprec.statistics.graph import NO_ACT_KINDS, parse_model
 
 DataLike = Union[np.ndarray, "tf.data.Dataset"]
 

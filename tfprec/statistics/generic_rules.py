@@ -363,3 +363,18 @@ def sq_norms(attrs, a, dy):
     with ``attrs["rule"]`` set (see the module docstring), summed over the
     C rows of ``dy`` [C, B, ...]."""
     return _RULES[attrs["rule"]](attrs, a, dy)
+
+
+def weight_op_paths(graph) -> dict:
+    """{path: [weight op names]} of a parsed graph, for reports: 'registered'
+    (a closed-form registered rule: dense, conv2d, depthwise, affine BN,
+    embedding), 'closed-form generic' (a layer on the generic path with a
+    closed-form norm rule, :mod:`tfprec.statistics.generic_rules`) and
+    'generic (vectorized_map)' (the layer run per example row: exact, slower).
+    Empty paths are left out."""
+    out: dict = {}
+    for op in graph.weight_ops:
+        path = ("registered" if op.kind != "generic" else
+                "closed-form generic" if op.attrs.get("rule") else "generic (vectorized_map)")
+        out.setdefault(path, []).append(op.name)
+    return out

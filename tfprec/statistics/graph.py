@@ -9,7 +9,6 @@ graph ends at the logits.  The user's model is only read, never modified.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Optional
 
 import numpy as np
@@ -584,21 +583,6 @@ def _propagate_bounds(ops: list) -> dict:
 WRITE_THROUGH_KINDS = ("maxpool", "avgpool", "act", "identity", "reshape")
 
 
-def weight_op_paths(graph: Graph) -> dict:
-    """{path: [weight op names]} of a parsed graph, for reports: 'registered'
-    (a closed-form registered rule: dense, conv2d, depthwise, affine BN,
-    embedding), 'closed-form generic' (a layer on the generic path with a
-    closed-form norm rule, :mod:`tfprec.statistics.generic_rules`) and
-    'generic (vectorized_map)' (the layer run per example row: exact, slower).
-    Empty paths are left out."""
-    out: dict = {}
-    for op in graph.weight_ops:
-        path = ("registered" if op.kind != "generic" else
-                "closed-form generic" if op.attrs.get("rule") else "generic (vectorized_map)")
-        out.setdefault(path, []).append(op.name)
-    return out
-
-
 def written_tensor(graph: Graph, tensor_id: str) -> str:
     """The tensor a previous layer *writes* that ``tensor_id`` is read from.
 
@@ -614,20 +598,3 @@ def written_tensor(graph: Graph, tensor_id: str) -> str:
         tensor_id = op.inputs[0]
         op = producer.get(tensor_id)
     return tensor_id
-
-
-def pow2_ceil(x: float) -> float:
-    """Smallest power of two >= x (1.0 for x <= 0)."""
-    if not x > 0 or not math.isfinite(x):
-        return 1.0
-    return float(2.0 ** math.ceil(math.log2(x)))
-
-
-def range_scale(low: float, high: float, signed: bool) -> float:
-    """Range scale R (a power of two) of METHOD.md section 1.
-
-    Signed tensors live on [-R, R); unsigned ones on [0, 2R).
-    """
-    if signed:
-        return pow2_ceil(max(abs(low), abs(high)))
-    return pow2_ceil(high / 2.0)
