@@ -16,16 +16,27 @@ Formats, per weight layer of the plan (METHOD.md section 1):
   INT4 kernel: INT8, same grid.  B_W > 8: float32 values on the grid
   (float compute), or, with ``round_wide_weights=True``, rounded to 8 bits.
   LiteRT int8 weights are narrow-range: an 8-bit code -128 is refused.
-* activations: int8 when every integer layer's input needs <= 8 bits,
-  else int16 for all (16x8 / 16x4 kernels; one width for the whole network
-  keeps every requantization exact).  The input of each weight layer is an
-  integer tensor with scale Delta_A (int8: zero point 0 for signed formats,
-  -128 for unsigned; int16: zero point 0), and so is every tensor between
-  the previous weight layer and it (its output is requantized straight onto
-  the next grid; clips, ReLUs, max-pool and reshapes commute with rounding).
-  The plan's saturation is an explicit clip in front of every weight layer.
-  Tensors the plan does not fix (after an add, an average pool) get AEQ's
-  calibrated min/max scales.
+* compute: a Dense / Conv2D / DepthwiseConv2D op (matched to the file's
+  operator by its kernel, :func:`tfprec.export.aeq_recipe.match_ops`) runs
+  on an integer kernel when its output, through ReLUs, clips, max-pool and
+  reshapes only, reaches exactly one planned *unsigned* input grid
+  (:func:`~tfprec.export.aeq_recipe.closed_consumers`): it is requantized
+  straight onto that grid (clips, ReLUs, max-pool and reshapes commute with
+  rounding).  Activations are int8 when every such input needs <= 8 bits,
+  else int16 for all (16x8 / 16x4 kernels), with scale Delta_A (int8: zero
+  point 0 for signed formats, -128 for unsigned; int16: zero point 0).
+  Every other op computes in float32 on exact values: a weight op whose
+  output meets an Add, a pooling, a concatenation, several grids or the
+  logits is weight-only (its integer weights dequantized); ops the plan
+  does not round (Add, Multiply, pooling, activations) are float; a weight
+  op whose input does not come from an integer producer gets the plan's
+  rounding explicitly (:class:`~tfprec.export.aeq_recipe.PlanRound`).  So
+  nothing the plan does not round is rounded.  Signed input grids are never
+  fed by integer kernels (LiteRT rounds negative requantization ties away
+  from zero, the plan upward), nor are 16-bit unsigned ones (no LiteRT
+  integer type): float32 on the explicit grid, listed as substitutions.
+  Standalone BN (affine), generic weight layers and an Embedding's table
+  are float32 operators with their weights on the grid.
 * the logits layer is weight-only (its integer weights are dequantized and
   it computes in float32 on its exact input grid), so the logits are not
   rounded to 8 bits.
