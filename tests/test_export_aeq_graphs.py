@@ -200,3 +200,43 @@ def test_embedding_and_several_inputs(tmp_path):
               for i in op.inputs if g.const(i) is not None]
     assert any(t.size == want.size and np.array_equal(t.reshape(want.shape), want)
                for t in tables)
+
+
+def _generic_layers_1d():
+    keras.utils.set_random_seed(4)
+    x = inp = keras.Input((12, 3), name="seq")
+    x = L.Conv1D(6, 3, dilation_rate=2, padding="causal", activation="relu", name="c1d")(x)
+    x = L.LayerNormalization(name="ln")(x)
+    x = L.Dense(5, activation="tanh", name="dseq")(x)                  # Dense on [B, T, D]
+    x = L.GlobalAveragePooling1D(name="gap")(x)
+    return _random_weights(keras.Model(inp, L.Dense(4, name="logits")(x)), 4)
+
+
+def _generic_layers_2d():
+    keras.utils.set_random_seed(5)
+    x = inp = keras.Input((6, 6, 4), name="img")
+    x = L.Conv2DTranspose(4, 3, strides=2, padding="same", activation="relu", name="up")(x)
+    x = L.Conv2D(4, 3, dilation_rate=2, activation="relu", name="dil")(x)
+    x = L.Conv2D(4, 3, groups=2, activation="relu", name="grp")(x)
+    x = L.Flatten(name="f")(x)
+    return _random_weights(keras.Model(inp, L.Dense(4, name="logits")(x)), 5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("build, shape", [(_generic_layers_1d, (12, 3)),
+                                          (_generic_layers_2d, (6, 6, 4))])
+def test_generic_weight_layers_export(build, shape, tmp_path):
+    """Conv1D, LayerNormalization, Dense on sequences, Conv2DTranspose,
+    dilated and grouped convolutions: float32 operators with their weights
+    on the plan's grid and their inputs rounded explicitly; the file's
+    logits are the fake-quant model's."""
+    m = build()
+    x = np.random.default_rng(0).normal(0, 1, (200, *shape)).astype(np.float32)
+    plan = tfprec.uniform_plan(tfprec.noise_gains(m, x), bits=6)
+    path = str(tmp_path / "g.tflite")
+    rep = export_tflite(m, plan, path, x, check_examples=len(x))
+    assert rep.backend == "ai_edge_quantizer" and rep.grid_check_passed
+    generic = [l for l in rep.layers if l.kind == "generic"]
+    assert generic and all(l.weight_type == "float" for l in generic)
+    with open(path, "rb") as f:
+        _check_file(f.read(), m, plan, x, rep, vary=False)        # logits checked

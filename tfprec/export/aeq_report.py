@@ -194,9 +194,11 @@ def _qp(g, t: int):
 def _rounded_in_float(g, t: int, step: float) -> bool:
     """Whether float tensor ``t`` is the output of the explicit rounding of
     :class:`tfprec.export.aeq_recipe.PlanRound`: through its MAXIMUM (or a
-    ReLU), a MUL by the constant step of FLOOR(...)."""
+    ReLU) and reshapes the converter moved behind it, a MUL by the constant
+    step of FLOOR(...)."""
     p = g.producer(t)
-    while p is not None and p.name in ("MAXIMUM", "RELU"):
+    while p is not None and p.name in ("MAXIMUM", "RELU", "RESHAPE", "SQUEEZE",
+                                       "EXPAND_DIMS"):
         runtime_in = [i for i in p.inputs if i >= 0 and g.const(i) is None]
         p = g.producer(runtime_in[0]) if len(runtime_in) == 1 else None
     if p is None or p.name != "MUL":
