@@ -103,6 +103,7 @@ def test_hutchinson_matches_exact_trace(tiny, probes, samples):
         assert tr.activation[n] == pytest.approx(exact_a[n], rel=0.1)
 
 
+@pytest.mark.slow
 def test_diagonal_hessian_is_exact_with_one_probe():
     """One-hot inputs into a bias-free layer: each weight touches only its own
     examples, so that layer's Hessian block is diagonal and v^T H v equals the
@@ -144,6 +145,7 @@ def test_diagonal_hessian_is_exact_with_one_probe():
     assert tr.activation["out"] == pytest.approx(np.trace(ha) / 8, rel=1e-10)
 
 
+@pytest.mark.slow
 def test_hutchinson_conv_maxpool():
     """Conv2D + clipped ReLU + MaxPool + Flatten + Dense: traces match the
     exact Hessian traces within Monte-Carlo tolerance."""

@@ -44,6 +44,7 @@ def test_callback_in_fit_every_epoch_and_at_end(tmp_path):
             f"tfprec/{name}/log10_G_A"} <= tags
 
 
+@pytest.mark.slow
 def test_default_target_is_measured_on_held_out_half():
     """The default (issue 11): gains on the first half of the calibration
     inputs, the cheapest plan whose measured mismatch on the second half is

@@ -133,6 +133,7 @@ def test_gains_match_reference(name):
     assert emb.num_weights == table.size and emb.dot_length == 1
 
 
+@pytest.mark.slow
 def test_gains_float64_and_per_class_rows():
     model, x, want = case("conv_gap")
     got = _gains(model, x, dtype="float64", per_class=True)
@@ -249,6 +250,7 @@ def test_measured_budget_search():
     assert evaluations >= 1
 
 
+@pytest.mark.slow
 def test_hawq_peer_on_an_embedding_model():
     """The HAWQ-v2 peer: Hessian traces through the table (an IndexedSlices
     gradient) and a plan that gives the Embedding no activation bits."""
@@ -350,6 +352,7 @@ def test_fake_quant_matches_numpy_simulation(bits):
     assert [l.name for l in model.layers] == ["tokens", "emb", "flat", "d1", "d2"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["conv_gap", "gap_mlp"])
 def test_fake_quant_matches_simulate_for_conv_and_gap(name):
     model, x, _ = case(name)

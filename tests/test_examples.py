@@ -132,6 +132,7 @@ def test_mnist_reference_networks(mnist_result):
     assert q["uniform_minus_paper_min_bits"] == res.row("uniform").b_min - paper.b_min
 
 
+@pytest.mark.slow
 def test_mnist_markdown(mnist_result, tmp_path):
     md = mnist_result.markdown
     assert md.count("\n| per-layer") == 3

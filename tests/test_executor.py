@@ -210,6 +210,7 @@ def test_hessian_takes_datasets_of_pairs_and_needs_labels():
         hessian_trace_sensitivity(model, x, None, **kw)
 
 
+@pytest.mark.slow
 def test_hessian_through_same_padded_overlapping_maxpool():
     """Per-block Hutchinson trace of a conv's weights vs the exact trace from
     central differences of the float64 Keras gradient (first order only).

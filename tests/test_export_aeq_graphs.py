@@ -240,3 +240,19 @@ def test_generic_weight_layers_export(build, shape, tmp_path):
     assert generic and all(l.weight_type == "float" for l in generic)
     with open(path, "rb") as f:
         _check_file(f.read(), m, plan, x, rep, vary=False)        # logits checked
+
+
+def test_a_reference_file_tf_cannot_make_is_a_row_with_its_error(monkeypatch):
+    """baselines=True: when TF's own int8 PTQ fails on a model (e.g. integer
+    inputs), the report keeps a row naming the error instead of failing."""
+    from tfprec.export import aeq_report, runtime
+
+    def fail(*a, **k):
+        raise ValueError("no int8 kernel for this model")
+    monkeypatch.setattr(runtime, "tf_int8_ptq", fail)
+    m = _tiny_residual()
+    x = np.random.default_rng(0).uniform(0, 1, (8, 8, 8, 3)).astype(np.float32)
+    rows = aeq_report.baseline_rows(m, x, x, None, False)
+    assert [r["name"] for r in rows] == ["TF float32", "TF int8 PTQ"]
+    assert rows[0]["size_bytes"] > 0
+    assert rows[1]["size_bytes"] is None and "no int8 kernel" in rows[1]["error"]

@@ -163,7 +163,8 @@ def case(name):
 
 
 # ------------------------------------------------------------------- tests
-@pytest.mark.parametrize("name", _params(ZOO))
+@pytest.mark.parametrize("name", [n if n in ("layernorm", "conv_transpose") else
+                                  pytest.param(n, marks=pytest.mark.slow) for n in ZOO])
 def test_rules_are_selected_and_ops_stay_generic(name):
     model = case(name)[0]
     ops = {op.name: op for op in parse_model(model).weight_ops}
@@ -175,8 +176,8 @@ def test_rules_are_selected_and_ops_stay_generic(name):
     assert all(op.kind == "generic" and "rule" not in op.attrs for op in off)
 
 
-@pytest.mark.parametrize("name", [n if n in ("conv1d", "layernorm", "conv_transpose") else
-                                  pytest.param(n, marks=pytest.mark.slow) for n in ZOO])
+@pytest.mark.slow
+@pytest.mark.parametrize("name", _params(ZOO))
 def test_float64_equals_vectorized_map_path(name):
     model, x, _ = case(name)
     dtype, rtol = ("float32", 1e-5) if name in FLOAT32_ONLY else ("float64", 1e-6)
@@ -191,7 +192,9 @@ def test_float64_equals_vectorized_map_path(name):
         assert fast[op].e_w > 0
 
 
-@pytest.mark.parametrize("name", _params(ZOO))
+@pytest.mark.parametrize("name", [
+    n if n in ("dense_nd", "conv1d", "conv_transpose", "layernorm", "grouped") else
+    pytest.param(n, marks=pytest.mark.slow) for n in ZOO])
 @pytest.mark.parametrize("dtype, rtol", [("float32", 1e-4), pytest.param(
     "float64", 1e-8, marks=pytest.mark.slow)])
 def test_equals_reference(name, dtype, rtol):

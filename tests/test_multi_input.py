@@ -111,7 +111,8 @@ def img_tab():
 
 
 # ------------------------------------------------------------------ gains
-@pytest.mark.parametrize("make", [image_tabular, two_towers, with_ids])
+@pytest.mark.parametrize("make", [image_tabular, pytest.param(two_towers, marks=pytest.mark.slow),
+                                  with_ids])
 def test_gains_match_reference(make):
     model = make()
     x = data(model, N, seed=3)
@@ -122,12 +123,14 @@ def test_gains_match_reference(make):
         assert r.e_w > 0
 
 
+@pytest.mark.slow
 def test_gains_float64_match_reference(img_tab):
     x = data(img_tab, N, seed=4)
     assert_matches(gains(img_tab, x, dtype="float64"),
                    reference_gains_multi(img_tab, x), 1e-7)
 
 
+@pytest.mark.slow
 def test_data_forms_give_the_same_gains(img_tab):
     xi, xt = data(img_tab, 24, seed=5)
     y = np.arange(24) % 4
@@ -291,6 +294,7 @@ def test_fake_quant_logits_equal_numpy_simulation():
     assert_unchanged(model, snap)
 
 
+@pytest.mark.slow
 def test_fake_quant_float32_with_bn(img_tab):
     snap = snapshot(img_tab)
     x = data(img_tab, 30, seed=7)
@@ -305,6 +309,7 @@ def test_fake_quant_float32_with_bn(img_tab):
     assert_unchanged(img_tab, snap)
 
 
+@pytest.mark.slow
 def test_plan_of_other_weights_refused(img_tab):
     x = data(img_tab, 12, seed=8)
     plan = tfprec.paper_plan(gains(img_tab, x), b_min=6)
@@ -359,6 +364,7 @@ def test_calibrate(img_tab):
     assert_unchanged(img_tab, snap)
 
 
+@pytest.mark.slow
 def test_callback_on_a_two_input_model():
     model = two_towers()
     x = data(model, 40, seed=10)

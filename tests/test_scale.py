@@ -28,6 +28,7 @@ def _close(a, b, rel):
         assert la.e_a == pytest.approx(lb.e_a, rel=rel)
 
 
+@pytest.mark.slow
 def test_class_chunks_equal_one_pass():
     m = _model()
     ref = tfprec.noise_gains(m, X, dtype="float64")

@@ -89,6 +89,7 @@ def test_validate_against_simulation_and_gains(toy):
     assert "mismatch_rate" in r.to_dict()
 
 
+@pytest.mark.slow
 def test_datasets_are_accepted_like_arrays(toy):
     m, x, y, g = toy
     plan = paper_plan(g, b_min=2)
@@ -107,6 +108,7 @@ def test_datasets_are_accepted_like_arrays(toy):
     assert rows == V.sweep(m, g, x, y, b_mins=[2, 3], methods=("uniform",))
 
 
+@pytest.mark.slow
 def test_sweep_rows_and_markdown(toy):
     m, x, y, g = toy
     rows = V.sweep(m, g, x, y, b_mins=[2, 4, 15, 16],

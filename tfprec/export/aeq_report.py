@@ -120,7 +120,7 @@ class AeqExportReport(ExportReport):
         lines += ["", "| file | size (bytes) | accuracy (xnnpack) | median latency |",
                   "|---|---|---|---|"]
         for nm, size, acc, lat in rows:
-            lines.append(f"| {nm} | {size} | {pct(acc)} | "
+            lines.append(f"| {nm} | {'-' if size is None else size} | {pct(acc)} | "
                          f"{'-' if lat is None else f'{1e6 * lat:.0f} us'} |")
         lines += ["", "| layer | B_W | B_A | weights | input | families verified | "
                   "weight grid | input grid |", "|---|---|---|---|---|---|---|---|"]
@@ -135,7 +135,7 @@ class AeqExportReport(ExportReport):
         lines += ["", "Operators of the file:", "", runtime.op_table_markdown(self.op_table)]
         for b in self.baselines:
             lines += ["", f"Operators of {b['name']}:", "",
-                      runtime.op_table_markdown(b["op_table"])]
+                      b["error"] if "error" in b else runtime.op_table_markdown(b["op_table"])]
         notes = list(self.substitutions) + list(self.notes)
         if notes:
             lines += [""] + [f"- {n}" for n in notes]
@@ -149,8 +149,14 @@ def baseline_rows(model, xs, xc, ys, latency: bool, names=None) -> list:
     from tfprec.quantization.apply import fold_batchnorm, logits_model
     km = logits_model(fold_batchnorm(model, split_softmax=True))
     rows = []
-    for name, content in (("TF float32", runtime.float_tflite(km)),
-                          ("TF int8 PTQ", runtime.tf_int8_ptq(km, xs))):
+    for name, make in (("TF float32", lambda: runtime.float_tflite(km)),
+                       ("TF int8 PTQ", lambda: runtime.tf_int8_ptq(km, xs))):
+        try:
+            content = make()
+        except Exception as e:  # noqa: BLE001 - a reference row, reported
+            rows.append({"name": name, "size_bytes": None, "op_table": [],
+                         "error": f"{type(e).__name__}: {str(e)[:200]}"})
+            continue
         row = {"name": name, "size_bytes": len(content),
                "op_table": runtime.op_table(content), "content": content}
         if ys is not None and len(xc):
