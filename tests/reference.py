@@ -484,6 +484,17 @@ def reference_gains(model, x) -> RefGains:
     return Reference(model).gains(x)
 
 
+def clear_margins(ref: "Reference", x, frac: float):
+    """Examples of x whose every wrong-class margin is >= frac * the median
+    logit spread (max z - min z) in ``ref``'s float64 logits: no near-ties,
+    where a float32 pass and the reference may disagree on the decision."""
+    z = ref.logits(x).numpy()
+    top = z.max(axis=1, keepdims=True)
+    gaps = np.where(z == top, np.inf, top - z).min(axis=1)
+    spread = float(np.median(z.max(axis=1) - z.min(axis=1)))
+    return x[gaps >= frac * spread]
+
+
 def randomize(model, seed: int):
     """Non-trivial float weights for a test model, by weight name: kernels
     N(0, 1.2^2 / fan_in), biases / beta / moving_mean N(0, 0.3^2), gamma

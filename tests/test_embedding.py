@@ -26,7 +26,7 @@ from tfprec.planning import cost as cost_lib
 from tfprec.quantization import apply as apply_lib
 from tfprec.quantization import validate as validate_lib
 
-from reference import Reference, randomize
+from reference import Reference, clear_margins, randomize
 
 L = keras.layers
 N = 10          # calibration examples per model (the reference loops over them)
@@ -70,24 +70,13 @@ def _ids(model, n, vocab, seed):
     return np.random.default_rng(seed).integers(0, vocab, shape).astype(np.int32)
 
 
-def _clear_margins(ref, x, frac=0.05):
-    """Examples whose every wrong-class margin is >= frac * the median logit
-    spread (float64 reference logits): no near-ties, where the float32 pass
-    and the reference may disagree on the decision."""
-    z = ref.logits(x).numpy()
-    top = z.max(axis=1, keepdims=True)
-    gaps = np.where(z == top, np.inf, top - z).min(axis=1)
-    spread = float(np.median(z.max(axis=1) - z.min(axis=1)))
-    return x[gaps >= frac * spread]
-
-
 @functools.lru_cache(maxsize=None)
 def case(name):
     build, vocab = MODELS[name]
     keras.utils.set_random_seed(sorted(MODELS).index(name))
     model = randomize(build(), 200 + sorted(MODELS).index(name))
     ref = Reference(model)
-    x = _clear_margins(ref, _ids(model, 4 * N, vocab, 11))[:N]
+    x = clear_margins(ref, _ids(model, 4 * N, vocab, 11), 0.05)[:N]
     assert len(x) == N, name
     return model, x, ref.gains(x)
 

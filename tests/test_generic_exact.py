@@ -26,7 +26,7 @@ import pytest
 import tfprec
 from tfprec._tf import keras
 
-from reference import Reference, randomize
+from reference import Reference, clear_margins, randomize
 
 L = keras.layers
 N = 32            # calibration examples per model
@@ -299,22 +299,12 @@ def _candidates(model, n, rng):
     return rng.normal(0.0, 1.0, shape).astype(np.float32)
 
 
-def _clear_margins(ref, x):
-    """Examples of x whose every wrong-class margin is >= MARGIN * the median
-    logit spread (max z - min z), in the reference's float64 logits."""
-    z = ref.logits(x).numpy()
-    top = z.max(axis=1, keepdims=True)
-    gaps = np.where(z == top, np.inf, top - z).min(axis=1)
-    spread = float(np.median(z.max(axis=1) - z.min(axis=1)))
-    return x[gaps >= MARGIN * spread]
-
-
 @functools.lru_cache(maxsize=None)
 def case(name):
     keras.utils.set_random_seed(sorted(ZOO).index(name))
     model = randomize(ZOO[name](), 100 + sorted(ZOO).index(name))
     ref = Reference(model)
-    x = _clear_margins(ref, _candidates(model, 4 * N, np.random.default_rng(7)))
+    x = clear_margins(ref, _candidates(model, 4 * N, np.random.default_rng(7)), MARGIN)
     assert len(x) >= N, f"{name}: only {len(x)} examples with clear margins"
     x = x[:N]
     return model, x, ref.gains(x)

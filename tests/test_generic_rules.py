@@ -25,7 +25,7 @@ from tfprec._tf import keras, tf
 from tfprec.statistics import generic_rules
 from tfprec.statistics.graph import parse_model, registered_rules
 
-from reference import Reference, randomize
+from reference import Reference, clear_margins, randomize
 
 L = keras.layers
 N = 24            # calibration examples per model
@@ -141,14 +141,6 @@ def _copy(model):
     return m
 
 
-def _clear_margins(ref, x):
-    z = ref.logits(x).numpy()
-    top = z.max(axis=1, keepdims=True)
-    gaps = np.where(z == top, np.inf, top - z).min(axis=1)
-    spread = float(np.median(z.max(axis=1) - z.min(axis=1)))
-    return x[gaps >= MARGIN * spread]
-
-
 @functools.lru_cache(maxsize=None)
 def case(name):
     seed = sorted(ZOO).index(name)
@@ -157,7 +149,7 @@ def case(name):
     ref = Reference(model)
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(4 * N,) + tuple(model.input_shape[1:])).astype(np.float32)
-    x = _clear_margins(ref, x)
+    x = clear_margins(ref, x, MARGIN)
     assert len(x) >= N, f"{name}: only {len(x)} examples with clear margins"
     return model, x[:N], ref.gains(x[:N])
 
