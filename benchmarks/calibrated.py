@@ -1,9 +1,12 @@
 """Calibrated plans at equal accuracy on the paper's networks (tfprec.calibrate).
 
-For the paper's MNIST MLP and CIFAR-10 VGG (METHOD.md section 5), trained on
-the real datasets, this finds for each plan family the cheapest level whose
-fake-quant model loses at most ``--max_drop`` percentage points of held-out
-accuracy (the "equal accuracy" criterion), and prints ``name: value`` lines:
+For the paper's MNIST MLP and CIFAR-10 VGG (METHOD.md section 5), the
+committed well-trained reference networks (examples/weights/, made by
+examples/train_reference.py; ``--retrain`` trains the short CPU schedule
+here instead), this finds for each plan family the cheapest level whose
+fake-quant model loses at most ``--max_drop`` percentage points of accuracy
+on the SEARCH examples (the "equal accuracy" criterion), and reports it on
+the disjoint CONFIRM examples.  It prints ``name: value`` lines:
 
 * ``<net>_<family>_compute_full_adders`` / ``_memory_bits``, ``_level``,
   ``_evaluations`` (fake-quant passes the family's search used),
@@ -11,40 +14,40 @@ accuracy (the "equal accuracy" criterion), and prints ``name: value`` lines:
   ``_mismatch_ucl95`` (measured on the search examples, one-sided 95 %
   Clopper-Pearson), ``_accuracy_drop_pp`` with its standard error
   ``_accuracy_drop_se_pp`` (search examples), ``_confirm_accuracy_drop_pp`` /
-  ``_confirm_mismatch`` on the test examples NOT used by the search (an
-  honest check of the selection) and ``_full_test_accuracy_drop_pp`` on all
-  of them;
-* ``<net>_cost_aware_over_uniform_compute`` (goal <= 0.85) and
-  ``<net>_cost_aware_over_paper_compute`` (goal <= 0.75), each followed by a
-  ``..._goal`` and ``..._met`` line; the same for ``measured_greedy``, the
-  optional measured refinement of the cost-aware plan;
+  ``_confirm_mismatch`` on the test examples NOT used by the search (the
+  honest numbers) and ``_full_test_accuracy_drop_pp`` on all of them;
+* families: ``cost_aware`` (shaped by the per-example bound,
+  :func:`tfprec.planning.cost_aware.per_example_cost_aware_plan`; gains
+  with ``per_example=True``), ``paper``, ``uniform``, ``measured_greedy``
+  (the measured refinement of the cost-aware plan) and
+  ``cost_aware_predicted`` (the cheapest plan under the predicted mismatch,
+  from per-class gains on the search examples, confirmed and tightened by
+  calibrate's measurements; ``--no_predicted`` skips it);
+* ``<net>_<family>_over_uniform_compute`` (goal <= 0.85) and
+  ``<net>_<family>_over_paper_compute`` (goal <= 0.75) for the cost-aware,
+  measured-greedy and predicted families, each followed by a ``..._goal``
+  and ``..._met`` line;
 * ``<net>_analytic_paper_1pct_*``: the paper's rule with B_min chosen by the
   analytic bound <= 1 %, to show how much the bound over-provisions;
-* ``<net>_eqmismatch_*``: the same families calibrated to an equal measured
-  *mismatch* (``--mismatch_target``, 1 %), a criterion with far less
-  sampling noise than a 0.1 pp accuracy drop (whose standard error on 5000
-  examples is 0.06-0.25 pp here), so the shapes are compared on their merit.
-
-The cost-aware family is shaped by the per-example bound
-(:func:`tfprec.planning.plan.per_example_cost_aware_plan`; gains computed with
-``per_example=True``), and every plan also prints ``_per_example_bound``.
+* ``<net>_eqmismatch_*``: the analytic families calibrated to an equal
+  measured *mismatch* (``--mismatch_target``, 1 %), a criterion with far
+  less sampling noise than a 0.1 pp accuracy drop, so the shapes are
+  compared on their merit.
 
 Protocol: noise gains on the first ``--gain_examples`` (2000) training
-images; the search on the first ``--search_examples`` test images (default
-all 10000, whose accuracy-drop standard error is 1/sqrt(2) of that on
-5000); the confirmation on the remaining test images, if any (pass
-``--search_examples 5000`` for a 5000/5000 split).  Costs: computational cost in
-1-bit full adders per example, representational cost in bits (METHOD.md
-section 4).
+images; the search on the first ``--search_examples`` (5000) test images;
+the confirmation on the remaining 5000.  Costs: computational cost in 1-bit
+full adders per example, representational cost in bits (METHOD.md section
+4).
 
-CPU schedule (2 cores, no GPU): MNIST MLP 3 epochs (~17 s), CIFAR-10 VGG 5
-epochs (~45 s each, ~210 s; 70.6 % test accuracy), trained once with
+``--retrain`` CPU schedule (2 cores, no GPU): MNIST MLP 3 epochs (~17 s),
+CIFAR-10 VGG 5 epochs (~210 s; 70.6 % test accuracy), trained once with
 :func:`tfprec.models.cached_trained` and cached under ``benchmarks/.cache``
-(gitignored), so reruns only load the weights.
+(gitignored).
 
 Usage:
   python benchmarks/calibrated.py [--data_dir ../shared/data]
-      [--networks mnist_mlp,cifar10_vgg] [--max_drop 0.1]
+      [--networks mnist_mlp,cifar10_vgg] [--max_drop 0.1] [--retrain]
   (the data folder defaults to $TFPREC_DATA_DIR, then ../shared/data next to
   the repository)
 """
@@ -57,13 +60,16 @@ import time
 
 import numpy as np
 
-import tfprec
-from tfprec.planning import calibrate as C
-from tfprec.application import data
-from tfprec.application import models
-from tfprec.quantization import validate as V
-
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "examples"))
+
+import common  # noqa: E402  (examples/common.py: imports tfprec first)
+
+import tfprec  # noqa: E402
+from tfprec.planning import calibrate as C  # noqa: E402
+from tfprec.application import data  # noqa: E402
+from tfprec.application import models  # noqa: E402
+from tfprec.quantization import validate as V  # noqa: E402
 NETS = {  # builder: (dataset, load kwargs, CPU epochs)
     "mnist_mlp": ("mnist", {"flatten": True}, 3),
     "cifar10_vgg": ("cifar10", {}, 5),
@@ -82,7 +88,13 @@ def run(net: str, args) -> None:
     ds_name, kw, default_epochs = NETS[net]
     epochs = getattr(args, f"{net.split('_')[0]}_epochs") or default_epochs
     ds = data.load_dataset(ds_name, args.data_dir, **kw)
-    model = models.cached_trained(net, ds, epochs=epochs, cache_dir=args.cache_dir)
+    if args.retrain:
+        model = models.cached_trained(net, ds, epochs=epochs, cache_dir=args.cache_dir)
+        how = f"trained here, {epochs} epochs (cached under {args.cache_dir})"
+    else:
+        model = common.load_reference(net, args.weights_dir)
+        how = (f"well-trained reference weights "
+               f"{os.path.relpath(common.reference_path(net, args.weights_dir))}")
     xg = ds.x_train[:args.gain_examples]
     n_s = args.search_examples
     xs, ys = ds.x_test[:n_s], ds.y_test[:n_s]
@@ -93,16 +105,32 @@ def run(net: str, args) -> None:
                       methods=("cost_aware", "paper", "uniform", "measured_greedy"),
                       cost="compute", batch_size=args.batch_size)
     t2 = time.perf_counter()
+    cands = list(res.candidates)
+    unmet = dict(res.unmet)
+    t_pred = None
+    if args.predicted:
+        # the predictor's per-class gains on the held-out SEARCH examples (it
+        # is made for held-out inputs); confirmed by calibrate's measurements
+        tp = time.perf_counter()
+        pgains = tfprec.noise_gains(model, xs, per_class=True)
+        rp = C.calibrate(model, pgains, xs, ys, max_accuracy_drop=args.max_drop,
+                         methods=("cost_aware_predicted",), cost="compute",
+                         batch_size=args.batch_size)
+        cands += list(rp.candidates)
+        unmet.update(rp.unmet)
+        t_pred = time.perf_counter() - tp
+    cands.sort(key=lambda c: c.compute_cost)
+    by = {c.method: c for c in cands}
     p = net
-    say(f"{p}_train_epochs", epochs)
+    say(f"{p}_model", how)
     say(f"{p}_gain_examples", len(xg))
     say(f"{p}_search_examples", res.num_examples)
     say(f"{p}_confirm_examples", len(xc))
     say(f"{p}_float_accuracy_pct", 100 * res.float_accuracy)
     say(f"{p}_target", f"accuracy drop <= {args.max_drop:g} pp on the search examples")
-    say(f"{p}_best_family", res.best.method)
+    say(f"{p}_best_family", cands[0].method if cands else "none")
     fdec_c = V.float_decisions(model, xc, args.batch_size) if len(xc) else None
-    for c in res.candidates:
+    for c in cands:
         q = f"{p}_{c.method}"
         say(f"{q}_level", C._fmt_level(c.method, c.level))
         say(f"{q}_evaluations", c.evaluations)
@@ -125,15 +153,15 @@ def run(net: str, args) -> None:
             n_all = res.num_examples + len(xc)
             say(f"{q}_full_test_accuracy_drop_pp",
                 float((c.accuracy_drop_pp * res.num_examples + drop * len(xc)) / n_all))
-    for m, why in res.unmet.items():
+    for m, why in unmet.items():
         say(f"{p}_{m}_unmet", why)
-    for fam in ("cost_aware", "measured_greedy"):
-        if fam not in [c.method for c in res.candidates]:
+    for fam in ("cost_aware", "measured_greedy", "cost_aware_predicted"):
+        if fam not in by:
             continue
         for base, goal in GOALS:
-            if base not in [c.method for c in res.candidates]:
+            if base not in by:
                 continue
-            r = res[fam].compute_cost / res[base].compute_cost
+            r = by[fam].compute_cost / by[base].compute_cost
             say(f"{p}_{fam}_over_{base}_compute", r)
             say(f"{p}_{fam}_over_{base}_compute_goal", f"<= {goal}")
             say(f"{p}_{fam}_over_{base}_compute_met", "yes" if r <= goal else "NO")
@@ -148,11 +176,13 @@ def run(net: str, args) -> None:
         say(f"{p}_analytic_paper_1pct_bound", ap.bound())
         say(f"{p}_analytic_paper_1pct_mismatch", v.mismatch_rate)
         say(f"{p}_analytic_paper_1pct_compute_full_adders", v.compute_cost)
-        if "paper" in [c.method for c in res.candidates]:
+        if "paper" in by:
             say(f"{p}_analytic_paper_1pct_over_calibrated_paper_compute",
-                v.compute_cost / res["paper"].compute_cost)
+                v.compute_cost / by["paper"].compute_cost)
     say(f"{p}_total_fake_quant_evaluations", res.total_evaluations)
     say(f"{p}_calibrate_seconds", t2 - t1)
+    if t_pred is not None:
+        say(f"{p}_cost_aware_predicted_seconds", t_pred)
     if args.markdown:
         print(res.to_markdown(), flush=True)
     if args.mismatch_target > 0:
@@ -186,10 +216,19 @@ def main(argv=None) -> int:
                          "(default $TFPREC_DATA_DIR, then ../shared/data)")
     ap.add_argument("--cache_dir", default=os.path.join(HERE, ".cache"))
     ap.add_argument("--networks", default="mnist_mlp,cifar10_vgg")
+    ap.add_argument("--weights_dir", default="",
+                    help="folder of the reference <net>.h5 ('': examples/weights)")
+    ap.add_argument("--retrain", action="store_true",
+                    help="train the short CPU schedule here (cached) instead of "
+                         "loading the committed well-trained reference weights")
+    ap.add_argument("--no_predicted", dest="predicted", action="store_false",
+                    help="skip the predictor-based family (cost_aware_predicted)")
     ap.add_argument("--mnist_epochs", type=int, default=None)
     ap.add_argument("--cifar10_epochs", type=int, default=None)
     ap.add_argument("--gain_examples", type=int, default=2000)
-    ap.add_argument("--search_examples", type=int, default=10000)
+    ap.add_argument("--search_examples", type=int, default=5000,
+                    help="test images the levels are chosen on (the first N); "
+                         "the others confirm them")
     ap.add_argument("--max_drop", type=float, default=0.1,
                     help="largest accuracy drop, percentage points")
     ap.add_argument("--mismatch_target", type=float, default=0.01,

@@ -16,12 +16,16 @@ defaults are smaller because each fake-quant pass of the VGG costs ~20x the
 MLP's):
 
 * calibration: the first ``--calib`` training images (MNIST 2000, CIFAR-10
-  1000): tfprec's noise gains (``per_class=True``) and the Hessian traces
-  (the first ``--hessian_examples`` of them, MNIST 2000, CIFAR-10 500);
+  1000): the Hessian traces (the first ``--hessian_examples`` of them,
+  MNIST 2000, CIFAR-10 500), and tfprec's gains with ``--gains_split
+  train``;
 * selection: the first ``--select`` test images (MNIST 2000, CIFAR-10 1000):
-  every plan that needs a measurement (greedy's search, tfprec's level
-  search) is chosen on them, against the same selection target for both
-  (below);
+  tfprec's per-class noise gains (``noise_gains(..., per_class=True)``;
+  ``--gains_split selection``, the default: the predictor is made for
+  held-out inputs, the margins of a well-trained network's training images
+  are far larger), and every plan that needs a measurement (greedy's
+  search, tfprec's level search) is chosen on them, against the same
+  selection target for both (below);
 * report: the next ``--report`` test images (2000): every accuracy below
   marked "report" is on them, which no search saw.
 
@@ -45,15 +49,20 @@ standard error of a drop equal to the tolerance on the selection split,
 * <net>_selection_margin_pp, <net>_selection_target_pp: the margin and the
   target (pp) both searches meet on the selection split.
 * <net>_greedy_plan_cost, <net>_greedy_plan_bits: peers.greedy.greedy_search_plan
-  from uniform 8 bits (one tensor one bit lower per step, kept while the
-  measured drop on the selection split holds the selection target):
-  compute cost (FA), B_W/B_A per layer.
+  from uniform 8 bits, or from the first uniform plan above 8 bits that
+  meets the selection target when the 8-bit one does not (one tensor one
+  bit lower per step, kept while the measured drop on the selection split
+  holds the selection target): compute cost (FA), B_W/B_A per layer;
+  <net>_greedy_start_bits: the start.
 * <net>_tfprec_plan_cost, <net>_tfprec_plan_bits, <net>_tfprec_plan_level:
   tfprec's predictor-based plan: the cost-aware plans under the predicted
   mismatch (``cost_aware_plan(..., criterion="predicted")``) on a grid of
   predicted targets (peers.matched.family_grid, ``--per_bit`` targets per bit
-  of the uniform plans, default 4), the cheapest whose drop on the selection
-  split meets the selection target (bisection).
+  of the uniform plans, default 2), the cheapest whose drop on the selection
+  split meets the selection target, searched outward from the level whose
+  predicted mismatch is at most that target (``--search from_prediction``,
+  default) or by bisection (``--search bisection``); both find the same
+  level when the measured drop is monotone in the level.
 * <net>_{greedy,tfprec}_select_drop_pp: drop on the selection split (both
   meet the selection target there by construction);
   <net>_{greedy,tfprec}_report_accuracy_pct, _report_drop_pp: on the report
@@ -69,8 +78,8 @@ standard error of a drop equal to the tolerance on the selection split,
   (its float pass and every fake-quant evaluation).
 * <net>_tfprec_seconds: on a fresh copy of the model (so the gains pass is
   traced anew): the noise-gains pass (per-class data) + planning (the grid
-  and the plans the bisection asks for) + the confirmation evaluations (the
-  float pass of the selection split and the bisection's fake-quant passes);
+  and the plans the level search asks for) + the confirmation evaluations
+  (the float pass of the selection split and the search's fake-quant passes);
   <net>_tfprec_gains_seconds, <net>_tfprec_evaluations: its parts.
 * <net>_greedy_over_tfprec_time: the ratio (target >= 10).
 
@@ -118,6 +127,7 @@ import common  # noqa: E402  (examples/common.py: imports tfprec first)
 import tfprec  # noqa: E402
 from tfprec._tf import keras  # noqa: E402
 from tfprec.application import data as data_lib  # noqa: E402
+from tfprec.errors import UnattainableTargetError  # noqa: E402
 from tfprec.peers import greedy, hawq, hessian, matched  # noqa: E402
 from tfprec.planning.rules import uniform_plan  # noqa: E402
 
@@ -183,11 +193,15 @@ def run_net(net: str, a) -> None:
           "on the selection split", flush=True)
     fresh = fresh_copy(model)
     t0, c0 = time.perf_counter(), time.process_time()
-    gains = tfprec.noise_gains(fresh, xc, per_class=True)
+    gains = tfprec.noise_gains(fresh, xs if a.gains_split == "selection" else xc,
+                               per_class=True)
     t_gains = time.perf_counter() - t0
     grid = matched.family_grid(gains, "cost_aware_predicted", per_bit=a.per_bit)
     ev = matched.selection_evaluator(fresh, xs, ys, sel_tol)
-    chosen = matched.select_level(grid, ev)
+    # first guess: the cheapest level whose predicted mismatch is at most the
+    # selection target (an accuracy drop is at most the mismatch)
+    start = grid.index_at(sel_tol / 100.0) if a.search == "from_prediction" else None
+    chosen = matched.select_level(grid, ev, start)
     t_tfprec = time.perf_counter() - t0
     c_tfprec = time.process_time() - c0
 
@@ -195,14 +209,25 @@ def run_net(net: str, a) -> None:
     print(f"# {net}: greedy search within {sel_tol:.3f} pp on the selection "
           "split", flush=True)
     t0, c0 = time.perf_counter(), time.process_time()
-    gp, g_evals = greedy.greedy_search_plan(model, gains, xs, ys,
-                                            tolerance_pp=sel_tol)
+    g_evals = 0
+    for start_bits in range(8, 17):       # the usual 8-bit start, else the
+        try:                              # first uniform start that meets it
+            gp, n = greedy.greedy_search_plan(model, gains, xs, ys, tolerance_pp=sel_tol,
+                                              start_bits=start_bits)
+            g_evals += n
+            break
+        except UnattainableTargetError:
+            g_evals += 1
+    else:
+        sys.exit(f"peers.py: {net}: even the uniform 16-bit plan misses the selection "
+                 "target")
     t_greedy = time.perf_counter() - t0
     c_greedy = time.process_time() - c0
 
     # ------------------------------------------------ (a) cost, report split
     gc = gp.cost().total_compute
     gm = matched.measure(gp, rep)
+    out(net, "greedy_start_bits", start_bits)
     out(net, "greedy_plan_cost", f"{gc:.6g}")
     out(net, "greedy_plan_bits", bits(gp))
     out(net, "greedy_select_drop_pp",
@@ -315,8 +340,22 @@ def main(argv=None) -> None:
                     help="safety margin both searches keep on the selection split "
                          "(target tolerance - margin), pp; < 0: the one-sigma "
                          "standard error of a drop equal to the tolerance there")
-    ap.add_argument("--per_bit", type=int, default=4,
-                    help="tfprec's predicted-target grid points per bit")
+    ap.add_argument("--gains_split", choices=("selection", "train"),
+                    default="selection",
+                    help="images of tfprec's per-class noise gains: the selection "
+                         "split (default; the predictor is made for held-out "
+                         "inputs, and greedy searches on the same images) or the "
+                         "first --calib training images")
+    ap.add_argument("--search", choices=("from_prediction", "bisection"),
+                    default="from_prediction",
+                    help="tfprec's level search on the selection split: outward "
+                         "from the level whose predicted mismatch meets the "
+                         "selection target (default), or bisection of the grid; "
+                         "both find the same level when the drop is monotone")
+    ap.add_argument("--per_bit", type=int, default=2,
+                    help="tfprec's predicted-target grid points per bit of the "
+                         "uniform plans (2: half-bit steps; 4 halves them again "
+                         "for about two more evaluations)")
     ap.add_argument("--fractions", default="0.5,0.4,0.3,0.25",
                     help="budgets as fractions of the uniform 8-bit compute cost")
     a = ap.parse_args(argv)

@@ -291,12 +291,13 @@ def run_paper(builder: str, ds, *, title: str, wide_geometry: Callable[[float], 
         gains = tfprec.noise_gains(model, x_cal, batch_size=min(256, n_cal),
                                    per_example=True)
         if "cost_aware_predicted" in methods:
-            # the predictor is calibrated on held-out inputs: a trained
-            # network's training margins are far larger than on unseen data
-            pgains = tfprec.noise_gains(model, x_sel[:n_cal],
-                                        batch_size=min(256, n_cal), per_class=True)
+            # the predictor is made for held-out inputs (a trained network's
+            # training margins are far larger than on unseen data), and on
+            # every selection image: the level the selection resolves (a few
+            # examples of n_sel) must be one the prediction resolves too
+            pgains = tfprec.noise_gains(model, x_sel, batch_size=256, per_class=True)
     log(f"[{title}] noise gains on {n_cal} training examples"
-        + (f", per-class gains on {min(n_cal, n_sel)} selection examples"
+        + (f", per-class gains on the {n_sel} selection examples"
            if pgains is not None else "") + f" ({timer.phases['gains']:.1f} s)")
     with timer("equal-accuracy search (selection split)"):
         rows, engine = equal_accuracy(model, gains, x_sel, y_sel,
@@ -347,8 +348,8 @@ def paper_markdown(res: PaperResult, *, n_cal: int, n_sel: int, n_eval: int,
     base_m = None if ref is None else ref.cost("memory")
     L = md_header(f"{res.title}: minimum precision at equal accuracy", schedule, trained)
     L += [f"Splits: noise gains on {n_cal} training images (the predictor's "
-          f"per-class gains on the first {min(n_cal, n_sel)} SELECTION images: "
-          f"it is calibrated on held-out inputs); each allocation's "
+          f"per-class gains on the {n_sel} SELECTION images: it is made for "
+          f"held-out inputs); each allocation's "
           f"level is the cheapest whose fake-quant accuracy on the SELECTION split "
           f"(test images 1-{n_sel}) is within {max_drop:g} percentage point of "
           f"float; every accuracy, drop and mismatch below is on the disjoint "

@@ -124,6 +124,29 @@ def test_bisection_exhaustive_on_monotone_oracles():
                     <= math.ceil(math.log2(k + 1)))
 
 
+def test_search_from_a_guess_finds_the_bisection_answer():
+    """cheapest_feasible(..., start): the same index as the bisection for
+    every boundary and every guess; one call when the guess is the answer
+    and the next level fails; 2 log2(d + 1) + 2 calls at most for an answer
+    d levels from the guess."""
+    for k in range(0, 18):
+        for boundary in range(-1, k):
+            for start in range(-2, k + 2):
+                calls = []
+
+                def feasible(i):
+                    assert 0 <= i < k
+                    calls.append(i)
+                    return i <= boundary
+                assert budget_lib.cheapest_feasible(k, feasible, start) == boundary
+                s = min(max(start, 0), k - 1)
+                d = abs(boundary - s)
+                assert len(calls) <= 2 * math.log2(d + 1) + 2, (k, boundary, start)
+                assert len(set(calls)) == len(calls)
+                if boundary == s and s + 1 < k:
+                    assert calls == [s, s + 1]
+
+
 @pytest.mark.parametrize("kind", ["mismatch", "accuracy_drop"])
 def test_search_matches_brute_force(toy, cached_quant, kind):
     """Every level of every family checked exhaustively: for each target whose

@@ -238,6 +238,58 @@ def test_model_with_measured_target_into_existing_dir(demo, tmp_path, capsys):
     assert not leftovers(tmp_path)
 
 
+def test_predicted_allocation(demo, tmp_path, capsys):
+    """--allocation=cost_aware_predicted: per-class gains on the selection
+    half; a measured target is met there by calibrate's predicted family
+    and the plan is validated on the report half; with --cost_budget the
+    plan fits and is the lowest-prediction plan of planning.budget."""
+    from tfprec.planning import budget as budget_lib
+    from tfprec.planning.predict import predicted_mismatch
+    assert demo["code"] == 0
+    model_path = demo["dir"] / "float_model.h5"
+    common = [f"--model={model_path}", "--allocation=cost_aware_predicted",
+              "--calibration_examples=200", "--eval_examples=300",
+              "--sweep_levels=none", "--noexport_tflite", "--noplots"]
+    out_dir = tmp_path / "predicted"
+    code, out, err = run_cli(common + ["--target_mismatch=0.05",
+                                       f"--output_dir={out_dir}"], capsys)
+    assert code == 0, err[-3000:]
+    assert "per-class noise gains (mismatch predictor) over the selection half" in err
+    plan = PrecisionPlan.load(str(out_dir / "plan.json"))
+    assert plan.method.startswith("cost_aware_predicted")
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["mode"] == "measured"
+    assert summary["validation"]["num_examples"] == 150       # the report half
+    cal = summary["calibration"]
+    assert cal["best"] == "cost_aware_predicted" and cal["num_examples"] == 150
+    (cand,) = cal["candidates"]
+    assert cand["num_mismatch"] <= 0.05 * 150 and cand["evaluations"] >= 1
+    assert "allocation cost_aware_predicted" in out
+
+    out_dir = tmp_path / "predicted_budget"
+    two = plan.with_bits(weight_bits={l.name: 2 for l in plan.layers},
+                         act_bits={l.name: 2 for l in plan.layers})
+    budget = 0.5 * (plan.cost().total_compute + two.cost().total_compute)
+    code, out, err = run_cli(common + [f"--cost_budget={budget}",
+                                       f"--output_dir={out_dir}"], capsys)
+    assert code == 0, err[-3000:]
+    plan = PrecisionPlan.load(str(out_dir / "plan.json"))
+    assert plan.cost().total_compute <= budget
+    assert "lowest predicted mismatch that fits" in out
+    assert json.loads((out_dir / "summary.json").read_text())["validation"][
+        "num_examples"] == 150
+    # the same plan as the library's, from gains on the same selection half
+    from tfprec.application import steps
+    model = steps.load_model(str(model_path))
+    x = data_lib.load_dataset("mnist_subset", flatten=True).x_test[:150]
+    pg = tfprec.noise_gains(model, x, per_class=True)
+    want = budget_lib.predicted_budget_plan(pg, budget)
+    assert ([(l.weight_bits, l.act_bits) for l in plan.layers]
+            == [(l.weight_bits, l.act_bits) for l in want.layers])
+    assert plan.info["predicted_mismatch"] == pytest.approx(
+        predicted_mismatch(want, pg), rel=1e-6)
+
+
 # ================================================================ bad flags
 @pytest.fixture
 def bad_inputs(tmp_path):
@@ -252,6 +304,8 @@ BAD = [
     (["--demo", "--target_bound=-0.01"], ["--target_bound"]),
     (["--demo", "--target_bound=0"], ["--target_bound"]),
     (["--demo", "--allocation=greedy"], ["--allocation"]),
+    (["--demo", "--allocation=cost_aware_predicted", "--target_bound=0.01"],
+     ["--allocation=cost_aware_predicted", "--target_bound"]),
     (["--demo", "--cost=energy"], ["--cost"]),
     (["--model={d}/missing.h5"], ["--model", "missing.h5"]),
     (["--model={d}/garbage.h5"], ["--model", "garbage.h5"]),
@@ -429,8 +483,9 @@ def test_choices_take_settings_not_flags():
     assert ch.chosen == "paper" and ch.plan.bound() == pytest.approx(direct["paper"].bound())
     full = tfprec.uniform_plan(g, bits=16).cost().total_compute
     b = cli.Settings(mode="budget", cost_budget=0.5 * full)
-    ch = steps.choose_budget(b, g, None, None)
+    ch = steps.choose_budget(b, None, g, None, None)
     assert ch.plan.cost().total_compute <= 0.5 * full
     assert ch.plan.bound() == min(p.bound() for p in ch.plans.values())
     with pytest.raises(cli.CliError, match="minimum achievable compute cost"):
-        steps.choose_budget(dataclasses.replace(b, cost_budget=10.0), g, None, None)
+        steps.choose_budget(dataclasses.replace(b, cost_budget=10.0), None, g, None,
+                            None)

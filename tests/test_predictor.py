@@ -202,9 +202,15 @@ def _quantize_np(w, bits, r):
 
 
 @pytest.mark.parametrize("make,shape", [(_mlp, (6,)), (_conv, (6, 6, 2))])
-def test_shift_tables_match_brute_force(make, shape):
+@pytest.mark.parametrize("stacked", [True, False], ids=["stacked", "one_copy"])
+def test_shift_tables_match_brute_force(make, shape, stacked, monkeypatch):
     """class_shift[T, b-2]: the margin change when only layer T's weights are
-    rounded to b bits, against the Keras model with those weights set."""
+    rounded to b bits, against the Keras model with those weights set; the
+    rounded copies re-run downstream stacked along the batch axis (the other
+    branch of the Add tiled) or one at a time (SHIFT_ELEMENTS = 1)."""
+    from tfprec.statistics import backward
+    if not stacked:
+        monkeypatch.setattr(backward, "SHIFT_ELEMENTS", 1)
     m = make()
     x = np.random.default_rng(9).uniform(0, 1, size=(9, *shape)).astype(np.float32)
     g = tfprec.noise_gains(m, x, per_class=True, batch_size=4, class_chunk=2)
@@ -231,6 +237,38 @@ def test_shift_tables_match_brute_force(make, shape):
                                        atol=2e-6 * (1 + np.abs(z0).max()),
                                        err_msg=f"layer {lg.name} at {b} bits")
         assert np.abs(g.class_shift[t, 0]).max() > 1e-3      # 2 bits moves margins
+
+
+def test_grid_index_at_a_predicted_target(mlp_case):
+    """FamilyGrid.index_at: the cheapest predicted-family level whose target
+    is at most the value (0 below every level); integer families refuse."""
+    from tfprec.peers import matched
+    m, x, g = mlp_case
+    grid = matched.family_grid(g, "cost_aware_predicted", per_bit=2)
+    lv = np.array(grid.levels)
+    assert np.all(np.diff(lv) >= 0)
+    for v in (0.0, lv[0] / 2, lv[3], 0.5 * (lv[5] + lv[6]), 1.0):
+        want = max([0] + [i for i in range(len(lv)) if lv[i] <= v])
+        assert grid.index_at(v) == want
+    assert grid.index_at(1.0) == len(lv) - 1
+    with pytest.raises(PlanError, match="integer levels"):
+        matched.family_grid(g, "uniform").index_at(0.01)
+
+
+def test_flip_probability_counts_far_classes_as_zero():
+    """flip_from_z: classes with z >= 8.5 add nothing (< 1e-17 each); the
+    nearer ones exactly as 1 - prod Phi(z) / min(1, sum Phi(-z))."""
+    z = np.array([[0.3, 2.0, 8.4, 8.6, np.inf], [9.0, 12.0, np.inf, 30.0, 8.5],
+                  [-1.0, -np.inf, 0.0, 1.0, 40.0]])
+    near = np.where(z < 8.5, z, np.inf)
+    ind = 1 - np.prod([[_phi(v) for v in row] for row in near], axis=1)
+    uni = np.minimum(1.0, np.sum([[_phi(-v) for v in row] for row in near], axis=1))
+    np.testing.assert_allclose(predict.flip_from_z(z), ind, rtol=1e-12, atol=1e-300)
+    np.testing.assert_allclose(predict.flip_from_z(z, "union"), uni, rtol=1e-12,
+                               atol=1e-300)
+    assert predict.flip_from_z(z)[1] == 0.0
+    full = 1 - np.prod([[_phi(v) for v in row] for row in z], axis=1)
+    np.testing.assert_allclose(predict.flip_from_z(z), full, rtol=0, atol=1e-16)
 
 
 def _shift_by_hand(plan, g, bw_rows, ba_rows, form):

@@ -27,7 +27,10 @@ from tfprec.application.figures import have_matplotlib
 from tfprec.errors import CliError, InvalidDataError, PlanError, TfprecError  # noqa: F401
 from tfprec.fixedpoint import MAX_BITS, MIN_BITS, check_bits
 
-ALLOCATIONS = ("best", "cost_aware", "paper", "uniform", "icml2017")
+ALLOCATIONS = ("best", "cost_aware", "paper", "uniform", "icml2017",
+               "cost_aware_predicted")
+#: The allocation planned under the predicted mismatch (issue 13).
+PREDICTED_ALLOCATION = "cost_aware_predicted"
 DEFAULT_OUTPUT_DIR = "tfprec_out"
 
 FLAGS = flags.FLAGS
@@ -113,8 +116,15 @@ flags.DEFINE_enum(
     "contributions, offsets from the normalized gains), 'cost_aware' (the "
     "cheapest per-tensor bits under the bound, by --cost), 'uniform' (one B "
     "for every tensor), 'icml2017' (one B_W, one B_A), or 'best': the "
-    "cheapest plan of all rules that meets the target (with --cost_budget: "
-    "the smallest bound that fits).")
+    "cheapest plan of these four rules that meets the target (with "
+    "--cost_budget: the smallest bound that fits).  'cost_aware_predicted' "
+    "(opt-in: one more noise-gains pass, with per-class margin shifts, over "
+    "the selection half of the held-out examples): the cheapest per-tensor "
+    "bits under the PREDICTED mismatch (an estimate, not a bound), confirmed "
+    "and tightened by tfprec.calibrate with a few measured evaluations on "
+    "the selection half (measured targets), or the plan with the lowest "
+    "predicted mismatch that fits --cost_budget; validated on the report "
+    "half.  Not with --target_bound (the prediction is not a bound).")
 flags.DEFINE_enum(
     "cost", "compute", ["compute", "memory"],
     "Cost to minimize and to compare by: 'compute' (1-bit full adders per "
@@ -316,8 +326,9 @@ class Settings:
             return f"analytic bound <= {self.target_bound:g}"
         if self.mode == "budget":
             unit = "full adders per example" if self.cost == "compute" else "bits"
-            return (f"{self.cost} cost <= {self.cost_budget:g} {unit} (smallest bound "
-                    "that fits)")
+            how = ("lowest predicted mismatch" if self.allocation == PREDICTED_ALLOCATION
+                   else "smallest bound")
+            return f"{self.cost} cost <= {self.cost_budget:g} {unit} ({how} that fits)"
         if self.max_accuracy_drop is not None:
             return f"measured accuracy drop <= {self.max_accuracy_drop:g} pp"
         return f"measured mismatch <= {self.target_mismatch:g}"
@@ -459,6 +470,16 @@ def read_settings(fv=FLAGS) -> Settings:
     if (mode == "measured" and measured_mismatch is None
             and fv.max_accuracy_drop is None):
         measured_mismatch = DEFAULT_TARGET_MISMATCH
+    if fv.allocation == PREDICTED_ALLOCATION:
+        if mode == "analytic":
+            raise CliError(f"--allocation={PREDICTED_ALLOCATION} plans under the "
+                           "predicted mismatch, an estimate, not a bound: give a "
+                           "measured target (--target_mismatch, --max_accuracy_drop) "
+                           "or --cost_budget instead of --target_bound", 2)
+        if fv.eval_examples < 2:
+            raise CliError(f"--eval_examples must be at least 2 with --allocation="
+                           f"{PREDICTED_ALLOCATION} (its gains use the selection "
+                           "half, its validation the report half)", 2)
     _check_inputs(fv, bool(fv["plots"].present))
     check_output_dir(fv.output_dir, fv.overwrite)
     if fv["target_mismatch"].present:

@@ -9,17 +9,20 @@ comparison of every rule's plan and the TFLite export.  Problems raise
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import inspect
 import re
+import sys
 import time
 import warnings
 from typing import Optional
 
 from tfprec import inputs as inputs_lib
 from tfprec.application import report as report_lib
-from tfprec.application.flags import CliError, Settings, log
+from tfprec.application.flags import PREDICTED_ALLOCATION, CliError, Settings, log
+from tfprec.planning import budget as budget_lib
 from tfprec.planning import select
 
 PLAN_FILE = "plan.json"
@@ -190,6 +193,38 @@ def _methods(s: Settings) -> tuple:
     return select.PLAN_ORDER if s.allocation == "best" else (s.allocation,)
 
 
+def predicted_gains(s: Settings, model, x_sel):
+    """Per-class noise gains (with the weight-shift tables) of the mismatch
+    predictor, over the selection half of the held-out examples: the
+    predictor is made for held-out inputs (a trained network's training
+    margins are larger)."""
+    from tfprec.statistics.gains import noise_gains
+    log(f"per-class noise gains (mismatch predictor) over the selection half of "
+        f"the held-out examples ({len(x_sel)} ex.)")
+    with contextlib.redirect_stdout(sys.stderr):          # the progress bar
+        return noise_gains(model, x_sel, batch_size=min(s.batch_size, 256),
+                           per_class=True, verbose=True)
+
+
+def choose_predicted_budget(s: Settings, model, x_eval, y_eval) -> Choice:
+    """--allocation=cost_aware_predicted with --cost_budget: the plan with the
+    lowest predicted mismatch whose cost fits, from per-class gains on the
+    selection half; validated on the report half."""
+    from tfprec.errors import UnattainableTargetError
+    half = len(x_eval) // 2
+    pg = predicted_gains(s, model, x_eval[:half])
+    try:
+        plan = budget_lib.predicted_budget_plan(pg, s.cost_budget, s.cost, s.max_bits)
+    except UnattainableTargetError as e:
+        raise CliError(f"--cost_budget={s.cost_budget:g}: {e}", 2) from e
+    note = (f"Predicted allocation: the per-class gains were computed on the "
+            f"selection half of the held-out examples (the first {half}); the "
+            f"plan's numbers above are on the report half (the other "
+            f"{len(x_eval) - half}).")
+    return Choice({PREDICTED_ALLOCATION: plan}, PREDICTED_ALLOCATION, x_eval[half:],
+                  y_eval[half:], validation_note=note)
+
+
 def choose_analytic(s: Settings, gains, x_eval, y_eval) -> Choice:
     """Every rule at the analytic target (a probability); 'best' is the
     cheapest by ``s.cost``."""
@@ -208,10 +243,12 @@ def choose_analytic(s: Settings, gains, x_eval, y_eval) -> Choice:
     return Choice(plans, chosen, x_eval, y_eval, notes=notes)
 
 
-def choose_budget(s: Settings, gains, x_eval, y_eval) -> Choice:
+def choose_budget(s: Settings, model, gains, x_eval, y_eval) -> Choice:
     """Each rule's smallest-bound plan within the cost budget (full adders
     per example or bits); 'best' is the smallest bound of them."""
     budget, cost, alloc = s.cost_budget, s.cost, s.allocation
+    if alloc == PREDICTED_ALLOCATION:
+        return choose_predicted_budget(s, model, x_eval, y_eval)
     methods = _methods(s)
     plans, min_costs = select.budget_plans(gains, budget, cost=cost,
                                            max_bits=s.max_bits, methods=methods)
@@ -276,6 +313,8 @@ def choose_measured(s: Settings, model, gains, x_eval, y_eval) -> Choice:
     report half)."""
     half = len(x_eval) // 2
     methods = _methods(s)
+    if s.allocation == PREDICTED_ALLOCATION:
+        gains = predicted_gains(s, model, x_eval[:half])
     log(f"calibrating {', '.join(methods)} on the selection half of the held-out "
         f"examples ({half} ex.)")
     cal = calibrate_each(s, model, gains, x_eval[:half], y_eval[:half], methods)
@@ -293,7 +332,7 @@ def choose(s: Settings, model, gains, x_eval, y_eval) -> Choice:
     if s.mode == "analytic":
         return choose_analytic(s, gains, x_eval, y_eval)
     if s.mode == "budget":
-        return choose_budget(s, gains, x_eval, y_eval)
+        return choose_budget(s, model, gains, x_eval, y_eval)
     return choose_measured(s, model, gains, x_eval, y_eval)
 
 

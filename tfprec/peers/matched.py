@@ -139,6 +139,16 @@ class FamilyGrid:
             self._plans[i] = self.make(self.levels[i])
         return self._plans[i]
 
+    def index_at(self, value: float) -> int:
+        """The cheapest level whose criterion target is at most ``value``
+        (a probability; 0 when none is): where a criterion that
+        estimates the measured quantity says the target is met.  Integer
+        families (no criterion) raise PlanError."""
+        if self.criterion is None:
+            raise PlanError(f"family {self.family!r} has integer levels, not "
+                            "criterion targets")
+        return max([0] + [i for i, t in enumerate(self.levels) if t <= value])
+
 
 def family_grid(gains, family: str, *, cost: str = "compute",
                 max_bits: int = MAX_BITS, per_bit: int = 1) -> FamilyGrid:
@@ -243,10 +253,16 @@ def selection_evaluator(model, x, y, max_accuracy_drop: float,
     return Evaluator(model, x, y, batch_size, "accuracy_drop", tol)
 
 
-def select_level(grid: FamilyGrid, ev: Evaluator) -> Selected:
+def select_level(grid: FamilyGrid, ev: Evaluator,
+                 start: Optional[int] = None) -> Selected:
     """The cheapest level of ``grid`` whose measured accuracy drop on the
-    evaluator's (selection) examples meets its target (bisection; assumes
-    the drop grows, weakly, as the level gets cheaper)."""
+    evaluator's (selection) examples meets its target (assumes the drop
+    grows, weakly, as the level gets cheaper).  Bisection, or with
+    ``start`` (a level index guessed to be near the answer, e.g.
+    :meth:`FamilyGrid.index_at` of the target for the predicted family) a
+    search outward from it that brackets, then bisects: the same level,
+    with fewer evaluations when the guess is close
+    (:func:`tfprec.planning.budget.cheapest_feasible`)."""
     calls = []
 
     def feasible(i):
@@ -254,7 +270,7 @@ def select_level(grid: FamilyGrid, ev: Evaluator) -> Selected:
         calls.append((i, m))
         return ev.meets(m)
 
-    i = budget_lib.cheapest_feasible(len(grid.levels), feasible)
+    i = budget_lib.cheapest_feasible(len(grid.levels), feasible, start)
     if i < 0:
         m = ev.measure(grid.plan(0))
         return Selected(grid.family, None, "-", None, len(calls), ev.n,

@@ -71,14 +71,42 @@ def labelled_examples(model, x, y, what: str):
 
 
 # ================================================================ bisections
-def cheapest_feasible(num_levels: int, feasible: Callable[[int], bool]) -> int:
-    """Bisection over levels ordered from most precise (0) to cheapest.
+def cheapest_feasible(num_levels: int, feasible: Callable[[int], bool],
+                      start: Optional[int] = None) -> int:
+    """The largest feasible index of levels ordered from most precise (0)
+    to cheapest.
 
     Assumes ``feasible`` is monotone (True up to some index, False after).
-    Returns the largest feasible index, or -1 if none is; calls ``feasible``
-    at most ceil(log2(num_levels + 1)) times.
+    Returns the largest feasible index, or -1 if none is.  Without
+    ``start``: bisection, at most ceil(log2(num_levels + 1)) calls.  With
+    ``start`` (a guess of the answer, e.g. where a prediction meets the
+    target): ``feasible(start)``, then steps of 1, 2, 4, ... away from it
+    (towards cheaper levels after a pass, more precise ones after a miss)
+    until the answer is bracketed, then bisection of the bracket: the same
+    index, in about 2 log2(d + 1) + 1 calls for an answer d levels from
+    the guess.
     """
-    lo, hi = -1, int(num_levels)       # lo: feasible sentinel, hi: infeasible
+    n = int(num_levels)
+    lo, hi = -1, n                      # lo: feasible sentinel, hi: infeasible
+    if start is not None and n > 0:
+        s = min(max(int(start), 0), n - 1)
+        step = 1
+        if feasible(s):
+            lo = s
+            while lo + step < n:
+                if not feasible(lo + step):
+                    hi = lo + step
+                    break
+                lo += step
+                step *= 2
+        else:
+            hi = s
+            while hi - step >= 0:
+                if feasible(hi - step):
+                    lo = hi - step
+                    break
+                hi -= step
+                step *= 2
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if feasible(mid):

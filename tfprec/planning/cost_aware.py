@@ -305,16 +305,23 @@ def _linearized_start(gains, model, bw, ba, target, cost, max_bits, memory_conve
     p0 = model.value(bw, ba)
     u_w, u_a = 4.0 ** (1 - bw.astype(float)), 4.0 ** (1 - ba.astype(float))
     cap = target - p0 + float(gw @ u_w + ga @ u_a)
-    lin = predict._linearized_gains(gains, gw, ga)
+    # no shared input tensor: the linear problem is the knapsack itself
+    tabs = (cost_lib.cost_tables(gains.layers, cost, memory_convention)
+            if np.all(lead == np.arange(len(lead))) else None)
+    lin = None if tabs is not None else predict._linearized_gains(gains, gw, ga)
     for _ in range(8):
         if cap <= 0:
             return None
-        try:
-            plan = cost_aware_at_level(lin, min(cap, 1.0), cost, max_bits,
-                                   memory_convention)
-        except UnattainableTargetError:
-            return None
-        b = _bits_of(plan)
+        if tabs is not None:
+            b = _knapsack(tabs, gw, ga, min(cap, 1.0), max_bits)
+            if b is None:
+                return None
+        else:
+            try:
+                b = _bits_of(cost_aware_at_level(lin, min(cap, 1.0), cost, max_bits,
+                                                 memory_convention))
+            except UnattainableTargetError:
+                return None
         if model.value(*b) <= target:
             return b
         cap *= 0.6

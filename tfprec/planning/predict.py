@@ -95,9 +95,6 @@ MODELS = ("shift", "gaussian")
 DEFAULT_MODEL = "shift"
 #: Method string (prefix) of the plans :func:`tfprec.planning.cost_aware.predicted_cost_aware_plan` makes.
 METHOD = "cost_aware_predicted"
-# Examples whose every z = m/sigma exceeds this are skipped when scoring the
-# moves: one removed bit at most quadruples v (halves z), and Phi(-8) ~ 6e-16.
-_Z_ACTIVE = 16.0
 
 
 def _check_form(form) -> str:
@@ -162,12 +159,24 @@ def flip_probability(v: np.ndarray, form: str = DEFAULT_FORM) -> np.ndarray:
     return flip_from_z(z, form)
 
 
+# A class with z = (m + mu)/sigma >= this adds less than Phi(-8.5) ~ 1e-17
+# to an example's flip probability: it is counted as 0, and only the
+# (typically few) nearer classes are evaluated.
+_Z_FAR = 8.5
+
+
 def flip_from_z(z: np.ndarray, form: str = DEFAULT_FORM) -> np.ndarray:
     """Per-example flip probability from z_i = (m_i + mu_i) / sigma_i [..., K]
-    (class i overtakes y with probability Phi(-z_i)) over the last axis."""
+    (class i overtakes y with probability Phi(-z_i)) over the last axis.
+    Classes with z_i >= 8.5 count as 0 (each would add < 1e-17)."""
+    z = np.asarray(z, float)
+    near = z < _Z_FAR
+    terms = np.zeros(z.shape)
     if form == "union":
-        return np.minimum(ndtr(-z).sum(-1), 1.0)
-    return -np.expm1(log_ndtr(z).sum(-1))
+        terms[near] = ndtr(-z[near])
+        return np.minimum(terms.sum(-1), 1.0)
+    terms[near] = log_ndtr(z[near])
+    return -np.expm1(terms.sum(-1))
 
 
 def _z_shift(num: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -193,8 +202,9 @@ class PredictedMismatch:
     class) state and update it incrementally (one removed activation bit
     multiplies a tensor's variance by 4; one removed weight bit swaps one
     table entry of the shift sum).  ``moves`` scores only the examples
-    that one move could bring to z = (m + mu)/sigma below 16 (the others
-    stay below 6e-16); :attr:`cur` is always exact.
+    that one move could bring to some z = (m + mu)/sigma below 8.5 (the
+    others' flip probability is 0 before and after it, see
+    :func:`flip_from_z`), so it agrees with :meth:`value` exactly.
     """
 
     def __init__(self, cw, ca, form: str = DEFAULT_FORM, shift=None):
@@ -308,7 +318,7 @@ class PredictedMismatch:
         if self.shift is None:
             with np.errstate(divide="ignore"):   # one move at most quadruples v
                 zmin = 1.0 / np.sqrt(2.0 * self.v.max(1))
-            act = np.flatnonzero(zmin < _Z_ACTIVE)
+            act = np.flatnonzero(zmin < 2.0 * _Z_FAR)     # z at least halves
             cands = [3.0 * self.cw[act], 3.0 * self.ca[act]]     # dv [n_act, K, L]
             dmu = [0.0, 0.0]
         else:
@@ -317,7 +327,7 @@ class PredictedMismatch:
             # largest weight step, v at most quadruples.
             worst = 1.0 + self.mu - np.abs(steps).max(0)
             zlow = np.where(worst > 0, _z_shift(worst, 4.0 * self.v), -np.inf)
-            act = np.flatnonzero(zlow.min(1) < _Z_ACTIVE)
+            act = np.flatnonzero(zlow.min(1) < _Z_FAR)
             cands = [np.zeros((len(act), 1, 1)), 3.0 * self.ca[act]]
             dmu = [np.moveaxis(steps[:, act], 0, 2), 0.0]        # [n_act, K, L]
         base = self.p[act].sum()

@@ -286,15 +286,20 @@ class ShiftPass:
     kept classes [B, K] int32, stacks) to the shifts [L, num_bits, B, K]
     (float64).  Cost: per batch, one forward plus num_bits forwards of the
     part of the network downstream of each weight op; no loop over
-    examples.  It runs eagerly (TF ops, no tracing): its ops are whole
-    batched layers, so the per-op dispatch costs little, and small models
-    pay no trace of L x num_bits partial forwards.
+    examples.  It runs eagerly (TF ops, no tracing), so small models pay no
+    trace of L x num_bits partial forwards; the rounded copies of one op
+    run downstream together, stacked along the batch axis (up to
+    :data:`SHIFT_ELEMENTS` downstream values per re-run; the other tensors
+    they read are tiled to match), so a small network pays the eager
+    dispatch of each downstream op once per weight op, not once per
+    bit-width.
     """
 
     def __init__(self, ex: Executor, num_bits: int, num_rows: int):
         self.ex = ex
         self.nb = num_bits
         self.rows = num_rows
+        self._copies = {}
 
     def stacks(self, quantized) -> list:
         """Per weight op, a list over the bit-widths of (kernel, bias or None)
@@ -310,19 +315,61 @@ class ShiftPass:
         z = vals[ex.g.output_id]
         y = tf.argmax(z, axis=1, output_type=tf.int32)
 
-        def margins(zz):                                   # z_y - z_i, [B, K]
-            zy = tf.gather(zz, y, axis=1, batch_dims=1)
-            return zy[:, None] - tf.gather(zz, cls, batch_dims=1)
+        def margins(zz, yy, cc):                           # z_y - z_i, [B, K]
+            zy = tf.gather(zz, yy, axis=1, batch_dims=1)
+            return zy[:, None] - tf.gather(zz, cc, batch_dims=1)
 
-        m0 = margins(z)
+        m0 = margins(z, y, cls)
+        batch = int(x.shape[0])
+        tiled = {}
         out = []
         for op, per in zip(ex.weight_ops, stacks):
             fns = registry.lookup(op.kind)
             a = vals[op.inputs[0]]
+            ys = [fns.forward(dict(op.attrs, kernel_t=k, bias_t=b), a) for k, b in per]
+            c = self.copies_per_run(op, batch)
             rows = []
-            for k, b in per:
-                zq = ex.forward_from(vals, op, fns.forward(
-                    dict(op.attrs, kernel_t=k, bias_t=b), a))
-                rows.append(tf.cast(margins(zq) - m0, tf.float64))
-            out.append(tf.stack(rows))
+            for lo in range(0, len(ys), c):
+                part = ys[lo:lo + c]
+                n = len(part)
+                zq = ex.forward_from(_Tiled(vals, n), op, tf.concat(part, 0))
+                if n not in tiled:             # y and the kept classes, n copies
+                    tiled[n] = (tf.tile(y, [n]), tf.tile(cls, [n, 1]))
+                d = margins(zq, *tiled[n])
+                rows.append(tf.reshape(d, [n, batch, -1]) - m0)
+            out.append(tf.cast(tf.concat(rows, 0), tf.float64))
         return tf.stack(out)
+
+    def copies_per_run(self, op, batch: int) -> int:
+        """Rounded copies of ``op`` re-run downstream together: as many as
+        keep the re-run's values (every op output downstream of ``op``, per
+        example, times the stacked batch) within :data:`SHIFT_ELEMENTS`."""
+        key = (op.output, batch)
+        if key not in self._copies:
+            g = self.ex.g
+            ops = g.ops[g.ops.index(op):]
+            per_ex = sum(int(np.prod(g.shapes[o.output])) for o in ops)
+            self._copies[key] = int(max(1, min(self.nb, SHIFT_ELEMENTS
+                                               // max(1, per_ex * batch))))
+        return self._copies[key]
+
+
+#: Most downstream values (elements) one stacked re-run of the shift pass
+#: holds (2^25: 128 MiB in float32).
+SHIFT_ELEMENTS = 1 << 25
+
+
+class _Tiled:
+    """``vals`` (tensor id -> [B, ...]) read as n copies stacked along the
+    batch axis ([n * B, ...], copy-major), each tile made once."""
+
+    def __init__(self, vals: dict, n: int):
+        self.vals, self.n, self.cache = vals, n, {}
+
+    def __getitem__(self, key):
+        if self.n == 1:
+            return self.vals[key]
+        if key not in self.cache:
+            v = self.vals[key]
+            self.cache[key] = tf.tile(v, [self.n] + [1] * (len(v.shape) - 1))
+        return self.cache[key]
