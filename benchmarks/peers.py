@@ -56,13 +56,17 @@ standard error of a drop equal to the tolerance on the selection split,
   <net>_greedy_start_bits: the start.
 * <net>_tfprec_plan_cost, <net>_tfprec_plan_bits, <net>_tfprec_plan_level:
   tfprec's predictor-based plan: the cost-aware plans under the predicted
-  mismatch (``cost_aware_plan(..., criterion="predicted")``) on a grid of
-  predicted targets (peers.matched.family_grid, ``--per_bit`` targets per bit
-  of the uniform plans, default 2), the cheapest whose drop on the selection
-  split meets the selection target, searched outward from the level whose
-  predicted mismatch is at most that target (``--search from_prediction``,
-  default) or by bisection (``--search bisection``); both find the same
-  level when the measured drop is monotone in the level.
+  accuracy drop on the gains' (labelled, held-out) images
+  (``cost_aware_plan(..., criterion="predicted", labels=...)``; ``--criterion
+  mismatch``: the label-free predicted mismatch) on a grid of predicted
+  targets t = target * 2^(k/4) around the selection target (as a
+  fraction; peers.matched.target_grid, ``--per_octave`` 4, the resolution of
+  calibrate's cost-aware grid; ``--grid uniform``: the predictions of the
+  uniform plans, ``--per_bit`` per bit, peers.matched.family_grid), the
+  cheapest whose drop on the selection split meets the selection target,
+  searched outward from the level at the target (``--search
+  from_prediction``, default) or by bisection (``--search bisection``);
+  both find the same level when the measured drop is monotone in the level.
 * <net>_{greedy,tfprec}_select_drop_pp: drop on the selection split (both
   meet the selection target there by construction);
   <net>_{greedy,tfprec}_report_accuracy_pct, _report_drop_pp: on the report
@@ -88,13 +92,20 @@ cost of the uniform 8-bit plan (``--fractions``, default 0.5, 0.4, 0.3,
 0.25; the all-2-bit plan costs about 0.19 of it)
 * <net>_budget_<k>_full_adders: the budget.
 * <net>_budget_<k>_tfprec_report_accuracy_pct: tfprec's plan for the
-  budget, the lowest-predicted-mismatch plan that fits
+  budget, the plan with the lowest predicted mismatch (``--budget_criterion
+  mismatch``, default: label-free, it keeps the float decisions, which
+  carries over to unseen images; ``drop``: the lowest predicted accuracy
+  drop on the gains' labelled images, which can count on gains that are
+  particular to those images) that fits
   (peers.matched.predicted_at_budget: greedy descent and local search under
   the prediction, tfprec.planning.budget.predicted_budget_plan); <net>_budget_<k>_hawq_report_accuracy_pct:
   the HAWQ-v2 plan (peers.hawq.hawq_plan: weights and activations allocated
   by their Hessian traces, ``--samples`` Hutchinson probes, bits 2..16, the
   same cost model); both on the report split.
 * <net>_budget_<k>_{tfprec,hawq}_cost, _bits: each plan's cost and bits.
+* <net>_budget_<k>_tfprec_predicted_drop_pp, _tfprec_report_drop_pp (with
+  ``--budget_criterion drop``): the predicted and the report-split accuracy
+  drop.
 * <net>_budget_<k>_tfprec_predicted_mismatch: tfprec's prediction for its
   plan (probability); _tfprec_report_mismatch_pct: its measured mismatch
   (changed decisions) on the report split, percent.
@@ -193,15 +204,23 @@ def run_net(net: str, a) -> None:
           "on the selection split", flush=True)
     fresh = fresh_copy(model)
     t0, c0 = time.perf_counter(), time.process_time()
-    gains = tfprec.noise_gains(fresh, xs if a.gains_split == "selection" else xc,
-                               per_class=True)
+    xg, yg = (xs, ys) if a.gains_split == "selection" else (xc, yc)
+    gains = tfprec.noise_gains(fresh, xg, per_class=True)
     t_gains = time.perf_counter() - t0
-    grid = matched.family_grid(gains, "cost_aware_predicted", per_bit=a.per_bit)
+    labels = yg if a.criterion == "drop" else None
+    if a.grid == "target":
+        grid = matched.target_grid(gains, sel_tol / 100.0, labels=labels,
+                                   per_octave=a.per_octave)
+        start = grid.start
+    else:
+        grid = matched.family_grid(gains, "cost_aware_predicted", per_bit=a.per_bit,
+                                   labels=labels)
+        # the cheapest level whose prediction (accuracy drop, or mismatch,
+        # which is at least the drop) is at most the selection target
+        start = grid.index_at(sel_tol / 100.0)
     ev = matched.selection_evaluator(fresh, xs, ys, sel_tol)
-    # first guess: the cheapest level whose predicted mismatch is at most the
-    # selection target (an accuracy drop is at most the mismatch)
-    start = grid.index_at(sel_tol / 100.0) if a.search == "from_prediction" else None
-    chosen = matched.select_level(grid, ev, start)
+    chosen = matched.select_level(grid, ev, start if a.search == "from_prediction"
+                                  else None)
     t_tfprec = time.perf_counter() - t0
     c_tfprec = time.process_time() - c0
 
@@ -275,7 +294,7 @@ def run_net(net: str, a) -> None:
     out(net, "greedy_over_tfprec_cpu_time", f"{c_greedy / c_tfprec:.1f}")
 
     # ------------------------------------------------ (c) equal budgets
-    print(f"# {net}: equal compute budgets, tfprec (lowest predicted mismatch) "
+    print(f"# {net}: equal compute budgets, tfprec (lowest prediction) "
           "vs HAWQ-v2; report-split accuracy", flush=True)
     t0 = time.perf_counter()
     traces = hessian.hessian_trace_sensitivity(model, xc[:n_hess], yc[:n_hess],
@@ -286,7 +305,8 @@ def run_net(net: str, a) -> None:
     fracs = [float(s) for s in a.fractions.split(",")]
     for k, frac in enumerate(fracs):
         budget = frac * u8
-        tp = matched.predicted_at_budget(gains, budget)
+        tp = matched.predicted_at_budget(
+            gains, budget, labels=yg if a.budget_criterion == "drop" else None)
         hp = hawq.hawq_plan(model, gains, traces, budget)
         tmeas = matched.measure(tp, rep)
         ta = tmeas.quant_accuracy
@@ -302,6 +322,10 @@ def run_net(net: str, a) -> None:
         out(net, f"budget_{k}_hawq_bits", bits(hp))
         out(net, f"budget_{k}_tfprec_predicted_mismatch",
             f"{tp.info['predicted_mismatch']:.4g}")
+        if "predicted_accuracy_drop" in tp.info:
+            out(net, f"budget_{k}_tfprec_predicted_drop_pp",
+                f"{100 * tp.info['predicted_accuracy_drop']:.2f}")
+            out(net, f"budget_{k}_tfprec_report_drop_pp", f"{tmeas.accuracy_drop_pp:.2f}")
         out(net, f"budget_{k}_tfprec_report_mismatch_pct",
             f"{100 * tmeas.mismatch_rate:.2f}")
 
@@ -346,16 +370,31 @@ def main(argv=None) -> None:
                          "split (default; the predictor is made for held-out "
                          "inputs, and greedy searches on the same images) or the "
                          "first --calib training images")
+    ap.add_argument("--criterion", choices=("drop", "mismatch"), default="drop",
+                    help="what tfprec's plans are made under: the predicted "
+                         "accuracy drop (default; the labels of the gains' "
+                         "images) or the predicted mismatch (label-free)")
+    ap.add_argument("--budget_criterion", choices=("mismatch", "drop"),
+                    default="mismatch",
+                    help="what tfprec's budget plans minimize: the label-free "
+                         "predicted mismatch (default: it keeps the float "
+                         "decisions, which carries over to unseen images) or the "
+                         "predicted accuracy drop on the gains' labelled images")
     ap.add_argument("--search", choices=("from_prediction", "bisection"),
                     default="from_prediction",
                     help="tfprec's level search on the selection split: outward "
                          "from the level whose predicted mismatch meets the "
                          "selection target (default), or bisection of the grid; "
                          "both find the same level when the drop is monotone")
+    ap.add_argument("--grid", choices=("target", "uniform"), default="target",
+                    help="tfprec's levels: predicted targets around the selection "
+                         "target, --per_octave per octave (peers.matched.target_grid; "
+                         "default), or the predictions of the uniform plans, "
+                         "--per_bit per bit (peers.matched.family_grid)")
+    ap.add_argument("--per_octave", type=int, default=4,
+                    help="target-grid points per octave of the prediction")
     ap.add_argument("--per_bit", type=int, default=2,
-                    help="tfprec's predicted-target grid points per bit of the "
-                         "uniform plans (2: half-bit steps; 4 halves them again "
-                         "for about two more evaluations)")
+                    help="uniform-grid points per bit of the uniform plans")
     ap.add_argument("--fractions", default="0.5,0.4,0.3,0.25",
                     help="budgets as fractions of the uniform 8-bit compute cost")
     a = ap.parse_args(argv)

@@ -143,14 +143,17 @@ class Row:
 
 def equal_accuracy(model, gains, x, y, *, max_accuracy_drop: float = 0.1,
                    methods: Sequence[str] = PAPER_METHODS, batch_size: int = 256,
-                   cost: str = "compute", predicted_gains=None) -> tuple:
+                   cost: str = "compute", predicted_gains=None,
+                   predicted_labels=None) -> tuple:
     """Cheapest level of each family within ``max_accuracy_drop`` pp of float
     on (x, y), the SELECTION split, searched on grids of one level per bit
     (:func:`tfprec.peers.matched.family_grid` and ``select_level``; one
     shared evaluator, so a plan two families reach is measured once).
 
     ``predicted_gains`` (per-class gains on held-out inputs), when given,
-    are what the ``cost_aware_predicted`` family plans from.
+    are what the ``cost_aware_predicted`` family plans from;
+    ``predicted_labels`` (the class ids of those inputs) make its targets
+    predicted accuracy drops, the quantity the selection measures.
 
     Returns (rows in ``methods`` order, engine text); the rows' report-split
     fields are unset (see :func:`report_rows`).
@@ -161,7 +164,8 @@ def equal_accuracy(model, gains, x, y, *, max_accuracy_drop: float = 0.1,
         try:
             g = (predicted_gains if m == "cost_aware_predicted"
                  and predicted_gains is not None else gains)
-            grid = matched.family_grid(g, m, cost=cost)
+            lab = predicted_labels if g is predicted_gains else None
+            grid = matched.family_grid(g, m, cost=cost, labels=lab)
         except TfprecError as e:      # e.g. gains without per-class data
             rows.append(Row(m, None, "-", None, 0, ev.n, None, None,
                             note=f"not available: {e}"))
@@ -302,7 +306,8 @@ def run_paper(builder: str, ds, *, title: str, wide_geometry: Callable[[float], 
     with timer("equal-accuracy search (selection split)"):
         rows, engine = equal_accuracy(model, gains, x_sel, y_sel,
                                       max_accuracy_drop=max_accuracy_drop,
-                                      methods=methods, predicted_gains=pgains)
+                                      methods=methods, predicted_gains=pgains,
+                                      predicted_labels=y_sel)
     log(f"[{title}] equal-accuracy search on {n_sel} selection examples "
         f"({timer.phases['equal-accuracy search (selection split)']:.1f} s)")
     with timer("report split"):

@@ -255,6 +255,56 @@ def test_grid_index_at_a_predicted_target(mlp_case):
         matched.family_grid(g, "uniform").index_at(0.01)
 
 
+def test_grid_of_predicted_accuracy_drops(mlp_case):
+    """family_grid(..., labels): targets are the predicted accuracy drops of
+    the uniform plans (running max, floored), and each level's plan meets
+    its target under that criterion; labels only for the predicted family."""
+    from tfprec.peers import matched
+    m, x, g = mlp_case
+    dec = m(x).numpy().argmax(1)
+    labels = dec.copy()
+    labels[::4] = (dec[::4] + 2) % 5
+    grid = matched.family_grid(g, "cost_aware_predicted", labels=labels)
+    assert grid.criterion == "predicted_drop" and len(grid.levels) == 15
+    lv = np.array(grid.levels)
+    assert np.all(lv > 0) and np.all(np.diff(lv) >= 0)
+    for i in (10, 12, 14):
+        u = tfprec.uniform_plan(g, bits=16 - i)
+        want = max(0.0, predict.predicted_accuracy_drop(u, g, labels))
+        assert lv[i] >= want * (1 + 1e-10) - 1e-300
+        p = grid.plan(i)
+        assert predict.predicted_accuracy_drop(p, g, labels) <= lv[i] * (1 + 1e-6)
+    with pytest.raises(PlanError, match="labels are for the cost_aware_predicted"):
+        matched.family_grid(g, "uniform", labels=labels)
+
+
+def test_target_grid_around_a_target(mlp_case):
+    """matched.target_grid: quarter-octave targets around the target, most
+    precise first, start at the target; each plan meets its own level
+    (predicted accuracy drop with labels, else predicted mismatch)."""
+    from tfprec.peers import matched
+    m, x, g = mlp_case
+    dec = m(x).numpy().argmax(1)
+    labels = dec.copy()
+    labels[::4] = (dec[::4] + 2) % 5
+    for lab, value in ((labels, lambda p: predict.predicted_accuracy_drop(p, g, labels)),
+                       (None, lambda p: predict.predicted_mismatch(p, g))):
+        grid = matched.target_grid(g, 0.05, labels=lab, per_octave=4, octaves_below=2,
+                                   octaves_above=1)
+        assert grid.criterion == ("predicted_drop" if lab is not None else "predicted")
+        assert len(grid.levels) == 13 and grid.levels[grid.start] == pytest.approx(0.05)
+        np.testing.assert_allclose(np.diff(np.log2(grid.levels)), 0.25)
+        for i in (0, grid.start, 12):
+            assert value(grid.plan(i)) <= grid.levels[i] * (1 + 1e-6)
+        costs = [grid.plan(i).cost().total_compute for i in (0, grid.start, 12)]
+        assert costs[0] >= costs[2]
+    for bad in (0.0, 1.0, -0.1, True, "0.1"):
+        with pytest.raises(PlanError, match="target must be a probability"):
+            matched.target_grid(g, bad)
+    with pytest.raises(PlanError, match="labels"):
+        matched.target_grid(g, 0.05, labels=labels[:-1])
+
+
 def test_flip_probability_counts_far_classes_as_zero():
     """flip_from_z: classes with z >= 8.5 add nothing (< 1e-17 each); the
     nearer ones exactly as 1 - prod Phi(z) / min(1, sum Phi(-z))."""
@@ -305,6 +355,81 @@ def test_shift_prediction_by_hand(mlp_case):
             assert got == pytest.approx(want, rel=1e-6, abs=1e-12), (plan.method, form)
             seen.append(got)
     assert max(seen) > 1e-3        # the levels exercise the flips
+
+
+def _drop_by_hand(plan, g, ba_rows, labels, decisions):
+    """The predicted accuracy drop from its formula: per example and kept
+    class z_i = (m_i + mu_i) / sigma_i (brute-force sigma); a right example
+    loses its answer with 1 - prod Phi(z_i), a wrong one gains it with
+    Phi(-z_t) prod_{i != t} Phi(z_i) (t: the true class); mean of losses
+    minus gains."""
+    lead = {l.name: (l.act_group.split("+")[0] if l.act_group else l.name)
+            for l in g.layers}
+    out = []
+    for e in range(g.num_examples):
+        z = {}
+        for r, i in enumerate(g.class_index[e]):
+            mrg = g.class_margin[e, r]
+            mu = sum(g.class_shift[j, l.weight_bits - 2, e, r]
+                     for j, l in enumerate(plan.layers))
+            var = sum(l.act_step ** 2 / 12 * ba_rows[e, i][j] * mrg ** 2
+                      for j, l in enumerate(plan.layers) if lead[l.name] == l.name)
+            z[int(i)] = (mrg + mu) / math.sqrt(var)
+        if decisions[e] == labels[e]:
+            out.append(1 - np.prod([_phi(v) for v in z.values()]))
+        else:
+            t = int(labels[e])
+            out.append(-_phi(-z[t]) * np.prod([_phi(v) for i, v in z.items() if i != t]))
+    return float(np.mean(out))
+
+
+def test_predicted_accuracy_drop_by_hand(mlp_case):
+    """predicted_accuracy_drop against its formula on brute-force rows, with
+    labels that make some float decisions right and some wrong; the search
+    model's moves agree with its value; a plan for a drop target meets it."""
+    m, x, g = mlp_case
+    _, ba_rows, _ = brute_rows(m, x.astype(np.float64), _groups(g))
+    dec = m(x).numpy().argmax(1)
+    labels = dec.copy()
+    labels[::3] = (dec[::3] + 1) % 5                    # a third of them wrong
+    assert predict.label_columns(g, labels).tolist() == [
+        -2 if d == t else list(g.class_index[e]).index(t)
+        for e, (d, t) in enumerate(zip(dec, labels))]
+    seen = []
+    for plan in (tfprec.uniform_plan(g, bits=3), tfprec.uniform_plan(g, bits=2),
+                 tfprec.paper_plan(g, b_min=2)):
+        want = _drop_by_hand(plan, g, ba_rows, labels, dec)
+        got = predict.predicted_accuracy_drop(plan, g, labels)
+        assert got == pytest.approx(want, rel=1e-6, abs=1e-12), plan.method
+        seen.append(got)
+    assert max(seen) > 1e-3
+    # every label right: the drop is the mismatch
+    plan = tfprec.uniform_plan(g, bits=2)
+    assert predict.predicted_accuracy_drop(plan, g, dec) == pytest.approx(
+        predict.predicted_mismatch(plan, g), rel=1e-12)
+    model = predict._model(g, "independent", "shift", labels)
+    bw, ba = np.array([3, 2, 3, 4]), np.array([3, 3, 3, 2])
+    model.reset(bw, ba)
+    new_w, d_w, new_a, d_a = model.moves(bw, ba)
+    for i in range(4):
+        for arr, new in ((bw, new_w), (ba, new_a)):
+            if arr[i] <= 2:
+                continue
+            b2 = arr.copy()
+            b2[i] -= 1
+            want = model.value(b2, ba) if arr is bw else model.value(bw, b2)
+            assert new[i] == pytest.approx(want, rel=1e-9, abs=1e-15)
+    t = 0.5 * predict.predicted_accuracy_drop(tfprec.uniform_plan(g, bits=2), g, labels)
+    if t > 0:
+        p = cost_aware_lib.cost_aware_plan(g, t, criterion="predicted", labels=labels)
+        assert predict.predicted_accuracy_drop(p, g, labels) <= t * (1 + 1e-6)
+        assert p.info["predicted_accuracy_drop"] == pytest.approx(
+            predict.predicted_accuracy_drop(p, g, labels), rel=1e-9)
+    for bad in (labels[:-1], labels + 0.5, np.full(len(labels), 7), None):
+        with pytest.raises(PlanError, match="labels|class ids"):
+            predict.predicted_accuracy_drop(plan, g, bad)
+    with pytest.raises(PlanError, match="labels are for criterion='predicted'"):
+        cost_aware_lib.cost_aware_plan(g, 0.01, labels=labels)
 
 
 def test_shift_model_is_exact_for_one_layer():

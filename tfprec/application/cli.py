@@ -87,7 +87,7 @@ class RunState:
     def validation_split(self) -> str:
         """Where the chosen plan's numbers were measured, in words."""
         n = len(self.choice.x_val)
-        if self.s.mode == "measured":
+        if self.s.mode == "measured" or self.s.allocation == "cost_aware_predicted":
             return f"report half of the held-out examples ({n} ex.)"
         return f"held-out examples ({n} ex.)"
 

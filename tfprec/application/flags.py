@@ -122,9 +122,11 @@ flags.DEFINE_enum(
     "the selection half of the held-out examples): the cheapest per-tensor "
     "bits under the PREDICTED mismatch (an estimate, not a bound), confirmed "
     "and tightened by tfprec.calibrate with a few measured evaluations on "
-    "the selection half (measured targets), or the plan with the lowest "
-    "predicted mismatch that fits --cost_budget; validated on the report "
-    "half.  Not with --target_bound (the prediction is not a bound).")
+    "the selection half (measured targets; for --max_accuracy_drop and with "
+    "--cost_budget it plans under the predicted accuracy drop, from the "
+    "selection half's labels), or the plan with the lowest predicted "
+    "accuracy drop that fits --cost_budget; validated on the report half.  "
+    "Not with --target_bound (the prediction is not a bound).")
 flags.DEFINE_enum(
     "cost", "compute", ["compute", "memory"],
     "Cost to minimize and to compare by: 'compute' (1-bit full adders per "
@@ -326,8 +328,8 @@ class Settings:
             return f"analytic bound <= {self.target_bound:g}"
         if self.mode == "budget":
             unit = "full adders per example" if self.cost == "compute" else "bits"
-            how = ("lowest predicted mismatch" if self.allocation == PREDICTED_ALLOCATION
-                   else "smallest bound")
+            how = ("lowest predicted accuracy drop"
+                   if self.allocation == PREDICTED_ALLOCATION else "smallest bound")
             return f"{self.cost} cost <= {self.cost_budget:g} {unit} ({how} that fits)"
         if self.max_accuracy_drop is not None:
             return f"measured accuracy drop <= {self.max_accuracy_drop:g} pp"

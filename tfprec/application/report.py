@@ -47,10 +47,15 @@ def target_note(plan) -> str:
     if budget:
         unit = "FA" if budget.get("cost") == "compute" else "bits"
         t = budget.get("bound_target")
-        pred = (plan.info or {}).get("predicted_mismatch")
-        if pred is not None:
+        info = plan.info or {}
+        if info.get("predicted_accuracy_drop") is not None:
+            return (f"lowest predicted accuracy drop within the {budget.get('cost')} "
+                    f"budget {budget.get('budget'):.4g} {unit}: predicted "
+                    f"{100 * info['predicted_accuracy_drop']:.3g} pp")
+        if info.get("predicted_mismatch") is not None:
             return (f"lowest predicted mismatch within the {budget.get('cost')} "
-                    f"budget {budget.get('budget'):.4g} {unit}: predicted {pred:.4g}")
+                    f"budget {budget.get('budget'):.4g} {unit}: predicted "
+                    f"{info['predicted_mismatch']:.4g}")
         return (f"smallest bound within the {budget.get('cost')} budget "
                 f"{budget.get('budget'):.4g} {unit}"
                 + (f"; cost-aware bound target bisected to {t:.4g}" if t else ""))

@@ -208,13 +208,14 @@ def predicted_gains(s: Settings, model, x_sel):
 
 def choose_predicted_budget(s: Settings, model, x_eval, y_eval) -> Choice:
     """--allocation=cost_aware_predicted with --cost_budget: the plan with the
-    lowest predicted mismatch whose cost fits, from per-class gains on the
-    selection half; validated on the report half."""
+    lowest predicted accuracy drop whose cost fits, from per-class gains on
+    the (labelled) selection half; validated on the report half."""
     from tfprec.errors import UnattainableTargetError
     half = len(x_eval) // 2
     pg = predicted_gains(s, model, x_eval[:half])
     try:
-        plan = budget_lib.predicted_budget_plan(pg, s.cost_budget, s.cost, s.max_bits)
+        plan = budget_lib.predicted_budget_plan(pg, s.cost_budget, s.cost, s.max_bits,
+                                                labels=y_eval[:half])
     except UnattainableTargetError as e:
         raise CliError(f"--cost_budget={s.cost_budget:g}: {e}", 2) from e
     note = (f"Predicted allocation: the per-class gains were computed on the "
@@ -266,7 +267,7 @@ def choose_budget(s: Settings, model, gains, x_eval, y_eval) -> Choice:
     return Choice(plans, chosen, x_eval, y_eval, notes=notes)
 
 
-def calibrate_each(s: Settings, model, gains, x, y, methods):
+def calibrate_each(s: Settings, model, gains, x, y, methods, gains_labels=None):
     """tfprec.calibrate, one rule at a time with a progress line each; the
     results merged into one CalibrationResult (candidates sorted by cost,
     the cheapest first, as calibrate sorts them).  CliError (exit status 2)
@@ -281,7 +282,8 @@ def calibrate_each(s: Settings, model, gains, x, y, methods):
             res = cal_lib.calibrate(
                 model, gains, x, y, target_mismatch=s.target_mismatch,
                 max_accuracy_drop=s.max_accuracy_drop, methods=(m,),
-                cost=s.cost, batch_size=s.batch_size, max_bits=s.max_bits)
+                cost=s.cost, batch_size=s.batch_size, max_bits=s.max_bits,
+                gains_labels=gains_labels)
         except UnattainableTargetError as e:
             unmet[m] = str(e)
             log(f"  calibrating {m} ({i}/{len(methods)}): no level meets the target "
@@ -313,11 +315,16 @@ def choose_measured(s: Settings, model, gains, x_eval, y_eval) -> Choice:
     report half)."""
     half = len(x_eval) // 2
     methods = _methods(s)
+    gains_labels = None
     if s.allocation == PREDICTED_ALLOCATION:
+        # the predictor's gains on the selection half, whose labels turn an
+        # accuracy-drop target into a predicted accuracy drop
         gains = predicted_gains(s, model, x_eval[:half])
+        gains_labels = y_eval[:half]
     log(f"calibrating {', '.join(methods)} on the selection half of the held-out "
         f"examples ({half} ex.)")
-    cal = calibrate_each(s, model, gains, x_eval[:half], y_eval[:half], methods)
+    cal = calibrate_each(s, model, gains, x_eval[:half], y_eval[:half], methods,
+                         gains_labels)
     plans = {c.method: c.plan for c in cal.candidates}
     note = (f"Measured target: each rule's level was chosen on the selection half "
             f"of the held-out examples (the first {half}); the chosen plan's numbers "

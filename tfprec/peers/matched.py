@@ -35,6 +35,11 @@ fake-quant evaluations, by the shared
 :class:`tfprec.planning.evaluate.Evaluator`), and reported on a disjoint
 *report* split the search never saw.
 
+Around a target (:func:`target_grid`): the predictor-based family on
+targets t = target * 2^(k/4) of its own criterion (the predicted accuracy
+drop with labels, else the predicted mismatch), the search starting at the
+target itself: what ``benchmarks/peers.py`` selects tfprec's plan on.
+
 At a budget (:func:`predicted_at_budget`): the plan with the lowest
 predicted mismatch whose cost fits, allocated under the budget
 (:func:`tfprec.planning.budget.predicted_budget_plan`: greedy descent and
@@ -58,7 +63,7 @@ from tfprec.planning import rules as rules_lib
 from tfprec.planning.evaluate import Evaluator
 
 FAMILIES = ("cost_aware_predicted", "cost_aware", "paper", "uniform", "icml2017")
-CRITERIA = ("bound", "per_example", "predicted")
+CRITERIA = ("bound", "per_example", "predicted", "predicted_drop")
 PREDICTED_LOG_WIDTH = 0.1      # final bracket of the predicted target, natural log
 
 
@@ -81,33 +86,39 @@ def predict_module():
     return predict
 
 
-def criterion_value(plan, gains, criterion: str) -> float:
+def criterion_value(plan, gains, criterion: str, labels=None) -> float:
     """``plan``'s value of ``criterion`` (probability): "bound" (analytic,
-    plan.bound()), "per_example" (per-example bound) or "predicted" (the
-    predicted mismatch, an estimate)."""
+    plan.bound()), "per_example" (per-example bound), "predicted" (the
+    predicted mismatch, an estimate) or "predicted_drop" (the predicted
+    accuracy drop, a fraction; needs ``labels`` of the gains' examples)."""
     criterion = _choice("criterion", criterion, CRITERIA)
     if criterion == "bound":
         return float(plan.bound())
     if criterion == "per_example":
         return float(cost_aware_lib.per_example_bound(plan, gains))
+    if criterion == "predicted_drop":
+        return float(predict_module().predicted_accuracy_drop(plan, gains, labels))
     return float(predict_module().predicted_mismatch(plan, gains))
 
 
-def _criterion_plan(gains, criterion: str, target: float, cost: str, max_bits: int):
+def _criterion_plan(gains, criterion: str, target: float, cost: str, max_bits: int,
+                    labels=None):
     if criterion == "bound":
         return cost_aware_lib.cost_aware_plan(gains, target, cost=cost,
                                               max_bits=max_bits)
     if criterion == "per_example":
         return cost_aware_lib.per_example_cost_aware_plan(gains, target, cost=cost,
                                                           max_bits=max_bits)
-    return cost_aware_lib.cost_aware_plan(gains, target, cost=cost, max_bits=max_bits,
-                                          criterion="predicted")
+    return cost_aware_lib.cost_aware_plan(
+        gains, target, cost=cost, max_bits=max_bits, criterion="predicted",
+        labels=labels if criterion == "predicted_drop" else None)
 
 
-def family_criterion(gains, family: str) -> Optional[str]:
-    """The criterion a cost-aware family meets (None for integer levels)."""
+def family_criterion(gains, family: str, labels=None) -> Optional[str]:
+    """The criterion a cost-aware family meets (None for integer levels);
+    the predictor-based family with ``labels``: the predicted accuracy drop."""
     if family == "cost_aware_predicted":
-        return "predicted"
+        return "predicted" if labels is None else "predicted_drop"
     if family == "cost_aware":
         return "per_example" if getattr(gains, "example_w", None) is not None else "bound"
     return None
@@ -124,7 +135,9 @@ class FamilyGrid:
         family's criterion (probability).
       labels: each level as text (``B_min=4``; ``t=0.0012 (~B=5)``).
       criterion: None, or what the targets are ("bound", "per_example",
-        "predicted").
+        "predicted", "predicted_drop").
+      start: where a level search should start (:func:`target_grid`: the
+        level at the target), or None.
     """
 
     family: str
@@ -133,6 +146,7 @@ class FamilyGrid:
     criterion: Optional[str]
     make: Callable
     _plans: dict = dataclasses.field(default_factory=dict, repr=False)
+    start: Optional[int] = None
 
     def plan(self, i: int):
         if i not in self._plans:
@@ -151,7 +165,7 @@ class FamilyGrid:
 
 
 def family_grid(gains, family: str, *, cost: str = "compute",
-                max_bits: int = MAX_BITS, per_bit: int = 1) -> FamilyGrid:
+                max_bits: int = MAX_BITS, per_bit: int = 1, labels=None) -> FamilyGrid:
     """The level grid of ``family`` at one level per bit (see the module doc).
 
     Args:
@@ -163,6 +177,9 @@ def family_grid(gains, family: str, *, cost: str = "compute",
       max_bits: most precise level (bits, <= 16).
       per_bit: cost-aware targets per bit of the uniform family (1: equal
         resolution; more: geometric points in between).
+      labels: class ids of the gains' examples (``cost_aware_predicted``
+        only): its targets are then predicted accuracy drops (a fraction),
+        for selection against an accuracy-drop target.
 
     Raises:
       PlanError: unknown family or cost, bad max_bits / per_bit, or gains
@@ -172,7 +189,10 @@ def family_grid(gains, family: str, *, cost: str = "compute",
     cost = budget_lib.cost_kind(cost)
     max_bits = check_bits("max_bits", max_bits)
     per_bit = inputs.positive_int("per_bit", per_bit, error=PlanError)
-    crit = family_criterion(gains, family)
+    if labels is not None and family != "cost_aware_predicted":
+        raise PlanError(f"labels are for the cost_aware_predicted family, not {family!r}")
+    class_ids = labels                     # (``labels`` below: the level texts)
+    crit = family_criterion(gains, family, class_ids)
     if crit is None:
         levels = budget_lib.rule_levels(gains, family, max_bits)
         return FamilyGrid(family, levels,
@@ -180,7 +200,7 @@ def family_grid(gains, family: str, *, cost: str = "compute",
                           lambda b: budget_lib.rule_plan(gains, family, b, max_bits))
     bits = list(range(max_bits, MIN_BITS - 1, -1))
     vals = [criterion_value(rules_lib.uniform_plan(gains, bits=b, max_bits=max_bits),
-                            gains, crit) for b in bits]
+                            gains, crit, class_ids) for b in bits]
     # a floor keeps the geometric grid defined when a value underflows to 0;
     # x(1 + 1e-9): uniform B meets t_B; targets are probabilities, at most 1
     floor = max(max(vals) * 1e-30, 1e-300)
@@ -203,10 +223,59 @@ def family_grid(gains, family: str, *, cost: str = "compute",
 
     def make(t):
         try:
-            return _criterion_plan(gains, crit, t, cost, max_bits)
+            return _criterion_plan(gains, crit, t, cost, max_bits, class_ids)
         except UnattainableTargetError:      # below every plan: the most precise
             return top
     return FamilyGrid(family, levels, labels, crit, make)
+
+
+def target_grid(gains, target: float, *, labels=None, cost: str = "compute",
+                max_bits: int = MAX_BITS, per_octave: int = 4,
+                octaves_below: int = 6, octaves_above: int = 3) -> FamilyGrid:
+    """The predictor-based family on a geometric grid of its own criterion
+    around a target: t_k = target * 2^(k / per_octave), k = -per_octave *
+    octaves_below .. per_octave * octaves_above, most precise (smallest)
+    first; :attr:`FamilyGrid.start` is the index of t = target.
+
+    For selection against a measured target whose value the prediction
+    estimates directly (``labels``: the predicted accuracy drop for an
+    accuracy-drop target; else the predicted mismatch for a mismatch
+    target): the search starts where the prediction meets the target and
+    moves in steps of a quarter octave (the resolution of
+    :func:`tfprec.calibrate.calibrate`'s cost-aware grid), which a grid
+    anchored at the uniform plans (:func:`family_grid`) cannot give where
+    their predictions jump.
+
+    Raises:
+      PlanError: bad target (a probability in (0, 1)), per_octave or
+        octave counts, cost, max_bits, or gains / labels the criterion
+        cannot use.
+    """
+    if isinstance(target, bool) or not isinstance(target, (int, float)) \
+            or not (0 < target < 1):
+        raise PlanError(f"target must be a probability in (0, 1), got {target!r}")
+    per_octave = inputs.positive_int("per_octave", per_octave, error=PlanError)
+    below = inputs.nonnegative_int("octaves_below", octaves_below, error=PlanError)
+    above = inputs.nonnegative_int("octaves_above", octaves_above, error=PlanError)
+    cost = budget_lib.cost_kind(cost)
+    max_bits = check_bits("max_bits", max_bits)
+    crit = family_criterion(gains, "cost_aware_predicted", labels)
+    if labels is not None:
+        predict_module().label_columns(gains, labels)          # checked now
+    else:
+        predict_module().class_terms(gains)
+    ks = range(-per_octave * below, per_octave * above + 1)
+    levels = [min(float(target) * 2.0 ** (k / per_octave), 1.0) for k in ks]
+    top = rules_lib.uniform_plan(gains, bits=max_bits, max_bits=max_bits)
+
+    def make(t):
+        try:
+            return _criterion_plan(gains, crit, t, cost, max_bits, labels)
+        except UnattainableTargetError:      # below every plan: the most precise
+            return top
+    return FamilyGrid("cost_aware_predicted", levels,
+                      [f"t={t:.3g} ({k / per_octave:+g} oct.)" for t, k in zip(levels, ks)],
+                      crit, make, start=per_octave * below)
 
 
 # ================================================================ selection
@@ -320,7 +389,7 @@ def measure(plan, ev: Evaluator) -> Measured:
 
 # ================================================================ budget
 def predicted_at_budget(gains, budget: float, cost: str = "compute",
-                        max_bits: int = MAX_BITS):
+                        max_bits: int = MAX_BITS, labels=None):
     """tfprec's predictor-based plan for a cost budget: the plan with the
     lowest predicted mismatch (probability) found among all plans whose cost
     fits (:func:`tfprec.planning.budget.predicted_budget_plan`; no data
@@ -333,6 +402,8 @@ def predicted_at_budget(gains, budget: float, cost: str = "compute",
         ("memory").
       cost: the cost kind of ``budget``.
       max_bits: no tensor above this many bits.
+      labels: class ids of the gains' examples: the lowest predicted
+        accuracy drop instead (``info["predicted_accuracy_drop"]``).
 
     Returns:
       The plan (method ``"cost_aware_predicted_budget:<cost>"``);
@@ -345,7 +416,8 @@ def predicted_at_budget(gains, budget: float, cost: str = "compute",
       PlanError: bad budget, cost kind or max_bits; gains without per-class
         data.
     """
-    return budget_lib.predicted_budget_plan(gains, budget, cost, max_bits)
+    return budget_lib.predicted_budget_plan(gains, budget, cost, max_bits,
+                                            labels=labels)
 
 
 def bisected_at_budget(gains, budget: float, cost: str = "compute",

@@ -363,8 +363,12 @@ def _budget_exchange(pm, tabs, bw, ba, limit: float, max_bits: int, lead,
 
 
 def predicted_budget_plan(gains, budget: float, cost: str = "compute",
-                          max_bits: int = MAX_BITS, *, form=None, model=None):
-    """The plan with the lowest *predicted* mismatch whose cost fits a budget.
+                          max_bits: int = MAX_BITS, *, form=None, model=None,
+                          labels=None):
+    """The plan with the lowest *predicted* mismatch whose cost fits a budget
+    (with ``labels``, the class ids of the gains' examples: the lowest
+    predicted accuracy drop, :func:`tfprec.planning.predict.predicted_accuracy_drop`,
+    in ``info["predicted_accuracy_drop"]``).
 
     The dual of ``cost_aware_plan(..., criterion="predicted")``: minimizes
     :func:`tfprec.planning.predict.predicted_mismatch` (probability; an
@@ -416,7 +420,7 @@ def predicted_budget_plan(gains, budget: float, cost: str = "compute",
     max_bits = check_bits("max_bits", max_bits)
     form = predict._check_form(predict.DEFAULT_FORM if form is None else form)
     model = predict._check_model(predict.DEFAULT_MODEL if model is None else model)
-    pm = predict._model(gains, form, model)
+    pm = predict._model(gains, form, model, labels)
     n = len(gains.layers)
     lead = rules_lib._leads(gains)
     group = search.members(lead)
@@ -438,11 +442,14 @@ def predicted_budget_plan(gains, budget: float, cost: str = "compute",
     results = [_budget_exchange(pm, tabs, bw, ba, limit, max_bits, lead, group)
                for bw, ba in starts]
     bw, ba, value = min(results, key=lambda r: r[2])
+    info = {"budget": budget, "predicted_mismatch": float(value),
+            "prediction_form": form, "prediction_model": model,
+            "cost_budget": {"budget": budget, "cost": cost, "bound_target": None}}
+    if labels is not None:
+        info["predicted_accuracy_drop"] = float(value)
+        info["predicted_mismatch"] = predict._model(gains, form, model).value(bw, ba)
     plan = rules_lib.plan_from_gains(
-        gains, bw, ba, f"{PREDICTED_BUDGET_METHOD}:{cost}", None,
-        {"budget": budget, "predicted_mismatch": float(value),
-         "prediction_form": form, "prediction_model": model,
-         "cost_budget": {"budget": budget, "cost": cost, "bound_target": None}})
+        gains, bw, ba, f"{PREDICTED_BUDGET_METHOD}:{cost}", None, info)
     if plan.cost().total(cost) > limit:  # pragma: no cover - tables are plan totals
         raise PlanError(f"internal: the plan costs {plan.cost().total(cost):.6g} "
                         f"{cost_unit(cost)}, over the budget {budget:.6g}")

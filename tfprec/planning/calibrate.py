@@ -268,7 +268,8 @@ PREDICTED_TIGHTEN = 2.0     # factor on the predicted target after a miss
 PREDICTED_TRIES = 8         # most tightening steps of cost_aware_predicted
 
 
-def _predicted(gains, ev: Evaluator, cost: str, max_bits: int, p: float):
+def _predicted(gains, ev: Evaluator, cost: str, max_bits: int, p: float,
+               labels=None):
     """The ``cost_aware_predicted`` family: the plan whose predicted mismatch
     meets the target probability ``p`` (:mod:`tfprec.planning.predict`),
     confirmed by one measurement; after a miss the predicted target is
@@ -281,7 +282,7 @@ def _predicted(gains, ev: Evaluator, cost: str, max_bits: int, p: float):
     def attempt(t):
         try:
             plan = cost_aware_lib.cost_aware_plan(gains, t, cost, max_bits,
-                                                  criterion="predicted")
+                                                  criterion="predicted", labels=labels)
         except UnattainableTargetError as e:
             return None, str(e)
         m = ev.measure(plan)
@@ -347,7 +348,8 @@ def calibrate(model, gains, x_val, y_val=None, *, target_mismatch: Optional[floa
               max_bits: int = MAX_BITS, grid_per_octave: int = GRID_PER_OCTAVE,
               greedy_budget: int = GREEDY_BUDGET,
               max_examples: Optional[int] = None,
-              allow_fingerprint_mismatch: bool = False) -> CalibrationResult:
+              allow_fingerprint_mismatch: bool = False,
+              gains_labels=None) -> CalibrationResult:
     """The cheapest plan of each family that meets a measured target.
 
     Args:
@@ -377,6 +379,12 @@ def calibrate(model, gains, x_val, y_val=None, *, target_mismatch: Optional[floa
         on a model with other weights (``gains.fingerprint`` differs from
         ``model``'s; see :meth:`~tfprec.planning.plan.PrecisionPlan.validate_for`);
         the plans found then carry no fingerprint.
+      gains_labels: the class ids of the examples ``gains`` were computed on
+        (per-class gains on labelled held-out data), in their order: with
+        ``max_accuracy_drop`` the ``cost_aware_predicted`` family then
+        plans under the predicted *accuracy drop*
+        (:func:`tfprec.planning.predict.predicted_accuracy_drop`) instead
+        of the predicted mismatch.
       max_examples: use at most this many examples of ``x_val`` (a dataset
         is read once and materialized up to this many; an infinite dataset
         needs it, or ``take(n)``; one of unknown cardinality is read to its
@@ -435,11 +443,15 @@ def calibrate(model, gains, x_val, y_val=None, *, target_mismatch: Optional[floa
     order = [m for m in methods if m != "measured_greedy"]
     if "measured_greedy" in methods and "cost_aware" not in order:
         order.append("cost_aware")          # the greedy starts from it
+    drop_labels = None
     if "cost_aware_predicted" in order:       # needs per-class gains: fail early
         predict_lib.class_terms(gains)
+        if gains_labels is not None and kind == "accuracy_drop":
+            predict_lib.label_columns(gains, gains_labels)      # checked now
+            drop_labels = gains_labels
     for m in order:
         if m == "cost_aware_predicted":
-            res, why = _predicted(gains, ev, cost, max_bits, p)
+            res, why = _predicted(gains, ev, cost, max_bits, p, drop_labels)
             if res is None:
                 unmet[m] = why
             else:

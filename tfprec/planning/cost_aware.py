@@ -94,14 +94,17 @@ CRITERIA = ("analytic", "predicted")
 def cost_aware_plan(gains, target: float = DEFAULT_TARGET, cost: str = "compute",
                     max_bits: int = MAX_BITS,
                     memory_convention: str = "written",
-                    criterion: str = "analytic") -> PrecisionPlan:
+                    criterion: str = "analytic", labels=None) -> PrecisionPlan:
     """Cheapest plan found whose analytic bound meets ``target``.
 
     ``criterion="predicted"``: instead, the cheapest plan found whose
     *predicted* mismatch (:func:`tfprec.planning.predict.predicted_mismatch`,
     an estimate, not a bound; needs ``noise_gains(..., per_class=True)``)
     meets ``target``: :func:`predicted_cost_aware_plan`,
-    method ``"cost_aware_predicted:<cost>"``.  The default ``"analytic"`` is
+    method ``"cost_aware_predicted:<cost>"``; with ``labels`` (the class
+    ids of the gains' examples) the target is a *predicted accuracy drop*
+    (:func:`tfprec.planning.predict.predicted_accuracy_drop`, a fraction:
+    0.005 for 0.5 percentage points).  The default ``"analytic"`` is
     described below.
 
     Minimizes the computational cost (``cost="compute"``, full adders) or the
@@ -129,7 +132,10 @@ def cost_aware_plan(gains, target: float = DEFAULT_TARGET, cost: str = "compute"
         raise PlanError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
     if criterion == "predicted":
         return predicted_cost_aware_plan(gains, target, cost, max_bits,
-                                                 memory_convention)
+                                         memory_convention, labels=labels)
+    if labels is not None:
+        raise PlanError("labels are for criterion='predicted' (the predicted "
+                        "accuracy drop); the analytic bound takes none")
     return cost_aware_at_level(gains, _check_target(target), cost, max_bits,
                                memory_convention)
 
@@ -332,8 +338,11 @@ def predicted_cost_aware_plan(gains, target: float = DEFAULT_TARGET,
                               cost: str = "compute", max_bits: int = MAX_BITS,
                               memory_convention: str = "written",
                               form: str = predict.DEFAULT_FORM,
-                              model: str = predict.DEFAULT_MODEL) -> PrecisionPlan:
-    """Cheapest plan found whose *predicted* mismatch meets ``target``.
+                              model: str = predict.DEFAULT_MODEL,
+                              labels=None) -> PrecisionPlan:
+    """Cheapest plan found whose *predicted* mismatch meets ``target``
+    (with ``labels``, the class ids of the gains' examples: whose predicted
+    accuracy drop, a fraction, meets it; ``info["predicted_accuracy_drop"]``).
 
     Minimizes the computational (full adders) or representational (bits)
     cost subject to :func:`predicted_mismatch` <= ``target`` (probability),
@@ -361,11 +370,12 @@ def predicted_cost_aware_plan(gains, target: float = DEFAULT_TARGET,
     max_bits = check_bits("max_bits", max_bits)
     form = predict._check_form(form)
     model_name = predict._check_model(model)
-    model = predict._model(gains, form, model_name)
+    model = predict._model(gains, form, model_name, labels)
+    what = "predicted mismatch" if labels is None else "predicted accuracy drop"
     n = len(gains.layers)
     lead = _leads(gains)
     tabs = cost_lib.cost_tables(gains.layers, cost, memory_convention)
-    starts = _uniform_starts(model, n, max_bits, target, "predicted mismatch")
+    starts = _uniform_starts(model, n, max_bits, target, what)
     point = starts[-1]
     for _ in range(2):                             # two tangent-plane steps
         lin = _linearized_start(gains, model, *point, target, cost, max_bits,
@@ -377,7 +387,10 @@ def predicted_cost_aware_plan(gains, target: float = DEFAULT_TARGET,
     bw, ba = _cheapest_of(tabs, model, starts, lambda bw, ba: search.descend(
         tabs, model, bw, ba, target, lead))
     bw, ba = search.improve(tabs, model, bw, ba, target, max_bits, lead)
-    value = model.value(bw, ba)
-    return plan_from_gains(gains, bw, ba, f"{predict.METHOD}:{cost}", target,
-                           {"predicted_mismatch": value, "prediction_form": form,
-                            "prediction_model": model_name})
+    info = {"prediction_form": form, "prediction_model": model_name}
+    if labels is None:
+        info["predicted_mismatch"] = model.value(bw, ba)
+    else:
+        info["predicted_accuracy_drop"] = model.value(bw, ba)
+        info["predicted_mismatch"] = predict._model(gains, form, model_name).value(bw, ba)
+    return plan_from_gains(gains, bw, ba, f"{predict.METHOD}:{cost}", target, info)

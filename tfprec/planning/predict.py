@@ -68,6 +68,12 @@ not bound the mismatch.  Tied examples (z_i == z_y) add nothing (their
 s_hat is zero and their relative shift is taken as 0).
 
 * :func:`predicted_mismatch`: the prediction for a plan (probability);
+* :func:`predicted_accuracy_drop`: with the labels of the gains' examples,
+  the expected answers lost (right examples that flip) minus those gained
+  (wrong examples whose true class takes over), a fraction of examples:
+  near-ties between the right and a wrong class flip both ways, so the
+  drop can be far below the mismatch (CIFAR-10 VGG: 11 changed decisions
+  of 1000 for a 0.3 pp drop);
 * :class:`PredictedMismatch`: the same as a bound model of
   :mod:`tfprec.planning.search` (value / reset / moves / take), vectorized
   over examples and updated incrementally (a weight move is a lookup in the
@@ -179,6 +185,27 @@ def flip_from_z(z: np.ndarray, form: str = DEFAULT_FORM) -> np.ndarray:
     return -np.expm1(terms.sum(-1))
 
 
+def help_from_z(z: np.ndarray, col: np.ndarray) -> np.ndarray:
+    """Per-example probability that the class in column ``col`` [...] of
+    z [..., K] becomes the decision: it overtakes the float decision,
+    Phi(-z_col), and no other kept class does, prod_{i != col} Phi(z_i)
+    (independent classes).  0 where ``col`` is -1 (no such column) or where
+    z_col >= 8.5 (as :func:`flip_from_z`, which counts such a class as 0)."""
+    z = np.asarray(z, float)
+    col = np.broadcast_to(np.asarray(col), z.shape[:-1])
+    has = col >= 0
+    zc = np.take_along_axis(z, np.where(has, col, 0)[..., None], -1)[..., 0]
+    near = z < _Z_FAR
+    near &= np.arange(z.shape[-1]) != np.where(has, col, -1)[..., None]
+    keep = np.zeros(z.shape)
+    keep[near] = log_ndtr(z[near])      # log Phi(z_i) of the other near classes
+    others = keep.sum(-1)
+    live = has & (zc < _Z_FAR)
+    out = np.zeros(z.shape[:-1])
+    out[live] = np.exp(log_ndtr(-zc[live]) + others[live])
+    return out
+
+
 def _z_shift(num: np.ndarray, v: np.ndarray) -> np.ndarray:
     """z = num / sqrt(2 v) with num = 1 + mu/m and v = sigma^2 / (2 m^2);
     without noise (v = 0) the flip is certain (num < 0), impossible (num >
@@ -207,11 +234,17 @@ class PredictedMismatch:
     :func:`flip_from_z`), so it agrees with :meth:`value` exactly.
     """
 
-    def __init__(self, cw, ca, form: str = DEFAULT_FORM, shift=None):
+    def __init__(self, cw, ca, form: str = DEFAULT_FORM, shift=None,
+                 label_col=None):
         self.sw = np.asarray(cw, float)
         self.sa = np.asarray(ca, float)
         self.form = _check_form(form)
         self.shift = None if shift is None else np.asarray(shift, float)
+        # label_col [N] (predicted accuracy drop): -2 where the float decision
+        # is right (its flip is a lost answer), the kept row of the true
+        # class where it is wrong (that class winning is a gained answer),
+        # -1 where the true class is not kept (no gain counted)
+        self.label_col = None if label_col is None else np.asarray(label_col, int)
         if self.shift is not None:
             nl, nb, n, k = self.shift.shape
             if (n, k, nl) != self.sa.shape or nb != MAX_BITS - MIN_BITS + 1:
@@ -240,12 +273,32 @@ class PredictedMismatch:
         va = self.sa @ 4.0 ** (1 - np.asarray(ba, float))
         return _z_shift(1.0 + self._mu(bw), va)
 
+    @property
+    def criterion(self) -> str:
+        """"mismatch" or "accuracy_drop" (with labels)."""
+        return "mismatch" if self.label_col is None else "accuracy_drop"
+
+    def _outcome(self, z: np.ndarray, idx=None) -> np.ndarray:
+        """Per-example value from z [n, ..., K] (examples ``idx`` of the
+        gains, all when None): the flip probability, or with labels the
+        expected lost (+) or gained (-) correct answer."""
+        flip = flip_from_z(z, self.form)
+        if self.label_col is None:
+            return flip
+        col = self.label_col if idx is None else self.label_col[idx]
+        col = col.reshape(col.shape + (1,) * (flip.ndim - 1))
+        gain = help_from_z(z, np.broadcast_to(np.maximum(col, -1), flip.shape))
+        return np.where(col == -2, flip, -gain)
+
     def per_example(self, bw, ba) -> np.ndarray:
-        """Flip probability of every example [N] at bits ``bw``, ``ba``."""
-        return flip_from_z(self._z(bw, ba), self.form)
+        """Per example [N] at bits ``bw``, ``ba``: the flip probability
+        (with labels: + the probability of losing a right answer, - that
+        of gaining one)."""
+        return self._outcome(self._z(bw, ba))
 
     def value(self, bw, ba) -> float:
-        """The predicted mismatch at bits ``bw``, ``ba`` (probability)."""
+        """The predicted mismatch (with labels: the predicted accuracy
+        drop) at bits ``bw``, ``ba`` (probability, a fraction of examples)."""
         return float(np.mean(self.per_example(bw, ba)))
 
     def gradient(self, bw, ba) -> tuple:
@@ -256,6 +309,8 @@ class PredictedMismatch:
         clipped at 0."""
         bw = np.asarray(bw, int)
         ba = np.asarray(ba, int)
+        if self.label_col is not None:
+            return self._secant(bw, ba, "w"), self._secant(bw, ba, "a")
         if self.shift is None:
             v = self._v(bw, ba)
             num = np.ones_like(v)
@@ -276,14 +331,22 @@ class PredictedMismatch:
         ga = np.einsum("nk,nkl->l", dens, self.sa) / n
         if self.shift is None:
             return np.einsum("nk,nkl->l", dens, self.sw) / n, ga
+        return self._secant(bw, ba, "w"), np.maximum(ga, 0.0)
+
+    def _secant(self, bw, ba, which: str) -> np.ndarray:
+        """Secant slopes of :meth:`value` in u = 4^(1-B) per tensor of
+        ``which`` ("w" / "a"): one bit less (one more at 2 bits), clipped at
+        0."""
         p0 = self.value(bw, ba)
-        gw = np.zeros(len(bw))
-        for t in range(len(bw)):
-            b2 = bw.copy()
-            b2[t] += -1 if bw[t] > MIN_BITS else 1
-            du = 4.0 ** (1 - b2[t]) - 4.0 ** (1 - bw[t])
-            gw[t] = max((self.value(b2, ba) - p0) / du, 0.0)
-        return gw, np.maximum(ga, 0.0)
+        bits = bw if which == "w" else ba
+        out = np.zeros(len(bits))
+        for t in range(len(bits)):
+            b2 = bits.copy()
+            b2[t] += -1 if bits[t] > MIN_BITS else 1
+            du = 4.0 ** (1 - b2[t]) - 4.0 ** (1 - bits[t])
+            v = self.value(b2, ba) if which == "w" else self.value(bw, b2)
+            out[t] = max((v - p0) / du, 0.0)
+        return out
 
     # ------------------------------------------------- search interface
     def reset(self, bw, ba) -> float:
@@ -301,7 +364,7 @@ class PredictedMismatch:
 
     def _update(self) -> None:
         self.z = _z_shift(1.0 + self.mu, self.v)
-        self.p = flip_from_z(self.z, self.form)                    # [N]
+        self.p = self._outcome(self.z)                             # [N]
         self.cur = float(np.mean(self.p))
 
     def _weight_steps(self) -> np.ndarray:
@@ -341,7 +404,7 @@ class PredictedMismatch:
             else:
                 z = _z_shift(1.0 + mu + dm, v + dv)
             z = np.broadcast_to(z, (len(act), self.v.shape[1], len(self.bw)))
-            pn = flip_from_z(np.moveaxis(z, 2, 1), self.form)      # [n_act, L]
+            pn = self._outcome(np.moveaxis(z, 2, 1), act)          # [n_act, L]
             d = (pn.sum(0) - base) / n
             out += [self.cur + d, d]
         return tuple(out)
@@ -361,10 +424,51 @@ class PredictedMismatch:
         self._update()
 
 
-def _model(gains, form: str, model: str = "shift") -> PredictedMismatch:
+def label_columns(gains, labels) -> np.ndarray:
+    """Per example of ``gains`` [N]: -2 where the float decision is the label,
+    else the kept row (column of ``class_index``) of the label, -1 when
+    that class is not kept.
+
+    Args:
+      gains: per-class gains of the exact pass (``top_k=None``: every wrong
+        class is a row, so the float decision is the class no row holds).
+      labels: N integer class ids in 0..M-1 of the gains' examples, in
+        their order.
+
+    Raises:
+      PlanError: gains without per-class data, or from the top-k pass;
+        labels of the wrong length, not integers, or out of 0..M-1.
+    """
+    ci = getattr(gains, "class_index", None)
+    if ci is None:
+        raise PlanError("the predicted accuracy drop needs noise_gains(..., "
+                        "per_class=True)")
+    ci = np.asarray(ci, int)
+    m = int(gains.num_classes)
+    if ci.shape[1] != m - 1:
+        raise PlanError(f"the predicted accuracy drop needs the exact per-class "
+                        f"pass (top_k=None: {m - 1} rows per example), these gains "
+                        f"keep {ci.shape[1]}")
+    lab = np.asarray(labels)
+    if lab.ndim != 1 or len(lab) != len(ci) or not np.issubdtype(lab.dtype, np.number) \
+            or not np.all(np.isfinite(lab)) or np.any(lab != np.round(lab)) \
+            or np.any((lab < 0) | (lab >= m)):
+        raise PlanError(f"labels must be {len(ci)} integer class ids in 0..{m - 1} "
+                        f"(one per example of the gains, in order), got shape "
+                        f"{lab.shape} dtype {lab.dtype}")
+    lab = lab.astype(int)
+    decision = m * (m - 1) // 2 - ci.sum(1)
+    hit = ci == lab[:, None]
+    col = np.where(hit.any(1), hit.argmax(1), -1)
+    return np.where(decision == lab, -2, col)
+
+
+def _model(gains, form: str, model: str = "shift", labels=None) -> PredictedMismatch:
     model = _check_model(model)
     shift = shift_terms(gains) if model == "shift" else None
-    return PredictedMismatch(*class_terms(gains), form=form, shift=shift)
+    col = None if labels is None else label_columns(gains, labels)
+    return PredictedMismatch(*class_terms(gains), form=form, shift=shift,
+                             label_col=col)
 
 
 def _bits_of(plan) -> tuple:
@@ -420,6 +524,45 @@ def predicted_mismatch(plan: PrecisionPlan, gains, form: str = DEFAULT_FORM,
                                 f"{l.weight_range:g}, the gains' shift tables are "
                                 f"for R_W = {g.r_w:g}; use model='gaussian'")
     return _model(gains, form, model).value(*_bits_of(plan))
+
+
+def predicted_accuracy_drop(plan: PrecisionPlan, gains, labels, form: str = DEFAULT_FORM,
+                            model: str = DEFAULT_MODEL) -> float:
+    """Predicted accuracy drop of ``plan`` (a fraction of examples; x 100
+    for percentage points): an estimate, not a bound.
+
+    The same per-(example, class) model as :func:`predicted_mismatch`
+    (z_i = (m_i + mu_i) / sigma_i), with the labels of the gains' examples:
+    an example the float model gets right loses its answer with its flip
+    probability (1 - prod_i Phi(z_i), or the union form); one it gets wrong
+    gains it with the probability that the true class overtakes the float
+    decision and no other class does, Phi(-z_t) prod_{i != t} Phi(z_i).
+    The mean of the losses minus the gains.  A near-tie between the right
+    and a wrong class flips both ways, which the mismatch counts and the
+    accuracy drop does not: the allocation for an accuracy target
+    (``cost_aware_plan(..., criterion="predicted", labels=...)``) plans
+    against this.
+
+    Args:
+      plan: a :class:`PrecisionPlan` of the gains' model.
+      gains: from ``noise_gains(x, per_class=True)`` (exact pass, no top_k).
+      labels: the N class ids of the examples of x, in order.
+      form, model: as :func:`predicted_mismatch`.
+
+    Returns:
+      The predicted drop, a fraction in [-1, 1].
+
+    Raises:
+      PlanError: as :func:`predicted_mismatch`, and bad labels (see
+        :func:`label_columns`).
+    """
+    form = _check_form(form)
+    model = _check_model(model)
+    predicted_mismatch(plan, gains, form, model)          # the same checks
+    if labels is None:
+        raise PlanError("predicted_accuracy_drop needs the labels (class ids) of "
+                        "the gains' examples")
+    return _model(gains, form, model, labels).value(*_bits_of(plan))
 
 
 def _linearized_gains(gains, gw, ga):
