@@ -54,7 +54,7 @@ REFERENCE_NETS = {
 PAPER_METHODS = ("cost_aware_predicted", "cost_aware", "paper", "uniform", "icml2017")
 METHOD_LABELS = {
     "paper": "per-layer, paper rule (ICASSP 2018)",
-    "cost_aware_predicted": "per-layer, cost-aware under the predicted mismatch (tfprec)",
+    "cost_aware_predicted": "per-layer, cost-aware under the predicted accuracy drop (tfprec)",
     "cost_aware": "per-layer, cost-aware under the per-example bound (compute)",
     "uniform": "uniform (one B for all tensors)",
     "icml2017": "ICML 2017 (one B_A, one B_W)",

@@ -137,7 +137,7 @@ def test_mnist_markdown(mnist_result, tmp_path):
     md = mnist_result.markdown
     assert md.count("\n| per-layer") == 3
     for label in ("uniform (one B", "ICML 2017", "16-bit fixed point",
-                  "predicted mismatch (tfprec)", "SELECTION split (test images 1-500)",
+                  "predicted accuracy drop (tfprec)", "SELECTION split (test images 1-500)",
                   "REPORT split (test images 501-1000)", "one level per bit",
                   "selection drop pp", "report acc %",
                   "binarized, 3x wider (cost model only, not trained)",

@@ -357,7 +357,7 @@ def test_shift_prediction_by_hand(mlp_case):
     assert max(seen) > 1e-3        # the levels exercise the flips
 
 
-def _drop_by_hand(plan, g, ba_rows, labels, decisions):
+def _drop_by_hand(plan, g, ba_rows, labels, decisions, count_gains):
     """The predicted accuracy drop from its formula: per example and kept
     class z_i = (m_i + mu_i) / sigma_i (brute-force sigma); a right example
     loses its answer with 1 - prod Phi(z_i), a wrong one gains it with
@@ -377,6 +377,8 @@ def _drop_by_hand(plan, g, ba_rows, labels, decisions):
             z[int(i)] = (mrg + mu) / math.sqrt(var)
         if decisions[e] == labels[e]:
             out.append(1 - np.prod([_phi(v) for v in z.values()]))
+        elif not count_gains:
+            out.append(0.0)
         else:
             t = int(labels[e])
             out.append(-_phi(-z[t]) * np.prod([_phi(v) for i, v in z.items() if i != t]))
@@ -398,27 +400,32 @@ def test_predicted_accuracy_drop_by_hand(mlp_case):
     seen = []
     for plan in (tfprec.uniform_plan(g, bits=3), tfprec.uniform_plan(g, bits=2),
                  tfprec.paper_plan(g, b_min=2)):
-        want = _drop_by_hand(plan, g, ba_rows, labels, dec)
-        got = predict.predicted_accuracy_drop(plan, g, labels)
-        assert got == pytest.approx(want, rel=1e-6, abs=1e-12), plan.method
-        seen.append(got)
-    assert max(seen) > 1e-3
+        for gains_too in (False, True):
+            want = _drop_by_hand(plan, g, ba_rows, labels, dec, gains_too)
+            got = predict.predicted_accuracy_drop(plan, g, labels, count_gains=gains_too)
+            assert got == pytest.approx(want, rel=1e-6, abs=1e-12), plan.method
+            seen.append(got)
+        assert (predict.predicted_accuracy_drop(plan, g, labels, count_gains=True)
+                <= predict.predicted_accuracy_drop(plan, g, labels)
+                <= predict.predicted_mismatch(plan, g) + 1e-15)
+    assert max(seen) > 1e-3 and any(b < a for a, b in zip(seen[::2], seen[1::2]))
     # every label right: the drop is the mismatch
     plan = tfprec.uniform_plan(g, bits=2)
     assert predict.predicted_accuracy_drop(plan, g, dec) == pytest.approx(
         predict.predicted_mismatch(plan, g), rel=1e-12)
-    model = predict._model(g, "independent", "shift", labels)
-    bw, ba = np.array([3, 2, 3, 4]), np.array([3, 3, 3, 2])
-    model.reset(bw, ba)
-    new_w, d_w, new_a, d_a = model.moves(bw, ba)
-    for i in range(4):
-        for arr, new in ((bw, new_w), (ba, new_a)):
-            if arr[i] <= 2:
-                continue
-            b2 = arr.copy()
-            b2[i] -= 1
-            want = model.value(b2, ba) if arr is bw else model.value(bw, b2)
-            assert new[i] == pytest.approx(want, rel=1e-9, abs=1e-15)
+    for gains_too in (False, True):
+        model = predict._model(g, "independent", "shift", labels, gains_too)
+        bw, ba = np.array([3, 2, 3, 4]), np.array([3, 3, 3, 2])
+        model.reset(bw, ba)
+        new_w, d_w, new_a, d_a = model.moves(bw, ba)
+        for i in range(4):
+            for arr, new in ((bw, new_w), (ba, new_a)):
+                if arr[i] <= 2:
+                    continue
+                b2 = arr.copy()
+                b2[i] -= 1
+                want = model.value(b2, ba) if arr is bw else model.value(bw, b2)
+                assert new[i] == pytest.approx(want, rel=1e-9, abs=1e-15)
     t = 0.5 * predict.predicted_accuracy_drop(tfprec.uniform_plan(g, bits=2), g, labels)
     if t > 0:
         p = cost_aware_lib.cost_aware_plan(g, t, criterion="predicted", labels=labels)
