@@ -173,6 +173,7 @@ def test_hutchinson_conv_maxpool():
         assert abs(tr[name] - exact) <= 5 * tr.weight_stderr[name], name
 
 
+@pytest.mark.slow
 def test_traces_refresh_after_weight_change(tiny):
     m, x, y, _ = tiny
     m2, _, _ = _tiny(seed=5)

@@ -147,6 +147,7 @@ def test_search_from_a_guess_finds_the_bisection_answer():
                     assert calls == [s, s + 1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["mismatch", "accuracy_drop"])
 def test_search_matches_brute_force(toy, cached_quant, kind):
     """Every level of every family checked exhaustively: for each target whose

@@ -238,6 +238,7 @@ def test_model_with_measured_target_into_existing_dir(demo, tmp_path, capsys):
     assert not leftovers(tmp_path)
 
 
+@pytest.mark.slow
 def test_predicted_allocation(demo, tmp_path, capsys):
     """--allocation=cost_aware_predicted: per-class gains on the selection
     half; a measured target is met there by calibrate's predicted family

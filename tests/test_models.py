@@ -143,6 +143,7 @@ def test_fit_inputs_reshapes_or_raises(small_mnist):
         models.fit_inputs(m, np.zeros((4, 10), np.float32))
 
 
+@pytest.mark.slow
 def test_train_learns_and_is_deterministic(small_mnist):
     def run():
         keras.utils.set_random_seed(3)
@@ -158,6 +159,7 @@ def test_train_learns_and_is_deterministic(small_mnist):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_cached_trained_reuses_cache(small_mnist, tmp_path, monkeypatch):
     calls = []
     real_train = models.train

@@ -253,7 +253,7 @@ FD_OPS = {
 
 
 @pytest.mark.parametrize("name", [
-    n if n == "image" else pytest.param(n, marks=pytest.mark.slow) for n in sorted(FD_MODELS)])
+    pytest.param(n, marks=pytest.mark.slow) for n in sorted(FD_MODELS)])
 def test_reference_matches_finite_differences(name):
     model = FD_MODELS[name]()
     x = _inputs(model, 4, seed=7)
