@@ -415,17 +415,7 @@ def test_predicted_accuracy_drop_by_hand(mlp_case):
         predict.predicted_mismatch(plan, g), rel=1e-12)
     for gains_too in (False, True):
         model = predict._model(g, "independent", "shift", labels, gains_too)
-        bw, ba = np.array([3, 2, 3, 4]), np.array([3, 3, 3, 2])
-        model.reset(bw, ba)
-        new_w, d_w, new_a, d_a = model.moves(bw, ba)
-        for i in range(4):
-            for arr, new in ((bw, new_w), (ba, new_a)):
-                if arr[i] <= 2:
-                    continue
-                b2 = arr.copy()
-                b2[i] -= 1
-                want = model.value(b2, ba) if arr is bw else model.value(bw, b2)
-                assert new[i] == pytest.approx(want, rel=1e-9, abs=1e-15)
+        _check_moves(model, np.array([3, 2, 3, 4]), np.array([3, 3, 3, 2]))
     t = 0.5 * predict.predicted_accuracy_drop(tfprec.uniform_plan(g, bits=2), g, labels)
     if t > 0:
         p = cost_aware_lib.cost_aware_plan(g, t, criterion="predicted", labels=labels)
@@ -497,6 +487,23 @@ def test_predicted_plans_meet_target_and_are_cheaper():
         assert matched and pp.cost().total_compute <= min(matched), (t, mis)
 
 
+def _check_moves(model, bw, ba):
+    """model.reset(bw, ba): its current value and every one-bit move's new
+    value equal model.value at those bits; returns the moves' deltas."""
+    model.reset(bw, ba)
+    assert model.cur == pytest.approx(model.value(bw, ba), rel=1e-12)
+    new_w, d_w, new_a, d_a = model.moves(bw, ba)
+    for i in range(len(bw)):
+        for arr, new in ((bw, new_w), (ba, new_a)):
+            if arr[i] <= 2:
+                continue
+            b2 = arr.copy()
+            b2[i] -= 1
+            want = model.value(b2, ba) if arr is bw else model.value(bw, b2)
+            assert new[i] == pytest.approx(want, rel=1e-9, abs=1e-15)
+    return d_w, d_a
+
+
 @pytest.mark.parametrize("which", ["gaussian", "shift"])
 def test_predicted_search_model_is_consistent(mlp_case, which):
     m, x, g = mlp_case
@@ -504,17 +511,7 @@ def test_predicted_search_model_is_consistent(mlp_case, which):
     assert model.model == which
     for bw, ba in ((np.array([6, 5, 7, 6]), np.array([6, 6, 6, 5])),
                    (np.array([3, 2, 3, 4]), np.array([3, 3, 3, 2]))):
-        model.reset(bw, ba)
-        assert model.cur == pytest.approx(model.value(bw, ba), rel=1e-12)
-        new_w, d_w, new_a, d_a = model.moves(bw, ba)
-        for i in range(4):
-            for arr, new in ((bw, new_w), (ba, new_a)):
-                if arr[i] <= 2:
-                    continue
-                b2 = arr.copy()
-                b2[i] -= 1
-                want = (model.value(b2, ba) if arr is bw else model.value(bw, b2))
-                assert new[i] == pytest.approx(want, rel=1e-9, abs=1e-15)
+        d_w, d_a = _check_moves(model, bw, ba)
         i = int(np.argmax(bw))
         model.take("w", i, d_w[i])
         bw = bw.copy()

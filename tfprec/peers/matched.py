@@ -164,6 +164,18 @@ class FamilyGrid:
         return max([0] + [i for i, t in enumerate(self.levels) if t <= value])
 
 
+def _level_maker(gains, crit: str, cost: str, max_bits: int, labels) -> Callable:
+    """The plan of a criterion target t; below every plan: the most precise."""
+    top = rules_lib.uniform_plan(gains, bits=max_bits, max_bits=max_bits)
+
+    def make(t):
+        try:
+            return _criterion_plan(gains, crit, t, cost, max_bits, labels)
+        except UnattainableTargetError:
+            return top
+    return make
+
+
 def family_grid(gains, family: str, *, cost: str = "compute",
                 max_bits: int = MAX_BITS, per_bit: int = 1, labels=None) -> FamilyGrid:
     """The level grid of ``family`` at one level per bit (see the module doc).
@@ -219,14 +231,8 @@ def family_grid(gains, family: str, *, cost: str = "compute",
                 t = v * (nxt / v) ** (j / per_bit)
                 levels.append(t)
                 labels.append(f"t={t:.3g} (~B={b - j / per_bit:.2f})")
-    top = rules_lib.uniform_plan(gains, bits=max_bits, max_bits=max_bits)
-
-    def make(t):
-        try:
-            return _criterion_plan(gains, crit, t, cost, max_bits, class_ids)
-        except UnattainableTargetError:      # below every plan: the most precise
-            return top
-    return FamilyGrid(family, levels, labels, crit, make)
+    return FamilyGrid(family, levels, labels, crit,
+                      _level_maker(gains, crit, cost, max_bits, class_ids))
 
 
 def target_grid(gains, target: float, *, labels=None, cost: str = "compute",
@@ -266,16 +272,10 @@ def target_grid(gains, target: float, *, labels=None, cost: str = "compute",
         predict_module().class_terms(gains)
     ks = range(-per_octave * below, per_octave * above + 1)
     levels = [min(float(target) * 2.0 ** (k / per_octave), 1.0) for k in ks]
-    top = rules_lib.uniform_plan(gains, bits=max_bits, max_bits=max_bits)
-
-    def make(t):
-        try:
-            return _criterion_plan(gains, crit, t, cost, max_bits, labels)
-        except UnattainableTargetError:      # below every plan: the most precise
-            return top
     return FamilyGrid("cost_aware_predicted", levels,
                       [f"t={t:.3g} ({k / per_octave:+g} oct.)" for t, k in zip(levels, ks)],
-                      crit, make, start=per_octave * below)
+                      crit, _level_maker(gains, crit, cost, max_bits, labels),
+                      start=per_octave * below)
 
 
 # ================================================================ selection
