@@ -321,23 +321,34 @@ def test_flip_probability_counts_far_classes_as_zero():
     np.testing.assert_allclose(predict.flip_from_z(z), full, rtol=0, atol=1e-16)
 
 
-def _shift_by_hand(plan, g, bw_rows, ba_rows, form):
-    """The shift model straight from its formula: per (example, class), flip
-    probability Phi(-(m + mu) / sigma), mu the plan's tabulated shifts
-    summed over the layers, sigma^2 = sum over input tensors (a shared one
-    once) of Delta_A^2 / 12 ||d(z_i - z_y)/dA||^2 (brute force)."""
+def _z_by_hand(plan, g, ba_rows):
+    """Per example, {class i: z_i} of the shift model straight from its
+    formula: z_i = (m + mu) / sigma, mu the plan's tabulated shifts summed
+    over the layers, sigma^2 = sum over input tensors (a shared one once)
+    of Delta_A^2 / 12 ||d(z_i - z_y)/dA||^2 (brute force)."""
     lead = {l.name: (l.act_group.split("+")[0] if l.act_group else l.name)
             for l in g.layers}
     out = []
     for e in range(g.num_examples):
-        probs = []
+        z = {}
         for r, i in enumerate(g.class_index[e]):
             mrg = g.class_margin[e, r]
             mu = sum(g.class_shift[j, l.weight_bits - 2, e, r]
                      for j, l in enumerate(plan.layers))
             var = sum(l.act_step ** 2 / 12 * ba_rows[e, i][j] * mrg ** 2
                       for j, l in enumerate(plan.layers) if lead[l.name] == l.name)
-            probs.append(_phi(-(mrg + mu) / math.sqrt(var)))
+            z[int(i)] = (mrg + mu) / math.sqrt(var)
+        out.append(z)
+    return out
+
+
+def _shift_by_hand(plan, g, bw_rows, ba_rows, form):
+    """The shift model's predicted mismatch from its formula: per (example,
+    class) flip probability Phi(-z_i) (:func:`_z_by_hand`), combined by
+    ``form``, averaged."""
+    out = []
+    for z in _z_by_hand(plan, g, ba_rows):
+        probs = [_phi(-v) for v in z.values()]
         out.append(min(1.0, sum(probs)) if form == "union"
                    else 1 - np.prod([1 - p for p in probs]))
     return float(np.mean(out))
@@ -363,18 +374,8 @@ def _drop_by_hand(plan, g, ba_rows, labels, decisions, count_gains):
     loses its answer with 1 - prod Phi(z_i), a wrong one gains it with
     Phi(-z_t) prod_{i != t} Phi(z_i) (t: the true class); mean of losses
     minus gains."""
-    lead = {l.name: (l.act_group.split("+")[0] if l.act_group else l.name)
-            for l in g.layers}
     out = []
-    for e in range(g.num_examples):
-        z = {}
-        for r, i in enumerate(g.class_index[e]):
-            mrg = g.class_margin[e, r]
-            mu = sum(g.class_shift[j, l.weight_bits - 2, e, r]
-                     for j, l in enumerate(plan.layers))
-            var = sum(l.act_step ** 2 / 12 * ba_rows[e, i][j] * mrg ** 2
-                      for j, l in enumerate(plan.layers) if lead[l.name] == l.name)
-            z[int(i)] = (mrg + mu) / math.sqrt(var)
+    for e, z in enumerate(_z_by_hand(plan, g, ba_rows)):
         if decisions[e] == labels[e]:
             out.append(1 - np.prod([_phi(v) for v in z.values()]))
         elif not count_gains:
