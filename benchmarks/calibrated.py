@@ -67,6 +67,7 @@ import common  # noqa: E402  (examples/common.py: imports tfprec first)
 
 import tfprec  # noqa: E402
 from tfprec.planning import calibrate as C  # noqa: E402
+from tfprec.planning.rules import level_text  # noqa: E402
 from tfprec.application import data  # noqa: E402
 from tfprec.application import models  # noqa: E402
 from tfprec.quantization import validate as V  # noqa: E402
@@ -132,7 +133,7 @@ def run(net: str, args) -> None:
     fdec_c = V.float_decisions(model, xc, args.batch_size) if len(xc) else None
     for c in cands:
         q = f"{p}_{c.method}"
-        say(f"{q}_level", C._fmt_level(c.method, c.level))
+        say(f"{q}_level", level_text(c.method, c.level))
         say(f"{q}_evaluations", c.evaluations)
         say(f"{q}_compute_full_adders", c.compute_cost)
         say(f"{q}_memory_bits", c.memory_cost)
@@ -195,7 +196,7 @@ def run(net: str, args) -> None:
         q = f"{p}_eqmismatch"
         say(f"{q}_target", f"mismatch <= {args.mismatch_target:g} on the search examples")
         for c in rm.candidates:
-            say(f"{q}_{c.method}_level", C._fmt_level(c.method, c.level))
+            say(f"{q}_{c.method}_level", level_text(c.method, c.level))
             say(f"{q}_{c.method}_evaluations", c.evaluations)
             say(f"{q}_{c.method}_compute_full_adders", c.compute_cost)
             say(f"{q}_{c.method}_bound", c.bound)

@@ -83,17 +83,20 @@ def deployed_bytes(plan) -> float:
     return total
 
 
-def cheapest_plan(model, ds, n_select: int, max_drop_pp: float, max_bits: int = 16):
+def cheapest_plan(model, ds, n_select: int, max_drop_pp: float, max_bits: int = 16,
+                  per_channel: bool = True):
     """(plan, label, float accuracy, fake-quant accuracy) on the selection
     split.  ``tfprec.calibrate.calibrate`` with ``max_accuracy_drop`` and
     the memory cost finds each family's cheapest plan (cost-aware, paper,
     uniform, measured greedy) whose fake-quant accuracy on the selection
     split is within ``max_drop_pp`` percentage points of float; the one
     with the smallest :func:`deployed_bytes` is taken (the memory cost
-    counts bits, the file stores int4 / int8 / float32)."""
+    counts bits, the file stores int4 / int8 / float32).  ``per_channel``:
+    weights on one range per output channel (``noise_gains(per_channel=
+    True)``), as TFLite stores them."""
     from tfprec.planning.calibrate import calibrate
     xs, ys = ds.x_test[:n_select], ds.y_test[:n_select]
-    gains = tfprec.noise_gains(model, ds.x_train[:1000])
+    gains = tfprec.noise_gains(model, ds.x_train[:1000], per_channel=per_channel)
     res = calibrate(model, gains, xs, ys, max_accuracy_drop=max_drop_pp, cost="memory",
                     max_bits=max_bits,
                     methods=("cost_aware", "paper", "uniform", "measured_greedy"))
@@ -137,7 +140,9 @@ def bench(name: str, args) -> str:
         return f"## {name}\n\nnot supported yet: {type(e).__name__}: {e}\n"
     t = time.perf_counter()
     plan, how, acc_f, acc_sel = cheapest_plan(model, ds, args.select, args.max_drop,
-                                              args.max_bits)
+                                              args.max_bits, bool(args.per_channel))
+    how += ("; weights per output channel" if args.per_channel
+            else "; one weight range per tensor")
     if args.storage_greedy:
         before = deployed_bytes(plan)
         plan, acc_sel, n_eval = storage_greedy(
@@ -272,6 +277,9 @@ def main(argv=None) -> None:
     ap.add_argument("--tuned_files", type=int, default=1,
                     help="1: also export files with ties tuned for the optimized and "
                     "the reference kernels and report each on its own family")
+    ap.add_argument("--per_channel", type=int, default=1,
+                    help="1: weights on one power-of-two range per output channel "
+                         "(noise_gains(per_channel=True)); 0: one per tensor")
     ap.add_argument("--verify", action="store_true")
     ap.add_argument("--all_combos", action="store_true",
                     help="--verify also int2 and 32-blockwise int4 weights")

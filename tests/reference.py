@@ -81,6 +81,7 @@ class RefLayer:
     in_min: float = math.inf    # over the calibration examples
     in_max: float = -math.inf
     tensors: list = dataclasses.field(default_factory=list)  # all, float64
+    channel_ranges: object = None   # per-channel R_c (gains(per_channel=True))
 
 
 @dataclasses.dataclass
@@ -418,7 +419,11 @@ class Reference:
         return err
 
     # -------------------------------------------------------------- gains
-    def gains(self, x) -> RefGains:
+    def gains(self, x, per_channel: bool = False) -> RefGains:
+        """Brute-force gains; ``per_channel``: Dense / Conv2D /
+        DepthwiseConv2D weights on one range R_c per output channel, E_W the
+        sum over channels of (R_c / R_W)^2 times the channel's squared
+        gradient (``RefLayer.channel_ranges`` holds the R_c)."""
         x = np.asarray(x) if not self.in_dtype.is_floating else np.asarray(x, np.float64)
         self.check_forward(x)
         ops = [self.ops[n] for n in self.order]
@@ -429,6 +434,11 @@ class Reference:
                                     ts[1] if len(ts) > 1 else None, tensors=ts)
             if op.pert is not None:
                 op.pert.assign(tf.zeros_like(op.pert))
+        weights = {op.name: [1.0] * len(op.vars) for op in ops}
+        if per_channel:
+            for op in ops:
+                if op.layer_class in ("Dense", "Conv2D", "DepthwiseConv2D"):
+                    weights[op.name] = _channel_weights(res[op.name])
         sources = [op.vars for op in ops]
         with_input = [op for op in ops if op.pert is not None]
         perts = [op.pert for op in with_input]
@@ -469,7 +479,8 @@ class Reference:
                 g = [gi - gy for gi, gy in zip(grads[i], grads[y])]
                 pos = 0
                 for op, s in zip(ops, sources):
-                    sq = sum(float(np.sum(g[pos + j] ** 2)) for j in range(len(s)))
+                    wts = weights[op.name]
+                    sq = sum(float(np.sum(wts[j] * g[pos + j] ** 2)) for j in range(len(s)))
                     pos += len(s)
                     res[op.name].e_w += sq / d ** 2
                 for j, op in enumerate(with_input):
@@ -478,6 +489,28 @@ class Reference:
             r.e_w /= 24.0 * len(x)
             r.e_a /= 24.0 * len(x)
         return RefGains(res, len(x), ties, m)
+
+
+def _channel_weights(r: RefLayer) -> list:
+    """(R_c / R_W)^2 per output channel, shaped like the kernel and the
+    bias: channels are the bias's entries, the kernel's last axis (Dense,
+    Conv2D) or last two axes [C_in, multiplier] (DepthwiseConv2D)."""
+    k = np.abs(r.kernel)
+    if r.layer_class == "DepthwiseConv2D":
+        m = k.max(axis=(0, 1))                      # [C_in, mult]
+    else:
+        m = k.reshape(-1, k.shape[-1]).max(axis=0)  # [C]
+    if r.bias is not None:
+        m = np.maximum(m, np.abs(r.bias).reshape(m.shape))
+    rc = np.vectorize(pow2_at_least)(m)
+    if np.any(m == 0):
+        rc[m == 0] = rc[m > 0].min() if np.any(m > 0) else 1.0
+    r.channel_ranges = rc.reshape(-1)
+    w = (rc / rc.max()) ** 2
+    out = [np.broadcast_to(w, r.kernel.shape)]
+    if r.bias is not None:
+        out.append(w.reshape(r.bias.shape))
+    return out
 
 
 def reference_gains(model, x) -> RefGains:

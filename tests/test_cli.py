@@ -238,6 +238,27 @@ def test_model_with_measured_target_into_existing_dir(demo, tmp_path, capsys):
     assert not leftovers(tmp_path)
 
 
+def test_per_channel_weights_flag(demo, tmp_path, capsys):
+    """--per_channel_weights: per-channel ranges in plan.json (the plan's
+    bound computed from them), the report's table says so, and the file is
+    written by the ai_edge_quantizer backend (the exact writer has one weight
+    scale per tensor)."""
+    assert demo["code"] == 0
+    out_dir = tmp_path / "per_channel"
+    code, out, err = run_cli([f"--model={demo['dir'] / 'float_model.h5'}",
+                              "--per_channel_weights", "--allocation=paper",
+                              "--calibration_examples=200", "--eval_examples=300",
+                              "--sweep_levels=none", "--noplots",
+                              f"--output_dir={out_dir}"], capsys)
+    assert code == 0, err[-3000:]
+    plan = PrecisionPlan.load(str(out_dir / "plan.json"))
+    assert all(l.weight_channel_ranges is not None for l in plan.layers)
+    assert all(max(l.weight_channel_ranges) == l.weight_range for l in plan.layers)
+    assert "per channel" in (out_dir / "report.md").read_text()
+    assert "ai_edge_quantizer" in out
+    assert os.path.getsize(out_dir / "model.tflite") > 0
+
+
 @pytest.mark.slow
 def test_predicted_allocation(demo, tmp_path, capsys):
     """--allocation=cost_aware_predicted: per-class gains on the selection

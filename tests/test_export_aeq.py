@@ -96,8 +96,26 @@ def _snapped(model, plan):
     out = {}
     for lp in plan.layers:
         ws = folded.get_layer(lp.name).get_weights()
-        out[lp.name] = [quantize(w, lp.weight_bits, lp.weight_range, True) for w in ws]
+        rc = lp.weight_channel_ranges
+        if rc is None:
+            out[lp.name] = [quantize(w, lp.weight_bits, lp.weight_range, True) for w in ws]
+            continue
+        out[lp.name] = []
+        for w in ws:                     # one output channel at a time
+            flat = w.reshape(-1, len(rc)).astype(np.float64)
+            q = np.stack([quantize(flat[:, c], lp.weight_bits, rc[c], True)
+                          for c in range(len(rc))], axis=1)
+            out[lp.name].append(q.reshape(w.shape))
     return out
+
+
+def _steps(lp, kind, k):
+    """Delta_W, or the per-channel steps shaped for the TFLite kernel k."""
+    if lp.weight_channel_ranges is None:
+        return lp.weight_step
+    st = np.asarray(lp.weight_channel_ranges) * 2.0 ** (1 - lp.weight_bits)
+    return st.reshape(1, 1, 1, -1) if kind == "depthwise" else \
+        st.reshape((-1,) + (1,) * (k.ndim - 1))
 
 
 def _decisions(path, x, resolver):
@@ -141,8 +159,11 @@ def _check_weights(path, model, plan, kinds):
         if types[lp.name] == "float32":
             np.testing.assert_array_equal(tensor_values(g, t), k)
             continue
-        assert np.all(np.asarray(q.scale) == lp.weight_step), lp.name
-        deq = tensor_values(g, t).astype(np.float64) * lp.weight_step
+        st = _steps(lp, kinds[lp.name], k)
+        assert np.array_equal(np.asarray(q.scale).reshape(-1),
+                              np.reshape(st, -1) if np.ndim(st)
+                              else np.full(np.size(q.scale), st)), lp.name
+        deq = tensor_values(g, t).astype(np.float64) * st
         np.testing.assert_array_equal(deq, k.astype(np.float64))
     return types
 
@@ -280,3 +301,26 @@ def test_verified_table():
                 continue
             exact = res[fam] == 1.0
             assert exact == (fam in VERIFIED[(kind, act, wt)]), (kind, act, wt, fam, res)
+
+
+def test_cnn_per_channel_weights(cnn, mnist, tmp_path):
+    """Per-channel plans: each stored channel's scale is its own R_c 2^(1-B)
+    and its values the numpy per-channel rounding; the file's decisions are
+    the fake-quant model's; the exact writer refuses such plans and
+    backend='auto' picks ai_edge_quantizer."""
+    m, _, x, _ = cnn
+    gains = tfprec.noise_gains(m, mnist.x_train[:200], per_channel=True)
+    plan = _plan(gains, 4, 5)
+    assert all(l.weight_channel_ranges is not None for l in plan.layers)
+    assert any(len(set(l.weight_channel_ranges)) > 1 for l in plan.layers)
+    path = str(tmp_path / "cnn_pc.tflite")
+    rep = export_tflite(m, plan, path, x, check_examples=300)   # auto
+    assert isinstance(rep, AeqExportReport) and rep.grid_check_passed
+    types = _check_weights(path, m, plan, {"conv": "conv2d", "dw": "depthwise",
+                                           "logits": "dense"})
+    assert types == {"conv": "int4", "dw": "int8", "logits": "int4"}
+    assert all(any("per output channel" in n for n in l.notes) for l in rep.layers)
+    _check_agreement(path, m, plan, x, rep)
+    with pytest.raises(ExportError, match="per-channel weight ranges"):
+        export_tflite(m, plan, str(tmp_path / "exact.tflite"), x, backend="exact")
+    assert not os.path.exists(str(tmp_path / "exact.tflite"))

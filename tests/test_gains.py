@@ -451,3 +451,45 @@ def test_geometry(name):
         assert lg.num_dots == p
         assert lg.num_weights == k.size + (r.bias.size if has_b else 0)
         assert lg.num_inputs == int(np.prod(layer.input_shape[1:]))
+
+
+# ------------------------------------------------ per-channel weight ranges
+@pytest.mark.parametrize("name", ["mlp", "cnn", "depthwise", "residual"])
+def test_per_channel_gains_match_reference(name):
+    """per_channel=True: E_W = sum_c (R_c/R_W)^2 E_c against the float64
+    brute force with its own per-channel ranges; E_A unchanged."""
+    model, x, ref, flat = case(name)
+    want = ref.gains(x, per_channel=True)
+    got = tfprec.noise_gains(model, x, batch_size=3, dtype="float64",
+                             per_channel=True, per_example=True)
+    assert_matches(got, want, 1e-7)
+    per_tensor = tfprec.noise_gains(model, x, batch_size=3, dtype="float64")
+    some_smaller = False
+    for lg in got.layers:
+        r = want[lg.name]
+        if r.channel_ranges is None:
+            assert lg.r_w_channels is None
+            continue
+        np.testing.assert_array_equal(lg.r_w_channels, r.channel_ranges)
+        assert lg.r_w == max(lg.r_w_channels)
+        assert lg.r_w == per_tensor[lg.name].r_w
+        assert lg.e_w <= per_tensor[lg.name].e_w * (1 + 1e-12)
+        some_smaller |= lg.e_w < per_tensor[lg.name].e_w * (1 - 1e-6)
+        assert lg.e_a == pytest.approx(per_tensor[lg.name].e_a, rel=1e-12)
+    assert some_smaller        # random BN-folded weights: channels differ
+    # per-example rows sum to the same effective gains
+    np.testing.assert_allclose(got.example_w.mean(axis=0),
+                               [lg.e_w for lg in got.layers], rtol=1e-10)
+    # JSON round trip keeps the channel ranges
+    back = tfprec.NoiseGains.from_dict(got.to_dict())
+    assert [lg.r_w_channels for lg in back.layers] == \
+        [lg.r_w_channels for lg in got.layers]
+
+
+def test_per_channel_gains_refuse_bad_saved_ranges():
+    model, x, _, _ = case("cnn")
+    d = tfprec.noise_gains(model, x, per_channel=True).to_dict()
+    i = next(i for i, ld in enumerate(d["layers"]) if ld["r_w_channels"])
+    d["layers"][i]["r_w_channels"] = [0.3] * len(d["layers"][i]["r_w_channels"])
+    with pytest.raises(tfprec.InvalidDataError, match="r_w_channels"):
+        tfprec.NoiseGains.from_dict(d)

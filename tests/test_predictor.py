@@ -202,18 +202,27 @@ def _quantize_np(w, bits, r):
 
 
 @pytest.mark.parametrize("make,shape", [(_mlp, (6,)), (_conv, (6, 6, 2))])
-@pytest.mark.parametrize("stacked", [True, False], ids=["stacked", "one_copy"])
-def test_shift_tables_match_brute_force(make, shape, stacked, monkeypatch):
+@pytest.mark.parametrize("stacked,per_channel", [(True, False), (False, False), (True, True)],
+                         ids=["stacked", "one_copy", "per_channel"])
+def test_shift_tables_match_brute_force(make, shape, stacked, per_channel, monkeypatch):
     """class_shift[T, b-2]: the margin change when only layer T's weights are
     rounded to b bits, against the Keras model with those weights set; the
     rounded copies re-run downstream stacked along the batch axis (the other
-    branch of the Add tiled) or one at a time (SHIFT_ELEMENTS = 1)."""
+    branch of the Add tiled) or one at a time (SHIFT_ELEMENTS = 1); with
+    per-channel ranges, each output channel rounded on its own range."""
     from tfprec.statistics import backward
     if not stacked:
         monkeypatch.setattr(backward, "SHIFT_ELEMENTS", 1)
     m = make()
+    if per_channel:                     # channels of different ranges
+        for layer in m.layers:
+            if layer.get_weights():
+                k, bias = layer.get_weights()
+                f = 2.0 ** -(np.arange(k.shape[-1]) % 3)
+                layer.set_weights([k * f, bias * f])
     x = np.random.default_rng(9).uniform(0, 1, size=(9, *shape)).astype(np.float32)
-    g = tfprec.noise_gains(m, x, per_class=True, batch_size=4, class_chunk=2)
+    g = tfprec.noise_gains(m, x, per_class=True, batch_size=4, class_chunk=2,
+                           per_channel=per_channel)
     n, k, nl = g.class_w.shape
     assert g.class_shift.shape == (nl, 15, n, k)
     z0 = m(x).numpy().astype(np.float64)
@@ -228,6 +237,12 @@ def test_shift_tables_match_brute_force(make, shape, stacked, monkeypatch):
         w = layer.get_weights()
         r = 2.0 ** math.ceil(math.log2(max(np.abs(a).max() for a in w)))
         assert r == lg.r_w
+        if per_channel:                 # kernel [..., C] and bias [C] here
+            c = w[-1].size
+            mc = np.maximum(np.abs(w[0]).reshape(-1, c).max(0), np.abs(w[1]))
+            r = 2.0 ** np.ceil(np.log2(mc))
+            np.testing.assert_array_equal(lg.r_w_channels, r)
+            assert len(set(r)) > 1
         for b in (2, 3, 6, 16):
             layer.set_weights([_quantize_np(a.astype(np.float64), b, r).astype(np.float32)
                                for a in w])

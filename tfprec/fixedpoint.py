@@ -45,17 +45,62 @@ def quantize_int(x, bits: int, range_scale: float, signed: bool) -> np.ndarray:
     lo, hi = int_limits(bits, signed)
     x = np.asarray(x)
     dt = np.float32 if x.dtype == np.float32 else np.float64
+    inv = (1.0 / step(bits, range_scale)) if np.ndim(range_scale) == 0 else \
+        (1.0 / (channel_view(range_scale, x.shape) * 2.0 ** (1 - int(bits)))).astype(dt)
     with np.errstate(over="ignore", invalid="ignore"):   # +-inf saturate
-        q = x.astype(dt, copy=False) * dt(1.0 / step(bits, range_scale))
+        q = x.astype(dt, copy=False) * (dt(inv) if np.ndim(inv) == 0 else inv)
         k = np.floor(q)
         k = k + (q - k >= 0.5)
     return np.clip(k, lo, hi).astype(np.int64)
 
 
-def quantize(x, bits: int, range_scale: float, signed: bool) -> np.ndarray:
+def quantize(x, bits: int, range_scale, signed: bool) -> np.ndarray:
     """x rounded to the nearest level of the format (ties upward) and
-    saturated, as float64 values k * Delta (see :func:`quantize_int`)."""
-    return quantize_int(x, bits, range_scale, signed) * step(bits, range_scale)
+    saturated, as float64 values k * Delta (see :func:`quantize_int`).
+    ``range_scale`` may be one power of two or one per output channel
+    (see :func:`channel_view`)."""
+    k = quantize_int(x, bits, range_scale, signed)
+    if np.ndim(range_scale) == 0:
+        return k * step(bits, range_scale)
+    return k * (channel_view(range_scale, np.shape(x)) * 2.0 ** (1 - int(bits)))
+
+
+def channel_view(ranges, shape) -> np.ndarray:
+    """Per-output-channel values ``ranges`` (length C) reshaped to broadcast
+    against a weight tensor of ``shape`` whose output channels are its
+    trailing axes: the last axis of a Dense or Conv2D kernel and of every
+    bias (C values), the last two of a DepthwiseConv2D kernel
+    [kh, kw, C_in, multiplier] (C = C_in * multiplier, channel-major as the
+    layer's output).  The fewest trailing axes whose sizes multiply to C
+    are used; ValueError when none do."""
+    r = np.asarray(ranges, np.float64).reshape(-1)
+    shape = tuple(int(d) for d in shape)
+    n = 1
+    for k in range(1, len(shape) + 1):
+        n *= shape[-k]
+        if n == r.size:
+            return r.reshape(shape[-k:])
+        if n > r.size:
+            break
+    raise ValueError(f"{r.size} per-channel ranges do not match the trailing "
+                     f"axes of a weight tensor of shape {shape}")
+
+
+def channel_ranges(kernel, bias, channels: int) -> np.ndarray:
+    """Per-output-channel range scales R_c (powers of two) of a weight
+    layer with ``channels`` output channels, the trailing axes of its kernel
+    (see :func:`channel_view`; C_in * multiplier for a DepthwiseConv2D):
+    the smallest power of two covering max |w| over the channel's kernel
+    slice and its bias entry.  A channel that is all zeros takes the
+    smallest range of the other channels (any range represents it
+    exactly); the largest R_c is the tensor's range R_W."""
+    m = np.abs(np.asarray(kernel, np.float64)).reshape(-1, int(channels)).max(axis=0)
+    if bias is not None:
+        m = np.maximum(m, np.abs(np.asarray(bias, np.float64).reshape(-1)))
+    r = np.array([pow2_ceil(v) if v > 0 else 0.0 for v in m])
+    nz = r[r > 0]
+    r[r == 0] = nz.min() if nz.size else 1.0
+    return r
 
 
 def check_bits(name: str, value, lo: int = MIN_BITS, hi: int = MAX_BITS) -> int:

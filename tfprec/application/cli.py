@@ -171,7 +171,8 @@ def _plan(r: RunState) -> None:
         _log(f"noise gains over {len(r.x_cal)} calibration examples")
         with contextlib.redirect_stdout(sys.stderr):     # the progress bar
             r.gains = noise_gains(r.model, r.x_cal, batch_size=min(s.batch_size, 256),
-                                  per_example=True, verbose=True)
+                                  per_example=True, verbose=True,
+                                  per_channel=s.per_channel_weights)
     with _timed(r, "plans"):
         r.choice = steps.choose(s, r.model, r.gains, r.x_eval, r.y_eval)
     r.notes += r.choice.notes

@@ -203,7 +203,8 @@ def predicted_gains(s: Settings, model, x_sel):
         f"the held-out examples ({len(x_sel)} ex.)")
     with contextlib.redirect_stdout(sys.stderr):          # the progress bar
         return noise_gains(model, x_sel, batch_size=min(s.batch_size, 256),
-                           per_class=True, verbose=True)
+                           per_class=True, verbose=True,
+                           per_channel=s.per_channel_weights)
 
 
 def choose_predicted_budget(s: Settings, model, x_eval, y_eval) -> Choice:

@@ -163,6 +163,7 @@ def layer_rows(plan, gains=None) -> list:
             "e_w": None if lg is None else lg.e_w,
             "e_a": None if lg is None else lg.e_a,
             "weight_range": l.weight_range, "act_range": l.act_range,
+            "weight_channel_ranges": getattr(l, "weight_channel_ranges", None),
             "act_signed": l.act_signed,
             "act_range_source": None if lg is None else lg.act_range_source,
             "weight_step": l.weight_step, "act_step": l.act_step,
@@ -170,6 +171,15 @@ def layer_rows(plan, gains=None) -> list:
             "compute_cost": cost.compute[l.name], "memory_cost": cost.memory[l.name],
         })
     return rows
+
+
+def _weight_range(r: dict) -> str:
+    """The weight range of a layer row; per-channel ranges as the largest
+    and the smallest R_c."""
+    rc = r.get("weight_channel_ranges")
+    if rc is None:
+        return _range(r["weight_range"], True)
+    return f"{_range(r['weight_range'], True)} per channel (R_c >= {min(rc):g})"
 
 
 def layer_table_text(plan, gains=None) -> str:
@@ -184,7 +194,7 @@ def layer_table_text(plan, gains=None) -> str:
             r["layer"], str(r["weight_bits"]),
             "-" if ids else f"{r['act_bits']}{'s' if r['act_signed'] else 'u'}",
             f"{r['g_w']:.3g}", "-" if ids else f"{r['g_a']:.3g}",
-            _range(r["weight_range"], True),
+            _weight_range(r),
             "integer ids" if ids else _range(r["act_range"], r["act_signed"]),
             _int(r["compute_cost"]), _int(r["memory_cost"])])
     c = plan.cost()
@@ -220,14 +230,14 @@ def layer_table_markdown(plan, gains=None) -> str:
             lines.append(
                 f"| {r['layer']} | {r['class']} | {_g(r['e_w'])} | - | "
                 f"{r['g_w']:.3g} | - | {r['weight_bits']} | - | "
-                f"{_range(r['weight_range'], True)} ({r['weight_step']:.3g}) | "
+                f"{_weight_range(r)} ({r['weight_step']:.3g}) | "
                 f"integer ids | - | {r['weight_term']:.3g} | 0 | "
                 f"{_int(r['compute_cost'])} | {_int(r['memory_cost'])} |")
             continue
         lines.append(
             f"| {r['layer']} | {r['class']} | {_g(r['e_w'])} | {_g(r['e_a'])} | "
             f"{r['g_w']:.3g} | {r['g_a']:.3g} | {r['weight_bits']} | {r['act_bits']} | "
-            f"{_range(r['weight_range'], True)} ({r['weight_step']:.3g}) | "
+            f"{_weight_range(r)} ({r['weight_step']:.3g}) | "
             f"{_range(r['act_range'], r['act_signed'])} ({r['act_step']:.3g}) | "
             f"{'signed' if r['act_signed'] else 'unsigned'}{src} | "
             f"{r['weight_term']:.3g} | {r['act_term']:.3g} | "

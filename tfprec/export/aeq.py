@@ -65,6 +65,7 @@ import numpy as np
 
 from tfprec._tf import tf
 from tfprec.errors import ExportError
+from tfprec.fixedpoint import channel_view
 from tfprec.export import aeq_recipe as R
 from tfprec.export.aeq_report import (METADATA_NAME, AeqExportReport, AeqLayer,  # noqa: F401
                                       read_metadata, with_metadata)
@@ -255,6 +256,10 @@ def export_aeq(model, plan, path, representative_data=None, *, labels=None,
                                weight_step=fw.step,
                                act_step=float("nan") if fa is None else fa.step,
                                weight_type=wt, notes=[note] if note else []))
+        if fw.channels is not None:
+            layers[-1].notes.append(
+                f"weights per output channel: R_c from {min(fw.channels):g} to "
+                f"{max(fw.channels):g} (weight_step is the largest channel's)")
     by = {l.name: l for l in layers}
 
     # ---- pass 1: a clip in front of every weight op, to find the chains
@@ -330,14 +335,17 @@ def export_aeq(model, plan, path, representative_data=None, *, labels=None,
         raise ExportError(f"the converter wrote the weight operators of "
                           f"{sorted(set(op1) ^ set(op_of))} differently once the plan's "
                           "rounding was added")
-    wstep = {n: (fmts[n][0].range * 2.0 ** -7 if (wide_to_8 and fmts[n][0].bits > 8)
-                 else fmts[n][0].step) for n in names}
+    wstep = {n: fmts[n][0].steps(8 if (wide_to_8 and fmts[n][0].bits > 8) else None)
+             for n in names}          # Delta_W, or per channel
     for l in layers:
-        if l.weight_type == "int8" and np.min(snapped[l.name][0]) / wstep[l.name] < -127:
+        k = snapped[l.name][0]
+        codes = k / (wstep[l.name] if np.ndim(wstep[l.name]) == 0
+                     else channel_view(wstep[l.name], k.shape))
+        if l.weight_type == "int8" and np.min(codes) < -127:
             raise ExportError(
-                f"layer {l.name!r}: its 8-bit kernel has code -128 (value "
-                f"{-128 * wstep[l.name]!r}); LiteRT int8 weights are narrow-range "
-                "[-127, 127]. Use backend='exact'.")
+                f"layer {l.name!r}: its 8-bit kernel has code -128; LiteRT int8 "
+                "weights are narrow-range [-127, 127]. Use backend='exact'"
+                + (" with per-tensor weight ranges." if np.ndim(wstep[l.name]) else "."))
 
     # ---- recipe: everything float but the integer chains and the weights
     from ai_edge_quantizer import quantizer

@@ -116,17 +116,26 @@ def check_verified(layer: str, kind: str, act: str, weight: str) -> frozenset:
 # --------------------------------------------------------------------------
 # Weight scales
 # --------------------------------------------------------------------------
-def weight_qsv(kind: str, kernel: np.ndarray, bits: int, step: float) -> dict:
-    """Per-channel min/max of a (TFLite-layout) kernel for AEQ's min/max
-    rule such that every channel's symmetric scale is exactly ``step``:
-    bound / (2^(B-1) - 1) with bound = (2^(B-1) - 1) * step (the quotient
-    is exact in floating point).  Channels: axis 0 (FULLY_CONNECTED,
+def tflite_steps(kind: str, kernel: np.ndarray, step) -> np.ndarray:
+    """``step`` (one Delta_W, or one per output channel) shaped to broadcast
+    against a TFLite-layout kernel: channels on axis 0 (FULLY_CONNECTED,
     CONV_2D) or the last axis (DEPTHWISE_CONV_2D)."""
-    qmax = 2 ** (bits - 1) - 1
     axis = kernel.ndim - 1 if kind == "depthwise" else 0
     shape = [1] * kernel.ndim
     shape[axis] = kernel.shape[axis]
-    bound = np.full(shape, qmax * step, np.float32)
+    s = np.asarray(step, np.float64).reshape(-1)
+    return np.broadcast_to(s, (kernel.shape[axis],)).reshape(shape)
+
+
+def weight_qsv(kind: str, kernel: np.ndarray, bits: int, step) -> dict:
+    """Per-channel min/max of a (TFLite-layout) kernel for AEQ's min/max
+    rule such that channel c's symmetric scale is exactly its step
+    (``step``: one Delta_W, or one per channel): bound / (2^(B-1) - 1)
+    with bound = (2^(B-1) - 1) * step (the quotient is exact in floating
+    point).  Channels: axis 0 (FULLY_CONNECTED, CONV_2D) or the last axis
+    (DEPTHWISE_CONV_2D)."""
+    qmax = 2 ** (bits - 1) - 1
+    bound = (qmax * tflite_steps(kind, kernel, step)).astype(np.float32)
     return {"min": -bound, "max": bound}
 
 
@@ -360,7 +369,7 @@ def nudge(g, chain: list, src, fmts: dict, op_of: dict, direction: int) -> dict:
     prev = next(n for n, o in op_of.items() if o is src)
     fw, fin = fmts[prev]
     fa = fmts[next(n for n, o in op_of.items() if chain[0] in o.inputs)][1]
-    p = int(round(np.log2(fa.step / (fin.step * fw.step))))
+    p = int(round(np.log2(fa.step / (fin.step * float(np.min(fw.steps()))))))
     eps = direction * 2.0 ** -min(max(p + 10, 12), 22)
     # chain runs from the consumer back to the producer: the tensors after
     # the last MINIMUM (closest to the producer) are the nudged ones
@@ -449,7 +458,7 @@ class _GridBuild:
         vals = []
         for a in weight_attrs(layer):
             v = getattr(layer, a)
-            q = quantize(v.numpy(), bits, fw.range, True)   # in the layer's dtype, as the fake-quant model
+            q = quantize(v.numpy(), bits, fw.ranges, True)   # in the layer's dtype, as the fake-quant model
             v.assign(q.astype(v.dtype.as_numpy_dtype))
             vals.append(np.asarray(v.numpy()))
         self.snapped[op.name] = vals

@@ -225,7 +225,7 @@ def check_file(g, layers, snapped, fmts, kinds, wide_to_8, ordinal: dict) -> Non
     operators the converter writes its own way) are checked in the float
     model (weights snapped, explicit rounding) and by the decision checks;
     their flags say so in a note."""
-    from tfprec.export.aeq_recipe import WEIGHT_OPS, tflite_kernel
+    from tfprec.export.aeq_recipe import WEIGHT_OPS, tflite_kernel, tflite_steps
     wops = [op for op in g.ops if op.name in WEIGHT_OPS]
     for l in layers:
         if l.name not in ordinal:
@@ -235,7 +235,7 @@ def check_file(g, layers, snapped, fmts, kinds, wide_to_8, ordinal: dict) -> Non
             continue
         op = wops[ordinal[l.name]]
         fw, fa = fmts[l.name]
-        step = fw.range * 2.0 ** -7 if (wide_to_8 and fw.bits > 8) else fw.step
+        step = fw.steps(8 if (wide_to_8 and fw.bits > 8) else None)
         w = op.inputs[1]
         p = g.producer(w)
         if p is not None and p.name == "DEQUANTIZE":
@@ -245,12 +245,14 @@ def check_file(g, layers, snapped, fmts, kinds, wide_to_8, ordinal: dict) -> Non
         l.stored_input = g.type_name(data)
         l.stored_output = g.type_name(op.outputs[0])
         kern = tflite_kernel(kinds[l.name], snapped[l.name][0]).astype(np.float64)
+        step = tflite_steps(kinds[l.name], kern, step)      # per channel
         vals = tensor_values(g, w).astype(np.float64)
         scales, zps = _qp(g, w)
         if l.stored_weight == "float32":
             ok = vals.size == kern.size and np.array_equal(vals.reshape(kern.shape), kern)
         else:
-            ok = (scales is not None and np.all(scales == step) and np.all(zps == 0)
+            ok = (scales is not None and np.all(scales.reshape(-1) == step.reshape(-1))
+                  and np.all(zps == 0)
                   and vals.shape == kern.shape and np.array_equal(vals * step, kern))
         if len(snapped[l.name]) > 1 and len(op.inputs) > 2 and op.inputs[2] >= 0:
             b = op.inputs[2]

@@ -74,11 +74,25 @@ def as_export_errors(prefix: str = ""):
 
 @dataclasses.dataclass(frozen=True)
 class Fmt:
-    """A fixed-point format: ``bits`` (B), ``range`` (R), ``signed``."""
+    """A fixed-point format: ``bits`` (B), ``range`` (R), ``signed``;
+    ``channels``: None, or the per-output-channel ranges R_c of a weight
+    format (``range`` is then their maximum)."""
 
     bits: int
     range: float
     signed: bool
+    channels: Optional[tuple] = None
+
+    @property
+    def ranges(self):
+        """R (a float), or the R_c as a float64 array."""
+        return self.range if self.channels is None else np.asarray(self.channels, np.float64)
+
+    def steps(self, bits: Optional[int] = None):
+        """Delta (a float), or per channel R_c 2^(1-B) (an array), at
+        ``bits`` (default B)."""
+        b = self.bits if bits is None else int(bits)
+        return self.ranges * 2.0 ** (1 - b)
 
     @property
     def step(self) -> float:
@@ -117,7 +131,8 @@ def layer_formats(lp) -> tuple:
         if has_act:
             ab = check_bits("act_bits", getattr(lp, "act_bits", None))
             ar = check_pow2("act_range", getattr(lp, "act_range", None))
-    fw = Fmt(wb, wr, True)
+    rc = getattr(lp, "weight_channel_ranges", None)
+    fw = Fmt(wb, wr, True, None if rc is None else tuple(float(r) for r in rc))
     fa = Fmt(ab, ar, bool(lp.act_signed)) if has_act else None
     for f, what in ((fw, "weight"), (fa, "activation")):
         if f is None:

@@ -137,7 +137,7 @@ from tfprec.errors import ExportError
 from tfprec.export.checks import (bmm_honors_zero_point, check_acts, check_weights,
                                   interpreter, run_probe)
 from tfprec.export.formats import (RESOLVER_OF, TIE_DIRECTION, ExportInvalidDataError,
-                                   as_export_errors, plan_formats)
+                                   ExportPlanError, as_export_errors, plan_formats)
 from tfprec.export.lower import Realizer
 from tfprec.export.report import ExportReport, LayerExport, write_checked
 from tfprec.export.running import agreement, tflite_predict  # noqa: F401 (public here too)
@@ -281,8 +281,9 @@ def export_tflite(model, plan, path, representative_data=None, *,
     Google's AI Edge Quantizer over a TFLiteConverter float file; it takes
     ``check_examples`` and the extra keywords ``aeq_options``: labels,
     round_wide_weights, weight_types, baselines, latency) or 'auto' (the
-    default: 'exact' when :func:`exact_can_express` the model, else
-    'ai_edge_quantizer').  ``kernels`` names the family whose rounding ties
+    default: 'exact' when :func:`exact_can_express` the model and the plan
+    has one weight range per tensor, else 'ai_edge_quantizer'; plans with
+    per-channel weight ranges are refused by 'exact').  ``kernels`` names the family whose rounding ties
     are tuned, for both backends.
     ``check_examples`` None: 2000 for both (all given examples when fewer).
     The ai_edge_quantizer backend returns an
@@ -349,8 +350,17 @@ def export_tflite(model, plan, path, representative_data=None, *,
     with as_export_errors():
         backend = choice("backend", "ai_edge_quantizer" if backend == "aeq" else backend,
                          BACKENDS)
+    per_channel = [getattr(l, "name", "?") for l in getattr(plan, "layers", None) or ()
+                   if getattr(l, "weight_channel_ranges", None) is not None]
     if backend == "auto":
-        backend = "exact" if exact_can_express(model) else "ai_edge_quantizer"
+        backend = ("exact" if exact_can_express(model) and not per_channel
+                   else "ai_edge_quantizer")
+    if backend == "exact" and per_channel:
+        raise ExportPlanError(
+            f"layers {per_channel[:3]}{' ...' if len(per_channel) > 3 else ''} have "
+            "per-channel weight ranges (weight_channel_ranges); the exact writer "
+            "stores one weight scale per tensor: use backend='ai_edge_quantizer' "
+            "(what backend='auto' picks for such plans)")
     if backend == "ai_edge_quantizer":
         from tfprec.export.aeq import export_aeq
         return export_aeq(model, plan, path, representative_data,

@@ -139,7 +139,7 @@ def hawq_plan(model, gains_or_plan, traces, budget: float, cost: str = "compute"
             tw = 0.0
         ws = [op.attrs["kernel"]] + ([] if op.attrs["bias"] is None else [op.attrs["bias"]])
         n = sum(w.size for w in ws)
-        err = np.array([sum(float(np.sum((fixedpoint.quantize(w, b, lp.weight_range, True)
+        err = np.array([sum(float(np.sum((fixedpoint.quantize(w, b, lp.weight_ranges(), True)
                                           - w) ** 2)) for w in ws) for b in bits_w])
         ow = tw / n * err                                        # [len(bits_w)]
         if act_tr is not None and lp.has_act:

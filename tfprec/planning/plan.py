@@ -61,6 +61,11 @@ class LayerPrecision:
       num_inputs_written: input activations per example as the producing
         layer writes them (before max pooling), the authors' convention for
         the representational cost; None means "same as ``num_inputs``".
+      weight_channel_ranges: None (the weights on one range R_W), or one
+        range scale R_c per output channel (powers of two, the largest
+        ``weight_range``): channel c's weights are on [-R_c, R_c) with step
+        R_c 2^(1-B_W), all channels with the layer's B_W (gains computed
+        with ``per_channel=True``; ``g_w`` is then sum_c R_c^2 E_c).
     """
 
     name: str
@@ -78,6 +83,7 @@ class LayerPrecision:
     num_inputs: int
     act_group: str = ""
     num_inputs_written: Optional[int] = None
+    weight_channel_ranges: Optional[tuple] = None
 
     @property
     def has_act(self) -> bool:
@@ -87,8 +93,18 @@ class LayerPrecision:
 
     @property
     def weight_step(self) -> float:
-        """Weight quantization step Delta_W = R_W 2^(1-B_W)."""
+        """Weight quantization step Delta_W = R_W 2^(1-B_W) (the largest
+        channel's step for per-channel ranges)."""
         return step(self.weight_bits, self.weight_range)
+
+    def weight_ranges(self):
+        """The weight range scale(s) to round with: R_W (a float), or the
+        per-channel R_c as a float64 array (see
+        :func:`tfprec.fixedpoint.channel_view` for how they broadcast)."""
+        if self.weight_channel_ranges is None:
+            return float(self.weight_range)
+        import numpy as np
+        return np.asarray(self.weight_channel_ranges, np.float64)
 
     @property
     def act_step(self) -> Optional[float]:
@@ -381,7 +397,8 @@ class PrecisionPlan:
             if not isinstance(ld, dict):
                 raise PlanError(f"plan layer #{i} is not an object: {ld!r:.80}")
             missing = [f for f in fields if f not in ld
-                       and f not in ("act_group", "num_inputs_written")]
+                       and f not in ("act_group", "num_inputs_written",
+                                     "weight_channel_ranges")]
             if missing:
                 raise PlanError(f"plan layer #{i} ({ld.get('name', '?')!r}) "
                                 f"lacks fields {missing}")
@@ -389,6 +406,8 @@ class PrecisionPlan:
             if unknown:
                 raise PlanError(f"plan layer #{i} ({ld.get('name', '?')!r}) "
                                 f"has unknown fields {unknown}")
+            if isinstance(ld.get("weight_channel_ranges"), list):
+                ld = dict(ld, weight_channel_ranges=tuple(ld["weight_channel_ranges"]))
             lp = LayerPrecision(**ld)
             _check_layer(lp, f"plan layer #{i} ({ld.get('name', '?')!r})")
             layers.append(lp)
@@ -498,6 +517,17 @@ def _check_layer(l, where: str = None) -> None:
         inputs.positive_int(f"{where}: num_inputs_written", l.num_inputs_written,
                             error=PlanError)
     inputs.text(f"{where}: act_group", l.act_group, error=PlanError)
+    rc = l.weight_channel_ranges
+    if rc is not None:
+        if not isinstance(rc, tuple) or not rc:
+            raise PlanError(f"{where}: weight_channel_ranges must be null or a "
+                            f"non-empty list of powers of two, got {rc!r:.80}")
+        for r in rc:
+            check_pow2(f"{where}: weight_channel_ranges", r)
+        if max(rc) != l.weight_range:
+            raise PlanError(f"{where}: the largest of weight_channel_ranges "
+                            f"({max(rc):g}) must equal weight_range "
+                            f"({l.weight_range:g})")
     if l.act_bits is None and (l.g_a != 0 or l.act_group or l.act_signed):
         raise PlanError(f"{where}: act_bits is null (no activation format: an "
                         "Embedding's integer ids), so g_a must be 0, act_signed "

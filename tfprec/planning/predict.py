@@ -523,10 +523,12 @@ def predicted_mismatch(plan: PrecisionPlan, gains, form: str = DEFAULT_FORM,
                         f"layers {[l.name for l in gains.layers]}")
     if model == "shift":
         for l, g in zip(plan.layers, gains.layers):
-            if l.weight_range != g.r_w:
-                raise PlanError(f"plan layer {l.name!r} has weight range "
-                                f"{l.weight_range:g}, the gains' shift tables are "
-                                f"for R_W = {g.r_w:g}; use model='gaussian'")
+            if l.weight_range != g.r_w or (getattr(l, "weight_channel_ranges", None)
+                                           != getattr(g, "r_w_channels", None)):
+                raise PlanError(f"plan layer {l.name!r} has weight range(s) "
+                                f"{l.weight_range:g} / {l.weight_channel_ranges}, the "
+                                f"gains' shift tables are for R_W = {g.r_w:g} / "
+                                f"{g.r_w_channels} (per channel); use model='gaussian'")
     return _model(gains, form, model).value(*_bits_of(plan))
 
 

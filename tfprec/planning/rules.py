@@ -59,7 +59,8 @@ def _layers_at(gains, weight_bits: Sequence[int], act_bits: Sequence[int]) -> tu
         dot_length=g.dot_length, num_dots=g.num_dots,
         num_weights=g.num_weights, num_inputs=g.num_inputs,
         act_group=g.act_group,
-        num_inputs_written=getattr(g, "num_inputs_written", None))
+        num_inputs_written=getattr(g, "num_inputs_written", None),
+        weight_channel_ranges=getattr(g, "r_w_channels", None))
         for g, bw, ba in zip(gains.layers, weight_bits, act_bits))
 
 

@@ -225,8 +225,9 @@ def _rebuild(model, plan=None, split_softmax: bool = True, export=None):
                         x = _wrap(iq, InputQuantizeConfig(
                             int(lp.act_bits), float(lp.act_range),
                             bool(lp.act_signed)))(x)
-                    call_new = _wrap(new, FixedPointQuantizeConfig(int(lp.weight_bits),
-                                                                   float(lp.weight_range)))
+                    call_new = _wrap(new, FixedPointQuantizeConfig(
+                        int(lp.weight_bits), float(lp.weight_range),
+                        getattr(lp, "weight_channel_ranges", None)))
                 x = call_new(x)
             if split:
                 x = L.Activation("softmax", name=unique(layer.name + SOFTMAX_SUFFIX),

@@ -57,19 +57,27 @@ class FixedPointQuantizeConfig(ConfigValue, _QuantizeConfig):
       weight_bits: B_W, bits including the sign bit (2..16).
       weight_range: R_W, a power of two; weights on [-R_W, R_W), step
         R_W * 2^(1-B_W) (units of the weights).
+      channel_ranges: None, or R_c per output channel (powers of two, at
+        most R_W): channel c's kernel slice and bias entry on [-R_c, R_c)
+        with step R_c * 2^(1-B_W).
 
     The layer's activation function and output are not quantized (the next
     weight layer's :class:`InputQuantizer` quantizes what it consumes).
     """
 
-    def __init__(self, weight_bits: int, weight_range: float):
+    def __init__(self, weight_bits: int, weight_range: float, channel_ranges=None):
         _check_format(weight_bits, weight_range, True, "weight format")
         self.weight_bits = int(weight_bits)
         self.weight_range = float(weight_range)
+        self.channel_ranges = self.quantizer_for(channel_ranges).channel_ranges
+
+    def quantizer_for(self, channel_ranges) -> FixedPointQuantizer:
+        return FixedPointQuantizer(self.weight_bits, self.weight_range, True,
+                                   channel_ranges)
 
     @property
     def quantizer(self) -> FixedPointQuantizer:
-        return FixedPointQuantizer(self.weight_bits, self.weight_range, True)
+        return self.quantizer_for(self.channel_ranges)
 
     def get_weights_and_quantizers(self, layer):
         return [(getattr(layer, a), self.quantizer) for a in _weight_attrs(layer)]
@@ -93,7 +101,10 @@ class FixedPointQuantizeConfig(ConfigValue, _QuantizeConfig):
         return []
 
     def get_config(self) -> dict:
-        return {"weight_bits": self.weight_bits, "weight_range": self.weight_range}
+        cfg = {"weight_bits": self.weight_bits, "weight_range": self.weight_range}
+        if self.channel_ranges is not None:
+            cfg["channel_ranges"] = list(self.channel_ranges)
+        return cfg
 
 
 class InputQuantizeConfig(ConfigValue, _QuantizeConfig):

@@ -30,7 +30,7 @@ import numpy as np
 
 from tfprec._tf import tf  # noqa: F401  (selects Keras 2 before TFMOT loads)
 from tfprec.errors import InvalidDataError, PlanError
-from tfprec.fixedpoint import check_bits, check_pow2, int_limits, step
+from tfprec.fixedpoint import channel_view, check_bits, check_pow2, int_limits, step
 
 import tensorflow_model_optimization as tfmot  # noqa: E402  (after tfprec._tf)
 
@@ -46,13 +46,15 @@ def _check_format(bits, range_scale, signed, what: str = "quantizer"):
         raise PlanError(f"{what}: signed={signed!r} must be a bool")
 
 
-def fixed_point_quantize(x, bits: int, range_scale: float, signed: bool):
+def fixed_point_quantize(x, bits: int, range_scale, signed: bool):
     """Fake-quantizes tensor ``x`` to the (B, R, signed) format, with STE.
 
     Args:
       x: a floating-point tensor (any shape; float32 or float64).
       bits: B, total bits (sign bit included when ``signed``), 2..16.
-      range_scale: R, a power of two, in the units of ``x``.
+      range_scale: R, a power of two, in the units of ``x``; or a sequence
+        of one power of two per output channel of a weight tensor ``x``
+        (its trailing axes, :func:`tfprec.fixedpoint.channel_view`).
       signed: signed format on [-R, R) or unsigned format on [0, 2R).
 
     Returns:
@@ -65,7 +67,10 @@ def fixed_point_quantize(x, bits: int, range_scale: float, signed: bool):
         power of two or ``signed`` not a bool (the message names it).
       InvalidDataError: ``x`` is not a floating-point tensor.
     """
-    _check_format(bits, range_scale, signed, "fixed_point_quantize")
+    per_channel = np.ndim(range_scale) > 0
+    for r in (np.reshape(range_scale, -1) if per_channel else [range_scale]):
+        _check_format(bits, r if not isinstance(r, np.floating) else float(r),
+                      signed, "fixed_point_quantize")
     bits, signed = int(bits), bool(signed)
     try:
         x = tf.convert_to_tensor(x)
@@ -76,9 +81,15 @@ def fixed_point_quantize(x, bits: int, range_scale: float, signed: bool):
     if not dtype.is_floating:
         raise InvalidDataError(f"fixed_point_quantize: x must be a float tensor, "
                                f"got dtype {dtype.name}")
-    delta = step(bits, range_scale)
     kmin, kmax = int_limits(bits, signed)
-    inv = tf.constant(1.0 / delta, dtype)       # a power of two: exact
+    if per_channel:
+        try:
+            delta = channel_view(range_scale, x.shape) * 2.0 ** (1 - bits)
+        except ValueError as e:
+            raise PlanError(f"fixed_point_quantize: {e}") from e
+    else:
+        delta = step(bits, range_scale)
+    inv = tf.constant(1.0 / delta, dtype)       # powers of two: exact
     d = tf.constant(delta, dtype)
     lo = tf.constant(kmin * delta, dtype)
     hi = tf.constant(kmax * delta, dtype)
@@ -114,7 +125,9 @@ class ConfigValue:
         return not self.__eq__(other)
 
     def __hash__(self) -> int:
-        return hash((type(self).__name__, *sorted(self.get_config().items())))
+        return hash((type(self).__name__, *sorted(
+            (k, tuple(v) if isinstance(v, list) else v)
+            for k, v in self.get_config().items())))
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
@@ -129,12 +142,17 @@ class FixedPointQuantizer(ConfigValue, _Quantizer):
       range_scale: R, a power of two; signed values live on [-R, R), unsigned
         ones on [0, 2R); step Delta = R * 2^(1-B) (units of the tensor).
       signed: whether the format has a sign bit.
+      channel_ranges: None, or one power of two R_c <= R per output channel
+        of the (weight) tensor it quantizes: channel c on [-R_c, R_c) with
+        step R_c 2^(1-B) (:func:`tfprec.fixedpoint.channel_view`).
 
     Raises:
-      PlanError: bits outside 2..16 or R not a positive power of two.
+      PlanError: bits outside 2..16 or R (or an R_c) not a positive power
+        of two.
     """
 
-    def __init__(self, bits: int, range_scale: float, signed: bool = True):
+    def __init__(self, bits: int, range_scale: float, signed: bool = True,
+                 channel_ranges=None):
         if isinstance(bits, np.integer):
             bits = int(bits)
         if isinstance(signed, np.bool_):
@@ -143,6 +161,14 @@ class FixedPointQuantizer(ConfigValue, _Quantizer):
         self.bits = int(bits)
         self.range_scale = float(range_scale)
         self.signed = bool(signed)
+        self.channel_ranges = None
+        if channel_ranges is not None:
+            rc = [float(check_pow2("quantizer: channel_ranges", r))
+                  for r in np.reshape(np.asarray(channel_ranges, dtype=object), -1)]
+            if not rc or max(rc) > self.range_scale:
+                raise PlanError(f"quantizer: channel_ranges {rc!r:.80} must be "
+                                f"non-empty and at most range_scale {self.range_scale:g}")
+            self.channel_ranges = tuple(rc)
 
     # ------------------------------------------------------------ format
     @property
@@ -168,9 +194,13 @@ class FixedPointQuantizer(ConfigValue, _Quantizer):
 
     def __call__(self, inputs, training=None, weights=None, **kwargs):
         """Quantizes ``inputs`` (same in training and inference)."""
-        return fixed_point_quantize(inputs, self.bits, self.range_scale,
-                                    self.signed)
+        return fixed_point_quantize(
+            inputs, self.bits, self.range_scale if self.channel_ranges is None
+            else self.channel_ranges, self.signed)
 
     def get_config(self) -> dict:
-        return {"bits": self.bits, "range_scale": self.range_scale,
-                "signed": self.signed}
+        cfg = {"bits": self.bits, "range_scale": self.range_scale,
+               "signed": self.signed}
+        if self.channel_ranges is not None:
+            cfg["channel_ranges"] = list(self.channel_ranges)
+        return cfg

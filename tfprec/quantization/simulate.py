@@ -173,10 +173,10 @@ def _run(graph, plan, x: np.ndarray, record: Optional[dict] = None) -> np.ndarra
                 if record is not None:
                     record[op.name] = inp
                 kernel = fixedpoint.quantize(kernel, lp.weight_bits,
-                                             lp.weight_range, True)
+                                             lp.weight_ranges(), True)
                 if bias is not None:
                     bias = fixedpoint.quantize(bias, lp.weight_bits,
-                                               lp.weight_range, True)
+                                               lp.weight_ranges(), True)
             if k == "dense":
                 y = inp @ kernel
                 y = y if bias is None else y + bias

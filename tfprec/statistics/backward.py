@@ -15,7 +15,8 @@ from typing import Optional
 import numpy as np
 
 from tfprec._tf import tf
-from tfprec.statistics import registry
+from tfprec.fixedpoint import MAX_BITS, MIN_BITS, quantize, range_scale
+from tfprec.statistics import channels, registry
 from tfprec.statistics.executor import Executor
 from tfprec.statistics.graph import NO_ACT_KINDS, WEIGHT_KINDS
 
@@ -34,8 +35,12 @@ class GainsPass:
     """
 
     def __init__(self, ex: Executor, top_k: Optional[int], sketch: int, chunk: int,
-                 per_class: bool = False):
+                 per_class: bool = False, channel_scales: Optional[dict] = None):
         self.ex = ex
+        # per-channel weights: the weight norms of op n see its output
+        # cotangent scaled by R_c / R_W (tfprec.statistics.channels).
+        self.scales = {n: tf.constant(s, ex.dtype)
+                       for n, s in (channel_scales or {}).items()}
         g = ex.g
         self.top_k = top_k
         self.sketch = sketch
@@ -155,7 +160,9 @@ class GainsPass:
                 fns = registry.lookup(op.kind)
                 a = vals[op.inputs[0]]
                 dy = registry.split_classes(gr, c)
-                sw[op.name] = sq_weights(fns, op.attrs, a, gr, dy)
+                s = self.scales.get(op.name)
+                sw[op.name] = (sq_weights(fns, op.attrs, a, gr, dy) if s is None
+                               else sq_weights(fns, op.attrs, a, gr * s, dy * s))
                 da = fns.input_vjp(op.attrs, a, dy)
                 sa[op.name] = sq(da, a)
                 outs = [(op.inputs[0], da)]
@@ -373,3 +380,26 @@ class _Tiled:
             v = self.vals[key]
             self.cache[key] = tf.tile(v, [self.n] + [1] * (len(v.shape) - 1))
         return self.cache[key]
+
+
+def shift_pass_for(ex, rows: int, per_channel: bool = False):
+    """The cached :class:`ShiftPass` of ``ex`` and its rounded-weight stacks:
+    every weight op's kernel and bias rounded to b = 2..16 bits on the op's
+    range R_W (as :class:`LayerGains` ``r_w``; per output channel R_c with
+    ``per_channel``, as ``r_w_channels``), in the pass dtype."""
+    sp = ex.cached(("shifts", rows), lambda e: ShiftPass(
+        e, MAX_BITS - MIN_BITS + 1, rows))
+    dt = ex.dtype.as_numpy_dtype
+    quantized = []
+    for op in ex.weight_ops:
+        w = [np.asarray(op.attrs[k], dt) if op.attrs[k] is not None else None
+             for k in ("kernel", "bias")]
+        wmax = float(max(np.max(np.abs(op.attrs[k])) for k in ("kernel", "bias")
+                         if op.attrs[k] is not None))    # as LayerGains.r_w
+        r = range_scale(-wmax, wmax, True)
+        rc = channels.op_channel_ranges(ex.g, op) if per_channel else None
+        r = r if rc is None else rc
+        quantized.append([tuple(None if t is None else
+                                quantize(t, b, r, True).astype(dt) for t in w)
+                          for b in range(MIN_BITS, MAX_BITS + 1)])
+    return sp, sp.stacks(quantized)

@@ -77,6 +77,8 @@ class NoiseGainCallback(keras.callbacks.Callback):
       every_n_epochs: also run after every N-th epoch (None: only at the end).
       batch_size: examples per batch of the pass.
       max_examples: use at most this many calibration examples.
+      per_channel: weights of Dense / Conv2D / DepthwiseConv2D layers on
+        one range per output channel (``noise_gains(per_channel=True)``).
       log_dir: if set, write per-layer gains, bits and the bound to
         TensorBoard under this directory (step = epoch).
       verbose: show a Keras progress bar during the pass.
@@ -104,7 +106,7 @@ class NoiseGainCallback(keras.callbacks.Callback):
                  heldout_data=None,
                  every_n_epochs: Optional[int] = None, batch_size: int = 128,
                  max_examples: Optional[int] = None, log_dir: Optional[str] = None,
-                 verbose: bool = True):
+                 verbose: bool = True, per_channel: bool = False):
         super().__init__()
         # Checked now, not after a training run.
         self.method = inputs.choice("method", method, CALLBACK_METHODS)
@@ -112,6 +114,7 @@ class NoiseGainCallback(keras.callbacks.Callback):
                                                            every_n_epochs)
         self.batch_size = inputs.positive_int("batch_size", batch_size)
         self.max_examples = inputs.optional_positive_int("max_examples", max_examples)
+        self.per_channel = inputs.flag("per_channel", per_channel)
         self.target = inputs.probability("target", target, error=PlanError)
         self.cost = inputs.choice("cost", cost, COST_KINDS, error=PlanError)
         self.verbose = verbose
@@ -159,6 +162,7 @@ class NoiseGainCallback(keras.callbacks.Callback):
             calib, heldout = x[:half], x[half:]
         # the predicted-mismatch method needs the per-class terms
         extra = {"per_class": True} if self.method == "cost_aware_predicted" else {}
+        extra["per_channel"] = self.per_channel
         g = noise_gains(model, calib, batch_size=self.batch_size,
                         max_examples=self.max_examples, verbose=self.verbose, **extra)
         if self.method == "measured":

@@ -26,9 +26,9 @@ import numpy as np
 from tfprec import inputs
 from tfprec._tf import keras, tf
 from tfprec.errors import InvalidDataError
-from tfprec.fixedpoint import MAX_BITS, MIN_BITS, is_pow2, quantize
-from tfprec.statistics import embedding, registry, sanity
-from tfprec.statistics.backward import GainsPass, ShiftPass
+from tfprec.fixedpoint import is_pow2
+from tfprec.statistics import channels, embedding, registry, sanity
+from tfprec.statistics.backward import GainsPass, shift_pass_for
 from tfprec.statistics.executor import executor_for
 from tfprec.fixedpoint import range_scale
 from tfprec.statistics.graph import NO_ACT_KINDS, parse_model
@@ -78,6 +78,12 @@ class LayerGains:
         ``act_range_source`` "none", ``act_low`` = ``act_high`` = 0, no
         ``act_group``; ``num_inputs`` counts its ids per example but they
         cost nothing; plans give it ``act_bits`` None.
+      r_w_channels: None (one weight range R_W per tensor), or the range
+        scales R_c (powers of two) of the layer's output channels when the
+        gains were computed with ``per_channel=True``
+        (:mod:`tfprec.statistics.channels`); ``r_w`` is then their maximum
+        and ``e_w`` the effective gain sum_c (R_c / R_W)^2 E_c, so that
+        ``g_w`` = sum_c R_c^2 E_c keeps its meaning in the bound.
     """
 
     name: str
@@ -99,6 +105,7 @@ class LayerGains:
     e_a_shared: Optional[float] = None
     num_inputs_written: Optional[int] = None
     has_act: bool = True
+    r_w_channels: Optional[tuple] = None
 
     @property
     def inputs_written(self) -> int:
@@ -261,7 +268,8 @@ def _layer_gains_from_dict(i: int, ld) -> LayerGains:
     if not isinstance(ld, dict):
         raise InvalidDataError(f"gains layer #{i} must be a dict, got {ld!r:.80}")
     fields = {f.name: f for f in dataclasses.fields(LayerGains)}
-    optional = ("act_group", "e_a_shared", "num_inputs_written", "has_act")
+    optional = ("act_group", "e_a_shared", "num_inputs_written", "has_act",
+                "r_w_channels")
     where = f"gains layer #{i} ({ld.get('name', '?')!r})"
     missing = [f for f in fields if f not in ld and f not in optional]
     if missing:
@@ -270,6 +278,14 @@ def _layer_gains_from_dict(i: int, ld) -> LayerGains:
     if unknown:
         raise InvalidDataError(f"{where} has unknown keys {unknown}")
     v = dict(ld)
+    if v.get("r_w_channels") is not None:
+        rc = v["r_w_channels"]
+        if (not isinstance(rc, (list, tuple)) or not rc
+                or any(isinstance(r, bool) or not is_pow2(r) for r in rc)
+                or max(rc) != v.get("r_w")):
+            raise InvalidDataError(f"{where}: r_w_channels must be a non-empty list "
+                                   f"of powers of two whose largest is r_w, got {rc!r:.80}")
+        v["r_w_channels"] = tuple(float(r) for r in rc)
     for k in ("name", "layer_class", "act_range_source"):
         inputs.text(f"{where}: {k}", v[k], allow_empty=False)
     for k in _GAIN_FIELDS:
@@ -359,7 +375,8 @@ def noise_gains(model, x: DataLike, batch_size: int = 128,
                 verbose: bool = False, top_k: Optional[int] = None,
                 sketch: int = 0, seed: int = 0, class_chunk: Optional[int] = None,
                 strategy: Optional["tf.distribute.Strategy"] = None,
-                per_example: bool = False, per_class: bool = False) -> NoiseGains:
+                per_example: bool = False, per_class: bool = False,
+                per_channel: bool = False) -> NoiseGains:
     """Computes the per-tensor noise gains of a trained classifier.
 
     Args:
@@ -423,6 +440,12 @@ def noise_gains(model, x: DataLike, batch_size: int = 128,
         tables run on the default device (of every worker, on the whole
         batch).  Memory: 16 K L + 12 K + 60 K L
         bytes per example (constant per example).
+      per_channel: weights of Dense, Conv2D and DepthwiseConv2D layers on
+        one power-of-two range per output channel (the layer's bit-width
+        shared by its channels), as TFLite stores int8 / int4 weights;
+        E_W is then the effective gain of :mod:`tfprec.statistics.channels`
+        and each :class:`LayerGains` lists its ``r_w_channels``.  Same cost
+        as the per-tensor pass.
 
     Returns:
       A :class:`NoiseGains` with, per weight layer, E_W, E_A (probability per
@@ -457,16 +480,19 @@ def noise_gains(model, x: DataLike, batch_size: int = 128,
     chunk = min(rows, class_chunk or 32)
     ex = executor_for(model, graph, tf.as_dtype(dtype))
     per_class = inputs.flag("per_class", per_class)
+    per_channel = inputs.flag("per_channel", per_channel)
     per_example = bool(per_example) or per_class
-    gp = ex.cached(("gains", top_k, sketch, chunk) + (("per_class",) if per_class else ()),
-                   lambda e: GainsPass(e, top_k, sketch, chunk, per_class))
+    gp = ex.cached(("gains", top_k, sketch, chunk) + (("per_class",) if per_class else ())
+                   + (("per_channel",) if per_channel else ()),
+                   lambda e: GainsPass(e, top_k, sketch, chunk, per_class,
+                                       channels.channel_scales(graph, per_channel)))
     if strategy is not None and not isinstance(strategy, tf.distribute.Strategy):
         raise InvalidDataError(f"strategy must be a tf.distribute.Strategy or None, "
                                f"got {strategy!r}")
     step = gp.step if strategy is None else gp.distributed(strategy)
     nw = len(ex.weight_ops)
     if per_class:
-        shift_pass, shift_stacks = _shift_pass(ex, gp.rows_kept)
+        shift_pass, shift_stacks = shift_pass_for(ex, gp.rows_kept, per_channel)
     sw = np.zeros(nw)
     sa = np.zeros(nw)
     sh = np.zeros(nw)
@@ -530,6 +556,7 @@ def noise_gains(model, x: DataLike, batch_size: int = 128,
             lo, hi, src = 0.0, 0.0, "none"
         signed = lo < 0
         group = gp.shared.get(op.inputs[0])
+        rc = channels.op_channel_ranges(graph, op) if per_channel else None
         layers.append(LayerGains(
             name=op.name, layer_class=op.layer_class,
             e_w=float(sw[j] / n / 24.0), e_a=float(sa[j] / n / 24.0) if has_act else 0.0,
@@ -539,7 +566,8 @@ def noise_gains(model, x: DataLike, batch_size: int = 128,
             weight_max_abs=wmax, **geo,
             act_group="+".join(group) if group else "",
             e_a_shared=float(sh[j] / n / 24.0) if group else None,
-            has_act=has_act))
+            has_act=has_act,
+            r_w_channels=None if rc is None else tuple(float(r) for r in rc)))
     return NoiseGains(tuple(layers), n, graph.num_classes, ties,
                       graph.dropped_softmax,
                       "exact" if top_k is None else f"top{top_k}+sketch{sketch}",
@@ -552,23 +580,3 @@ def noise_gains(model, x: DataLike, batch_size: int = 128,
                         if per_class else (None,) * 4),
                       fingerprint=model_fingerprint(model, graph),
                       class_shift=np.concatenate(shifts, axis=2) if per_class else None)
-
-
-def _shift_pass(ex, rows: int):
-    """The cached :class:`ShiftPass` of ``ex`` and its rounded-weight stacks:
-    every weight op's kernel and bias rounded to b = 2..16 bits on the op's
-    range R_W (as :class:`LayerGains` ``r_w``), in the pass dtype."""
-    sp = ex.cached(("shifts", rows), lambda e: ShiftPass(
-        e, MAX_BITS - MIN_BITS + 1, rows))
-    dt = ex.dtype.as_numpy_dtype
-    quantized = []
-    for op in ex.weight_ops:
-        w = [np.asarray(op.attrs[k], dt) if op.attrs[k] is not None else None
-             for k in ("kernel", "bias")]
-        wmax = float(max(np.max(np.abs(op.attrs[k])) for k in ("kernel", "bias")
-                         if op.attrs[k] is not None))    # as LayerGains.r_w
-        r = range_scale(-wmax, wmax, True)
-        quantized.append([tuple(None if t is None else
-                                quantize(t, b, r, True).astype(dt) for t in w)
-                          for b in range(MIN_BITS, MAX_BITS + 1)])
-    return sp, sp.stacks(quantized)
