@@ -21,7 +21,7 @@ the disjoint CONFIRM examples.  It prints ``name: value`` lines:
   with ``per_example=True``), ``paper``, ``uniform``, ``measured_greedy``
   (the measured refinement of the cost-aware plan) and
   ``cost_aware_predicted`` (the cheapest plan under the predicted mismatch,
-  from per-class gains on the search examples, confirmed and tightened by
+  from per-class gains on the search examples, measured first, then searched from there by
   calibrate's measurements; ``--no_predicted`` skips it);
 * ``<net>_<family>_over_uniform_compute`` (goal <= 0.85) and
   ``<net>_<family>_over_paper_compute`` (goal <= 0.75) for the cost-aware,

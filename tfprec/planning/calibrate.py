@@ -16,12 +16,13 @@ plan, and measures only the *level*.  Families (shape; level searched):
   bits removed one at a time while the measured target holds (see below);
 * ``cost_aware_predicted`` (optional; gains from ``noise_gains(...,
   per_class=True)``): the cheapest plan whose *predicted* mismatch
-  (:mod:`tfprec.planning.predict`) meets the target probability, confirmed
-  by one measurement; only after a miss is the predicted target divided by
-  2 and the plan measured again (at most 8 times), then one geometric
-  midpoint between the last miss and the hit is tried.  Level: the
-  predicted target t; ``evaluations`` counts the measurements (1 when the
-  prediction holds).
+  (:mod:`tfprec.planning.predict`) meets t, on the grid t_k = target x
+  2^(k / 4) (k = -32 .. 16, the cost-aware grid's resolution), searched
+  outward from t = target: the prediction's plan is measured first, then
+  levels 1, 2, 4, ... steps cheaper after a pass (the prediction was
+  conservative) or more precise after a miss, then bisection of the
+  bracket (about 2 log2(d + 1) + 1 evaluations for an answer d levels from
+  the prediction).  Level: the predicted target t.
 
 For every family the levels are ordered from the most precise (largest bits,
 smallest t) to the cheapest, and a bisection over that order finds the
@@ -264,56 +265,51 @@ def _greedy(start: _Found, gains, ev: Evaluator, cost: str, max_bits: int,
     return _Found(plan, start.level, start.evaluations + used, trace, meas)
 
 
-PREDICTED_TIGHTEN = 2.0     # factor on the predicted target after a miss
-PREDICTED_TRIES = 8         # most tightening steps of cost_aware_predicted
+#: The cost_aware_predicted grid: predicted targets t_k = p 2^(k / per_octave)
+#: from PREDICTED_OCTAVES[0] octaves below the target p to [1] above it.
+PREDICTED_OCTAVES = (8, 4)
 
 
 def _predicted(gains, ev: Evaluator, cost: str, max_bits: int, p: float,
-               labels=None):
-    """The ``cost_aware_predicted`` family: the plan whose predicted mismatch
-    meets the target probability ``p`` (:mod:`tfprec.planning.predict`),
-    confirmed by one measurement; after a miss the predicted target is
-    divided by :data:`PREDICTED_TIGHTEN` until the measured target holds (at
-    most :data:`PREDICTED_TRIES` times), then one geometric midpoint between
-    the last miss and the hit is tried.  Returns (_Found or None, why)."""
-    trace = []
-    plans = {}
+               labels=None, per_octave: int = GRID_PER_OCTAVE):
+    """The ``cost_aware_predicted`` family: plans whose predicted mismatch
+    (or predicted accuracy drop, with ``labels``) meets t_k = p 2^(k /
+    per_octave) (:mod:`tfprec.planning.predict`), the same resolution as
+    the cost-aware grid, most precise first.  The search starts at t = p,
+    where the prediction meets the target (:func:`budget.cheapest_feasible`
+    with ``start``): that plan is measured first (1 evaluation), then steps
+    of 1, 2, 4, ... levels towards cheaper plans after a pass (the
+    prediction was conservative) or more precise ones after a miss, then
+    bisection of the bracket.  Returns (_Found or None, why)."""
+    below, above = PREDICTED_OCTAVES
+    ks = range(-per_octave * below, per_octave * above + 1)
+    ts = [min(p * 2.0 ** (k / per_octave), 0.5) for k in ks]
+    trace, tried, errors = [], {}, []
 
-    def attempt(t):
-        try:
-            plan = cost_aware_lib.cost_aware_plan(gains, t, cost, max_bits,
-                                                  criterion="predicted", labels=labels)
-        except UnattainableTargetError as e:
-            return None, str(e)
-        m = ev.measure(plan)
-        ok = ev.meets(m)
-        trace.append((t, ev.value(m), ok))
-        plans[t] = (plan, m)
-        return ok, None
+    def feasible(i: int) -> bool:
+        if i not in tried:
+            try:
+                plan = cost_aware_lib.cost_aware_plan(gains, ts[i], cost, max_bits,
+                                                      criterion="predicted", labels=labels)
+            except UnattainableTargetError as e:
+                errors.append(str(e))
+                tried[i] = (None, None, False)
+                return False
+            m = ev.measure(plan)
+            ok = ev.meets(m)
+            trace.append((ts[i], ev.value(m), ok))
+            tried[i] = (plan, m, ok)
+        return tried[i][2]
 
-    t, miss, hit = max(p, 1e-300), None, None
-    for _ in range(PREDICTED_TRIES + 1):
-        ok, err = attempt(t)
-        if ok is None:
-            break
-        if ok:
-            hit = t
-            break
-        miss, t = t, t / PREDICTED_TIGHTEN
-    if hit is None:
+    idx = budget_lib.cheapest_feasible(len(ts), feasible, start=per_octave * below)
+    if idx < 0:
         last = (f"; at predicted target {trace[-1][0]:.3g} it measures "
                 f"{_value_str(ev.kind, trace[-1][1])}" if trace else "")
-        return None, (f"no predicted target down to {t:.3g} met the measured "
-                      f"target ({err or 'tightening limit reached'}){last}")
-    if miss is not None:
-        mid = math.sqrt(hit * miss)
-        ok, _ = attempt(mid)
-        total = lambda t: (plans[t][0].cost().total_compute if cost == "compute"
-                           else plans[t][0].cost().total_memory)
-        if ok and total(mid) <= total(hit):
-            hit = mid
-    plan, m = plans[hit]
-    return _Found(plan, hit, len(trace), trace, m), None
+        why = errors[-1] if errors else "the most precise level missed it"
+        return None, (f"no predicted target down to {ts[0]:.3g} met the measured "
+                      f"target ({why}){last}")
+    plan, m, _ = tried[idx]
+    return _Found(plan, ts[idx], len(trace), trace, m), None
 
 
 # ================================================================ inputs
@@ -451,7 +447,8 @@ def calibrate(model, gains, x_val, y_val=None, *, target_mismatch: Optional[floa
             drop_labels = gains_labels
     for m in order:
         if m == "cost_aware_predicted":
-            res, why = _predicted(gains, ev, cost, max_bits, p, drop_labels)
+            res, why = _predicted(gains, ev, cost, max_bits, p, drop_labels,
+                                  grid_per_octave)
             if res is None:
                 unmet[m] = why
             else:
