@@ -106,18 +106,29 @@ def cheapest_plan(model, ds, n_select: int, max_drop_pp: float, max_bits: int = 
             f"{sizes})", res.float_accuracy, best.quant_accuracy)
 
 
-def storage_greedy(model, plan, xs, ys, min_accuracy: float):
+def storage_greedy(model, plan, xs, ys, min_accuracy: float, act8: bool = True):
     """``plan`` with weights moved down to the next LiteRT storage type
     (5..8 bits -> 4: int8 -> int4; > 8 -> 8: float32 -> int8), largest
     layers first, each change kept when the fake-quant accuracy on the
     selection split (xs, ys) stays >= ``min_accuracy``: the smallest file
-    the greedy finds.  Returns (plan, accuracy, evaluations)."""
+    the greedy finds.  ``act8``: first every activation planned at 2..7
+    bits is raised to 8, when that keeps the accuracy (an activation of
+    <= 8 bits is an int8 tensor either way: the file's size and kernels do
+    not change, and the weights get the accuracy budget the activations
+    no longer spend).  Returns (plan, accuracy, evaluations)."""
     from tfprec.quantization.apply import logits_model, quantize_model
 
     def accuracy(p):
         q = logits_model(quantize_model(model, p))
         return float(np.mean(np.argmax(q.predict(xs, batch_size=256, verbose=0), -1) == ys))
     acc, n = accuracy(plan), 1
+    if act8:
+        up = {l.name: 8 for l in plan.layers if l.act_bits is not None and l.act_bits < 8}
+        if up:
+            cand = plan.with_bits(act_bits=up)
+            a, n = accuracy(cand), n + 1
+            if a >= min_accuracy:
+                plan, acc = cand, a
     for lp in sorted(plan.layers, key=lambda l: -l.num_weights):
         b = plan.layer(lp.name).weight_bits
         to = 4 if 4 < b <= 8 and lp.layer_class != "DepthwiseConv2D" else (8 if b > 8 else None)
@@ -147,7 +158,7 @@ def bench(name: str, args) -> str:
         before = deployed_bytes(plan)
         plan, acc_sel, n_eval = storage_greedy(
             model, plan, ds.x_test[:args.select], ds.y_test[:args.select],
-            acc_f - args.max_drop / 100)
+            acc_f - args.max_drop / 100, bool(args.act8))
         how += (f"; then storage greedy ({n_eval} evaluations): deployed weights "
                 f"{before / 1e3:.0f} -> {deployed_bytes(plan) / 1e3:.0f} kB")
     lo, hi = args.select, args.select + args.report
@@ -280,6 +291,9 @@ def main(argv=None) -> None:
     ap.add_argument("--per_channel", type=int, default=1,
                     help="1: weights on one power-of-two range per output channel "
                          "(noise_gains(per_channel=True)); 0: one per tensor")
+    ap.add_argument("--act8", type=int, default=1,
+                    help="1: the storage greedy first raises activations planned "
+                         "below 8 bits to 8 (int8 either way)")
     ap.add_argument("--verify", action="store_true")
     ap.add_argument("--all_combos", action="store_true",
                     help="--verify also int2 and 32-blockwise int4 weights")
