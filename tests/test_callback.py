@@ -88,6 +88,23 @@ def test_callback_only_reads_model():
         assert np.array_equal(a, v.numpy())
 
 
+def test_callback_per_channel():
+    """per_channel=True reaches the gains pass: the callback's gains and
+    plan are those of noise_gains(..., per_channel=True)."""
+    m, x, _ = _setup()
+    cb = tfprec.NoiseGainCallback(x[:40], verbose=False, method="paper",
+                                  per_channel=True)
+    entry = cb.run(m)
+    want = tfprec.noise_gains(m, x[:40], per_channel=True)
+    assert [l.r_w_channels for l in entry.gains.layers] == \
+        [l.r_w_channels for l in want.layers]
+    assert all(l.r_w_channels is not None for l in want.layers)
+    assert [l.weight_channel_ranges for l in entry.plan.layers] == \
+        [l.r_w_channels for l in want.layers]
+    with pytest.raises(TfprecError, match="per_channel"):
+        tfprec.NoiseGainCallback(x[:40], per_channel="yes")
+
+
 def test_callback_bad_arguments():
     with pytest.raises(TfprecError, match="method"):
         tfprec.NoiseGainCallback(np.zeros((2, 8)), method="magic")
