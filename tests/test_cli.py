@@ -238,6 +238,7 @@ def test_model_with_measured_target_into_existing_dir(demo, tmp_path, capsys):
     assert not leftovers(tmp_path)
 
 
+@pytest.mark.slow   # default-suite time (< 5 min); see README
 def test_per_channel_weights_flag(demo, tmp_path, capsys):
     """--per_channel_weights: per-channel ranges in plan.json (the plan's
     bound computed from them), the report's table says so, and the file is
