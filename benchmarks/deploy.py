@@ -12,7 +12,11 @@ measured on the disjoint REPORT split (the next ``--report`` images): file
 size over TF's full-integer int8 PTQ file (targets <= 0.6 MLP, <= 0.75 CNN),
 accuracy vs the fake-quant model's (target within 0.2 pp), decision
 agreement with the fake-quant model (target >= 99.5 %) per kernel family,
-and the median single-example latency over TF int8's.
+and the median single-example latency over TF int8's.  Plans use
+per-channel weight ranges (``noise_gains(per_channel=True)``; ``--per_channel
+0``: one range per tensor); the storage greedy that follows first tries
+activations at 8 bits (``--act8``), then each weight layer one LiteRT
+storage type down.
 
 ``--verify`` exports one-layer models for every (op, activation type,
 weight type) combination with the multiplier nudged up and down, and
