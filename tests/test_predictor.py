@@ -558,7 +558,8 @@ def test_calibrate_predicted_family():
     c = res["cost_aware_predicted"]
     assert c.measured_mismatch <= 0.02
     assert c.evaluations == len(c.trace)
-    assert 1 <= c.evaluations <= 12
+    assert c.evaluations >= 1
+    assert c.evaluations <= 12
     assert c.plan.method == "cost_aware_predicted:compute"
     assert predict.predicted_mismatch(c.plan, g) <= c.level
     # the search started at the prediction (t = target) and stopped at a

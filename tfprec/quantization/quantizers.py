@@ -68,9 +68,8 @@ def fixed_point_quantize(x, bits: int, range_scale, signed: bool):
       InvalidDataError: ``x`` is not a floating-point tensor.
     """
     per_channel = np.ndim(range_scale) > 0
-    for r in (np.reshape(range_scale, -1) if per_channel else [range_scale]):
-        _check_format(bits, r if not isinstance(r, np.floating) else float(r),
-                      signed, "fixed_point_quantize")
+    for r in (np.reshape(range_scale, -1).tolist() if per_channel else [range_scale]):
+        _check_format(bits, r, signed, "fixed_point_quantize")
     bits, signed = int(bits), bool(signed)
     try:
         x = tf.convert_to_tensor(x)
