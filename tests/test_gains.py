@@ -412,17 +412,19 @@ def test_activation_ranges_cnn_and_depthwise():
     assert got["c1"].act_signed and got["c1"].act_range_source == "calibrated"
 
 
-@pytest.mark.parametrize("name", ["cnn", "depthwise"])
-def test_gains_follow_weight_changes(name):
-    """A second call on the same model object sees its new weights and BN stats."""
+@pytest.mark.parametrize("name,per_channel", [("cnn", False), ("depthwise", False),
+                                              ("cnn", True)])
+def test_gains_follow_weight_changes(name, per_channel):
+    """A second call on the same model object sees its new weights and BN
+    stats (with per_channel, its new per-channel ranges too)."""
     model = BUILDERS[name]()
     x = _data(model, 5, n=6)
-    first = tfprec.noise_gains(model, x)
-    assert_matches(first, Reference(model).gains(x), 1e-4)
+    first = tfprec.noise_gains(model, x, per_channel=per_channel)
+    assert_matches(first, Reference(model).gains(x, per_channel=per_channel), 1e-4)
     _randomize(model, 999)
-    want = Reference(model).gains(x)
+    want = Reference(model).gains(x, per_channel=per_channel)
     for dt, tol in (("float32", 1e-4), ("float64", 1e-7)):
-        got = tfprec.noise_gains(model, x, dtype=dt)
+        got = tfprec.noise_gains(model, x, dtype=dt, per_channel=per_channel)
         assert_matches(got, want, tol)
         for n, r in want.layers.items():
             wmax = max(np.max(np.abs(r.kernel)), np.max(np.abs(r.bias)))

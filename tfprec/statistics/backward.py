@@ -38,8 +38,10 @@ class GainsPass:
                  per_class: bool = False, channel_scales: Optional[dict] = None):
         self.ex = ex
         # per-channel weights: the weight norms of op n see its output
-        # cotangent scaled by R_c / R_W (tfprec.statistics.channels).
-        self.scales = {n: tf.constant(s, ex.dtype)
+        # cotangent scaled by R_c / R_W (tfprec.statistics.channels);
+        # variables, set from the current weights by set_scales before each
+        # pass (the traced step is reused after the model trains further).
+        self.scales = {n: tf.Variable(s, dtype=ex.dtype, trainable=False)
                        for n, s in (channel_scales or {}).items()}
         g = ex.g
         self.top_k = top_k
@@ -66,6 +68,12 @@ class GainsPass:
         self.step = tf.function(self._step, input_signature=[
             tf.TensorSpec(shape, ex.dtype), tf.TensorSpec([2], tf.int32)],
             autograph=False)  # plain TF ops and an explicit tf.while_loop
+
+    def set_scales(self, channel_scales: dict) -> None:
+        """Sets the per-channel cotangent scales R_c / R_W (same ops and
+        channel counts as at construction) from the current weights."""
+        for n, s in channel_scales.items():
+            self.scales[n].assign(s)
 
     # ------------------------------------------------------------ margins
     def _margins(self, z):

@@ -486,6 +486,7 @@ def noise_gains(model, x: DataLike, batch_size: int = 128,
                    + (("per_channel",) if per_channel else ()),
                    lambda e: GainsPass(e, top_k, sketch, chunk, per_class,
                                        channels.channel_scales(graph, per_channel)))
+    gp.set_scales(channels.channel_scales(graph, per_channel))    # current weights
     if strategy is not None and not isinstance(strategy, tf.distribute.Strategy):
         raise InvalidDataError(f"strategy must be a tf.distribute.Strategy or None, "
                                f"got {strategy!r}")
