@@ -45,10 +45,9 @@ def quantize_int(x, bits: int, range_scale: float, signed: bool) -> np.ndarray:
     lo, hi = int_limits(bits, signed)
     x = np.asarray(x)
     dt = np.float32 if x.dtype == np.float32 else np.float64
-    inv = (1.0 / step(bits, range_scale)) if np.ndim(range_scale) == 0 else \
-        (1.0 / (channel_view(range_scale, x.shape) * 2.0 ** (1 - int(bits)))).astype(dt)
+    inv = (1.0 / channel_steps(bits, range_scale, x.shape)).astype(dt)  # powers of two
     with np.errstate(over="ignore", invalid="ignore"):   # +-inf saturate
-        q = x.astype(dt, copy=False) * (dt(inv) if np.ndim(inv) == 0 else inv)
+        q = x.astype(dt, copy=False) * inv
         k = np.floor(q)
         k = k + (q - k >= 0.5)
     return np.clip(k, lo, hi).astype(np.int64)
@@ -59,10 +58,17 @@ def quantize(x, bits: int, range_scale, signed: bool) -> np.ndarray:
     saturated, as float64 values k * Delta (see :func:`quantize_int`).
     ``range_scale`` may be one power of two or one per output channel
     (see :func:`channel_view`)."""
-    k = quantize_int(x, bits, range_scale, signed)
+    return quantize_int(x, bits, range_scale, signed) * channel_steps(
+        bits, range_scale, np.shape(x))
+
+
+def channel_steps(bits: int, range_scale, shape):
+    """Delta = R * 2^(1-B) (a float64 scalar) for one range scale, or per
+    output channel (an array shaped by :func:`channel_view` to broadcast
+    against a weight tensor of ``shape``) for a sequence of them."""
     if np.ndim(range_scale) == 0:
-        return k * step(bits, range_scale)
-    return k * (channel_view(range_scale, np.shape(x)) * 2.0 ** (1 - int(bits)))
+        return np.float64(step(bits, range_scale))
+    return channel_view(range_scale, shape) * 2.0 ** (1 - int(bits))
 
 
 def channel_view(ranges, shape) -> np.ndarray:

@@ -30,7 +30,7 @@ import numpy as np
 
 from tfprec._tf import tf  # noqa: F401  (selects Keras 2 before TFMOT loads)
 from tfprec.errors import InvalidDataError, PlanError
-from tfprec.fixedpoint import channel_view, check_bits, check_pow2, int_limits, step
+from tfprec.fixedpoint import channel_steps, check_bits, check_pow2, int_limits, step
 
 import tensorflow_model_optimization as tfmot  # noqa: E402  (after tfprec._tf)
 
@@ -81,13 +81,10 @@ def fixed_point_quantize(x, bits: int, range_scale, signed: bool):
         raise InvalidDataError(f"fixed_point_quantize: x must be a float tensor, "
                                f"got dtype {dtype.name}")
     kmin, kmax = int_limits(bits, signed)
-    if per_channel:
-        try:
-            delta = channel_view(range_scale, x.shape) * 2.0 ** (1 - bits)
-        except ValueError as e:
-            raise PlanError(f"fixed_point_quantize: {e}") from e
-    else:
-        delta = step(bits, range_scale)
+    try:
+        delta = channel_steps(bits, range_scale, x.shape)
+    except ValueError as e:
+        raise PlanError(f"fixed_point_quantize: {e}") from e
     inv = tf.constant(1.0 / delta, dtype)       # powers of two: exact
     d = tf.constant(delta, dtype)
     lo = tf.constant(kmin * delta, dtype)

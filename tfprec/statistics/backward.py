@@ -402,11 +402,11 @@ def shift_pass_for(ex, rows: int, per_channel: bool = False):
     for op in ex.weight_ops:
         w = [np.asarray(op.attrs[k], dt) if op.attrs[k] is not None else None
              for k in ("kernel", "bias")]
-        wmax = float(max(np.max(np.abs(op.attrs[k])) for k in ("kernel", "bias")
-                         if op.attrs[k] is not None))    # as LayerGains.r_w
-        r = range_scale(-wmax, wmax, True)
-        rc = channels.op_channel_ranges(ex.g, op) if per_channel else None
-        r = r if rc is None else rc
+        r = channels.op_channel_ranges(ex.g, op) if per_channel else None
+        if r is None:                                     # as LayerGains.r_w
+            wmax = float(max(np.max(np.abs(op.attrs[k])) for k in ("kernel", "bias")
+                             if op.attrs[k] is not None))
+            r = range_scale(-wmax, wmax, True)
         quantized.append([tuple(None if t is None else
                                 quantize(t, b, r, True).astype(dt) for t in w)
                           for b in range(MIN_BITS, MAX_BITS + 1)])
