@@ -88,7 +88,8 @@ def deployed_bytes(plan) -> float:
 
 
 def cheapest_plan(model, ds, n_select: int, max_drop_pp: float, max_bits: int = 16,
-                  per_channel: bool = True):
+                  per_channel: bool = True,
+                  methods=("cost_aware", "paper", "uniform", "measured_greedy")):
     """(plan, label, float accuracy, fake-quant accuracy) on the selection
     split.  ``tfprec.calibrate.calibrate`` with ``max_accuracy_drop`` and
     the memory cost finds each family's cheapest plan (cost-aware, paper,
@@ -103,27 +104,37 @@ def cheapest_plan(model, ds, n_select: int, max_drop_pp: float, max_bits: int = 
     gains = tfprec.noise_gains(model, ds.x_train[:1000], per_channel=per_channel)
     res = calibrate(model, gains, xs, ys, max_accuracy_drop=max_drop_pp, cost="memory",
                     max_bits=max_bits,
-                    methods=("cost_aware", "paper", "uniform", "measured_greedy"))
+                    methods=tuple(methods))
     best = min(res.candidates, key=lambda c: deployed_bytes(c.plan))
     sizes = ", ".join(f"{c.method} {deployed_bytes(c.plan) / 1e3:.0f} kB" for c in res.candidates)
     return (best.plan, f"calibrate: {best.method} level {best.level} (deployed weights: "
             f"{sizes})", res.float_accuracy, best.quant_accuracy)
 
 
-def storage_greedy(model, plan, xs, ys, min_accuracy: float, act8: bool = True):
+def storage_greedy(model, plan, xs, ys, min_accuracy: float, act8: bool = True,
+                   moments=None):
     """``plan`` with weights moved down to the next LiteRT storage type
-    (5..8 bits -> 4: int8 -> int4; > 8 -> 8: float32 -> int8), largest
-    layers first, each change kept when the fake-quant accuracy on the
-    selection split (xs, ys) stays >= ``min_accuracy``: the smallest file
-    the greedy finds.  ``act8``: first every activation planned at 2..7
-    bits is raised to 8, when that keeps the accuracy (an activation of
-    <= 8 bits is an int8 tensor either way: the file's size and kernels do
-    not change, and the weights get the accuracy budget the activations
-    no longer spend).  Returns (plan, accuracy, evaluations)."""
+    (5..8 bits -> 4: int8 -> int4; > 8 -> 8: float32 -> int8; two passes,
+    so float32 can reach int4), largest layers first, each change kept when
+    the fake-quant accuracy on the selection split (xs, ys) stays >=
+    ``min_accuracy``: the smallest file the greedy finds.  ``act8``: first
+    every activation planned at 2..7 bits is raised to 8, when that keeps
+    the accuracy (an activation of <= 8 bits is an int8 tensor either way:
+    the file's size and kernels do not change, and the weights get the
+    accuracy budget the activations no longer spend).  ``moments``
+    (``tfprec.quantization.rounding.input_moments``): every candidate's
+    weights are rounded by GPTQ (``optimize_rounding``) instead of to
+    nearest.  Returns (plan, accuracy, evaluations)."""
     from tfprec.quantization.apply import logits_model, quantize_model
+    from tfprec.quantization.rounding import optimize_rounding
+    cache: dict = {}
 
     def accuracy(p):
-        q = logits_model(quantize_model(model, p))
+        m = model
+        if moments is not None:
+            r = optimize_rounding(model, p, moments=moments, cache=cache)
+            m, p = r.model, r.plan
+        q = logits_model(quantize_model(m, p))
         return float(np.mean(np.argmax(q.predict(xs, batch_size=256, verbose=0), -1) == ys))
     acc, n = accuracy(plan), 1
     if act8:
@@ -133,15 +144,17 @@ def storage_greedy(model, plan, xs, ys, min_accuracy: float, act8: bool = True):
             a, n = accuracy(cand), n + 1
             if a >= min_accuracy:
                 plan, acc = cand, a
-    for lp in sorted(plan.layers, key=lambda l: -l.num_weights):
-        b = plan.layer(lp.name).weight_bits
-        to = 4 if 4 < b <= 8 and lp.layer_class != "DepthwiseConv2D" else (8 if b > 8 else None)
-        if to is None:
-            continue
-        cand = plan.with_bits(weight_bits={lp.name: to})
-        a, n = accuracy(cand), n + 1
-        if a >= min_accuracy:
-            plan, acc = cand, a
+    for _ in range(2):
+        for lp in sorted(plan.layers, key=lambda l: -l.num_weights):
+            b = plan.layer(lp.name).weight_bits
+            to = 4 if 4 < b <= 8 and lp.layer_class != "DepthwiseConv2D" else (
+                8 if b > 8 else None)
+            if to is None:
+                continue
+            cand = plan.with_bits(weight_bits={lp.name: to})
+            a, n = accuracy(cand), n + 1
+            if a >= min_accuracy:
+                plan, acc = cand, a
     return plan, acc, n
 
 
@@ -155,25 +168,39 @@ def bench(name: str, args) -> str:
         return f"## {name}\n\nnot supported yet: {type(e).__name__}: {e}\n"
     t = time.perf_counter()
     plan, how, acc_f, acc_sel = cheapest_plan(model, ds, args.select, args.max_drop,
-                                              args.max_bits, bool(args.per_channel))
+                                              args.max_bits, bool(args.per_channel),
+                                              args.methods.split(","))
     how += ("; weights per output channel" if args.per_channel
             else "; one weight range per tensor")
+    moments = None
+    if args.rounding == "gptq":
+        from tfprec.quantization.rounding import input_moments
+        moments = input_moments(model, ds.x_train[:args.rounding_examples])
     if args.storage_greedy:
         before = deployed_bytes(plan)
         plan, acc_sel, n_eval = storage_greedy(
             model, plan, ds.x_test[:args.select], ds.y_test[:args.select],
-            acc_f - args.max_drop / 100, bool(args.act8))
-        how += (f"; then storage greedy ({n_eval} evaluations): deployed weights "
+            acc_f - args.max_drop / 100, bool(args.act8), moments)
+        how += (f"; then storage greedy ({n_eval} evaluations, {args.rounding} "
+                f"rounding): deployed weights "
                 f"{before / 1e3:.0f} -> {deployed_bytes(plan) / 1e3:.0f} kB")
+    export_model = model
+    if moments is not None:
+        from tfprec.quantization.rounding import optimize_rounding
+        r = optimize_rounding(model, plan, moments=moments)
+        export_model, plan = r.model, r.plan
+        how += (f"; weights rounded by GPTQ on {args.rounding_examples} training "
+                "images (the TF baselines below are built from the rounded model)")
     lo, hi = args.select, args.select + args.report
     x, y = ds.x_test[lo:hi], ds.y_test[lo:hi]
     with tempfile.TemporaryDirectory() as d:
-        rep = export_tflite(model, plan, os.path.join(d, f"{name}.tflite"), x,
+        rep = export_tflite(export_model, plan, os.path.join(d, f"{name}.tflite"), x,
                             backend="ai_edge_quantizer", labels=y, check_examples=len(x),
                             baselines=True, latency=True)
         tuned = {}
         for fam in (FAMILIES[1:] if args.tuned_files else ()):
-            r2 = export_tflite(model, plan, os.path.join(d, f"{name}_{fam}.tflite"), x,
+            r2 = export_tflite(export_model, plan, os.path.join(d, f"{name}_{fam}.tflite"),
+                               x,
                                backend="ai_edge_quantizer", labels=y,
                                check_examples=len(x), kernels=fam)
             tuned[fam] = r2
@@ -298,6 +325,14 @@ def main(argv=None) -> None:
     ap.add_argument("--act8", type=int, default=1,
                     help="1: the storage greedy first raises activations planned "
                          "below 8 bits to 8 (int8 either way)")
+    ap.add_argument("--rounding", choices=("gptq", "nearest"), default="gptq",
+                    help="gptq: weights rounded onto the plan's grid by GPTQ "
+                         "(tfprec.quantization.rounding) in the storage greedy and the "
+                         "export; nearest: round to nearest, the paper's quantizer")
+    ap.add_argument("--rounding_examples", type=int, default=512,
+                    help="training images for GPTQ's input moments")
+    ap.add_argument("--methods", default="cost_aware,paper,uniform,measured_greedy",
+                    help="calibrate families searched for the starting plan")
     ap.add_argument("--verify", action="store_true")
     ap.add_argument("--all_combos", action="store_true",
                     help="--verify also int2 and 32-blockwise int4 weights")
