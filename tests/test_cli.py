@@ -260,6 +260,41 @@ def test_per_channel_weights_flag(demo, tmp_path, capsys):
     assert os.path.getsize(out_dir / "model.tflite") > 0
 
 
+@pytest.mark.slow   # default-suite time (< 5 min); see README
+def test_weight_rounding_flag(demo, tmp_path, capsys):
+    """--weight_rounding=gptq: plan.json is the plan for the input model;
+    quantized.h5 holds weights on the plan's grid that differ from
+    round-to-nearest; the summary and the report say which rounding."""
+    from tfprec._tf import keras
+    from tfprec.quantization import apply
+    from tfprec.quantization.configs import quantize_scope
+    assert demo["code"] == 0
+    model_path = demo["dir"] / "float_model.h5"
+    out_dir = tmp_path / "gptq"
+    code, out, err = run_cli([f"--model={model_path}", "--weight_rounding=gptq",
+                              "--allocation=paper", "--calibration_examples=200",
+                              "--eval_examples=300", "--sweep_levels=none", "--noplots",
+                              f"--output_dir={out_dir}"], capsys)
+    assert code == 0, err[-3000:]
+    model = keras.models.load_model(model_path, compile=False)
+    plan = PrecisionPlan.load(str(out_dir / "plan.json"))
+    plan.validate_for(model)                      # the input model's fingerprint
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["weight_rounding"] == "gptq"
+    assert "--weight_rounding=gptq" in (out_dir / "report.md").read_text()
+    with quantize_scope():
+        q = keras.models.load_model(out_dir / "quantized.h5", compile=False)
+    near = apply.quantize_model(model, plan)
+    differs = 0
+    for lp in plan.layers:
+        k = apply.quantized_weights(q, lp.name)[0].astype(np.float64)
+        codes = k / (lp.weight_range * 2.0 ** (1 - lp.weight_bits))
+        np.testing.assert_array_equal(codes, np.round(codes))
+        differs += int(np.sum(k != apply.quantized_weights(near, lp.name)[0]))
+    assert differs > 0
+    assert os.path.getsize(out_dir / "model.tflite") > 0
+
+
 @pytest.mark.slow
 def test_predicted_allocation(demo, tmp_path, capsys):
     """--allocation=cost_aware_predicted: per-class gains on the selection

@@ -51,6 +51,8 @@ _LAZY = {
     "fold_batchnorm": "tfprec.quantization.apply",
     "logits_model": "tfprec.quantization.apply",
     "quantize_model": "tfprec.quantization.apply",
+    "optimize_rounding": "tfprec.quantization.rounding",
+    "RoundedModel": "tfprec.quantization.rounding",
     "simulate_logits": "tfprec.quantization.simulate",
     "ValidationResult": "tfprec.quantization.validate",
     "sweep": "tfprec.quantization.validate",

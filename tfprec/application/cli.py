@@ -76,6 +76,7 @@ class RunState:
     y_eval: object = None
     gains: object = None
     choice: object = None
+    rounded: object = None     # --weight_rounding=gptq: a RoundedModel
     validation: object = None
     comparisons: list = dataclasses.field(default_factory=list)
     sweep_rows: list = dataclasses.field(default_factory=list)
@@ -179,10 +180,23 @@ def _plan(r: RunState) -> None:
     plan = r.choice.plan
     _log(f"chosen plan: {plan.method} (bound {plan.bound():.4g}, {s.cost} cost "
          f"{steps.fmt_cost(plan.cost().total(s.cost), s.cost)})")
+    if s.weight_rounding == "gptq":
+        from tfprec.quantization.rounding import optimize_rounding
+        with _timed(r, "weight rounding"):
+            _log(f"rounding the weights of {plan.method} by GPTQ on "
+                 f"{len(r.x_cal)} calibration examples")
+            r.rounded = optimize_rounding(r.model, plan, r.x_cal,
+                                          batch_size=min(s.batch_size, 128))
+        r.notes.append(
+            f"--weight_rounding=gptq: the validation, quantized.h5 and model.tflite use "
+            f"weights on the plan's grid chosen by GPTQ on {len(r.x_cal)} calibration "
+            "examples (the plan was selected with round-to-nearest; the analytic "
+            "bound assumes round-to-nearest); plan.json is the plan for the input model")
     with _timed(r, "validation"):
         _log(f"validating {plan.method} on the {r.validation_split}")
         r.validation = validate_lib.validate(r.model, plan, r.choice.x_val,
-                                             r.choice.y_val, batch_size=s.batch_size)
+                                             r.choice.y_val, batch_size=s.batch_size,
+                                             rounded=r.rounded)
         r.comparisons = steps.compare(s, r.model, r.choice, r.validation)
     r.warnings += steps.usefulness_warnings(r.validation, r.model, r.validation_split)
     for w in r.warnings:
@@ -215,11 +229,15 @@ def _write(r: RunState) -> None:
     plan = r.choice.plan
     with _timed(r, "fake-quant model"):
         plan.save(r.staging.path(PLAN_FILE))
-        quantized = apply_lib.quantize_model(r.model, plan)
+        # the files realize the rounded weights (--weight_rounding=gptq):
+        # their model and plan; plan.json is the plan for the input model
+        q_model, q_plan = ((r.model, plan) if r.rounded is None
+                           else (r.rounded.model, r.rounded.plan))
+        quantized = apply_lib.quantize_model(q_model, q_plan)
         r.staging.write_with(QUANTIZED_FILE, lambda p: steps.save_model(quantized, p))
     if r.s.export_tflite:
         with _timed(r, "TFLite export"):
-            r.export_report = steps.export(r.s, r.model, plan, r.x_eval, r.staging)
+            r.export_report = steps.export(r.s, q_model, q_plan, r.x_eval, r.staging)
     with _timed(r, "report"):
         r.full16 = uniform_plan(r.gains, bits=16).cost()
         outputs.write_report(r)

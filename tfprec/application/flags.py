@@ -165,6 +165,15 @@ flags.DEFINE_bool(
     "convolutions, so fewer bits and smaller files; exported with the "
     "ai_edge_quantizer backend.")
 flags.DEFINE_enum(
+    "weight_rounding", "nearest", ["nearest", "gptq"],
+    "How the chosen plan's weights take their grid levels in the fake-quant "
+    "model and the TFLite file: 'nearest' (round to nearest, the paper's "
+    "quantizer; the analytic bound is about it) or 'gptq' (levels of the same "
+    "grid chosen by GPTQ on the calibration examples to keep each Dense / "
+    "Conv2D layer's outputs close to float; much more accurate at <= 5-bit "
+    "weights). The plan is selected with 'nearest' and validated with the "
+    "chosen rounding; plan.json stays the plan for the input model.")
+flags.DEFINE_enum(
     "tflite_kernels", "xnnpack", ["xnnpack", "reference", "optimized"],
     "TFLite kernel family whose int8 rounding the export matches exactly.")
 flags.DEFINE_string(
@@ -315,6 +324,7 @@ class Settings:
     export_tflite: bool = True
     tflite_kernels: str = "xnnpack"
     per_channel_weights: bool = False
+    weight_rounding: str = "nearest"
     levels: tuple = ()
     demo_epochs: int = 3
     demo_hidden: tuple = (512, 512, 512)

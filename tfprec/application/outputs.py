@@ -121,6 +121,7 @@ def summary(r) -> dict:
     return {
         "command": s.command, "mode": s.mode, "target": s.target_text(),
         "allocation": s.allocation, "cost": s.cost,
+        "weight_rounding": s.weight_rounding,
         "chosen": plan.method, "bound": plan.bound(),
         "compute_cost": plan.cost().total_compute,
         "memory_cost": plan.cost().total_memory,

@@ -21,6 +21,7 @@ from tfprec._tf import tf
 from tfprec.planning import plan as plan_lib
 from tfprec.planning import rules as rules_lib
 from tfprec.quantization.apply import binary_threshold, logits_model, quantize_model
+from tfprec.quantization.simulate import checked_plan
 from tfprec.errors import InvalidDataError, PlanError, UnattainableTargetError
 from tfprec.statistics import embedding, sanity
 
@@ -144,7 +145,7 @@ def _result(plan, fdec, qdec, y, level=None) -> ValidationResult:
 
 # ------------------------------------------------------------- public API
 def validate(model, plan, x, y=None, batch_size: int = 256,
-             max_examples: Optional[int] = None) -> ValidationResult:
+             max_examples: Optional[int] = None, *, rounded=None) -> ValidationResult:
     """Measures the float vs fixed-point decision mismatch of ``plan``.
 
     Args:
@@ -162,6 +163,10 @@ def validate(model, plan, x, y=None, batch_size: int = 256,
         read once and materialized up to this many; an infinite dataset
         needs it, or ``take(n)``; one of unknown cardinality is read to its
         end).
+      rounded: a :class:`~tfprec.quantization.rounding.RoundedModel` of
+        ``model`` and ``plan`` (:func:`~tfprec.quantization.rounding.optimize_rounding`):
+        the fixed-point decisions come from its weights, the float ones from
+        ``model``.
 
     Returns:
       A :class:`ValidationResult` (mismatch rate and accuracies as fractions
@@ -185,7 +190,15 @@ def validate(model, plan, x, y=None, batch_size: int = 256,
     x, y = _examples(model, x, y, max_examples)
     fdec = float_decisions(model, x, batch_size)
     sanity.check_decisions(fdec, y, inputs_lib.model_num_classes(model), "x", "y")
-    qdec = quant_decisions(model, plan, x, batch_size)
+    if rounded is None:
+        qdec = quant_decisions(model, plan, x, batch_size)
+    else:
+        plan = checked_plan(model, plan)
+        r_plan = getattr(rounded, "plan", None)
+        if getattr(r_plan, "layers", None) != plan.layers:
+            raise PlanError("validate: rounded is not an optimize_rounding result for "
+                            "this plan (its layers or bits differ)")
+        qdec = quant_decisions(rounded.model, r_plan, x, batch_size)
     return _result(plan, fdec, qdec, y)
 
 
