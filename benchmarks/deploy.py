@@ -89,11 +89,13 @@ def deployed_bytes(plan) -> float:
 
 def cheapest_plan(model, ds, n_select: int, max_drop_pp: float, max_bits: int = 16,
                   per_channel: bool = True,
-                  methods=("cost_aware", "paper", "uniform", "measured_greedy")):
+                  methods=("cost_aware", "paper", "uniform")):
     """(plan, label, float accuracy, fake-quant accuracy) on the selection
     split.  ``tfprec.calibrate.calibrate`` with ``max_accuracy_drop`` and
-    the memory cost finds each family's cheapest plan (cost-aware, paper,
-    uniform, measured greedy) whose fake-quant accuracy on the selection
+    the memory cost finds each family's cheapest plan (``methods``: by
+    default cost-aware, paper, uniform; measured_greedy is one flag away,
+    slow on deep nets, and found no smaller file on the VGG) whose
+    fake-quant accuracy on the selection
     split is within ``max_drop_pp`` percentage points of float; the one
     with the smallest :func:`deployed_bytes` is taken (the memory cost
     counts bits, the file stores int4 / int8 / float32).  ``per_channel``:
@@ -112,19 +114,25 @@ def cheapest_plan(model, ds, n_select: int, max_drop_pp: float, max_bits: int = 
 
 
 def storage_greedy(model, plan, xs, ys, min_accuracy: float, act8: bool = True,
-                   moments=None):
+                   moments=None, min_share: float = 0.0, order: str = "ratio"):
     """``plan`` with weights moved down to the next LiteRT storage type
-    (5..8 bits -> 4: int8 -> int4; > 8 -> 8: float32 -> int8; two passes,
-    so float32 can reach int4), largest layers first, each change kept when
-    the fake-quant accuracy on the selection split (xs, ys) stays >=
-    ``min_accuracy``: the smallest file the greedy finds.  ``act8``: first
+    (5..8 bits -> 4: int8 -> int4; > 8 -> 8: float32 -> int8) while the
+    fake-quant accuracy on the selection split (xs, ys) stays >=
+    ``min_accuracy``: the smallest file the greedy finds.  ``order``
+    'ratio': each round measures every layer's move and takes the one
+    saving the most bytes per accuracy lost (a loss counted as at least
+    one example); a move that fails is not retried.  'largest': largest
+    layers first, each move kept when it passes (two passes, so float32
+    can reach int4).  ``act8``: first
     every activation planned at 2..7 bits is raised to 8, when that keeps
     the accuracy (an activation of <= 8 bits is an int8 tensor either way:
     the file's size and kernels do not change, and the weights get the
     accuracy budget the activations no longer spend).  ``moments``
     (``tfprec.quantization.rounding.input_moments``): every candidate's
     weights are rounded by GPTQ (``optimize_rounding``) instead of to
-    nearest.  Returns (plan, accuracy, evaluations)."""
+    nearest.  Layers holding less than ``min_share`` of the weights are not
+    tried (a deep net's small layers barely change the file).  Returns
+    (plan, accuracy, evaluations)."""
     from tfprec.quantization.apply import logits_model, quantize_model
     from tfprec.quantization.rounding import optimize_rounding
     cache: dict = {}
@@ -144,17 +152,43 @@ def storage_greedy(model, plan, xs, ys, min_accuracy: float, act8: bool = True,
             a, n = accuracy(cand), n + 1
             if a >= min_accuracy:
                 plan, acc = cand, a
-    for _ in range(2):
-        for lp in sorted(plan.layers, key=lambda l: -l.num_weights):
-            b = plan.layer(lp.name).weight_bits
-            to = 4 if 4 < b <= 8 and lp.layer_class != "DepthwiseConv2D" else (
-                8 if b > 8 else None)
-            if to is None:
+    total = sum(l.num_weights for l in plan.layers)
+
+    def lower(p, lp):
+        b = p.layer(lp.name).weight_bits
+        to = 4 if 4 < b <= 8 and lp.layer_class != "DepthwiseConv2D" else (
+            8 if b > 8 else None)
+        return None if to is None else p.with_bits(weight_bits={lp.name: to})
+    layers = [l for l in sorted(plan.layers, key=lambda l: -l.num_weights)
+              if l.num_weights >= min_share * total]
+    if order == "largest":
+        for _ in range(2):
+            for lp in layers:
+                cand = lower(plan, lp)
+                if cand is None:
+                    continue
+                a, n = accuracy(cand), n + 1
+                if a >= min_accuracy:
+                    plan, acc = cand, a
+        return plan, acc, n
+    failed = set()
+    while True:
+        best = None
+        for lp in layers:
+            cand = None if lp.name in failed else lower(plan, lp)
+            if cand is None:
                 continue
-            cand = plan.with_bits(weight_bits={lp.name: to})
             a, n = accuracy(cand), n + 1
-            if a >= min_accuracy:
-                plan, acc = cand, a
+            if a < min_accuracy:
+                failed.add(lp.name)      # not retried: lowering more only costs more
+                continue
+            saved = deployed_bytes(plan) - deployed_bytes(cand)
+            score = saved / max(acc - a, 1.0 / len(ys))
+            if best is None or score > best[0]:
+                best = (score, cand, a)
+        if best is None:
+            break
+        _, plan, acc = best
     return plan, acc, n
 
 
@@ -180,8 +214,10 @@ def bench(name: str, args) -> str:
         before = deployed_bytes(plan)
         plan, acc_sel, n_eval = storage_greedy(
             model, plan, ds.x_test[:args.select], ds.y_test[:args.select],
-            acc_f - args.max_drop / 100, bool(args.act8), moments)
-        how += (f"; then storage greedy ({n_eval} evaluations, {args.rounding} "
+            acc_f - args.max_drop / 100, bool(args.act8), moments, args.min_share,
+            args.greedy_order)
+        how += (f"; then storage greedy ({args.greedy_order}, {n_eval} evaluations, "
+                f"{args.rounding} "
                 f"rounding): deployed weights "
                 f"{before / 1e3:.0f} -> {deployed_bytes(plan) / 1e3:.0f} kB")
     export_model = model
@@ -331,7 +367,13 @@ def main(argv=None) -> None:
                          "export; nearest: round to nearest, the paper's quantizer")
     ap.add_argument("--rounding_examples", type=int, default=512,
                     help="training images for GPTQ's input moments")
-    ap.add_argument("--methods", default="cost_aware,paper,uniform,measured_greedy",
+    ap.add_argument("--greedy_order", choices=("ratio", "largest"), default="ratio",
+                    help="storage greedy: best bytes saved per accuracy lost each "
+                         "round, or largest layers first")
+    ap.add_argument("--min_share", type=float, default=0.0,
+                    help="the storage greedy skips layers holding less than this "
+                         "fraction of the weights")
+    ap.add_argument("--methods", default="cost_aware,paper,uniform",
                     help="calibrate families searched for the starting plan")
     ap.add_argument("--verify", action="store_true")
     ap.add_argument("--all_combos", action="store_true",
