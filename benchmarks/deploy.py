@@ -114,7 +114,8 @@ def cheapest_plan(model, ds, n_select: int, max_drop_pp: float, max_bits: int = 
 
 
 def storage_greedy(model, plan, xs, ys, min_accuracy: float, act8: bool = True,
-                   moments=None, min_share: float = 0.0, order: str = "ratio"):
+                   moments=None, min_share: float = 0.0, order: str = "ratio",
+                   range_search: bool = True):
     """``plan`` with weights moved down to the next LiteRT storage type
     (5..8 bits -> 4: int8 -> int4; > 8 -> 8: float32 -> int8) while the
     fake-quant accuracy on the selection split (xs, ys) stays >=
@@ -129,8 +130,8 @@ def storage_greedy(model, plan, xs, ys, min_accuracy: float, act8: bool = True,
     the file's size and kernels do not change, and the weights get the
     accuracy budget the activations no longer spend).  ``moments``
     (``tfprec.quantization.rounding.input_moments``): every candidate's
-    weights are rounded by GPTQ (``optimize_rounding``) instead of to
-    nearest.  Layers holding less than ``min_share`` of the weights are not
+    weights are rounded by GPTQ (``optimize_rounding``, with
+    ``range_search``) instead of to nearest.  Layers holding less than ``min_share`` of the weights are not
     tried (a deep net's small layers barely change the file).  Returns
     (plan, accuracy, evaluations)."""
     from tfprec.quantization.apply import logits_model, quantize_model
@@ -140,7 +141,8 @@ def storage_greedy(model, plan, xs, ys, min_accuracy: float, act8: bool = True,
     def accuracy(p):
         m = model
         if moments is not None:
-            r = optimize_rounding(model, p, moments=moments, cache=cache)
+            r = optimize_rounding(model, p, moments=moments, cache=cache,
+                                  range_search=range_search)
             m, p = r.model, r.plan
         q = logits_model(quantize_model(m, p))
         return float(np.mean(np.argmax(q.predict(xs, batch_size=256, verbose=0), -1) == ys))
@@ -215,7 +217,7 @@ def bench(name: str, args) -> str:
         plan, acc_sel, n_eval = storage_greedy(
             model, plan, ds.x_test[:args.select], ds.y_test[:args.select],
             acc_f - args.max_drop / 100, bool(args.act8), moments, args.min_share,
-            args.greedy_order)
+            args.greedy_order, bool(args.range_search))
         how += (f"; then storage greedy ({args.greedy_order}, {n_eval} evaluations, "
                 f"{args.rounding} "
                 f"rounding): deployed weights "
@@ -223,10 +225,14 @@ def bench(name: str, args) -> str:
     export_model = model
     if moments is not None:
         from tfprec.quantization.rounding import optimize_rounding
-        r = optimize_rounding(model, plan, moments=moments)
+        plan_in = plan
+        r = optimize_rounding(model, plan, moments=moments,
+                              range_search=bool(args.range_search))
         export_model, plan = r.model, r.plan
         how += (f"; weights rounded by GPTQ on {args.rounding_examples} training "
-                "images (the TF baselines below are built from the rounded model)")
+                f"images (range search {'on' if args.range_search else 'off'}: "
+                f"{sum(a.weight_channel_ranges != b.weight_channel_ranges for a, b in zip(r.plan.layers, plan_in.layers))} "
+                "layers with some channels on half their range) (the TF baselines below are built from the rounded model)")
     lo, hi = args.select, args.select + args.report
     x, y = ds.x_test[lo:hi], ds.y_test[lo:hi]
     with tempfile.TemporaryDirectory() as d:
@@ -241,6 +247,7 @@ def bench(name: str, args) -> str:
                                check_examples=len(x), kernels=fam)
             tuned[fam] = r2
     ptq = next(r for r in rep.baselines if r["name"] == "TF int8 PTQ")
+    acc_f_rep = float(np.mean(np.argmax(model.predict(x, batch_size=256, verbose=0), -1) == y))
     ratio = rep.file_size_bytes / ptq["size_bytes"]
     lines = [f"## {name}", "",
              f"plan: {how}, smallest file (<= {args.max_bits} bits) within "
@@ -248,7 +255,9 @@ def bench(name: str, args) -> str:
              f"the selection split ({args.select} images: float {100 * acc_f:.2f} %, "
              f"fake-quant {'-' if acc_sel is None else f'{100 * acc_sel:.2f}'} %); bits "
              + ", ".join(f"{l.name} W{l.weight_bits}/A{l.act_bits}" for l in plan.layers),
-             f"report split: {len(x)} test images {lo}..{hi - 1}; "
+             f"report split: {len(x)} test images {lo}..{hi - 1} (float "
+             f"{100 * acc_f_rep:.2f} %, fake-quant {100 * rep.fake_quant_accuracy:.2f} %: "
+             f"{100 * (rep.fake_quant_accuracy - acc_f_rep):+.2f} pp); "
              f"{time.perf_counter() - t:.0f} s", "",
              f"- size / TF int8 PTQ: {rep.file_size_bytes} / {ptq['size_bytes']} = "
              f"{ratio:.3f} (target <= {TARGETS[name]}): "
@@ -365,6 +374,9 @@ def main(argv=None) -> None:
                     help="gptq: weights rounded onto the plan's grid by GPTQ "
                          "(tfprec.quantization.rounding) in the storage greedy and the "
                          "export; nearest: round to nearest, the paper's quantizer")
+    ap.add_argument("--range_search", type=int, default=1,
+                    help="1: GPTQ also tries each channel on half its range "
+                         "(optimize_rounding(range_search=True))")
     ap.add_argument("--rounding_examples", type=int, default=512,
                     help="training images for GPTQ's input moments")
     ap.add_argument("--greedy_order", choices=("ratio", "largest"), default="ratio",

@@ -219,25 +219,48 @@ def _relative(d: np.ndarray, h: np.ndarray, w: np.ndarray) -> float:
     return float(np.einsum("kn,kl,ln->", d, h, d)) / den if den > 0 else 0.0
 
 
-def _round_layer(op, w, m, steps, bits, damp, bias_correction):
-    """([kernel, bias?] on the grid, LayerRounding) of one Dense / Conv2D op."""
+def _candidate(op, w, m, steps, bits, damp, bias_correction):
+    """(q, bias on the grid or None, per-channel output error [N]) of GPTQ
+    on ``steps``; the error is E[(x (w - q) + b - b_q)^2] per channel on
+    the calibration moments."""
     lo, hi = fixedpoint.int_limits(bits, True)
     q = gptq_levels(w, m.hessian, steps, bits, damp=damp)
+    d = w - q
+    err = np.einsum("kn,kl,ln->n", d, m.hessian, d)
+    qb = None
+    if op.attrs["bias"] is not None:
+        b = np.asarray(op.attrs["bias"], np.float64)
+        qb = _nearest(b + m.mean @ d if bias_correction else b, steps, lo, hi)
+        db = b - qb
+        err = err + 2.0 * db * (m.mean @ d) + db ** 2
+    return q, qb, err
+
+
+def _round_layer(op, w, m, steps, bits, damp, bias_correction, range_search, per_channel):
+    """([kernel, bias?] on the grid, steps used [N], LayerRounding) of one
+    Dense / Conv2D op."""
+    lo, hi = fixedpoint.int_limits(bits, True)
+    q, qb, err = _candidate(op, w, m, steps, bits, damp, bias_correction)
+    used = steps
+    if range_search:       # the range halved: finer steps, the largest weights saturate
+        q2, qb2, err2 = _candidate(op, w, m, steps / 2, bits, damp, bias_correction)
+        take = err2 < err if per_channel else np.full(len(err), err2.sum() < err.sum())
+        q = np.where(take, q2, q)
+        qb = None if qb is None else np.where(take, qb2, qb)
+        used = np.where(take, steps / 2, steps)
     row = LayerRounding(op.name, "gptq",
                         _relative(w - _nearest(w, steps, lo, hi), m.hessian, w),
                         _relative(w - q, m.hessian, w))
     vals = [q.reshape(np.shape(op.attrs["kernel"]))]
-    if op.attrs["bias"] is not None:
-        b = np.asarray(op.attrs["bias"], np.float64)
-        if bias_correction:
-            b = b + m.mean @ (w - q)
-        vals.append(_nearest(b, steps, lo, hi))
-    return vals, row
+    if qb is not None:
+        vals.append(qb)
+    return vals, used, row
 
 
 def optimize_rounding(model, plan, x=None, *, moments: Optional[dict] = None,
                       damp: float = 0.01, bias_correction: bool = True,
-                      batch_size: int = 128, cache: Optional[dict] = None) -> RoundedModel:
+                      batch_size: int = 128, cache: Optional[dict] = None,
+                      range_search: bool = False) -> RoundedModel:
     """Weights of ``model`` rounded onto ``plan``'s grid by GPTQ.
 
     Args:
@@ -254,6 +277,16 @@ def optimize_rounding(model, plan, x=None, *, moments: Optional[dict] = None,
       cache: a dict kept by the caller across calls with the same model
         and ``moments`` (a search over plans): each layer's levels are
         computed once per (bits, steps, damp, bias correction).
+      range_search: also try each output channel (each layer, for a plan
+        with one weight range per tensor) on half its range R_c / 2, a
+        power of two with half the step, whose largest weights saturate,
+        and keep the range with the lower output error on the moments
+        (bias included).  The plan's ranges then change where the half
+        range won (``weight_channel_ranges`` / ``weight_range``; bits and
+        costs do not), and its gains ``g_w`` are the original ones: with
+        round-to-nearest a power-of-two range wastes up to one of the
+        B_W bits on a channel whose largest weight is just above a power
+        of two, which matters at 4 bits.
 
     Returns:
       :class:`RoundedModel`.  Use ``quantize_model(r.model, r.plan)`` and
@@ -269,6 +302,7 @@ def optimize_rounding(model, plan, x=None, *, moments: Optional[dict] = None,
     plan = checked_plan(model, plan)
     damp = inputs_lib.nonnegative_number("damp", damp)
     bias_correction = inputs_lib.flag("bias_correction", bias_correction)
+    range_search = inputs_lib.flag("range_search", range_search)
     if moments is None:
         if x is None:
             raise InvalidDataError("optimize_rounding needs calibration inputs x "
@@ -277,6 +311,7 @@ def optimize_rounding(model, plan, x=None, *, moments: Optional[dict] = None,
     graph = parse_model(model)
     folded = _rebuild(model, None, split_softmax=False)
     report = []
+    new_layers: dict = {}
     for op in graph.weight_ops:
         lp = plan.layer(op.name)
         if op.kind not in OPTIMIZED_KINDS:
@@ -292,12 +327,20 @@ def optimize_rounding(model, plan, x=None, *, moments: Optional[dict] = None,
             raise InvalidDataError(f"moments of layer {op.name!r} are for dot length "
                                    f"{m.hessian.shape[0]}, the layer has {w.shape[0]}")
         steps = _steps(lp, w.shape[1])
-        key = (op.name, int(lp.weight_bits), steps.tobytes(), damp, bias_correction)
+        per_channel = lp.weight_channel_ranges is not None
+        key = (op.name, int(lp.weight_bits), steps.tobytes(), damp, bias_correction,
+               range_search)
         if cache is None or key not in cache:
-            got = _round_layer(op, w, m, steps, int(lp.weight_bits), damp, bias_correction)
+            got = _round_layer(op, w, m, steps, int(lp.weight_bits), damp, bias_correction,
+                               range_search, per_channel)
             if cache is not None:
                 cache[key] = got
-        vals, row = cache[key] if cache is not None else got
+        vals, used, row = cache[key] if cache is not None else got
+        if range_search:
+            r = used * 2.0 ** (int(lp.weight_bits) - 1)
+            new_layers[op.name] = dataclasses.replace(
+                lp, weight_range=float(r.max()),
+                weight_channel_ranges=tuple(float(v) for v in r) if per_channel else None)
         report.append(row)
         layer = folded.get_layer(op.name)
         dt = np.dtype(layer.dtype)
@@ -305,6 +348,9 @@ def optimize_rounding(model, plan, x=None, *, moments: Optional[dict] = None,
             getattr(layer, a).assign(v.astype(dt))
     info = dict(plan.info, weight_rounding=(
         f"gptq (damp {damp:g}, bias correction {'on' if bias_correction else 'off'}, "
+        f"range search {'on' if range_search else 'off'}, "
         f"{next(iter(moments.values())).rows if moments else 0} input rows)"))
-    new_plan = dataclasses.replace(plan, fingerprint=model_fingerprint(folded), info=info)
+    layers = tuple(new_layers.get(l.name, l) for l in plan.layers)
+    new_plan = dataclasses.replace(plan, layers=layers, fingerprint=model_fingerprint(folded),
+                                   info=info)
     return RoundedModel(folded, new_plan, tuple(report))

@@ -195,7 +195,9 @@ def validate(model, plan, x, y=None, batch_size: int = 256,
     else:
         plan = checked_plan(model, plan)
         r_plan = getattr(rounded, "plan", None)
-        if getattr(r_plan, "layers", None) != plan.layers:
+        bits = lambda p: [(l.name, l.weight_bits, l.act_bits)
+                          for l in getattr(p, "layers", None) or ()]
+        if bits(r_plan) != bits(plan):
             raise PlanError("validate: rounded is not an optimize_rounding result for "
                             "this plan (its layers or bits differ)")
         qdec = quant_decisions(rounded.model, r_plan, x, batch_size)
