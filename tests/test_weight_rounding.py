@@ -283,3 +283,49 @@ def test_validate_with_rounded_weights(net):
     other = optimize_rounding(m, plan.with_bits(weight_bits={"c1": 4}), moments=input_moments(m, x))
     with pytest.raises(PlanError, match="rounded"):
         validate(m, plan, xe, rounded=other)
+
+
+def test_range_search_keeps_the_range_with_the_lower_output_error(net):
+    from tfprec.quantization.validate import validate
+    m, x, g = net
+    plan = tfprec.uniform_plan(g, bits=8).with_bits(
+        weight_bits={"c1": 4, "c2": 3, "d1": 4, "logits": 4})
+    r = optimize_rounding(m, plan, x, range_search=True)
+    assert "range search on" in r.plan.info["weight_rounding"]
+    folded = tfprec.fold_batchnorm(m)
+    halved = 0
+    for lr in r.layers:
+        old, new = plan.layer(lr.name), r.plan.layer(lr.name)
+        assert new.weight_bits == old.weight_bits
+        if lr.method != "gptq":
+            assert new == old
+            continue
+        rows = layer_rows(m, x, lr.name)
+        h = rows.T @ rows / len(rows)
+        w_k, w_b = folded.get_layer(lr.name).get_weights()
+        w = w_k.reshape(-1, w_k.shape[-1]).astype(np.float64)
+        b = w_b.astype(np.float64)
+        bits = old.weight_bits
+        lo, hi = fixedpoint.int_limits(bits, True)
+        steps = np.asarray(old.weight_channel_ranges) * 2.0 ** (1 - bits)
+        errs = []
+        for st in (steps, steps / 2):
+            q = ref_obq(w, h, st, bits, 0.01)
+            qb = np.clip(np.floor((b + rows.mean(0) @ (w - q)) / st + 0.5), lo, hi) * st
+            errs.append(np.mean((rows @ (w - q) + b - qb) ** 2, axis=0))
+        want = np.where(errs[1] < errs[0], np.asarray(old.weight_channel_ranges) / 2,
+                        np.asarray(old.weight_channel_ranges))
+        np.testing.assert_array_equal(np.asarray(new.weight_channel_ranges), want)
+        assert new.weight_range == want.max()
+        halved += int(np.sum(want < np.asarray(old.weight_channel_ranges)))
+        kernel, bias = r.model.get_layer(lr.name).get_weights()
+        st = want * 2.0 ** (1 - bits)
+        for v in (kernel, bias):
+            c = v.astype(np.float64) / st
+            np.testing.assert_array_equal(c, np.round(c))
+            assert c.min() >= lo
+            assert c.max() <= hi
+    assert halved > 0                       # the search did something here
+    r.plan.check()
+    v = validate(m, plan, data(100, seed=11), rounded=r)
+    assert v.num_examples == 100
