@@ -211,6 +211,15 @@ def test_fake_quant_of_rounded_model_is_the_rounded_weights_and_closer_to_float(
     z_near = apply.quantize_model(m, plan).predict(xe, verbose=0)
     z_gptq = q.predict(xe, verbose=0)
     assert np.mean((z_gptq - zf) ** 2) < np.mean((z_near - zf) ** 2)
+    # validate(rounded=): float decisions of the user's model, fixed-point
+    # ones of the rounded weights
+    from tfprec.quantization.validate import validate
+    v = validate(m, plan, xe, rounded=r)
+    assert v.num_mismatch == int(np.sum(np.argmax(zf, -1) != np.argmax(z_gptq, -1)))
+    assert v.method == plan.method
+    other = optimize_rounding(m, plan.with_bits(weight_bits={"c1": 4}), x[:64])
+    with pytest.raises(PlanError, match="rounded"):
+        validate(m, plan, xe, rounded=other)
 
 
 def test_cache_reuses_levels_and_gives_the_same_model(net):
@@ -269,22 +278,6 @@ def test_bias_correction_removes_the_mean_output_shift():
     assert np.abs(shifts[False]).max() > step              # the shift is real here
 
 
-def test_validate_with_rounded_weights(net):
-    from tfprec.quantization.validate import validate
-    m, x, g = net
-    plan = tfprec.uniform_plan(g, bits=8).with_bits(weight_bits={"c1": 3, "d1": 3})
-    r = optimize_rounding(m, plan, x)
-    xe = data(150, seed=9)
-    v = validate(m, plan, xe, rounded=r)
-    fdec = np.argmax(m.predict(xe, verbose=0), -1)
-    qdec = np.argmax(apply.quantize_model(r.model, r.plan).predict(xe, verbose=0), -1)
-    assert v.num_mismatch == int(np.sum(fdec != qdec))
-    assert v.method == plan.method
-    other = optimize_rounding(m, plan.with_bits(weight_bits={"c1": 4}), moments=input_moments(m, x))
-    with pytest.raises(PlanError, match="rounded"):
-        validate(m, plan, xe, rounded=other)
-
-
 def test_range_search_keeps_the_range_with_the_lower_output_error(net):
     from tfprec.quantization.validate import validate
     m, x, g = net
@@ -327,5 +320,4 @@ def test_range_search_keeps_the_range_with_the_lower_output_error(net):
             assert c.max() <= hi
     assert halved > 0                       # the search did something here
     r.plan.check()
-    v = validate(m, plan, data(100, seed=11), rounded=r)
-    assert v.num_examples == 100
+    assert validate(m, plan, data(100, seed=11), rounded=r).num_examples == 100
