@@ -124,11 +124,11 @@ def storage_greedy(model, plan, xs, ys, min_accuracy: float, act8: bool = True,
     saving the most bytes per accuracy lost (a loss counted as at least
     one example); a move that fails is not retried.  'largest': largest
     layers first, each move kept when it passes (two passes, so float32
-    can reach int4).  ``act8``: first
-    every activation planned at 2..7 bits is raised to 8, when that keeps
-    the accuracy (an activation of <= 8 bits is an int8 tensor either way:
-    the file's size and kernels do not change, and the weights get the
-    accuracy budget the activations no longer spend).  ``moments``
+    can reach int4).  ``act8``: first every activation planned at 2..7
+    bits and every weight planned at 5..7 bits is raised to 8, when that
+    keeps the accuracy (such a tensor is int8 either way: the file's size
+    and kernels do not change, and the INT4 moves get the accuracy budget
+    the int8 tensors no longer spend).  ``moments``
     (``tfprec.quantization.rounding.input_moments``): every candidate's
     weights are rounded by GPTQ (``optimize_rounding``, with
     ``range_search``) instead of to nearest.  Layers holding less than ``min_share`` of the weights are not
@@ -149,8 +149,9 @@ def storage_greedy(model, plan, xs, ys, min_accuracy: float, act8: bool = True,
     acc, n = accuracy(plan), 1
     if act8:
         up = {l.name: 8 for l in plan.layers if l.act_bits is not None and l.act_bits < 8}
-        if up:
-            cand = plan.with_bits(act_bits=up)
+        wup = {l.name: 8 for l in plan.layers if 4 < l.weight_bits < 8}
+        if up or wup:
+            cand = plan.with_bits(act_bits=up, weight_bits=wup)
             a, n = accuracy(cand), n + 1
             if a >= min_accuracy:
                 plan, acc = cand, a
@@ -369,7 +370,7 @@ def main(argv=None) -> None:
                          "(noise_gains(per_channel=True)); 0: one per tensor")
     ap.add_argument("--act8", type=int, default=1,
                     help="1: the storage greedy first raises activations planned "
-                         "below 8 bits to 8 (int8 either way)")
+                         "below 8 bits and weights of 5..7 bits to 8 (int8 either way)")
     ap.add_argument("--rounding", choices=("gptq", "nearest"), default="gptq",
                     help="gptq: weights rounded onto the plan's grid by GPTQ "
                          "(tfprec.quantization.rounding) in the storage greedy and the "
