@@ -125,7 +125,8 @@ def storage_greedy(model, plan, xs, ys, min_accuracy: float, act8: bool = True,
     one example); a move that fails is not retried.  'largest': largest
     layers first, each move kept when it passes (two passes, so float32
     can reach int4).  ``act8``: first every activation planned at 2..7
-    bits and every weight planned at 5..7 bits is raised to 8, when that
+    bits and every weight planned at 5..7 bits is raised to 8 (at 2..3
+    bits: to 4), when that
     keeps the accuracy (such a tensor is int8 either way: the file's size
     and kernels do not change, and the INT4 moves get the accuracy budget
     the int8 tensors no longer spend).  ``moments``
@@ -149,7 +150,8 @@ def storage_greedy(model, plan, xs, ys, min_accuracy: float, act8: bool = True,
     acc, n = accuracy(plan), 1
     if act8:
         up = {l.name: 8 for l in plan.layers if l.act_bits is not None and l.act_bits < 8}
-        wup = {l.name: 8 for l in plan.layers if 4 < l.weight_bits < 8}
+        wup = {l.name: 8 if l.weight_bits > 4 else 4 for l in plan.layers
+               if 4 < l.weight_bits < 8 or l.weight_bits < 4}
         if up or wup:
             cand = plan.with_bits(act_bits=up, weight_bits=wup)
             a, n = accuracy(cand), n + 1
