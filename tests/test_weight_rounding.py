@@ -85,7 +85,7 @@ def layer_rows(model, x, name):
     return ref_rows(t, layer.kernel_size, layer.strides, layer.padding.upper())
 
 
-def ref_obq(w, h, steps, bits, damp):
+def ref_obq(w, h, steps, bits, damp, narrow=False):
     """Step-by-step Optimal Brain Quantization: fix rows in order of
     decreasing damped H_kk; at each step round the row to nearest (half up,
     saturated) and give the free rows F the least-squares optimum
@@ -99,6 +99,7 @@ def ref_obq(w, h, steps, bits, damp):
     h = h + damp * np.mean(d) * np.eye(len(d))
     order = sorted(range(len(d)), key=lambda k: (-h[k, k], k))
     lo, hi = fixedpoint.int_limits(bits, True)
+    lo = -hi if narrow else lo
     q = np.zeros_like(w)
     for i, k in enumerate(order):
         free = order[i:]
@@ -112,8 +113,9 @@ def ref_obq(w, h, steps, bits, damp):
 
 
 # ------------------------------------------------------------------ tests
-@pytest.mark.parametrize("bits,per_channel", [(3, True), (4, False), (6, True)])
-def test_gptq_levels_equal_step_by_step_least_squares(bits, per_channel):
+@pytest.mark.parametrize("bits,per_channel,narrow", [(3, True, False), (4, False, True),
+                                                     (6, True, True)])
+def test_gptq_levels_equal_step_by_step_least_squares(bits, per_channel, narrow):
     rng = np.random.default_rng(bits)
     k, n = 14, 5
     x = rng.normal(0, 1, (300, 3)) @ rng.normal(0, 1, (3, k)) + 0.3 * rng.normal(0, 1, (300, k))
@@ -121,13 +123,13 @@ def test_gptq_levels_equal_step_by_step_least_squares(bits, per_channel):
     h = x.T @ x / len(x)
     w = rng.normal(0, 0.4, (k, n))
     steps = (2.0 ** rng.integers(-1, 2, n) if per_channel else np.full(n, 1.0)) * 2.0 ** (1 - bits)
-    q = gptq_levels(w, h, steps, bits, damp=0.01)
-    ref = ref_obq(w, h, steps, bits, 0.01)
+    q = gptq_levels(w, h, steps, bits, damp=0.01, narrow=narrow)
+    ref = ref_obq(w, h, steps, bits, 0.01, narrow)
     np.testing.assert_allclose(q, ref, rtol=0, atol=1e-12)
     codes = q / steps
     np.testing.assert_array_equal(codes, np.round(codes))
     lo, hi = fixedpoint.int_limits(bits, True)
-    assert codes.min() >= lo
+    assert codes.min() >= (-hi if narrow else lo)
     assert codes.max() <= hi
     # the least-squares choice beats round-to-nearest on these inputs
     near = np.clip(np.floor(w / steps + 0.5), lo, hi) * steps
@@ -169,10 +171,10 @@ def test_rounded_weights_on_grid_errors_and_bias_correction(net):
         w_k, w_b = folded.get_layer(lr.name).get_weights()
         steps = np.asarray(lp.weight_ranges(), np.float64) * 2.0 ** (1 - lp.weight_bits)
         lo, hi = fixedpoint.int_limits(lp.weight_bits, True)
-        for v in (kernel, bias):
+        for v, least in ((kernel, -hi), (bias, lo)):     # kernel codes narrow-range
             c = v.astype(np.float64) / steps
             np.testing.assert_array_equal(c, np.round(c))
-            assert c.min() >= lo
+            assert c.min() >= least
             assert c.max() <= hi
         rows = layer_rows(m, x, lr.name)
         w = w_k.reshape(-1, w_k.shape[-1]).astype(np.float64)
@@ -303,7 +305,7 @@ def test_range_search_keeps_the_range_with_the_lower_output_error(net):
         steps = np.asarray(old.weight_channel_ranges) * 2.0 ** (1 - bits)
         errs = []
         for st in (steps, steps / 2):
-            q = ref_obq(w, h, st, bits, 0.01)
+            q = ref_obq(w, h, st, bits, 0.01, narrow=True)
             qb = np.clip(np.floor((b + rows.mean(0) @ (w - q)) / st + 0.5), lo, hi) * st
             errs.append(np.mean((rows @ (w - q) + b - qb) ** 2, axis=0))
         want = np.where(errs[1] < errs[0], np.asarray(old.weight_channel_ranges) / 2,

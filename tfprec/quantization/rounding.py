@@ -178,18 +178,20 @@ def _nearest(w: np.ndarray, steps: np.ndarray, lo: int, hi: int) -> np.ndarray:
 
 
 def gptq_levels(w: np.ndarray, hessian: np.ndarray, steps, bits: int, *,
-                damp: float = 0.01) -> np.ndarray:
+                damp: float = 0.01, narrow: bool = False) -> np.ndarray:
     """Grid values Q [K, N] for kernel ``w`` [K, N] chosen by GPTQ.
 
     ``steps``: Delta, one value or one per output channel [N]; ``bits``:
     B_W (signed levels k * Delta, k in [-2^(B-1), 2^(B-1) - 1]).  Rows are
     fixed in order of decreasing H_kk; the Hessian is damped by
     ``damp`` * mean(diag H) (inputs that are always zero get H_kk = 1).
+    ``narrow``: codes k in [-(2^(B-1) - 1), 2^(B-1) - 1] (symmetric).
     """
     w = np.array(w, np.float64)
     k_dim = w.shape[0]
     steps = np.broadcast_to(np.asarray(steps, np.float64), (w.shape[1],))
     lo, hi = fixedpoint.int_limits(int(bits), True)
+    lo = -hi if narrow else lo
     h = np.array(hessian, np.float64)
     dead = np.diag(h) <= 0
     h[dead, dead] = 1.0
@@ -219,12 +221,12 @@ def _relative(d: np.ndarray, h: np.ndarray, w: np.ndarray) -> float:
     return float(np.einsum("kn,kl,ln->", d, h, d)) / den if den > 0 else 0.0
 
 
-def _candidate(op, w, m, steps, bits, damp, bias_correction):
+def _candidate(op, w, m, steps, bits, damp, bias_correction, narrow):
     """(q, bias on the grid or None, per-channel output error [N]) of GPTQ
     on ``steps``; the error is E[(x (w - q) + b - b_q)^2] per channel on
     the calibration moments."""
     lo, hi = fixedpoint.int_limits(bits, True)
-    q = gptq_levels(w, m.hessian, steps, bits, damp=damp)
+    q = gptq_levels(w, m.hessian, steps, bits, damp=damp, narrow=narrow)
     d = w - q
     err = np.einsum("kn,kl,ln->n", d, m.hessian, d)
     qb = None
@@ -236,14 +238,15 @@ def _candidate(op, w, m, steps, bits, damp, bias_correction):
     return q, qb, err
 
 
-def _round_layer(op, w, m, steps, bits, damp, bias_correction, range_search, per_channel):
+def _round_layer(op, w, m, steps, bits, damp, bias_correction, range_search, per_channel,
+                 narrow):
     """([kernel, bias?] on the grid, steps used [N], LayerRounding) of one
     Dense / Conv2D op."""
     lo, hi = fixedpoint.int_limits(bits, True)
-    q, qb, err = _candidate(op, w, m, steps, bits, damp, bias_correction)
+    q, qb, err = _candidate(op, w, m, steps, bits, damp, bias_correction, narrow)
     used = steps
     if range_search:       # the range halved: finer steps, the largest weights saturate
-        q2, qb2, err2 = _candidate(op, w, m, steps / 2, bits, damp, bias_correction)
+        q2, qb2, err2 = _candidate(op, w, m, steps / 2, bits, damp, bias_correction, narrow)
         take = err2 < err if per_channel else np.full(len(err), err2.sum() < err.sum())
         q = np.where(take, q2, q)
         qb = None if qb is None else np.where(take, qb2, qb)
@@ -260,7 +263,7 @@ def _round_layer(op, w, m, steps, bits, damp, bias_correction, range_search, per
 def optimize_rounding(model, plan, x=None, *, moments: Optional[dict] = None,
                       damp: float = 0.01, bias_correction: bool = True,
                       batch_size: int = 128, cache: Optional[dict] = None,
-                      range_search: bool = False) -> RoundedModel:
+                      range_search: bool = False, narrow_range: bool = True) -> RoundedModel:
     """Weights of ``model`` rounded onto ``plan``'s grid by GPTQ.
 
     Args:
@@ -287,6 +290,10 @@ def optimize_rounding(model, plan, x=None, *, moments: Optional[dict] = None,
         round-to-nearest a power-of-two range wastes up to one of the
         B_W bits on a channel whose largest weight is just above a power
         of two, which matters at 4 bits.
+      narrow_range: kernel codes k in [-(2^(B-1) - 1), 2^(B-1) - 1], a
+        symmetric subset of the plan's grid (LiteRT stores int8 weights
+        narrow-range: a code of -128 cannot be exported); the bias keeps
+        the whole grid.
 
     Returns:
       :class:`RoundedModel`.  Use ``quantize_model(r.model, r.plan)`` and
@@ -303,6 +310,7 @@ def optimize_rounding(model, plan, x=None, *, moments: Optional[dict] = None,
     damp = inputs_lib.nonnegative_number("damp", damp)
     bias_correction = inputs_lib.flag("bias_correction", bias_correction)
     range_search = inputs_lib.flag("range_search", range_search)
+    narrow_range = inputs_lib.flag("narrow_range", narrow_range)
     if moments is None:
         if x is None:
             raise InvalidDataError("optimize_rounding needs calibration inputs x "
@@ -329,10 +337,10 @@ def optimize_rounding(model, plan, x=None, *, moments: Optional[dict] = None,
         steps = _steps(lp, w.shape[1])
         per_channel = lp.weight_channel_ranges is not None
         key = (op.name, int(lp.weight_bits), steps.tobytes(), damp, bias_correction,
-               range_search)
+               range_search, narrow_range)
         if cache is None or key not in cache:
             got = _round_layer(op, w, m, steps, int(lp.weight_bits), damp, bias_correction,
-                               range_search, per_channel)
+                               range_search, per_channel, narrow_range)
             if cache is not None:
                 cache[key] = got
         vals, used, row = cache[key] if cache is not None else got
