@@ -324,3 +324,25 @@ def test_cnn_per_channel_weights(cnn, mnist, tmp_path):
     with pytest.raises(ExportError, match="per-channel weight ranges"):
         export_tflite(m, plan, str(tmp_path / "exact.tflite"), x, backend="exact")
     assert not os.path.exists(str(tmp_path / "exact.tflite"))
+
+
+@pytest.mark.slow   # default-suite time (< 5 min); see README
+def test_gptq_rounded_model_exports(cnn, mnist, tmp_path):
+    """optimize_rounding's model and plan (range search: some channels on
+    half their range; narrow-range kernel codes) export with
+    ai_edge_quantizer: stored scales and values are the rounded weights on
+    the new ranges, and the file's decisions equal the fake-quant model's."""
+    from tfprec.quantization.rounding import optimize_rounding
+    m, _, x, _ = cnn
+    gains = tfprec.noise_gains(m, mnist.x_train[:200], per_channel=True)
+    plan = _plan(gains, 4, 5).with_bits(weight_bits={"dw": 8})
+    r = optimize_rounding(m, plan, mnist.x_train[200:400], range_search=True)
+    assert any(a.weight_channel_ranges != b.weight_channel_ranges
+               for a, b in zip(r.plan.layers, plan.layers))
+    path = str(tmp_path / "cnn_gptq.tflite")
+    rep = export_tflite(r.model, r.plan, path, x, check_examples=300)
+    assert isinstance(rep, AeqExportReport) and rep.grid_check_passed
+    types = _check_weights(path, r.model, r.plan, {"conv": "conv2d", "dw": "depthwise",
+                                                   "logits": "dense"})
+    assert types == {"conv": "int4", "dw": "int8", "logits": "int4"}
+    _check_agreement(path, r.model, r.plan, x, rep)
