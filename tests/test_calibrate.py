@@ -203,7 +203,7 @@ def test_float_decisions_once_and_cache(toy, cached_quant, monkeypatch):
     dict(target_mismatch=0.03),
     pytest.param(dict(target_mismatch=0.2), marks=pytest.mark.slow),
     pytest.param(dict(max_accuracy_drop=0.0), marks=pytest.mark.slow),
-    dict(max_accuracy_drop=1.0)])
+    pytest.param(dict(max_accuracy_drop=1.0), marks=pytest.mark.slow)])
 def test_never_returns_a_plan_that_misses(toy, cached_quant, target):
     m, g, x, y = toy
     r = C.calibrate(m, g, x, y, methods=C.FAMILIES, **target)

@@ -166,6 +166,7 @@ def test_demo_figures_are_pngs(demo):
 
 
 # ================================================================= --model
+@pytest.mark.slow   # default-suite time (< 5 min); see README
 def test_model_with_cost_budget(demo, tmp_path, capsys, monkeypatch):
     assert demo["code"] == 0
     model_path = demo["dir"] / "float_model.h5"

@@ -182,6 +182,7 @@ def _check_agreement(path, model, plan, x, rep):
     assert rep.kernels in rep.exact_families
 
 
+@pytest.mark.slow   # default-suite time (< 5 min); see README
 def test_mlp_int4_weights(mlp, tmp_path):
     m, gains, x, y = mlp
     plan = _plan(gains, 4, 6)
@@ -271,6 +272,7 @@ def test_backend_argument(mlp, tmp_path):
                       weight_types={"nope": "int8"})
 
 
+@pytest.mark.slow   # default-suite time (< 5 min); see README
 def test_auto_backend(mlp, tmp_path, monkeypatch):
     """'auto' keeps the exact writer for what it expresses and switches to
     ai_edge_quantizer where it cannot."""
