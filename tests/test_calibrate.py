@@ -177,6 +177,7 @@ def test_search_matches_brute_force(toy, cached_quant, kind):
     assert checked >= 8
 
 
+@pytest.mark.slow   # default-suite time (< 5 min); see README
 def test_float_decisions_once_and_cache(toy, cached_quant, monkeypatch):
     m, g, x, y = toy
     calls = []

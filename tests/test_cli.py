@@ -208,6 +208,7 @@ def test_model_with_cost_budget(demo, tmp_path, capsys, monkeypatch):
     assert not out2.exists() and not leftovers(tmp_path)
 
 
+@pytest.mark.slow   # default-suite time (< 5 min); see README
 def test_model_with_measured_target_into_existing_dir(demo, tmp_path, capsys):
     assert demo["code"] == 0
     out_dir = tmp_path / "measured"

@@ -96,6 +96,7 @@ def _check_file(content, m, plan, x, rep, vary: bool = True):
     assert not vary or len(set(np.argmax(ref, -1))) > 1     # decisions vary
 
 
+@pytest.mark.slow   # default-suite time (< 5 min); see README
 def test_add_and_pooling_run_float_on_exact_grids(cifar, tmp_path):
     x, _ = cifar
     x = x[:200, :8, :8]
