@@ -168,13 +168,16 @@ def input_moments(model, x, *, batch_size: int = 128) -> dict:
             for op, (h, s, n) in zip(ops, acc)}
 
 
-def _nearest(w: np.ndarray, steps: np.ndarray, lo: int, hi: int) -> np.ndarray:
-    """Round half up on ``steps`` and saturate (tfprec's one rounding rule,
-    :func:`tfprec.fixedpoint.quantize_int`), in float64."""
-    q = w / steps
-    k = np.floor(q)
-    k = k + (q - k >= 0.5)
-    return np.clip(k, lo, hi) * steps
+def _nearest(w: np.ndarray, steps: np.ndarray, bits: int, narrow: bool = False) -> np.ndarray:
+    """``w`` rounded to nearest on ``steps`` (one per output channel, the
+    trailing axis) by tfprec's one rounding rule
+    (:func:`tfprec.fixedpoint.quantize_int`: half up, saturating), in
+    float64; ``narrow``: the code -2^(B-1) excluded."""
+    k = fixedpoint.quantize_int(np.asarray(w, np.float64), bits,
+                                steps * 2.0 ** (bits - 1), True)
+    if narrow:
+        k = np.maximum(k, 1 - 2 ** (bits - 1))
+    return k * steps
 
 
 def gptq_levels(w: np.ndarray, hessian: np.ndarray, steps, bits: int, *,
@@ -190,8 +193,6 @@ def gptq_levels(w: np.ndarray, hessian: np.ndarray, steps, bits: int, *,
     w = np.array(w, np.float64)
     k_dim = w.shape[0]
     steps = np.broadcast_to(np.asarray(steps, np.float64), (w.shape[1],))
-    lo, hi = fixedpoint.int_limits(int(bits), True)
-    lo = -hi if narrow else lo
     h = np.array(hessian, np.float64)
     dead = np.diag(h) <= 0
     h[dead, dead] = 1.0
@@ -204,7 +205,7 @@ def gptq_levels(w: np.ndarray, hessian: np.ndarray, steps, bits: int, *,
     u = np.linalg.cholesky(np.linalg.inv(h)).T
     q = np.empty_like(w)
     for k in range(k_dim):
-        q[k] = _nearest(w[k], steps, lo, hi)
+        q[k] = _nearest(w[k], steps, int(bits), narrow)
         err = (w[k] - q[k]) / u[k, k]
         w[k + 1:] -= np.outer(u[k, k + 1:], err)
     return q[inv]
@@ -225,14 +226,13 @@ def _candidate(op, w, m, steps, bits, damp, bias_correction, narrow):
     """(q, bias on the grid or None, per-channel output error [N]) of GPTQ
     on ``steps``; the error is E[(x (w - q) + b - b_q)^2] per channel on
     the calibration moments."""
-    lo, hi = fixedpoint.int_limits(bits, True)
     q = gptq_levels(w, m.hessian, steps, bits, damp=damp, narrow=narrow)
     d = w - q
     err = np.einsum("kn,kl,ln->n", d, m.hessian, d)
     qb = None
     if op.attrs["bias"] is not None:
         b = np.asarray(op.attrs["bias"], np.float64)
-        qb = _nearest(b + m.mean @ d if bias_correction else b, steps, lo, hi)
+        qb = _nearest(b + m.mean @ d if bias_correction else b, steps, bits)
         db = b - qb
         err = err + 2.0 * db * (m.mean @ d) + db ** 2
     return q, qb, err
@@ -242,7 +242,6 @@ def _round_layer(op, w, m, steps, bits, damp, bias_correction, range_search, per
                  narrow):
     """([kernel, bias?] on the grid, steps used [N], LayerRounding) of one
     Dense / Conv2D op."""
-    lo, hi = fixedpoint.int_limits(bits, True)
     q, qb, err = _candidate(op, w, m, steps, bits, damp, bias_correction, narrow)
     used = steps
     if range_search:       # the range halved: finer steps, the largest weights saturate
@@ -252,7 +251,7 @@ def _round_layer(op, w, m, steps, bits, damp, bias_correction, range_search, per
         qb = None if qb is None else np.where(take, qb2, qb)
         used = np.where(take, steps / 2, steps)
     row = LayerRounding(op.name, "gptq",
-                        _relative(w - _nearest(w, steps, lo, hi), m.hessian, w),
+                        _relative(w - _nearest(w, steps, bits), m.hessian, w),
                         _relative(w - q, m.hessian, w))
     vals = [q.reshape(np.shape(op.attrs["kernel"]))]
     if qb is not None:
