@@ -326,7 +326,7 @@ def _supported_case(name):
 
 
 @pytest.mark.filterwarnings("ignore:noise gains from only")
-@pytest.mark.parametrize("name", ["odd_maxpool", "mnist_mlp"])
+@pytest.mark.parametrize("name", ["odd_maxpool", pytest.param("mnist_mlp", marks=pytest.mark.slow)])
 def test_reference_matches_tfprec_on_supported_models(name):
     model, x = _supported_case(name)
     want = Reference(model).gains(x)
