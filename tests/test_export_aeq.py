@@ -206,8 +206,8 @@ def test_mlp_int4_weights(mlp, tmp_path):
     assert meta["layers"]["fc1"]["weight_type"] == "int4"
 
 
-@pytest.mark.parametrize("kernels", [
-    k if k == "xnnpack" else pytest.param(k, marks=pytest.mark.slow) for k in FAMILIES])
+@pytest.mark.slow   # default-suite time (< 5 min); test_cnn_per_channel_weights stays
+@pytest.mark.parametrize("kernels", FAMILIES)
 def test_cnn_conv_depthwise(cnn, tmp_path, kernels):
     m, gains, x, _ = cnn
     plan = _plan(gains, 4, 5)

@@ -412,8 +412,8 @@ def test_activation_ranges_cnn_and_depthwise():
     assert got["c1"].act_signed and got["c1"].act_range_source == "calibrated"
 
 
-@pytest.mark.parametrize("name,per_channel", [("cnn", False), ("depthwise", False),
-                                              ("cnn", True)])
+@pytest.mark.parametrize("name,per_channel", [
+    ("cnn", False), pytest.param("depthwise", False, marks=pytest.mark.slow), ("cnn", True)])
 def test_gains_follow_weight_changes(name, per_channel):
     """A second call on the same model object sees its new weights and BN
     stats (with per_channel, its new per-channel ranges too)."""
