@@ -212,7 +212,7 @@ def gptq_levels(w: np.ndarray, hessian: np.ndarray, steps, bits: int, *,
 
 
 def _steps(lp, n: int) -> np.ndarray:
-    ranges = lp.weight_ranges() if hasattr(lp, "weight_ranges") else [lp.weight_range]
+    ranges = lp.weight_ranges()         # checked_plan: always a LayerPrecision
     r = np.broadcast_to(np.asarray(ranges, np.float64), (n,))
     return r * 2.0 ** (1 - int(lp.weight_bits))
 
