@@ -210,9 +210,9 @@ def test_shift_tables_match_brute_force(make, shape, stacked, per_channel, monke
     rounded copies re-run downstream stacked along the batch axis (the other
     branch of the Add tiled) or one at a time (SHIFT_ELEMENTS = 1); with
     per-channel ranges, each output channel rounded on its own range."""
-    from tfprec.statistics import backward
+    from tfprec.statistics import shifts
     if not stacked:
-        monkeypatch.setattr(backward, "SHIFT_ELEMENTS", 1)
+        monkeypatch.setattr(shifts, "SHIFT_ELEMENTS", 1)
     m = make()
     if per_channel:                     # channels of different ranges
         for layer in m.layers:
@@ -253,6 +253,82 @@ def test_shift_tables_match_brute_force(make, shape, stacked, per_channel, monke
                                        err_msg=f"layer {lg.name} at {b} bits")
         assert np.abs(g.class_shift[t, 0]).max() > 1e-3      # 2 bits moves margins
 
+
+
+class _RoundInput(L.Layer):
+    """Calls ``inner`` on its input rounded to a B-bit format (float64
+    round half up, saturated; independent of tfprec's quantizers)."""
+
+    def __init__(self, inner, bits, r, signed):
+        super().__init__(name=inner.name + "_rq")
+        self.inner, self.bits, self.r, self.signed = inner, bits, r, signed
+
+    def call(self, x):
+        d = self.r * 2.0 ** (1 - self.bits)
+        lo, hi = ((-2 ** (self.bits - 1), 2 ** (self.bits - 1) - 1) if self.signed
+                  else (0, 2 ** self.bits - 1))
+        k = tf.clip_by_value(tf.floor(tf.cast(x, tf.float64) / d + 0.5), lo, hi)
+        return self.inner(tf.cast(k * d, x.dtype))
+
+
+@pytest.mark.parametrize("make,shape", [(_mlp, (6,)), (_conv, (6, 6, 2))])
+@pytest.mark.parametrize("stacked", [True, False], ids=["stacked", "one_copy"])
+def test_act_shift_tables_match_brute_force(make, shape, stacked, monkeypatch):
+    """class_act_shift[T, b-2]: the margin change when only layer T's input
+    is rounded to b bits on its format (R_A, signed), against a clone of the
+    Keras model whose readers of that tensor round it first; a tensor read
+    by two layers (b1, b2) is one quantizer: its first reader holds the
+    row, the other's is 0."""
+    from tfprec.statistics import shifts
+    if not stacked:
+        monkeypatch.setattr(shifts, "SHIFT_ELEMENTS", 1)
+    m = make()
+    x = np.random.default_rng(19).uniform(-0.5, 1, size=(9, *shape)).astype(np.float32)
+    g = tfprec.noise_gains(m, x, per_class=True, batch_size=4, class_chunk=2)
+    n, k, nl = g.class_w.shape
+    assert g.class_act_shift.shape == (nl, 15, n, k)
+    z0 = m(x).numpy().astype(np.float64)
+    y = z0.argmax(1)
+    rows = np.arange(n)[:, None]
+
+    def margins(z):
+        return z[np.arange(n), y][:, None] - z[rows, g.class_index]
+
+    seen = set()
+    for t, lg in enumerate(g.layers):
+        if lg.act_group and lg.act_group in seen:          # a later reader
+            np.testing.assert_array_equal(g.class_act_shift[t], 0.0)
+            continue
+        seen.add(lg.act_group)
+        readers = lg.act_group.split("+") if lg.act_group else [lg.name]
+        for b in (2, 3, 7, 16):
+            q = keras.models.clone_model(m, clone_function=lambda layer: (
+                _RoundInput(layer, b, lg.r_a, lg.act_signed) if layer.name in readers
+                else layer))
+            want = margins(q(x).numpy().astype(np.float64)) - margins(z0)
+            np.testing.assert_allclose(g.class_act_shift[t, b - 2], want, rtol=1e-3,
+                                       atol=2e-6 * (1 + np.abs(z0).max()),
+                                       err_msg=f"layer {lg.name} input at {b} bits")
+        assert np.abs(g.class_act_shift[t, 0]).max() > 1e-3      # 2 bits moves margins
+    if make is _mlp:
+        assert "b1+b2" in seen
+
+
+def test_per_class_refuses_data_that_change_between_reads():
+    """per_class reads the data twice (activation ranges first): a dataset
+    that yields other values the second time is refused, naming the layer."""
+    m = _mlp()
+    reads = []
+
+    def gen():
+        reads.append(1)
+        rng = np.random.default_rng(3)
+        for _ in range(12):
+            yield (rng.uniform(0, 1, 6) * (8.0 if len(reads) > 1 else 1.0)).astype(np.float32)
+    ds = tf.data.Dataset.from_generator(gen, output_signature=tf.TensorSpec((6,), tf.float32))
+    with pytest.raises(tfprec.InvalidDataError, match="layer 'a'.*changed between two reads"):
+        tfprec.noise_gains(m, ds, per_class=True, batch_size=4)
+    assert len(reads) == 2
 
 def test_grid_index_at_a_predicted_target(mlp_case):
     """FamilyGrid.index_at: the cheapest predicted-family level whose target
@@ -338,8 +414,8 @@ def test_flip_probability_counts_far_classes_as_zero():
 
 def _z_by_hand(plan, g, ba_rows):
     """Per example, {class i: z_i} of the shift model straight from its
-    formula: z_i = (m + mu) / sigma, mu the plan's tabulated shifts summed
-    over the layers, sigma^2 = sum over input tensors (a shared one once)
+    formula: z_i = (m + mu) / sigma, mu the plan's tabulated weight and
+    activation shifts summed over the layers (a shared input once), sigma^2 = sum over input tensors (a shared one once)
     of Delta_A^2 / 12 ||d(z_i - z_y)/dA||^2 (brute force)."""
     lead = {l.name: (l.act_group.split("+")[0] if l.act_group else l.name)
             for l in g.layers}
@@ -350,6 +426,8 @@ def _z_by_hand(plan, g, ba_rows):
             mrg = g.class_margin[e, r]
             mu = sum(g.class_shift[j, l.weight_bits - 2, e, r]
                      for j, l in enumerate(plan.layers))
+            mu += sum(g.class_act_shift[j, l.act_bits - 2, e, r]
+                      for j, l in enumerate(plan.layers) if lead[l.name] == l.name)
             var = sum(l.act_step ** 2 / 12 * ba_rows[e, i][j] * mrg ** 2
                       for j, l in enumerate(plan.layers) if lead[l.name] == l.name)
             z[int(i)] = (mrg + mu) / math.sqrt(var)
@@ -520,11 +598,17 @@ def _check_moves(model, bw, ba):
     return d_w, d_a
 
 
-@pytest.mark.parametrize("which", ["gaussian", "shift"])
+@pytest.mark.parametrize("which", ["gaussian", "shift", "shift_weights_only"])
 def test_predicted_search_model_is_consistent(mlp_case, which):
+    """reset / moves / take agree with value, with the activation tables,
+    without them (gains made before them), and in the Gaussian model."""
     m, x, g = mlp_case
+    if which == "shift_weights_only":
+        g, which = dataclasses.replace(g, class_act_shift=None), "shift"
     model = predict._model(g, "independent", which)
     assert model.model == which
+    assert (model.act_shift is not None) == (g.class_act_shift is not None
+                                             and which == "shift")
     for bw, ba in ((np.array([6, 5, 7, 6]), np.array([6, 6, 6, 5])),
                    (np.array([3, 2, 3, 4]), np.array([3, 3, 3, 2]))):
         d_w, d_a = _check_moves(model, bw, ba)
@@ -538,7 +622,8 @@ def test_predicted_search_model_is_consistent(mlp_case, which):
         ba[0] -= 1
         assert model.cur == pytest.approx(model.value(bw, ba), rel=1e-12)
         gw, ga = model.gradient(bw, ba)
-        assert gw.shape == ga.shape == (4,)
+        assert gw.shape == (4,)
+        assert ga.shape == (4,)
         assert np.all(np.isfinite(gw)) and np.all(gw >= 0) and np.all(ga >= 0)
 
 

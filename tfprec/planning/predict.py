@@ -52,20 +52,31 @@ per_class=True)`` tabulates, for every weight tensor T, bit-width b = 2..16
 and kept (example, class) row, the exact margin shift
 d_{T,b,i}(x) = (z_y - z_i)(W_T -> Q_b(W_T)) - (z_y - z_i)(W)
 (``class_shift``, a forward difference), and a plan's shifts add up over
-tensors (first order): mu_i(x) = sum_T d_{T,B_T,i}(x).  Only the
-activations' rounding (activations change with x) stays Gaussian noise,
+tensors (first order): mu_i(x) = sum_T d_{T,B_T,i}(x).
+
+The activations' rounding is deterministic too, for each x: at 2-3 bits
+most small activations round to zero and the margins move coherently
+(CIFAR-10 VGG, one layer's input at 2 bits, the rest float: 11.3 % of
+1000 decisions flip; the Gaussian term predicts 2.8 %).  The gains
+therefore also tabulate the shift of each margin when only layer l's input
+is rounded (``class_act_shift``, :mod:`tfprec.statistics.shifts`), and
+mu_i(x) adds the plan's activation shifts as well.  In the quantized
+network each activation's input is itself moved by the rounding upstream,
+so its rounding error is not exactly the float input's; that spread is
+kept as Gaussian noise around the shifts,
 sigma_i^2 = 2 m_i^2 sum_{T in activations} 4^(1-B_T) G_{T,i}(x), and class
 i overtakes y with probability Phi(-(m_i + mu_i) / sigma_i), combined over
-classes by ``form`` as above.  ``model="gaussian"`` is the first version
-(weights as noise too), kept for comparison.
+classes by ``form`` as above (on the VGG this over-predicts by 1.05-1.3x
+where the shifts alone are within 1.1x; gains without activation tables
+keep mu to the weights).  ``model="gaussian"`` is the first version
+(everything as zero-mean noise), kept for comparison.
 
 It is an *estimate*: the shifts of several layers are added although the
 network is non-linear (MNIST MLP, all weights at B bits: the sum's relative
 error against the joint shift is 0.14-0.17 at B = 3-4 and 0.04 at B = 8;
-at B = 2 it overshoots), the
-activations' rounding is still modelled as independent noise, and it does
-not bound the mismatch.  Tied examples (z_i == z_y) add nothing (their
-s_hat is zero and their relative shift is taken as 0).
+at B = 2 it overshoots), and it does not bound the mismatch.  Tied
+examples (z_i == z_y) add nothing (their s_hat is zero and their relative
+shift is taken as 0).
 
 * :func:`predicted_mismatch`: the prediction for a plan (probability);
 * :func:`predicted_accuracy_drop`: with the labels of the gains' examples,
@@ -84,29 +95,22 @@ from __future__ import annotations
 
 import dataclasses
 import numpy as np
-from scipy.special import log_ndtr, ndtr
 
 from tfprec import inputs
 from tfprec.errors import PlanError
-from tfprec.fixedpoint import MAX_BITS, MIN_BITS
 from tfprec.planning.plan import PrecisionPlan
+from tfprec.planning.predict_model import (  # noqa: F401  (re-exported)
+    DEFAULT_FORM, FORMS, PredictedMismatch, _check_form, _z_shift, flip_from_z,
+    flip_probability, help_from_z)
 from tfprec.planning.rules import _leads
 
-#: Flip-probability forms of one example (see the module doc).
-FORMS = ("independent", "union")
-DEFAULT_FORM = "independent"
-#: Prediction models (see the module doc): known weight shifts plus Gaussian
-#: activation noise (default), or everything Gaussian (the first version).
+#: Prediction models (see the module doc): known weight and activation
+#: shifts plus Gaussian activation noise (default), or everything Gaussian
+#: (the first version).
 MODELS = ("shift", "gaussian")
 DEFAULT_MODEL = "shift"
 #: Method string (prefix) of the plans :func:`tfprec.planning.cost_aware.predicted_cost_aware_plan` makes.
 METHOD = "cost_aware_predicted"
-
-
-def _check_form(form) -> str:
-    if not isinstance(form, str) or form not in FORMS:
-        raise PlanError(f"form must be one of {FORMS}, got {form!r}")
-    return form
 
 
 def _check_model(model) -> str:
@@ -146,285 +150,28 @@ def shift_terms(gains) -> np.ndarray:
       PlanError: ``gains`` have no weight-shift tables (``class_shift``).
     """
     sh = getattr(gains, "class_shift", None)
-    mg = getattr(gains, "class_margin", None)
-    if sh is None or mg is None:
+    if sh is None or getattr(gains, "class_margin", None) is None:
         raise PlanError("the mismatch predictor's 'shift' model needs the weight-"
                         "shift tables of noise_gains(..., per_class=True) "
                         "(class_shift); these gains have none: recompute them, "
                         "or use model='gaussian'")
+    return _relative(sh, gains.class_margin)
+
+
+def act_shift_terms(gains):
+    """Relative activation shifts [L, 15, N, K] of ``gains``
+    (``class_act_shift`` over ``class_margin``, as :func:`shift_terms`):
+    the change of margin i, in margins, when only layer l's input tensor
+    is rounded to b = 2..16 bits; None for gains without these tables
+    (their activations' rounding is then zero-mean noise)."""
+    sh = getattr(gains, "class_act_shift", None)
+    return None if sh is None else _relative(sh, gains.class_margin)
+
+
+def _relative(sh, mg) -> np.ndarray:
     mg = np.asarray(mg, float)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(mg > 0, np.asarray(sh, float) / mg, 0.0)
-
-
-def flip_probability(v: np.ndarray, form: str = DEFAULT_FORM) -> np.ndarray:
-    """Per-example flip probability from v [..., K] (v_i = sigma_i^2 /
-    (2 m_i^2), see the module doc) over the last axis: [...]."""
-    with np.errstate(divide="ignore"):
-        z = 1.0 / np.sqrt(2.0 * np.asarray(v, float))      # m / sigma (inf at v=0)
-    return flip_from_z(z, form)
-
-
-# A class with z = (m + mu)/sigma >= this adds less than Phi(-8.5) ~ 1e-17
-# to an example's flip probability: it is counted as 0, and only the
-# (typically few) nearer classes are evaluated.
-_Z_FAR = 8.5
-
-
-def flip_from_z(z: np.ndarray, form: str = DEFAULT_FORM) -> np.ndarray:
-    """Per-example flip probability from z_i = (m_i + mu_i) / sigma_i [..., K]
-    (class i overtakes y with probability Phi(-z_i)) over the last axis.
-    Classes with z_i >= 8.5 count as 0 (each would add < 1e-17)."""
-    z = np.asarray(z, float)
-    near = z < _Z_FAR
-    terms = np.zeros(z.shape)
-    if form == "union":
-        terms[near] = ndtr(-z[near])
-        return np.minimum(terms.sum(-1), 1.0)
-    terms[near] = log_ndtr(z[near])
-    return -np.expm1(terms.sum(-1))
-
-
-def help_from_z(z: np.ndarray, col: np.ndarray) -> np.ndarray:
-    """Per-example probability that the class in column ``col`` [...] of
-    z [..., K] becomes the decision: it overtakes the float decision,
-    Phi(-z_col), and no other kept class does, prod_{i != col} Phi(z_i)
-    (independent classes).  0 where ``col`` is -1 (no such column) or where
-    z_col >= 8.5 (as :func:`flip_from_z`, which counts such a class as 0)."""
-    z = np.asarray(z, float)
-    col = np.broadcast_to(np.asarray(col), z.shape[:-1])
-    has = col >= 0
-    zc = np.take_along_axis(z, np.where(has, col, 0)[..., None], -1)[..., 0]
-    near = z < _Z_FAR
-    near &= np.arange(z.shape[-1]) != np.where(has, col, -1)[..., None]
-    keep = np.zeros(z.shape)
-    keep[near] = log_ndtr(z[near])      # log Phi(z_i) of the other near classes
-    others = keep.sum(-1)
-    live = has & (zc < _Z_FAR)
-    out = np.zeros(z.shape[:-1])
-    out[live] = np.exp(log_ndtr(-zc[live]) + others[live])
-    return out
-
-
-def _z_shift(num: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """z = num / sqrt(2 v) with num = 1 + mu/m and v = sigma^2 / (2 m^2);
-    without noise (v = 0) the flip is certain (num < 0), impossible (num >
-    0) or a coin toss (num = 0)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z = num / np.sqrt(2.0 * v)
-    return np.where(v > 0, z, np.sign(num) * np.inf)
-
-
-class PredictedMismatch:
-    """The predicted mismatch as a bound model of :mod:`tfprec.planning.search`.
-
-    ``cw``, ``ca``: normalized per-class gains [N, K, L] (:func:`class_terms`).
-    ``shift``: None for the pure Gaussian model (``model="gaussian"``), or
-    the relative weight shifts [L, 15, N, K] (:func:`shift_terms`) for the
-    ``"shift"`` model, in which the weights' rounding moves each margin by
-    its known shift and only the activations' rounding is Gaussian noise
-    (``cw`` is then unused).
-    ``value(bw, ba)`` is the predicted mismatch (probability) at bits
-    ``bw``, ``ba``; ``reset`` / ``moves`` / ``take`` keep the per-(example,
-    class) state and update it incrementally (one removed activation bit
-    multiplies a tensor's variance by 4; one removed weight bit swaps one
-    table entry of the shift sum).  ``moves`` scores only the examples
-    that one move could bring to some z = (m + mu)/sigma below 8.5 (the
-    others' flip probability is 0 before and after it, see
-    :func:`flip_from_z`), so it agrees with :meth:`value` exactly.
-    """
-
-    def __init__(self, cw, ca, form: str = DEFAULT_FORM, shift=None,
-                 label_col=None, count_gains: bool = False):
-        self.sw = np.asarray(cw, float)
-        self.sa = np.asarray(ca, float)
-        self.form = _check_form(form)
-        self.shift = None if shift is None else np.asarray(shift, float)
-        # label_col [N] (predicted accuracy drop): -2 where the float decision
-        # is right (its flip is a lost answer), the kept row of the true
-        # class where it is wrong (that class winning is a gained answer),
-        # -1 where the true class is not kept (no gain counted)
-        self.label_col = None if label_col is None else np.asarray(label_col, int)
-        self.count_gains = bool(count_gains)
-        if self.shift is not None:
-            nl, nb, n, k = self.shift.shape
-            if (n, k, nl) != self.sa.shape or nb != MAX_BITS - MIN_BITS + 1:
-                raise PlanError(f"weight-shift tables of shape {self.shift.shape} "
-                                f"do not fit per-class gains of shape "
-                                f"{self.sa.shape} (want [L, 15, N, K])")
-
-    @property
-    def model(self) -> str:
-        """"shift" or "gaussian"."""
-        return "gaussian" if self.shift is None else "shift"
-
-    def _v(self, bw, ba) -> np.ndarray:
-        return (self.sw @ 4.0 ** (1 - np.asarray(bw, float))
-                + self.sa @ 4.0 ** (1 - np.asarray(ba, float)))
-
-    def _mu(self, bw) -> np.ndarray:
-        """Relative shift sum mu/m [N, K] at weight bits ``bw``."""
-        idx = np.asarray(bw, int) - MIN_BITS
-        return self.shift[np.arange(len(idx)), idx].sum(0)
-
-    def _z(self, bw, ba) -> np.ndarray:
-        if self.shift is None:
-            with np.errstate(divide="ignore"):
-                return 1.0 / np.sqrt(2.0 * self._v(bw, ba))
-        va = self.sa @ 4.0 ** (1 - np.asarray(ba, float))
-        return _z_shift(1.0 + self._mu(bw), va)
-
-    @property
-    def criterion(self) -> str:
-        """"mismatch" or "accuracy_drop" (with labels)."""
-        return "mismatch" if self.label_col is None else "accuracy_drop"
-
-    def _outcome(self, z: np.ndarray, idx=None) -> np.ndarray:
-        """Per-example value from z [n, ..., K] (examples ``idx`` of the
-        gains, all when None): the flip probability, or with labels the
-        expected lost (+) or gained (-) correct answer."""
-        flip = flip_from_z(z, self.form)
-        if self.label_col is None:
-            return flip
-        col = self.label_col if idx is None else self.label_col[idx]
-        col = col.reshape(col.shape + (1,) * (flip.ndim - 1))
-        if not self.count_gains:
-            return np.where(col == -2, flip, 0.0)
-        gain = help_from_z(z, np.broadcast_to(np.maximum(col, -1), flip.shape))
-        return np.where(col == -2, flip, -gain)
-
-    def per_example(self, bw, ba) -> np.ndarray:
-        """Per example [N] at bits ``bw``, ``ba``: the flip probability
-        (with labels: + the probability of losing a right answer, - that
-        of gaining one)."""
-        return self._outcome(self._z(bw, ba))
-
-    def value(self, bw, ba) -> float:
-        """The predicted mismatch (with labels: the predicted accuracy
-        drop) at bits ``bw``, ``ba`` (probability, a fraction of examples)."""
-        return float(np.mean(self.per_example(bw, ba)))
-
-    def gradient(self, bw, ba) -> tuple:
-        """d(predicted mismatch)/d u_T for u_T = 4^(1-B_T) at ``bw``, ``ba``:
-        (weights [L], activations [L]), probability per unit of u.  In the
-        ``"shift"`` model the weights' entries are secant slopes (the change
-        from one bit less, or one more at 2 bits, over the change of u),
-        clipped at 0."""
-        bw = np.asarray(bw, int)
-        ba = np.asarray(ba, int)
-        if self.label_col is not None:
-            return self._secant(bw, ba, "w"), self._secant(bw, ba, "a")
-        if self.shift is None:
-            v = self._v(bw, ba)
-            num = np.ones_like(v)
-        else:
-            v = self.sa @ 4.0 ** (1 - ba.astype(float))
-            num = 1.0 + self._mu(bw)
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            z = num / np.sqrt(2.0 * v)
-            # d Phi(-z)/dv = phi(z) * z / (2 v)
-            dens = np.where(v > 0, np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi) * z
-                            / (2.0 * v), 0.0)
-            if self.form == "independent":
-                # d(1 - prod Phi(z_j))/dv_i = prod_j Phi(z_j) / Phi(z_i) * dPhi(-z_i)/dv_i
-                keep = np.exp(log_ndtr(z).sum(-1, keepdims=True) - log_ndtr(z))
-                dens = dens * keep
-        dens = np.nan_to_num(dens)
-        n = v.shape[0]
-        ga = np.einsum("nk,nkl->l", dens, self.sa) / n
-        if self.shift is None:
-            return np.einsum("nk,nkl->l", dens, self.sw) / n, ga
-        return self._secant(bw, ba, "w"), np.maximum(ga, 0.0)
-
-    def _secant(self, bw, ba, which: str) -> np.ndarray:
-        """Secant slopes of :meth:`value` in u = 4^(1-B) per tensor of
-        ``which`` ("w" / "a"): one bit less (one more at 2 bits), clipped at
-        0."""
-        p0 = self.value(bw, ba)
-        bits = bw if which == "w" else ba
-        out = np.zeros(len(bits))
-        for t in range(len(bits)):
-            b2 = bits.copy()
-            b2[t] += -1 if bits[t] > MIN_BITS else 1
-            du = 4.0 ** (1 - b2[t]) - 4.0 ** (1 - bits[t])
-            v = self.value(b2, ba) if which == "w" else self.value(bw, b2)
-            out[t] = max((v - p0) / du, 0.0)
-        return out
-
-    # ------------------------------------------------- search interface
-    def reset(self, bw, ba) -> float:
-        self.bw = np.array(bw, int)
-        self.ca = self.sa * 4.0 ** (1 - np.asarray(ba, float))     # [N, K, L]
-        if self.shift is None:
-            self.cw = self.sw * 4.0 ** (1 - np.asarray(bw, float))
-            self.v = self.cw.sum(2) + self.ca.sum(2)               # [N, K]
-            self.mu = np.zeros_like(self.v)
-        else:
-            self.v = self.ca.sum(2)
-            self.mu = self._mu(self.bw)
-        self._update()
-        return self.cur
-
-    def _update(self) -> None:
-        self.z = _z_shift(1.0 + self.mu, self.v)
-        self.p = self._outcome(self.z)                             # [N]
-        self.cur = float(np.mean(self.p))
-
-    def _weight_steps(self) -> np.ndarray:
-        """Change of mu/m [L, N, K] of one weight bit less per tensor (0 at
-        2 bits, which the searches never lower)."""
-        idx = self.bw - MIN_BITS
-        t = np.arange(len(idx))
-        return self.shift[t, np.maximum(idx - 1, 0)] - self.shift[t, idx]
-
-    def moves(self, bw, ba):
-        """(new value, value added) for removing one bit of each weight and
-        of each activation tensor: four arrays over layers."""
-        n = self.v.shape[0]
-        if self.shift is None:
-            with np.errstate(divide="ignore"):   # one move at most quadruples v
-                zmin = 1.0 / np.sqrt(2.0 * self.v.max(1))
-            act = np.flatnonzero(zmin < 2.0 * _Z_FAR)     # z at least halves
-            cands = [3.0 * self.cw[act], 3.0 * self.ca[act]]     # dv [n_act, K, L]
-            dmu = [0.0, 0.0]
-        else:
-            steps = self._weight_steps()                          # [L, N, K]
-            # Lower bound on z after any one move: mu drops by at most the
-            # largest weight step, v at most quadruples.
-            worst = 1.0 + self.mu - np.abs(steps).max(0)
-            zlow = np.where(worst > 0, _z_shift(worst, 4.0 * self.v), -np.inf)
-            act = np.flatnonzero(zlow.min(1) < _Z_FAR)
-            cands = [np.zeros((len(act), 1, 1)), 3.0 * self.ca[act]]
-            dmu = [np.moveaxis(steps[:, act], 0, 2), 0.0]        # [n_act, K, L]
-        base = self.p[act].sum()
-        v = self.v[act][:, :, None]
-        mu = self.mu[act][:, :, None]
-        out = []
-        for dv, dm in zip(cands, dmu):
-            if self.shift is None:
-                with np.errstate(divide="ignore"):
-                    z = 1.0 / np.sqrt(2.0 * (v + dv))
-            else:
-                z = _z_shift(1.0 + mu + dm, v + dv)
-            z = np.broadcast_to(z, (len(act), self.v.shape[1], len(self.bw)))
-            pn = self._outcome(np.moveaxis(z, 2, 1), act)          # [n_act, L]
-            d = (pn.sum(0) - base) / n
-            out += [self.cur + d, d]
-        return tuple(out)
-
-    def take(self, which: str, i: int, delta: float) -> None:
-        if which == "w":
-            if self.shift is None:
-                self.v += 3.0 * self.cw[:, :, i]
-                self.cw[:, :, i] *= 4.0
-            else:
-                j = self.bw[i] - MIN_BITS
-                self.mu += self.shift[i, j - 1] - self.shift[i, j]
-            self.bw[i] -= 1
-        else:
-            self.v += 3.0 * self.ca[:, :, i]
-            self.ca[:, :, i] *= 4.0
-        self._update()
 
 
 def label_columns(gains, labels) -> np.ndarray:
@@ -470,9 +217,10 @@ def _model(gains, form: str, model: str = "shift", labels=None,
            count_gains: bool = False) -> PredictedMismatch:
     model = _check_model(model)
     shift = shift_terms(gains) if model == "shift" else None
+    act = act_shift_terms(gains) if model == "shift" else None
     col = None if labels is None else label_columns(gains, labels)
     return PredictedMismatch(*class_terms(gains), form=form, shift=shift,
-                             label_col=col, count_gains=count_gains)
+                             label_col=col, count_gains=count_gains, act_shift=act)
 
 
 def _bits_of(plan) -> tuple:
@@ -490,7 +238,8 @@ def predicted_mismatch(plan: PrecisionPlan, gains, form: str = DEFAULT_FORM,
     (module doc).  ``model="shift"`` (default): class i overtakes y with
     probability Phi(-(m_i + mu_i) / sigma_i), with mu_i(x) = sum_T
     d_{T,B_T,i}(x) the known margin shifts of the plan's weight rounding
-    (``gains.class_shift``) and sigma_i^2 = 2 m_i^2 sum_T 4^(1-B_{A,T})
+    (``gains.class_shift``) and of the float activations' rounding
+    (``gains.class_act_shift``, when the gains have it) and sigma_i^2 = 2 m_i^2 sum_T 4^(1-B_{A,T})
     R_{A,T}^2 s_hat_{A,T,i}(x) / 24 the activations' rounding noise.
     ``model="gaussian"``: weights as noise too, mu_i = 0 and
     v_i(x) = sum_T 4^(1-B_T) R_T^2 s_hat_{T,i}(x) / 24 over weights and
@@ -513,8 +262,8 @@ def predicted_mismatch(plan: PrecisionPlan, gains, form: str = DEFAULT_FORM,
     Raises:
       PlanError: the gains lack per-class data (or, for "shift", the
         weight-shift tables), the plan's layers are not the gains' layers,
-        its weight ranges are not the gains' (the shift tables are for
-        those), or ``form`` / ``model`` is unknown.
+        its weight or activation ranges are not the gains' (the shift
+        tables are for those), or ``form`` / ``model`` is unknown.
     """
     form = _check_form(form)
     model = _check_model(model)
@@ -529,6 +278,12 @@ def predicted_mismatch(plan: PrecisionPlan, gains, form: str = DEFAULT_FORM,
                                 f"{l.weight_range:g} / {l.weight_channel_ranges}, the "
                                 f"gains' shift tables are for R_W = {g.r_w:g} / "
                                 f"{g.r_w_channels} (per channel); use model='gaussian'")
+            if (getattr(gains, "class_act_shift", None) is not None and l.act_bits is not None
+                    and (l.act_range, l.act_signed) != (g.r_a, g.act_signed)):
+                raise PlanError(f"plan layer {l.name!r} has the activation format "
+                                f"R_A = {l.act_range:g} (signed {l.act_signed}), the "
+                                f"gains' shift tables are for R_A = {g.r_a:g} (signed "
+                                f"{g.act_signed}); use model='gaussian'")
     return _model(gains, form, model).value(*_bits_of(plan))
 
 

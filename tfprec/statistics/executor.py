@@ -11,10 +11,10 @@ and the backward rules of the non-weight ops.  The passes built on it:
 * the Hessian-trace peer (:mod:`tfprec.peers.hessian`): forward with the
   weights passed in as tensors and a perturbation added to each weight op's
   input, differentiated by ``tf.GradientTape``.
-* the per-class weight-shift tables (:class:`tfprec.statistics.backward.ShiftPass`):
+* the per-class shift tables (:class:`tfprec.statistics.shifts.ShiftPass`):
   one forward, then :meth:`Executor.forward_from` re-runs only the ops
   downstream of one weight op with its output recomputed from rounded
-  weights.
+  weights, or from its rounded input.
 
 :func:`executor_for` is the one per-model cache: one executor per (model,
 dtype), and on it one cached pass per pass key (:meth:`Executor.cached`).
@@ -123,18 +123,19 @@ class Executor:
             vals[op.output] = y
         return vals
 
-    def forward_from(self, vals: dict, op, y):
-        """The logits with weight op ``op``'s output replaced by ``y``.
+    def forward_from(self, vals: dict, replaced: dict):
+        """The logits with some weight ops' outputs replaced.
 
-        Re-runs only the ops downstream of ``op`` (in topological order),
+        ``replaced``: output tensor id of a weight op -> its new value.
+        Re-runs only the ops downstream of them (in topological order),
         reading every other tensor from ``vals`` (a :meth:`forward` result of
         the same batch); the weight ops use their variables.  Used by the
-        per-class weight-shift pass (:mod:`tfprec.statistics.backward`).
+        per-class shift pass (:mod:`tfprec.statistics.shifts`).
         """
-        new = {op.output: y}
+        new = dict(replaced)
         seen = False
         for o in self.g.ops:
-            if o is op:
+            if o.output in replaced:
                 seen = True
                 continue
             if not seen or not any(i in new for i in o.inputs):

@@ -28,10 +28,11 @@ from tfprec._tf import keras, tf
 from tfprec.errors import InvalidDataError
 from tfprec.fixedpoint import is_pow2
 from tfprec.statistics import channels, embedding, registry, sanity
-from tfprec.statistics.backward import GainsPass, shift_pass_for
+from tfprec.statistics.backward import GainsPass
 from tfprec.statistics.executor import executor_for
 from tfprec.fixedpoint import range_scale
 from tfprec.statistics.graph import NO_ACT_KINDS, parse_model
+from tfprec.statistics.shifts import activation_format, activation_formats, shift_pass_for
 
 DataLike = Union[np.ndarray, "tf.data.Dataset"]
 
@@ -159,15 +160,14 @@ class NoiseGains:
         saved by ``to_dict``.
       class_margin, class_index: with ``per_class=True``, [N, K]: the
         margin z_y - z_i (logit units) and the class i of each kept row.
-      class_shift: with ``per_class=True``, [L, 15, N, K] float32: the exact
-        change of each kept margin z_y - z_i (logit units) when only layer
-        l's weights (kernel and bias, BN folded) are rounded to b = 2..16
-        bits (index b - 2) on their range R_W, the plan's rounding
-        (:func:`tfprec.fixedpoint.quantize`), everything else float.  The
-        weights are fixed, so their rounding error is a known, deterministic
-        shift of each margin, not noise; the mismatch predictor's default
-        model (:mod:`tfprec.planning.predict`) adds these shifts.  Not saved
-        by ``to_dict``.
+      class_shift, class_act_shift: with ``per_class=True``, [L, 15, N, K]
+        float32: the exact change of each kept margin z_y - z_i (logit
+        units) when only layer l's weights (kernel and bias, BN folded), or
+        only its input tensor, are rounded to b = 2..16 bits (index b - 2)
+        on their range R_W / R_A, the plan's rounding, everything else float
+        (:mod:`tfprec.statistics.shifts`).  Rounding is deterministic, so
+        these are known shifts of each margin, not noise; the mismatch
+        predictor's default model adds them.  Not saved by ``to_dict``.
       fingerprint: :func:`model_fingerprint` of the model the gains were
         computed on (None for gains made by hand or saved without it);
         plans made from the gains copy it, and
@@ -195,6 +195,8 @@ class NoiseGains:
         default=None, compare=False, repr=False)
     fingerprint: Optional[str] = None
     class_shift: Optional[np.ndarray] = dataclasses.field(
+        default=None, compare=False, repr=False)
+    class_act_shift: Optional[np.ndarray] = dataclasses.field(
         default=None, compare=False, repr=False)
 
     def __getitem__(self, name: str) -> LayerGains:
@@ -429,17 +431,18 @@ def noise_gains(model, x: DataLike, batch_size: int = 128,
         margin-weighted squared norms of every weight and input tensor
         (``class_w``, ``class_a``, ``class_margin``, ``class_index``), which
         the mismatch predictor (:mod:`tfprec.planning.predict`) needs.
-        Implies ``per_example``.  Also computes the weight-shift tables
-        ``class_shift`` (the exact margin shift of every kept class when one
-        layer's weights are rounded to b = 2..16 bits): per batch, 15
-        re-runs of the part of the network downstream of each weight layer,
-        i.e. up to 15 L forward passes (about 7 L on a chain); this is the
-        dominant cost of ``per_class=True`` (2000 examples on 2 busy CPU
-        cores: MNIST MLP about 4 s; ResNet-20, 22 weight layers, about
-        11 min).  Not distributed: with ``strategy``, the shift
-        tables run on the default device (of every worker, on the whole
-        batch).  Memory: 16 K L + 12 K + 60 K L
-        bytes per example (constant per example).
+        Implies ``per_example``.  Also computes the shift tables
+        ``class_shift`` / ``class_act_shift`` (the exact margin shift of
+        every kept class when one layer's weights, or its input, are rounded
+        to b = 2..16 bits; :mod:`tfprec.statistics.shifts`): a forward-only
+        pre-pass for the activation ranges, then per batch 15 re-runs of the
+        part of the network downstream of each weight layer, twice, i.e. up
+        to 30 L forward passes (about 15 L on a chain); this is the dominant
+        cost of ``per_class=True``.  Not distributed: with ``strategy``, the
+        shift tables run on the default device (of every worker, on the
+        whole batch).  Memory: 16 K L + 12 K + 120 K L bytes per example
+        (constant per example).  The data are read twice: they must be the
+        same both times (InvalidDataError otherwise).
       per_channel: weights of Dense, Conv2D and DepthwiseConv2D layers on
         one power-of-two range per output channel (the layer's bit-width
         shared by its channels), as TFLite stores int8 / int4 weights;
@@ -494,12 +497,16 @@ def noise_gains(model, x: DataLike, batch_size: int = 128,
     nw = len(ex.weight_ops)
     if per_class:
         shift_pass, shift_stacks = shift_pass_for(ex, gp.rows_kept, per_channel)
+        # the activation shift tables need the activations' formats first
+        fmts0 = activation_formats(graph, ex, inputs.iter_batches(
+            x, graph.shapes[graph.input_id], batch_size, max_examples=max_examples,
+            dtype=dtype, what="calibration data"))
     sw = np.zeros(nw)
     sa = np.zeros(nw)
     sh = np.zeros(nw)
     pw, pa = [], []
     rows = {"cw": [], "ca": [], "cm": [], "ci": []}
-    shifts = []
+    shifts, act_shifts = [], []
     amax = np.full(nw, -np.inf)
     amin = np.full(nw, np.inf)
     n = 0
@@ -525,8 +532,11 @@ def noise_gains(model, x: DataLike, batch_size: int = 128,
         if per_class:
             for k, v in rows.items():
                 v.append(np.asarray(out[k]))
-            shifts.append(np.asarray(shift_pass.step(
-                b, np.asarray(out["ci"], np.int32), shift_stacks), np.float32))
+            wsh, ash = shift_pass.step(b, np.asarray(out["ci"], np.int32), shift_stacks,
+                                       [None if not f["has_act"] else (f["r_a"], f["signed"])
+                                        for f in fmts0])
+            shifts.append(np.asarray(wsh, np.float32))
+            act_shifts.append(np.asarray(ash, np.float32))
         amax = np.maximum(amax, out["amax"])
         amin = np.minimum(amin, out["amin"])
         ties += int(out["ties"])
@@ -546,23 +556,24 @@ def noise_gains(model, x: DataLike, batch_size: int = 128,
         geo = registry.geometry(graph, op)
         w = [op.attrs["kernel"]] + ([op.attrs["bias"]] if op.attrs["bias"] is not None else [])
         wmax = float(max(np.max(np.abs(t)) for t in w))
-        lo_known, hi_known = graph.bounds.get(op.inputs[0], (None, None))
-        lo = lo_known if lo_known is not None else float(amin[j])
-        if lo_known is not None and hi_known is not None:
-            hi, src = float(hi_known), "known bound"
-        else:
-            hi, src = float(amax[j]), "calibrated"
-        has_act = op.kind not in NO_ACT_KINDS
-        if not has_act:                 # integer ids: no activation format
-            lo, hi, src = 0.0, 0.0, "none"
-        signed = lo < 0
+        f = activation_format(graph, op, amin[j], amax[j])
+        if per_class and (f["r_a"], f["signed"]) != (fmts0[j]["r_a"], fmts0[j]["signed"]):
+            raise InvalidDataError(
+                f"x (calibration data): layer {op.name!r}: its input ranged over "
+                f"[{f['lo']:g}, {f['hi']:g}] in the gains pass but over "
+                f"[{fmts0[j]['lo']:g}, {fmts0[j]['hi']:g}] in the range pre-pass of "
+                "per_class=True (the data changed between two reads: a shuffled or "
+                "random dataset?); pass fixed data, e.g. a numpy array or a dataset "
+                "without reshuffling")
+        lo, hi, src, signed, has_act = (f["lo"], f["hi"], f["source"], f["signed"],
+                                        f["has_act"])
         group = gp.shared.get(op.inputs[0])
         rc = channels.op_channel_ranges(graph, op) if per_channel else None
         layers.append(LayerGains(
             name=op.name, layer_class=op.layer_class,
             e_w=float(sw[j] / n / 24.0), e_a=float(sa[j] / n / 24.0) if has_act else 0.0,
             r_w=range_scale(-wmax, wmax, True),
-            r_a=range_scale(lo, hi, signed), act_signed=bool(signed),
+            r_a=f["r_a"], act_signed=bool(signed),
             act_range_source=src, act_low=float(lo), act_high=float(hi),
             weight_max_abs=wmax, **geo,
             act_group="+".join(group) if group else "",
@@ -580,4 +591,7 @@ def noise_gains(model, x: DataLike, batch_size: int = 128,
                          np.concatenate(rows["ci"]).astype(np.int32))
                         if per_class else (None,) * 4),
                       fingerprint=model_fingerprint(model, graph),
-                      class_shift=np.concatenate(shifts, axis=2) if per_class else None)
+                      class_shift=np.concatenate(shifts, axis=2) if per_class else None,
+                      class_act_shift=(np.concatenate(act_shifts, axis=2)
+                                       if per_class else None))
+
