@@ -170,16 +170,6 @@ def fresh_copy(model):
     return m
 
 
-def selection_margin_pp(tolerance_pp: float, n_select: int, margin_pp: float) -> float:
-    """The safety margin (pp) both searches keep on the selection split:
-    ``margin_pp`` when >= 0, else the one-sigma binomial standard error of a
-    drop equal to the tolerance on n_select examples."""
-    if margin_pp >= 0:
-        return margin_pp
-    t = tolerance_pp / 100.0
-    return 100.0 * math.sqrt(t * (1.0 - t) / n_select)
-
-
 def run_net(net: str, a) -> None:
     d_cal, d_hess, d_sel = DEFAULTS[net]
     n_cal = a.calib or d_cal
@@ -200,7 +190,7 @@ def run_net(net: str, a) -> None:
     sel_float = matched.report_evaluator(model, xs, ys).float_accuracy
     out(net, "float_select_accuracy_pct", f"{100 * sel_float:.2f}")
     out(net, "float_report_accuracy_pct", f"{100 * rep.float_accuracy:.2f}")
-    margin = selection_margin_pp(a.tolerance_pp, len(xs), a.margin_pp)
+    margin = matched.selection_margin_pp(a.tolerance_pp, len(xs), a.margin_pp)
     sel_tol = a.tolerance_pp - margin
     if sel_tol < 0:
         sys.exit(f"peers.py: the selection margin {margin:g} pp (--margin_pp "

@@ -34,6 +34,7 @@ import tfprec  # noqa: F401  (first: selects Keras 2)
 from tfprec.planning import cost as cost_lib
 from tfprec.application import data as data_lib
 from tfprec.application import models
+from tfprec.peers import matched
 from tfprec.statistics.gains import layer_geometry
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -262,10 +263,10 @@ def test_peers_benchmark_selection_margin(capsys):
     import peers
     # one rule for both searches: an explicit margin, or the one-sigma
     # standard error of a drop equal to the tolerance on the selection split
-    assert peers.selection_margin_pp(0.5, 2000, 0.2) == 0.2
-    se = peers.selection_margin_pp(0.5, 2000, -1.0)
+    assert matched.selection_margin_pp(0.5, 2000, 0.2) == 0.2
+    se = matched.selection_margin_pp(0.5, 2000, -1.0)
     assert se == pytest.approx(100 * math.sqrt(0.005 * 0.995 / 2000))
-    assert peers.selection_margin_pp(0.5, 8000, -1.0) == pytest.approx(se / 2)
+    assert matched.selection_margin_pp(0.5, 8000, -1.0) == pytest.approx(se / 2)
     with pytest.raises(SystemExit):
         peers.main(["--nets", "mnist_mlp", "--margin_pp", "0.6"])
     assert "--margin_pp must be finite and at most --tolerance_pp" in \
