@@ -323,3 +323,39 @@ def test_range_search_keeps_the_range_with_the_lower_output_error(net):
     assert halved > 0                       # the search did something here
     r.plan.check()
     assert validate(m, plan, data(100, seed=11), rounded=r).num_examples == 100
+
+
+@pytest.mark.parametrize("narrow", [True, False])
+def test_depthwise_rounded_to_nearest_on_the_narrow_range(narrow):
+    """A DepthwiseConv2D is rounded to nearest (GPTQ handles Dense / Conv2D):
+    with narrow_range its kernel codes stay >= -(2^(B-1) - 1), so a weight
+    just above -R_c takes -7, not -8, at 4 bits (LiteRT stores int8 kernels
+    narrow-range); every other value is the plan's nearest level, and the
+    fake-quant model keeps them."""
+    m = make_net(3)
+    dw = m.get_layer("dw")
+    k, b = dw.get_weights()                          # [3, 3, 6, 1], [6]
+    r0 = 2.0 ** np.ceil(np.log2(max(np.abs(k[..., 0, 0]).max(), abs(b[0]))))
+    k[0, 0, 0, 0] = -r0 * (1 - 2.0 ** -6)            # rounds to the code -8
+    dw.set_weights([k, b])
+    x = data(96)
+    g = tfprec.noise_gains(m, x, per_channel=True)
+    plan = tfprec.uniform_plan(g, bits=16).with_bits(weight_bits={"dw": 4})
+    lp = plan.layer("dw")
+    assert lp.weight_channel_ranges[0] == r0
+    r = optimize_rounding(m, plan, x[:64], narrow_range=narrow)
+    row = next(x for x in r.layers if x.name == "dw")
+    assert row.method == ("nearest (narrow range)" if narrow else "nearest")
+    steps = np.asarray(lp.weight_channel_ranges) * 2.0 ** (1 - 4)
+    want = np.clip(np.floor(k.astype(np.float64) / steps[None, None, :, None] + 0.5), -8, 7)
+    if narrow:
+        want = np.maximum(want, -7)
+    got_k = r.model.get_layer("dw").get_weights()[0].astype(np.float64)
+    if narrow:
+        np.testing.assert_array_equal(got_k / steps[None, None, :, None], want)
+        assert want[0, 0, 0, 0] == -7
+    else:                                            # left to the fake-quant rounding
+        np.testing.assert_array_equal(got_k, k)
+    q = apply.quantize_model(r.model, r.plan)
+    np.testing.assert_array_equal(apply.quantized_weights(q, "dw")[0] /
+                                  steps[None, None, :, None], want)

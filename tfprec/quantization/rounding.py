@@ -28,8 +28,10 @@ Every kernel and bias value of the result is a level of the plan's grid
 costs, fake-quant model and exported files are unchanged; only which
 level each weight takes differs.  The analytic bound assumes
 round-to-nearest and is not a bound for these weights; measure them
-(:func:`tfprec.validate.validate`).  Depthwise, standalone BatchNorm,
-Embedding and generic layers keep round-to-nearest.
+(:func:`tfprec.validate.validate`).  DepthwiseConv2D layers are rounded
+to nearest (their kernel codes on the narrow range with
+``narrow_range``); standalone BatchNorm, Embedding, generic layers and
+SeparableConv2D keep the fake-quant model's round-to-nearest.
 """
 from __future__ import annotations
 
@@ -211,6 +213,31 @@ def gptq_levels(w: np.ndarray, hessian: np.ndarray, steps, bits: int, *,
     return q[inv]
 
 
+def _nearest_layer(folded, op, lp) -> str:
+    """A DepthwiseConv2D of ``folded`` (BN folded) with its kernel and bias
+    put on the plan's grid by round-to-nearest, the kernel's codes on the
+    narrow range (as GPTQ's, so the file can store them); "nearest
+    (narrow range)".  Other kinds (standalone BN, Embedding, generic
+    layers, a SeparableConv2D's halves) are left to the fake-quant
+    rounding: "nearest"."""
+    try:
+        layer = folded.get_layer(op.name)
+    except ValueError:
+        return "nearest"
+    if op.kind != "depthwise" or type(layer).__name__ != "DepthwiseConv2D":
+        return "nearest"
+    bits, ranges = int(lp.weight_bits), lp.weight_ranges()
+    dt = np.dtype(layer.dtype)
+    for i, a in enumerate(weight_attrs(layer)):
+        v = np.asarray(getattr(layer, a).numpy(), np.float64)
+        k = fixedpoint.quantize_int(v, bits, ranges, True)
+        if i == 0:                                   # the kernel: narrow range
+            k = np.maximum(k, 1 - 2 ** (bits - 1))
+        getattr(layer, a).assign((k * fixedpoint.channel_steps(bits, ranges, v.shape))
+                                 .astype(dt))
+    return "nearest (narrow range)"
+
+
 def _steps(lp, n: int) -> np.ndarray:
     ranges = lp.weight_ranges()         # checked_plan: always a LayerPrecision
     r = np.broadcast_to(np.asarray(ranges, np.float64), (n,))
@@ -322,7 +349,8 @@ def optimize_rounding(model, plan, x=None, *, moments: Optional[dict] = None,
     for op in graph.weight_ops:
         lp = plan.layer(op.name)
         if op.kind not in OPTIMIZED_KINDS:
-            report.append(LayerRounding(op.name, "nearest", float("nan"), float("nan")))
+            how = _nearest_layer(folded, op, lp) if narrow_range else "nearest"
+            report.append(LayerRounding(op.name, how, float("nan"), float("nan")))
             continue
         m = moments.get(op.name) if isinstance(moments, dict) else None
         if not isinstance(m, InputMoments):
