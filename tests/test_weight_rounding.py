@@ -161,7 +161,7 @@ def test_rounded_weights_on_grid_errors_and_bias_correction(net):
     assert r.plan.layers == plan.layers
     assert "gptq" in r.plan.info["weight_rounding"]
     assert [l.name for l in r.layers] == plan.names
-    assert {l.name: l.method for l in r.layers}["dw"] == "nearest"
+    assert {l.name: l.method for l in r.layers}["dw"] == "nearest (narrow range)"
     folded = tfprec.fold_batchnorm(m)
     for lr in r.layers:
         if lr.method != "gptq":
