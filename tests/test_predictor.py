@@ -201,6 +201,15 @@ def _quantize_np(w, bits, r):
     return np.clip(np.floor(w / d + 0.5), -2 ** (bits - 1), 2 ** (bits - 1) - 1) * d
 
 
+
+def _kept_margins(g, z0):
+    """z -> margins z_y - z_i [N, K] of the gains' kept classes, y the float
+    decision of logits ``z0``."""
+    y = z0.argmax(1)
+    n = len(z0)
+    rows = np.arange(n)[:, None]
+    return lambda z: z[np.arange(n), y][:, None] - z[rows, g.class_index]
+
 @pytest.mark.parametrize("make,shape", [(_mlp, (6,)), (_conv, (6, 6, 2))])
 @pytest.mark.parametrize("stacked,per_channel", [(True, False), (False, False), (True, True)],
                          ids=["stacked", "one_copy", "per_channel"])
@@ -226,11 +235,7 @@ def test_shift_tables_match_brute_force(make, shape, stacked, per_channel, monke
     n, k, nl = g.class_w.shape
     assert g.class_shift.shape == (nl, 15, n, k)
     z0 = m(x).numpy().astype(np.float64)
-    y = z0.argmax(1)
-    rows = np.arange(n)[:, None]
-
-    def margins(z):
-        return z[np.arange(n), y][:, None] - z[rows, g.class_index]
+    margins = _kept_margins(g, z0)
 
     for t, lg in enumerate(g.layers):
         layer = m.get_layer(lg.name)
@@ -288,11 +293,7 @@ def test_act_shift_tables_match_brute_force(make, shape, stacked, monkeypatch):
     n, k, nl = g.class_w.shape
     assert g.class_act_shift.shape == (nl, 15, n, k)
     z0 = m(x).numpy().astype(np.float64)
-    y = z0.argmax(1)
-    rows = np.arange(n)[:, None]
-
-    def margins(z):
-        return z[np.arange(n), y][:, None] - z[rows, g.class_index]
+    margins = _kept_margins(g, z0)
 
     seen = set()
     for t, lg in enumerate(g.layers):

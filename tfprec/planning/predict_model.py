@@ -19,6 +19,7 @@ from tfprec.fixedpoint import MAX_BITS, MIN_BITS
 FORMS = ("independent", "union")
 DEFAULT_FORM = "independent"
 
+
 def _check_form(form) -> str:
     if not isinstance(form, str) or form not in FORMS:
         raise PlanError(f"form must be one of {FORMS}, got {form!r}")
@@ -254,10 +255,7 @@ class PredictedMismatch:
 
     def _steps(self, table, bits) -> np.ndarray:
         """Change of mu/m [L, N, K] of one bit less per tensor of ``table``
-        at ``bits`` (0 at 2 bits, which the searches never lower; 0 without
-        a table)."""
-        if table is None:
-            return np.zeros((len(bits),) + self.v.shape)
+        at ``bits`` (0 at 2 bits, which the searches never lower)."""
         idx = bits - MIN_BITS
         t = np.arange(len(idx))
         return table[t, np.maximum(idx - 1, 0)] - table[t, idx]
@@ -274,16 +272,19 @@ class PredictedMismatch:
             dmu = [0.0, 0.0]
         else:
             steps = self._steps(self.shift, self.bw)              # [L, N, K]
-            asteps = self._steps(self.act_shift, self.ba)
+            drop = np.abs(steps).max(0)
+            asteps = None
+            if self.act_shift is not None:
+                asteps = self._steps(self.act_shift, self.ba)
+                drop = np.maximum(drop, np.abs(asteps).max(0))
             # Lower bound on z after any one move: mu drops by at most the
             # largest step, v at most quadruples.
-            worst = 1.0 + self.mu - np.maximum(np.abs(steps).max(0),
-                                               np.abs(asteps).max(0))
+            worst = 1.0 + self.mu - drop
             zlow = np.where(worst > 0, _z_shift(worst, 4.0 * self.v), -np.inf)
             act = np.flatnonzero(zlow.min(1) < _Z_FAR)
             cands = [np.zeros((len(act), 1, 1)), 3.0 * self.ca[act]]
             dmu = [np.moveaxis(steps[:, act], 0, 2),              # [n_act, K, L]
-                   np.moveaxis(asteps[:, act], 0, 2)]
+                   0.0 if asteps is None else np.moveaxis(asteps[:, act], 0, 2)]
         base = self.p[act].sum()
         v = self.v[act][:, :, None]
         mu = self.mu[act][:, :, None]
