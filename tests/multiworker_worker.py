@@ -26,7 +26,7 @@ from tfprec.statistics import distributed
 
 LAYER_FIELDS = ("e_w", "e_a", "r_w", "r_a", "act_low", "act_high")
 ARRAY_FIELDS = ("example_w", "example_a", "class_w", "class_a", "class_margin",
-                "class_index", "class_shift", "class_act_shift")
+                "class_index", "class_shift", "class_act_shift", "input_noise")
 
 
 def flatten(g, run: int) -> dict:

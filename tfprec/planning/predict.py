@@ -219,8 +219,11 @@ def _model(gains, form: str, model: str = "shift", labels=None,
     shift = shift_terms(gains) if model == "shift" else None
     act = act_shift_terms(gains) if model == "shift" else None
     col = None if labels is None else label_columns(gains, labels)
+    noise = getattr(gains, "input_noise", None) if act is not None else None
     return PredictedMismatch(*class_terms(gains), form=form, shift=shift,
-                             label_col=col, count_gains=count_gains, act_shift=act)
+                             label_col=col, count_gains=count_gains, act_shift=act,
+                             input_noise=noise,
+                             act_range=[l.r_a for l in gains.layers])
 
 
 def _bits_of(plan) -> tuple:

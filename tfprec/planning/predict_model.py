@@ -106,7 +106,8 @@ class PredictedMismatch:
     """
 
     def __init__(self, cw, ca, form: str = DEFAULT_FORM, shift=None,
-                 label_col=None, count_gains: bool = False, act_shift=None):
+                 label_col=None, count_gains: bool = False, act_shift=None,
+                 input_noise=None, act_range=None):
         self.sw = np.asarray(cw, float)
         self.sa = np.asarray(ca, float)
         self.form = _check_form(form)
@@ -115,6 +116,17 @@ class PredictedMismatch:
         if self.act_shift is not None and self.shift is None:
             raise PlanError("activation-shift tables need the weight-shift tables "
                             "(model 'shift')")
+        # upstream noise (coherence factors): [2, L, 15, L] table and R_A [L]
+        self.noise = None
+        if input_noise is not None and self.act_shift is not None:
+            self.noise = np.asarray(input_noise, float)
+            self.r_a2 = np.asarray(act_range, float) ** 2
+            nl = self.sa.shape[2]
+            if self.noise.shape != (2, nl, MAX_BITS - MIN_BITS + 1, nl) \
+                    or self.r_a2.shape != (nl,):
+                raise PlanError(f"input-noise table of shape {self.noise.shape} and "
+                                f"{self.r_a2.shape} activation ranges do not fit "
+                                f"{nl} layers (want [2, L, 15, L] and [L])")
         # label_col [N] (predicted accuracy drop): -2 where the float decision
         # is right (its flip is a lost answer), the kept row of the true
         # class where it is wrong (that class winning is a gained answer),
@@ -139,21 +151,52 @@ class PredictedMismatch:
         return (self.sw @ 4.0 ** (1 - np.asarray(bw, float))
                 + self.sa @ 4.0 ** (1 - np.asarray(ba, float)))
 
+    def nu2(self, bw, ba) -> np.ndarray:
+        """Upstream noise nu_l^2 [L] at each layer's input (squared
+        activation units): the input-noise table's entries of the plan's
+        weight and activation bits, added over source tensors."""
+        t = np.arange(len(bw))
+        return (self.noise[0, t, np.asarray(bw, int) - MIN_BITS].sum(0)
+                + self.noise[1, t, np.asarray(ba, int) - MIN_BITS].sum(0))
+
+    def factors(self, bw, ba, nu2=None) -> tuple:
+        """(f, g) [L]: the activation shifts enter mu as f_l x shift and the
+        activations' variance as g_l x variance.  rho_l = exp(-2 pi^2
+        nu_l^2 / Delta_l^2) (the first harmonic of the rounding error,
+        smoothed by Gaussian upstream noise of variance nu_l^2):
+        f = rho, g = 1 - rho^2; without an input-noise table f = g = 1."""
+        nl = self.sa.shape[2]
+        if self.noise is None:
+            return np.ones(nl), np.ones(nl)
+        nu2 = self.nu2(bw, ba) if nu2 is None else nu2
+        d2 = self.r_a2 * 4.0 ** (1 - np.asarray(ba, float))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rho = np.exp(-2.0 * np.pi ** 2 * np.where(d2 > 0, nu2 / d2, 0.0))
+        return rho, 1.0 - rho * rho
+
+    def _act_entries(self, ba) -> np.ndarray:
+        """Relative activation shifts [N, K, L] at activation bits ``ba``."""
+        ia = np.asarray(ba, int) - MIN_BITS
+        return np.moveaxis(self.act_shift[np.arange(len(ia)), ia], 0, 2)
+
+    def _mu_w(self, bw) -> np.ndarray:
+        idx = np.asarray(bw, int) - MIN_BITS
+        return self.shift[np.arange(len(idx)), idx].sum(0)
+
     def _mu(self, bw, ba) -> np.ndarray:
         """Relative shift sum mu/m [N, K] at weight bits ``bw`` (and with
         activation tables, activation bits ``ba``)."""
-        idx = np.asarray(bw, int) - MIN_BITS
-        mu = self.shift[np.arange(len(idx)), idx].sum(0)
+        mu = self._mu_w(bw)
         if self.act_shift is not None:
-            ia = np.asarray(ba, int) - MIN_BITS
-            mu = mu + self.act_shift[np.arange(len(ia)), ia].sum(0)
+            mu = mu + self._act_entries(ba) @ self.factors(bw, ba)[0]
         return mu
 
     def _z(self, bw, ba) -> np.ndarray:
         if self.shift is None:
             with np.errstate(divide="ignore"):
                 return 1.0 / np.sqrt(2.0 * self._v(bw, ba))
-        va = self.sa @ 4.0 ** (1 - np.asarray(ba, float))
+        g = self.factors(bw, ba)[1] if self.act_shift is not None else 1.0
+        va = self.sa @ (4.0 ** (1 - np.asarray(ba, float)) * g)
         return _z_shift(1.0 + self._mu(bw, ba), va)
 
     @property
@@ -242,9 +285,16 @@ class PredictedMismatch:
             self.cw = self.sw * 4.0 ** (1 - np.asarray(bw, float))
             self.v = self.cw.sum(2) + self.ca.sum(2)               # [N, K]
             self.mu = np.zeros_like(self.v)
-        else:
+        elif self.act_shift is None:
             self.v = self.ca.sum(2)
-            self.mu = self._mu(self.bw, self.ba)
+            self.mu = self._mu_w(self.bw)
+        else:
+            self.nu = self.nu2(self.bw, self.ba) if self.noise is not None else None
+            self.f, self.g = self.factors(self.bw, self.ba, self.nu)
+            self.mu_w = self._mu_w(self.bw)
+            self.acts = self._act_entries(self.ba)                 # [N, K, L]
+            self.v = self.ca @ self.g
+            self.mu = self.mu_w + self.acts @ self.f
         self._update()
         return self.cur
 
@@ -260,10 +310,46 @@ class PredictedMismatch:
         t = np.arange(len(idx))
         return table[t, np.maximum(idx - 1, 0)] - table[t, idx]
 
+    def _coupled_moves(self):
+        """:meth:`moves` with activation tables: a move changes the
+        upstream noise of the layers below it, so every (example, class)
+        is re-scored for each move ([N, K, 2L]; flip_from_z evaluates only
+        the near ones)."""
+        nl = len(self.bw)
+        t = np.arange(nl)
+        if self.noise is None:
+            fm = gm = np.ones((nl, 2 * nl))
+        else:                     # nu^2 and Delta^2 after each move [L, 2L]
+            ib, ia = self.bw - MIN_BITS, self.ba - MIN_BITS
+            dw = self.noise[0, t, np.maximum(ib - 1, 0)] - self.noise[0, t, ib]
+            da = self.noise[1, t, np.maximum(ia - 1, 0)] - self.noise[1, t, ia]
+            nu = self.nu[:, None] + np.concatenate([dw, da]).T
+            ba = np.repeat(self.ba[:, None], 2 * nl, 1)
+            ba[t, nl + t] = np.maximum(self.ba - 1, MIN_BITS)
+            d2 = self.r_a2[:, None] * 4.0 ** (1 - ba.astype(float))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                fm = np.exp(-2.0 * np.pi ** 2 * np.where(d2 > 0, nu / d2, 0.0))
+            gm = 1.0 - fm * fm
+        steps = self._steps(self.shift, self.bw)                   # [L, N, K]
+        asteps = self._steps(self.act_shift, self.ba)
+        mu = (self.mu_w[:, :, None] + self.acts @ fm)             # [N, K, 2L]
+        mu[:, :, :nl] += np.moveaxis(steps, 0, 2)
+        mu[:, :, nl:] += np.moveaxis(asteps, 0, 2) * fm[t, nl + t]
+        v = self.ca @ gm
+        v[:, :, nl:] += 3.0 * self.ca * gm[t, nl + t]
+        z = _z_shift(1.0 + mu, v)
+        act = np.flatnonzero((z < _Z_FAR).any((1, 2)) | (self.p != 0))
+        n = self.v.shape[0]
+        pn = self._outcome(np.moveaxis(z[act], 2, 1), act)        # [n_act, 2L]
+        d = (pn.sum(0) - self.p[act].sum()) / n
+        return self.cur + d[:nl], d[:nl], self.cur + d[nl:], d[nl:]
+
     def moves(self, bw, ba):
         """(new value, value added) for removing one bit of each weight and
         of each activation tensor: four arrays over layers."""
         n = self.v.shape[0]
+        if self.act_shift is not None:
+            return self._coupled_moves()
         if self.shift is None:
             with np.errstate(divide="ignore"):   # one move at most quadruples v
                 zmin = 1.0 / np.sqrt(2.0 * self.v.max(1))
@@ -273,18 +359,13 @@ class PredictedMismatch:
         else:
             steps = self._steps(self.shift, self.bw)              # [L, N, K]
             drop = np.abs(steps).max(0)
-            asteps = None
-            if self.act_shift is not None:
-                asteps = self._steps(self.act_shift, self.ba)
-                drop = np.maximum(drop, np.abs(asteps).max(0))
             # Lower bound on z after any one move: mu drops by at most the
             # largest step, v at most quadruples.
             worst = 1.0 + self.mu - drop
             zlow = np.where(worst > 0, _z_shift(worst, 4.0 * self.v), -np.inf)
             act = np.flatnonzero(zlow.min(1) < _Z_FAR)
             cands = [np.zeros((len(act), 1, 1)), 3.0 * self.ca[act]]
-            dmu = [np.moveaxis(steps[:, act], 0, 2),              # [n_act, K, L]
-                   0.0 if asteps is None else np.moveaxis(asteps[:, act], 0, 2)]
+            dmu = [np.moveaxis(steps[:, act], 0, 2), 0.0]        # [n_act, K, L]
         base = self.p[act].sum()
         v = self.v[act][:, :, None]
         mu = self.mu[act][:, :, None]
@@ -302,6 +383,11 @@ class PredictedMismatch:
         return tuple(out)
 
     def take(self, which: str, i: int, delta: float) -> None:
+        if self.act_shift is not None:        # coupled: re-derive the state
+            bits = self.bw if which == "w" else self.ba
+            bits[i] -= 1
+            self.reset(self.bw, self.ba)
+            return
         if which == "w":
             if self.shift is None:
                 self.v += 3.0 * self.cw[:, :, i]
@@ -313,8 +399,5 @@ class PredictedMismatch:
         else:
             self.v += 3.0 * self.ca[:, :, i]
             self.ca[:, :, i] *= 4.0
-            if self.act_shift is not None:
-                j = self.ba[i] - MIN_BITS
-                self.mu += self.act_shift[i, j - 1] - self.act_shift[i, j]
             self.ba[i] -= 1
         self._update()

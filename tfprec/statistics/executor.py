@@ -123,14 +123,16 @@ class Executor:
             vals[op.output] = y
         return vals
 
-    def forward_from(self, vals: dict, replaced: dict):
+    def forward_from(self, vals: dict, replaced: dict, keep=None):
         """The logits with some weight ops' outputs replaced.
 
         ``replaced``: output tensor id of a weight op -> its new value.
         Re-runs only the ops downstream of them (in topological order),
         reading every other tensor from ``vals`` (a :meth:`forward` result of
         the same batch); the weight ops use their variables.  Used by the
-        per-class shift pass (:mod:`tfprec.statistics.shifts`).
+        per-class shift pass (:mod:`tfprec.statistics.shifts`).  With
+        ``keep`` (tensor ids), returns (logits, {id: new value}) for the
+        ids of ``keep`` that were recomputed.
         """
         new = dict(replaced)
         seen = False
@@ -146,7 +148,10 @@ class Executor:
             else:
                 new[o.output] = registry.forward_op(o, ins, self.g.shapes[o.output],
                                                     self.dtype)
-        return new.get(self.g.output_id, vals[self.g.output_id])
+        z = new.get(self.g.output_id, vals[self.g.output_id])
+        if keep is None:
+            return z
+        return z, {t: new[t] for t in keep if t in new}
 
     @staticmethod
     def _maxpool_gather(op, x):

@@ -32,7 +32,8 @@ from tfprec.statistics.backward import GainsPass
 from tfprec.statistics.executor import executor_for
 from tfprec.fixedpoint import range_scale
 from tfprec.statistics.graph import NO_ACT_KINDS, parse_model
-from tfprec.statistics.shifts import activation_format, activation_formats, shift_pass_for
+from tfprec.statistics.shifts import (NUM_BITS, activation_format, activation_formats,
+                                      shift_pass_for)
 
 DataLike = Union[np.ndarray, "tf.data.Dataset"]
 
@@ -168,6 +169,14 @@ class NoiseGains:
         (:mod:`tfprec.statistics.shifts`).  Rounding is deterministic, so
         these are known shifts of each margin, not noise; the mismatch
         predictor's default model adds them.  Not saved by ``to_dict``.
+      input_noise: with ``per_class=True``, [2, L, 15, L] float64: how far
+        rounding one tensor moves each weight layer's input, in squared
+        activation units: [0, s, b - 2, l] for layer s's weights at b bits,
+        [1, s, b - 2, l] for its input tensor, the mean over examples of
+        the squared change of layer l's input summed over its values and
+        divided by its number of nonzero float values (0 where l is not
+        downstream).  The predictor's estimate of the upstream noise each
+        activation quantizer sees.  Not saved by ``to_dict``.
       fingerprint: :func:`model_fingerprint` of the model the gains were
         computed on (None for gains made by hand or saved without it);
         plans made from the gains copy it, and
@@ -197,6 +206,8 @@ class NoiseGains:
     class_shift: Optional[np.ndarray] = dataclasses.field(
         default=None, compare=False, repr=False)
     class_act_shift: Optional[np.ndarray] = dataclasses.field(
+        default=None, compare=False, repr=False)
+    input_noise: Optional[np.ndarray] = dataclasses.field(
         default=None, compare=False, repr=False)
 
     def __getitem__(self, name: str) -> LayerGains:
@@ -507,6 +518,7 @@ def noise_gains(model, x: DataLike, batch_size: int = 128,
     pw, pa = [], []
     rows = {"cw": [], "ca": [], "cm": [], "ci": []}
     shifts, act_shifts = [], []
+    noise = np.zeros((2, nw, NUM_BITS, nw))
     amax = np.full(nw, -np.inf)
     amin = np.full(nw, np.inf)
     n = 0
@@ -532,11 +544,12 @@ def noise_gains(model, x: DataLike, batch_size: int = 128,
         if per_class:
             for k, v in rows.items():
                 v.append(np.asarray(out[k]))
-            wsh, ash = shift_pass.step(b, np.asarray(out["ci"], np.int32), shift_stacks,
+            wsh, ash, wno, ano = shift_pass.step(b, np.asarray(out["ci"], np.int32), shift_stacks,
                                        [None if not f["has_act"] else (f["r_a"], f["signed"])
                                         for f in fmts0])
             shifts.append(np.asarray(wsh, np.float32))
             act_shifts.append(np.asarray(ash, np.float32))
+            noise += np.stack([np.asarray(wno), np.asarray(ano)])
         amax = np.maximum(amax, out["amax"])
         amin = np.minimum(amin, out["amin"])
         ties += int(out["ties"])
@@ -593,5 +606,6 @@ def noise_gains(model, x: DataLike, batch_size: int = 128,
                       fingerprint=model_fingerprint(model, graph),
                       class_shift=np.concatenate(shifts, axis=2) if per_class else None,
                       class_act_shift=(np.concatenate(act_shifts, axis=2)
-                                       if per_class else None))
+                                       if per_class else None),
+                      input_noise=noise / n if per_class else None)
 

@@ -95,7 +95,13 @@ class ShiftPass:
     the pass has activation formats (``act_formats``: per weight op
     (bits-independent) ``(r_a, signed)`` or None, one per op; None for no
     activation tables), the activation shifts [L, 15, B, K] (float64,
-    logit units).  It runs eagerly (TF ops, no tracing), so small models pay
+    logit units), then the perturbation tables of the same re-runs
+    [L, 15, L] for the weights and the activations (None without
+    activation formats): per source op, bit-width and destination op l,
+    the batch's sum of each example's mean squared change of op l's input
+    over its nonzero float values (squared activation units; the
+    predictor's estimate of the upstream noise each activation quantizer
+    sees).  It runs eagerly (TF ops, no tracing), so small models pay
     no trace of L x 15 partial forwards; the rounded copies of one op run
     downstream together, stacked along the batch axis (up to
     :data:`SHIFT_ELEMENTS` downstream values per re-run; the other tensors
@@ -126,22 +132,26 @@ class ShiftPass:
         m0 = _margins(z, y, cls)
         batch = int(x.shape[0])
         runner = _Runner(ex, vals, y, cls, m0, batch)
-        out = []
+        out, noise = [], []
         for op, per in zip(ex.weight_ops, stacks):
             a = vals[op.inputs[0]]
             fns = registry.lookup(op.kind)
             make = lambda k_b, op=op, a=a, fns=fns: {op.output: fns.forward(
                 dict(op.attrs, kernel_t=k_b[0], bias_t=k_b[1]), a)}
-            out.append(runner.run(op, per, make, self.copies_per_run(op, batch)))
+            d, p = runner.run(op, per, make, self.copies_per_run(op, batch))
+            out.append(d)
+            noise.append(p)
         if act_formats is None:
-            return tf.stack(out), None
+            return tf.stack(out), None, tf.stack(noise), None
         dt = ex.dtype.as_numpy_dtype
         zeros = tf.zeros([self.nb, batch, int(cls.shape[1])], tf.float64)
-        acts, done = [], set()
+        nw = len(ex.weight_ops)
+        acts, anoise, done = [], [], set()
         for op, fmt in zip(ex.weight_ops, act_formats):
             t = op.inputs[0]
             if fmt is None or t in done:         # ids, or a later reader
                 acts.append(zeros)
+                anoise.append(tf.zeros([self.nb, nw], tf.float64))
                 continue
             done.add(t)
             readers = [o for o in ex.weight_ops if o.inputs[0] == t]
@@ -152,8 +162,10 @@ class ShiftPass:
                 return {o.output: registry.lookup(o.kind).forward(o.attrs, aq)
                         for o in readers}
             bits = list(range(MIN_BITS, MAX_BITS + 1))
-            acts.append(runner.run(op, bits, make, self.copies_per_run(op, batch)))
-        return tf.stack(out), tf.stack(acts)
+            d, p = runner.run(op, bits, make, self.copies_per_run(op, batch))
+            acts.append(d)
+            anoise.append(p)
+        return tf.stack(out), tf.stack(acts), tf.stack(noise), tf.stack(anoise)
 
     def copies_per_run(self, op, batch: int) -> int:
         """Rounded copies of ``op`` re-run downstream together: as many as
@@ -183,21 +195,43 @@ class _Runner:
         self.ex, self.vals, self.y, self.cls = ex, vals, y, cls
         self.m0, self.batch = m0, batch
         self.tiled: dict = {}
+        # the weight ops' input tensors, and per example the number of
+        # nonzero values of each in the float pass (at least 1)
+        self.dests = [op.inputs[0] for op in ex.weight_ops]
+        self.nonzero = {}
+        for t in set(self.dests):
+            v = tf.reshape(vals[t], [batch, -1])
+            self.nonzero[t] = tf.maximum(tf.cast(tf.math.count_nonzero(
+                v, axis=1), tf.float64), 1.0)
 
     def run(self, op, items, make, copies: int):
-        """Margin shifts [len(items), B, K] (float64): ``make(item)`` gives
-        the replaced outputs {tensor id: [B, ...]} of one copy."""
-        rows = []
+        """Margin shifts [len(items), B, K] (float64) and the perturbation
+        table [len(items), L] (float64): ``make(item)`` gives the replaced
+        outputs {tensor id: [B, ...]} of one copy.  The table holds, per
+        item and weight op l, the sum over the batch of each example's
+        squared change of op l's input, summed over its values and divided
+        by the number of its nonzero values in the float pass (0 for ops
+        not downstream of the replaced outputs)."""
+        rows, pert = [], []
+        keep = set(self.dests)
         for lo in range(0, len(items), copies):
             parts = [make(it) for it in items[lo:lo + copies]]
             n = len(parts)
             new = {k: tf.concat([p[k] for p in parts], 0) for k in parts[0]}
-            zq = self.ex.forward_from(_Tiled(self.vals, n), new)
+            tiled = _Tiled(self.vals, n)
+            zq, moved = self.ex.forward_from(tiled, new, keep)
             if n not in self.tiled:            # y and the kept classes, n copies
                 self.tiled[n] = (tf.tile(self.y, [n]), tf.tile(self.cls, [n, 1]))
             d = _margins(zq, *self.tiled[n])
             rows.append(tf.reshape(d, [n, self.batch, -1]) - self.m0)
-        return tf.cast(tf.concat(rows, 0), tf.float64)
+            per_t = {}
+            for t, v in moved.items():
+                e = tf.reshape(tf.cast(v - tiled[t], tf.float64), [n, self.batch, -1])
+                per_t[t] = tf.reduce_sum(tf.reduce_sum(e * e, axis=2)
+                                         / self.nonzero[t], axis=1)
+            zero = tf.zeros([n], tf.float64)
+            pert.append(tf.stack([per_t.get(t, zero) for t in self.dests], axis=1))
+        return tf.cast(tf.concat(rows, 0), tf.float64), tf.concat(pert, 0)
 
 
 class _Tiled:
