@@ -760,3 +760,12 @@ def test_bad_arguments(mlp_case):
                          methods=("cost_aware_predicted",))
     with pytest.raises(tfprec.errors.InvalidDataError, match="per_class"):
         tfprec.noise_gains(m, x, per_class="yes")
+
+
+def test_noiseless_margins_flip_for_sure_or_never_or_by_a_coin():
+    """Without noise (v = 0) z is -inf (the shift crosses the margin),
+    +inf (it does not) or 0 (it lands on it: Phi(0) = 1/2)."""
+    from tfprec.planning.predict_model import _z_shift
+    z = _z_shift(np.array([0.0, 1.0, -1.0, 2.0]), np.array([0.0, 0.0, 0.0, 2.0]))
+    np.testing.assert_array_equal(z, [0.0, np.inf, -np.inf, 1.0])
+    np.testing.assert_allclose(predict.flip_from_z(z[:1, None]), [0.5])

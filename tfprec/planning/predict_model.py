@@ -81,7 +81,8 @@ def _z_shift(num: np.ndarray, v: np.ndarray) -> np.ndarray:
     0) or a coin toss (num = 0)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         z = num / np.sqrt(2.0 * v)
-    return np.where(v > 0, z, np.sign(num) * np.inf)
+        sure = np.where(num == 0, 0.0, np.sign(num) * np.inf)
+    return np.where(v > 0, z, sure)
 
 
 class PredictedMismatch:
@@ -93,13 +94,22 @@ class PredictedMismatch:
     ``"shift"`` model, in which the weights' rounding moves each margin by
     its known shift and the activations' rounding is Gaussian noise
     (``cw`` is then unused).  ``act_shift`` (with ``shift``): the relative
-    activation shifts [L, 15, N, K] of the float activations' rounding,
-    added to the mean of that noise (the activations' variance stays).
-    ``value(bw, ba)`` is the predicted mismatch (probability) at bits
-    ``bw``, ``ba``; ``reset`` / ``moves`` / ``take`` keep the per-(example,
-    class) state and update it incrementally (one removed activation bit
-    multiplies a tensor's variance by 4; one removed weight bit swaps one
-    table entry of the shift sum).  ``moves`` scores only the examples
+    activation shifts [L, 15, N, K] of the float activations' rounding.
+    ``input_noise`` ([2, L, 15, L], ``NoiseGains.input_noise``) and
+    ``act_range`` (R_A per layer) share each activation's rounding between
+    that known shift and Gaussian noise: with upstream noise nu_l^2 at
+    layer l's input (the table's entries of the plan's bits, added), the
+    shift enters mu as rho_l x shift and the variance as (1 - rho_l^2) x
+    variance, rho_l = exp(-2 pi^2 nu_l^2 / Delta_l^2) (:meth:`factors`);
+    without the table rho is taken as 1 for the shift and 0 for the
+    variance, i.e. both count in full (the model of gains made before the
+    table).  ``value(bw, ba)`` is the predicted mismatch (probability) at
+    bits ``bw``, ``ba``; ``reset`` / ``moves`` / ``take`` keep the
+    per-(example, class) state and update it incrementally (one removed
+    activation bit multiplies a tensor's variance by 4; one removed weight
+    bit swaps one table entry of the shift sum; with activation tables a
+    move also changes the factors of the layers below it, and every
+    (example, class) is re-scored for each move).  ``moves`` scores only the examples
     that one move could bring to some z = (m + mu)/sigma below 8.5 (the
     others' flip probability is 0 before and after it, see
     :func:`flip_from_z`), so it agrees with :meth:`value` exactly.
@@ -163,8 +173,9 @@ class PredictedMismatch:
         """(f, g) [L]: the activation shifts enter mu as f_l x shift and the
         activations' variance as g_l x variance.  rho_l = exp(-2 pi^2
         nu_l^2 / Delta_l^2) (the first harmonic of the rounding error,
-        smoothed by Gaussian upstream noise of variance nu_l^2):
-        f = rho, g = 1 - rho^2; without an input-noise table f = g = 1."""
+        smoothed by Gaussian upstream noise of variance nu_l^2, shrinks by
+        rho; Delta_l = R_A 2^(1 - B_A)): f = rho, g = 1 - rho^2; without an
+        input-noise table f = g = 1."""
         nl = self.sa.shape[2]
         if self.noise is None:
             return np.ones(nl), np.ones(nl)
@@ -332,15 +343,26 @@ class PredictedMismatch:
             gm = 1.0 - fm * fm
         steps = self._steps(self.shift, self.bw)                   # [L, N, K]
         asteps = self._steps(self.act_shift, self.ba)
-        mu = (self.mu_w[:, :, None] + self.acts @ fm)             # [N, K, 2L]
-        mu[:, :, :nl] += np.moveaxis(steps, 0, 2)
-        mu[:, :, nl:] += np.moveaxis(asteps, 0, 2) * fm[t, nl + t]
-        v = self.ca @ gm
-        v[:, :, nl:] += 3.0 * self.ca * gm[t, nl + t]
+        # Only examples some move could bring to z < 8.5 (or with a flip
+        # probability now) are re-scored: mu moves by at most
+        # |A| @ max|df| plus the largest step, v grows to at most
+        # 4 (C @ max g').
+        df = np.abs(fm - self.f[:, None]).max(1)
+        drop = (np.abs(self.acts) @ df + np.abs(steps).max(0)
+                + np.abs(asteps).max(0) * fm[t, nl + t].max())
+        worst = 1.0 + self.mu - drop
+        vmax = 4.0 * (self.ca @ gm.max(1))
+        zlow = np.where(worst > 0, _z_shift(worst, vmax), -np.inf)
+        act = np.flatnonzero((zlow.min(1) < _Z_FAR) | (self.p != 0))
+        acts, ca = self.acts[act], self.ca[act]
+        mu = (self.mu_w[act][:, :, None] + acts @ fm)             # [n_act, K, 2L]
+        mu[:, :, :nl] += np.moveaxis(steps[:, act], 0, 2)
+        mu[:, :, nl:] += np.moveaxis(asteps[:, act], 0, 2) * fm[t, nl + t]
+        v = ca @ gm
+        v[:, :, nl:] += 3.0 * ca * gm[t, nl + t]
         z = _z_shift(1.0 + mu, v)
-        act = np.flatnonzero((z < _Z_FAR).any((1, 2)) | (self.p != 0))
         n = self.v.shape[0]
-        pn = self._outcome(np.moveaxis(z[act], 2, 1), act)        # [n_act, 2L]
+        pn = self._outcome(np.moveaxis(z, 2, 1), act)             # [n_act, 2L]
         d = (pn.sum(0) - self.p[act].sum()) / n
         return self.cur + d[:nl], d[:nl], self.cur + d[nl:], d[nl:]
 
@@ -383,10 +405,20 @@ class PredictedMismatch:
         return tuple(out)
 
     def take(self, which: str, i: int, delta: float) -> None:
-        if self.act_shift is not None:        # coupled: re-derive the state
-            bits = self.bw if which == "w" else self.ba
-            bits[i] -= 1
-            self.reset(self.bw, self.ba)
+        if self.act_shift is not None:        # coupled: new factors for all
+            if which == "w":
+                j = self.bw[i] - MIN_BITS
+                self.mu_w += self.shift[i, j - 1] - self.shift[i, j]
+                self.bw[i] -= 1
+            else:
+                self.ba[i] -= 1
+                self.acts[:, :, i] = self.act_shift[i, self.ba[i] - MIN_BITS]
+                self.ca[:, :, i] *= 4.0
+            self.nu = self.nu2(self.bw, self.ba) if self.noise is not None else None
+            self.f, self.g = self.factors(self.bw, self.ba, self.nu)
+            self.v = self.ca @ self.g
+            self.mu = self.mu_w + self.acts @ self.f
+            self._update()
             return
         if which == "w":
             if self.shift is None:

@@ -33,7 +33,7 @@ from tfprec.statistics.executor import executor_for
 from tfprec.fixedpoint import range_scale
 from tfprec.statistics.graph import NO_ACT_KINDS, parse_model
 from tfprec.statistics.shifts import (NUM_BITS, activation_format, activation_formats,
-                                      shift_pass_for)
+                                      check_same_format, shift_pass_for)
 
 DataLike = Union[np.ndarray, "tf.data.Dataset"]
 
@@ -157,8 +157,7 @@ class NoiseGains:
         logit units times squared tensor units; the input tensor's shared
         value for layers that read one); summed over K they give
         example_w / example_a (exact mode).  What the mismatch predictor
-        (:func:`tfprec.planning.predict.predicted_mismatch`) needs.  Not
-        saved by ``to_dict``.
+        (:func:`tfprec.planning.predict.predicted_mismatch`) needs.
       class_margin, class_index: with ``per_class=True``, [N, K]: the
         margin z_y - z_i (logit units) and the class i of each kept row.
       class_shift, class_act_shift: with ``per_class=True``, [L, 15, N, K]
@@ -166,17 +165,14 @@ class NoiseGains:
         units) when only layer l's weights (kernel and bias, BN folded), or
         only its input tensor, are rounded to b = 2..16 bits (index b - 2)
         on their range R_W / R_A, the plan's rounding, everything else float
-        (:mod:`tfprec.statistics.shifts`).  Rounding is deterministic, so
-        these are known shifts of each margin, not noise; the mismatch
-        predictor's default model adds them.  Not saved by ``to_dict``.
-      input_noise: with ``per_class=True``, [2, L, 15, L] float64: how far
-        rounding one tensor moves each weight layer's input, in squared
-        activation units: [0, s, b - 2, l] for layer s's weights at b bits,
-        [1, s, b - 2, l] for its input tensor, the mean over examples of
-        the squared change of layer l's input summed over its values and
-        divided by its number of nonzero float values (0 where l is not
-        downstream).  The predictor's estimate of the upstream noise each
-        activation quantizer sees.  Not saved by ``to_dict``.
+        (:mod:`tfprec.statistics.shifts`): known shifts of each margin,
+        not noise, which the predictor's default model adds.
+      input_noise: with ``per_class=True``, [2, L, 15, L] float64: [0, s,
+        b - 2, l] (layer s's weights at b bits) and [1, s, b - 2, l] (its
+        input), the mean over examples of the squared change of layer l's
+        input, summed over its values / its number of nonzero float values
+        (squared activation units; the upstream noise the predictor sees).
+        The class_* arrays and input_noise are not saved by ``to_dict``.
       fingerprint: :func:`model_fingerprint` of the model the gains were
         computed on (None for gains made by hand or saved without it);
         plans made from the gains copy it, and
@@ -521,8 +517,7 @@ def noise_gains(model, x: DataLike, batch_size: int = 128,
     noise = np.zeros((2, nw, NUM_BITS, nw))
     amax = np.full(nw, -np.inf)
     amin = np.full(nw, np.inf)
-    n = 0
-    ties = 0
+    n = ties = 0
     total = (len(x) if isinstance(x, np.ndarray) else None)
     if total is not None and max_examples is not None:
         total = min(total, max_examples)
@@ -544,9 +539,9 @@ def noise_gains(model, x: DataLike, batch_size: int = 128,
         if per_class:
             for k, v in rows.items():
                 v.append(np.asarray(out[k]))
-            wsh, ash, wno, ano = shift_pass.step(b, np.asarray(out["ci"], np.int32), shift_stacks,
-                                       [None if not f["has_act"] else (f["r_a"], f["signed"])
-                                        for f in fmts0])
+            wsh, ash, wno, ano = shift_pass.step(
+                b, np.asarray(out["ci"], np.int32), shift_stacks,
+                [None if not f["has_act"] else (f["r_a"], f["signed"]) for f in fmts0])
             shifts.append(np.asarray(wsh, np.float32))
             act_shifts.append(np.asarray(ash, np.float32))
             noise += np.stack([np.asarray(wno), np.asarray(ano)])
@@ -570,14 +565,8 @@ def noise_gains(model, x: DataLike, batch_size: int = 128,
         w = [op.attrs["kernel"]] + ([op.attrs["bias"]] if op.attrs["bias"] is not None else [])
         wmax = float(max(np.max(np.abs(t)) for t in w))
         f = activation_format(graph, op, amin[j], amax[j])
-        if per_class and (f["r_a"], f["signed"]) != (fmts0[j]["r_a"], fmts0[j]["signed"]):
-            raise InvalidDataError(
-                f"x (calibration data): layer {op.name!r}: its input ranged over "
-                f"[{f['lo']:g}, {f['hi']:g}] in the gains pass but over "
-                f"[{fmts0[j]['lo']:g}, {fmts0[j]['hi']:g}] in the range pre-pass of "
-                "per_class=True (the data changed between two reads: a shuffled or "
-                "random dataset?); pass fixed data, e.g. a numpy array or a dataset "
-                "without reshuffling")
+        if per_class:
+            check_same_format(op, f, fmts0[j])
         lo, hi, src, signed, has_act = (f["lo"], f["hi"], f["source"], f["signed"],
                                         f["has_act"])
         group = gp.shared.get(op.inputs[0])

@@ -33,7 +33,8 @@ from __future__ import annotations
 import numpy as np
 
 from tfprec._tf import tf
-from tfprec.fixedpoint import MAX_BITS, MIN_BITS, quantize, range_scale
+from tfprec.errors import InvalidDataError
+from tfprec.fixedpoint import MAX_BITS, MIN_BITS, int_limits, quantize, range_scale, step
 from tfprec.statistics import channels, registry
 from tfprec.statistics.executor import Executor
 from tfprec.statistics.graph import NO_ACT_KINDS
@@ -85,6 +86,20 @@ def activation_formats(graph, ex: Executor, batches) -> list:
         amin = amax = np.zeros(nw)
     return [activation_format(graph, op, lo, hi)
             for op, lo, hi in zip(graph.weight_ops, amin, amax)]
+
+
+def check_same_format(op, f: dict, f0: dict) -> None:
+    """Raises InvalidDataError when op's input format ``f`` from the gains
+    pass differs from ``f0`` of the range pre-pass (the data changed between
+    the two reads)."""
+    if (f["r_a"], f["signed"]) != (f0["r_a"], f0["signed"]):
+        raise InvalidDataError(
+            f"x (calibration data): layer {op.name!r}: its input ranged over "
+            f"[{f['lo']:g}, {f['hi']:g}] in the gains pass but over "
+            f"[{f0['lo']:g}, {f0['hi']:g}] in the range pre-pass of "
+            "per_class=True (the data changed between two reads: a shuffled or "
+            "random dataset?); pass fixed data, e.g. a numpy array or a dataset "
+            "without reshuffling")
 
 
 class ShiftPass:
@@ -143,7 +158,6 @@ class ShiftPass:
             noise.append(p)
         if act_formats is None:
             return tf.stack(out), None, tf.stack(noise), None
-        dt = ex.dtype.as_numpy_dtype
         zeros = tf.zeros([self.nb, batch, int(cls.shape[1])], tf.float64)
         nw = len(ex.weight_ops)
         acts, anoise, done = [], [], set()
@@ -155,10 +169,10 @@ class ShiftPass:
                 continue
             done.add(t)
             readers = [o for o in ex.weight_ops if o.inputs[0] == t]
-            a = vals[t].numpy()
+            a = vals[t]
 
             def make(b, a=a, fmt=fmt, readers=readers):
-                aq = tf.constant(quantize(a, b, *fmt).astype(dt))
+                aq = _round(a, b, *fmt)
                 return {o.output: registry.lookup(o.kind).forward(o.attrs, aq)
                         for o in readers}
             bits = list(range(MIN_BITS, MAX_BITS + 1))
@@ -179,6 +193,18 @@ class ShiftPass:
             self._copies[key] = int(max(1, min(self.nb, SHIFT_ELEMENTS
                                                // max(1, per_ex * batch))))
         return self._copies[key]
+
+
+def _round(a, bits: int, r: float, signed: bool):
+    """``a`` rounded to the (bits, R, signed) format in its own dtype, with
+    the codes of :func:`tfprec.fixedpoint.quantize_int` (k = floor(q), plus
+    one when q - k >= 1/2, q = a / Delta exact: Delta is a power of two)."""
+    lo, hi = int_limits(bits, signed)
+    d = step(bits, r)
+    q = a * tf.constant(1.0 / d, a.dtype)
+    k = tf.floor(q)
+    k = tf.clip_by_value(k + tf.cast(q - k >= 0.5, a.dtype), float(lo), float(hi))
+    return k * tf.constant(d, a.dtype)
 
 
 def _margins(zz, yy, cc):
