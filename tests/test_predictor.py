@@ -221,6 +221,16 @@ def _check_noise(got, want, what):
                                err_msg=what)
 
 
+def _check_beyond_tables(shift, noise):
+    """Above 10 bits (TABLE_MAX_BITS) a shift table is 0 and the input
+    noise continues the 10-bit entry, a quarter per bit."""
+    from tfprec.statistics.shifts import TABLE_MAX_BITS
+    assert TABLE_MAX_BITS == 10
+    np.testing.assert_array_equal(shift[9:], 0.0)
+    np.testing.assert_allclose(noise[9:], noise[8][None] * 4.0 ** -np.arange(
+        1, 7)[:, None], rtol=1e-12)
+
+
 def _kept_margins(g, z0):
     """z -> margins z_y - z_i [N, K] of the gains' kept classes, y the float
     decision of logits ``z0``."""
@@ -270,19 +280,19 @@ def test_shift_tables_match_brute_force(make, shape, stacked, per_channel, monke
             r = 2.0 ** np.ceil(np.log2(mc))
             np.testing.assert_array_equal(lg.r_w_channels, r)
             assert len(set(r)) > 1
-        for b in (2, 3, 6, 16):
+        for b in (2, 3, 6, 10):
             layer.set_weights([_quantize_np(a.astype(np.float64), b, r).astype(np.float32)
                                for a in w])
             want = margins(m(x).numpy().astype(np.float64)) - margins(z0)
             moved = _noise_by_hand(a0, probe(x))
             layer.set_weights(w)
-            if b < 16:                  # (at 16 bits float32 round-off dominates)
-                _check_noise(g.input_noise[0, t, b - 2], moved,
-                             f"input noise of layer {lg.name}'s weights at {b} bits")
+            _check_noise(g.input_noise[0, t, b - 2], moved,
+                         f"input noise of layer {lg.name}'s weights at {b} bits")
             assert moved[t] == 0.0                  # not downstream of itself
             np.testing.assert_allclose(g.class_shift[t, b - 2], want, rtol=1e-3,
                                        atol=2e-6 * (1 + np.abs(z0).max()),
                                        err_msg=f"layer {lg.name} at {b} bits")
+        _check_beyond_tables(g.class_shift[t], g.input_noise[0, t])
         assert np.abs(g.class_shift[t, 0]).max() > 1e-3      # 2 bits moves margins
     assert g.input_noise[0, 0, 0].max() > 0       # the first layer moves the others
 
@@ -335,20 +345,20 @@ def test_act_shift_tables_match_brute_force(make, shape, stacked, monkeypatch):
             continue
         seen.add(lg.act_group)
         readers = lg.act_group.split("+") if lg.act_group else [lg.name]
-        for b in (2, 3, 7, 16):
+        for b in (2, 3, 7, 10):
             q = keras.models.clone_model(m, clone_function=lambda layer: (
                 _RoundInput(layer, b if layer.name in readers else None, lg.r_a,
                             lg.act_signed) if layer.name in names else layer))
             want = margins(q(x).numpy().astype(np.float64)) - margins(z0)
             moved = _noise_by_hand(a0, keras.Model(q.inputs, [
                 q.get_layer(name + "_rq").input for name in names])(x))
-            if b < 16:
-                _check_noise(g.input_noise[1, t, b - 2], moved,
-                             f"input noise of layer {lg.name}'s input at {b} bits")
+            _check_noise(g.input_noise[1, t, b - 2], moved,
+                         f"input noise of layer {lg.name}'s input at {b} bits")
             assert moved[t] == 0.0                  # not downstream of itself
             np.testing.assert_allclose(g.class_act_shift[t, b - 2], want, rtol=1e-3,
                                        atol=2e-6 * (1 + np.abs(z0).max()),
                                        err_msg=f"layer {lg.name} input at {b} bits")
+        _check_beyond_tables(g.class_act_shift[t], g.input_noise[1, t])
         assert np.abs(g.class_act_shift[t, 0]).max() > 1e-3      # 2 bits moves margins
     assert g.input_noise[1, 0, 0].max() > 0
     if make is _mlp:
@@ -453,7 +463,7 @@ def test_flip_probability_counts_far_classes_as_zero():
     np.testing.assert_allclose(predict.flip_from_z(z), full, rtol=0, atol=1e-16)
 
 
-def _z_by_hand(plan, g, ba_rows):
+def _z_by_hand(plan, g, bw_rows, ba_rows):
     """Per example, {class i: z_i} of the shift model straight from its
     formula: z_i = (m + mu) / sigma, mu the plan's tabulated weight shifts
     plus rho_l x its activation shifts (a shared input once), sigma^2 =
@@ -469,6 +479,7 @@ def _z_by_hand(plan, g, ba_rows):
                   + g.input_noise[1, j, p.act_bits - 2, t]
                   for j, p in enumerate(plan.layers))
         rho.append(math.exp(-2 * math.pi ** 2 * nu2 / l.act_step ** 2))
+    tabled = lambda bits: bits <= 10          # wider: Gaussian, no table
     out = []
     for e in range(g.num_examples):
         z = {}
@@ -477,10 +488,13 @@ def _z_by_hand(plan, g, ba_rows):
             mu = sum(g.class_shift[j, l.weight_bits - 2, e, r]
                      for j, l in enumerate(plan.layers))
             mu += sum(rho[j] * g.class_act_shift[j, l.act_bits - 2, e, r]
+                      for j, l in enumerate(plan.layers)
+                      if lead[l.name] == l.name and tabled(l.act_bits))
+            var = sum((1 - rho[j] ** 2 if tabled(l.act_bits) else 1.0)
+                      * l.act_step ** 2 / 12 * ba_rows[e, i][j] * mrg ** 2
                       for j, l in enumerate(plan.layers) if lead[l.name] == l.name)
-            var = sum((1 - rho[j] ** 2) * l.act_step ** 2 / 12 * ba_rows[e, i][j]
-                      * mrg ** 2
-                      for j, l in enumerate(plan.layers) if lead[l.name] == l.name)
+            var += sum(l.weight_step ** 2 / 12 * bw_rows[e, i][j] * mrg ** 2
+                       for j, l in enumerate(plan.layers) if not tabled(l.weight_bits))
             z[int(i)] = ((mrg + mu) / math.sqrt(var) if var > 0
                          else math.copysign(math.inf, mrg + mu))
         out.append(z)
@@ -492,7 +506,7 @@ def _shift_by_hand(plan, g, bw_rows, ba_rows, form):
     class) flip probability Phi(-z_i) (:func:`_z_by_hand`), combined by
     ``form``, averaged."""
     out = []
-    for z in _z_by_hand(plan, g, ba_rows):
+    for z in _z_by_hand(plan, g, bw_rows, ba_rows):
         probs = [_phi(-v) for v in z.values()]
         out.append(min(1.0, sum(probs)) if form == "union"
                    else 1 - np.prod([1 - p for p in probs]))
@@ -505,8 +519,10 @@ def test_shift_prediction_by_hand(mlp_case):
     seen, rhos = [], []
     mixed = tfprec.uniform_plan(g, bits=3).with_bits(     # fine weights, first input
         weight_bits={n: 10 for n in g.names}, act_bits={"a": 7})
+    wide = tfprec.uniform_plan(g, bits=3).with_bits(      # bits beyond the tables
+        weight_bits={"a": 11, "b1": 10, "b2": 12, "out": 3}, act_bits={"a": 12, "out": 11})
     for plan in (tfprec.paper_plan(g, b_min=2), tfprec.uniform_plan(g, bits=3),
-                 tfprec.uniform_plan(g, bits=2), mixed):
+                 tfprec.uniform_plan(g, bits=2), mixed, wide):
         rhos.extend(predict._model(g, "independent").factors(*predict._bits_of(plan))[0])
         for form in ("independent", "union"):
             want = _shift_by_hand(plan, g, bw_rows, ba_rows, form)
@@ -519,14 +535,14 @@ def test_shift_prediction_by_hand(mlp_case):
     assert np.any((rhos > 1e-3) & (rhos < 0.5))
 
 
-def _drop_by_hand(plan, g, ba_rows, labels, decisions, count_gains):
+def _drop_by_hand(plan, g, bw_rows, ba_rows, labels, decisions, count_gains):
     """The predicted accuracy drop from its formula: per example and kept
     class z_i = (m_i + mu_i) / sigma_i (brute-force sigma); a right example
     loses its answer with 1 - prod Phi(z_i), a wrong one gains it with
     Phi(-z_t) prod_{i != t} Phi(z_i) (t: the true class); mean of losses
     minus gains."""
     out = []
-    for e, z in enumerate(_z_by_hand(plan, g, ba_rows)):
+    for e, z in enumerate(_z_by_hand(plan, g, bw_rows, ba_rows)):
         if decisions[e] == labels[e]:
             out.append(1 - np.prod([_phi(v) for v in z.values()]))
         elif not count_gains:
@@ -542,7 +558,7 @@ def test_predicted_accuracy_drop_by_hand(mlp_case):
     labels that make some float decisions right and some wrong; the search
     model's moves agree with its value; a plan for a drop target meets it."""
     m, x, g = mlp_case
-    _, ba_rows, _ = brute_rows(m, x.astype(np.float64), _groups(g))
+    bw_rows, ba_rows, _ = brute_rows(m, x.astype(np.float64), _groups(g))
     dec = m(x).numpy().argmax(1)
     labels = dec.copy()
     labels[::3] = (dec[::3] + 1) % 5                    # a third of them wrong
@@ -553,7 +569,7 @@ def test_predicted_accuracy_drop_by_hand(mlp_case):
     for plan in (tfprec.uniform_plan(g, bits=3), tfprec.uniform_plan(g, bits=2),
                  tfprec.paper_plan(g, b_min=2)):
         for gains_too in (False, True):
-            want = _drop_by_hand(plan, g, ba_rows, labels, dec, gains_too)
+            want = _drop_by_hand(plan, g, bw_rows, ba_rows, labels, dec, gains_too)
             got = predict.predicted_accuracy_drop(plan, g, labels, count_gains=gains_too)
             assert got == pytest.approx(want, rel=1e-6, abs=1e-12), plan.method
             seen.append(got)
@@ -656,6 +672,43 @@ def _check_moves(model, bw, ba):
     return d_w, d_a
 
 
+def test_search_model_across_the_table_edge():
+    """Synthetic gains whose 11- and 12-bit noise matters: moves, take and
+    value agree when a tensor crosses table_max_bits (its Gaussian variance
+    gives way to its table), and value matches its formula."""
+    from tfprec.planning.predict_model import PredictedMismatch
+    rng = np.random.default_rng(5)
+    n, k, nl = 40, 3, 3
+    sw = rng.uniform(0, 1, (n, k, nl)) * 4.0 ** 10 * 0.3     # 11 bits: v ~ 0.3 x
+    sa = rng.uniform(0, 1, (n, k, nl)) * 4.0 ** 10 * 0.3
+    shift = rng.normal(0, 0.3, (nl, 15, n, k))
+    act = rng.normal(0, 0.3, (nl, 15, n, k))
+    shift[:, 9:] = act[:, 9:] = 0.0                           # tables up to 10 bits
+    noise = rng.uniform(0, 1, (2, nl, 15, nl)) * 4.0 ** -np.arange(15)[None, None, :, None]
+    r_a = np.array([1.0, 2.0, 0.5])
+    model = PredictedMismatch(sw, sa, shift=shift, act_shift=act, input_noise=noise,
+                              act_range=r_a, table_max_bits=10)
+    for bw, ba in ((np.array([11, 12, 10]), np.array([11, 10, 12])),
+                   (np.array([10, 11, 13]), np.array([12, 11, 9]))):
+        _check_moves(model, bw, ba)
+        for which, i in (("w", 0), ("a", 1), ("w", 1)):
+            model.take(which, i, 0.0)
+            (bw if which == "w" else ba)[i] -= 1
+            assert model.cur == pytest.approx(model.value(bw, ba), rel=1e-12)
+        # the formula: z = (1 + mu) / sqrt(2 v)
+        t = np.arange(nl)
+        nu2 = noise[0, t, bw - 2].sum(0) + noise[1, t, ba - 2].sum(0)
+        rho = np.exp(-2 * np.pi ** 2 * nu2 / (r_a * 2.0 ** (1 - ba)) ** 2)
+        tab_w, tab_a = bw <= 10, ba <= 10
+        mu = shift[t, bw - 2].sum(0) + np.einsum("l,lnk->nk", rho * tab_a, act[t, ba - 2])
+        v = (sw @ (4.0 ** (1 - bw) * ~tab_w)
+             + sa @ (4.0 ** (1 - ba) * np.where(tab_a, 1 - rho ** 2, 1.0)))
+        p = 1 - np.prod([[_phi(z) for z in row] for row in (1 + mu) / np.sqrt(2 * v)], 1)
+        assert model.value(bw, ba) == pytest.approx(p.mean(), rel=1e-9)
+        assert 0.01 < p.mean()
+        assert p.mean() < 0.99
+
+
 @pytest.mark.parametrize("which", ["gaussian", "shift", "shift_weights_only",
                                    "shift_without_input_noise"])
 def test_predicted_search_model_is_consistent(mlp_case, which):
@@ -669,13 +722,13 @@ def test_predicted_search_model_is_consistent(mlp_case, which):
         g, which = dataclasses.replace(g, input_noise=None), "shift"
     model = predict._model(g, "independent", which)
     assert model.model == which
-    assert (model.act_shift is not None) == (g.class_act_shift is not None
-                                             and which == "shift")
-    assert (model.noise is not None) == (model.act_shift is not None
+    assert model.has_act_tables == (g.class_act_shift is not None and which == "shift")
+    assert (model.noise is not None) == (model.has_act_tables
                                          and g.input_noise is not None)
     for bw, ba in ((np.array([6, 5, 7, 6]), np.array([6, 6, 6, 5])),
                    (np.array([3, 2, 3, 4]), np.array([3, 3, 3, 2])),
-                   (np.array([10, 10, 10, 10]), np.array([7, 3, 3, 3]))):
+                   (np.array([10, 10, 10, 10]), np.array([7, 3, 3, 3])),
+                   (np.array([13, 11, 12, 3]), np.array([11, 12, 3, 14]))):
         d_w, d_a = _check_moves(model, bw, ba)
         i = int(np.argmax(bw))
         model.take("w", i, d_w[i])

@@ -117,6 +117,8 @@ from tfprec.planning.predict_model import (  # noqa: F401  (re-exported)
     DEFAULT_FORM, FORMS, PredictedMismatch, _check_form, _z_shift, flip_from_z,
     flip_probability, help_from_z)
 from tfprec.planning.rules import _leads
+from tfprec.statistics.shifts import TABLE_MAX_BITS
+from tfprec.fixedpoint import MAX_BITS
 
 #: Prediction models (see the module doc): known weight and activation
 #: shifts plus Gaussian activation noise (default), or everything Gaussian
@@ -234,10 +236,13 @@ def _model(gains, form: str, model: str = "shift", labels=None,
     act = act_shift_terms(gains) if model == "shift" else None
     col = None if labels is None else label_columns(gains, labels)
     noise = getattr(gains, "input_noise", None) if act is not None else None
+    # gains with the input-noise table have tables up to TABLE_MAX_BITS;
+    # earlier ones (and gains made by hand) for every bit-width
     return PredictedMismatch(*class_terms(gains), form=form, shift=shift,
                              label_col=col, count_gains=count_gains, act_shift=act,
                              input_noise=noise,
-                             act_range=[l.r_a for l in gains.layers])
+                             act_range=[l.r_a for l in gains.layers],
+                             table_max_bits=MAX_BITS if noise is None else TABLE_MAX_BITS)
 
 
 def _bits_of(plan) -> tuple:

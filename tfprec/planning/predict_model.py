@@ -92,43 +92,47 @@ class PredictedMismatch:
     ``shift``: None for the pure Gaussian model (``model="gaussian"``), or
     the relative weight shifts [L, 15, N, K] (:func:`shift_terms`) for the
     ``"shift"`` model, in which the weights' rounding moves each margin by
-    its known shift and the activations' rounding is Gaussian noise
-    (``cw`` is then unused).  ``act_shift`` (with ``shift``): the relative
-    activation shifts [L, 15, N, K] of the float activations' rounding.
+    its known shift; ``act_shift``: the relative activation shifts of the
+    float activations' rounding, same shape (None: zero, the model of gains
+    made before these tables).  Tables are exact up to ``table_max_bits``;
+    a tensor planned wider is Gaussian noise instead (its table entries are
+    0): weights at bits above it add 4^(1-B) ``cw`` to the variance.
     ``input_noise`` ([2, L, 15, L], ``NoiseGains.input_noise``) and
     ``act_range`` (R_A per layer) share each activation's rounding between
-    that known shift and Gaussian noise: with upstream noise nu_l^2 at
-    layer l's input (the table's entries of the plan's bits, added), the
-    shift enters mu as rho_l x shift and the variance as (1 - rho_l^2) x
+    its known shift and Gaussian noise: with upstream noise nu_l^2 at layer
+    l's input (the table's entries of the plan's bits, added), the shift
+    enters mu as rho_l x shift and the variance as (1 - rho_l^2) x
     variance, rho_l = exp(-2 pi^2 nu_l^2 / Delta_l^2) (:meth:`factors`);
-    without the table rho is taken as 1 for the shift and 0 for the
-    variance, i.e. both count in full (the model of gains made before the
-    table).  ``value(bw, ba)`` is the predicted mismatch (probability) at
-    bits ``bw``, ``ba``; ``reset`` / ``moves`` / ``take`` keep the
-    per-(example, class) state and update it incrementally (one removed
-    activation bit multiplies a tensor's variance by 4; one removed weight
-    bit swaps one table entry of the shift sum; with activation tables a
-    move also changes the factors of the layers below it, and every
-    (example, class) is re-scored for each move).  ``moves`` scores only the examples
-    that one move could bring to some z = (m + mu)/sigma below 8.5 (the
-    others' flip probability is 0 before and after it, see
-    :func:`flip_from_z`), so it agrees with :meth:`value` exactly.
+    without the table both count in full (the model of gains made before
+    it).  ``value(bw, ba)`` is the predicted mismatch (probability) at bits
+    ``bw``, ``ba``; ``reset`` / ``moves`` / ``take`` keep the per-(example,
+    class) state and update it incrementally (Gaussian model: one removed
+    bit multiplies a tensor's variance by 4; shift model: a move swaps a
+    table entry and changes the factors of the layers below it, so every
+    (example, class) a move can reach is re-scored for each move).
+    ``moves`` scores only the examples that one move could bring to some z
+    = (m + mu)/sigma below 8.5 (the others' flip probability is 0 before
+    and after it, see :func:`flip_from_z`), so it agrees with
+    :meth:`value` exactly.
     """
 
     def __init__(self, cw, ca, form: str = DEFAULT_FORM, shift=None,
                  label_col=None, count_gains: bool = False, act_shift=None,
-                 input_noise=None, act_range=None):
+                 input_noise=None, act_range=None, table_max_bits: int = MAX_BITS):
         self.sw = np.asarray(cw, float)
         self.sa = np.asarray(ca, float)
         self.form = _check_form(form)
         self.shift = None if shift is None else np.asarray(shift, float)
-        self.act_shift = None if act_shift is None else np.asarray(act_shift, float)
-        if self.act_shift is not None and self.shift is None:
+        if act_shift is not None and self.shift is None:
             raise PlanError("activation-shift tables need the weight-shift tables "
                             "(model 'shift')")
+        self.has_act_tables = act_shift is not None
+        self.act_shift = (np.asarray(act_shift, float) if act_shift is not None else
+                          None if self.shift is None else np.zeros_like(self.shift))
+        self.tmax = int(table_max_bits)
         # upstream noise (coherence factors): [2, L, 15, L] table and R_A [L]
         self.noise = None
-        if input_noise is not None and self.act_shift is not None:
+        if input_noise is not None and self.has_act_tables:
             self.noise = np.asarray(input_noise, float)
             self.r_a2 = np.asarray(act_range, float) ** 2
             nl = self.sa.shape[2]
@@ -169,21 +173,34 @@ class PredictedMismatch:
         return (self.noise[0, t, np.asarray(bw, int) - MIN_BITS].sum(0)
                 + self.noise[1, t, np.asarray(ba, int) - MIN_BITS].sum(0))
 
+    def _fg(self, nu2, ba) -> tuple:
+        """(f, g) of :meth:`factors` from nu^2 and activation bits of any
+        (equal) shape whose first axis is the layer."""
+        ba = np.asarray(ba, float)
+        tabled = ba <= self.tmax
+        if self.noise is None:
+            return tabled.astype(float), np.ones(ba.shape)
+        d2 = self.r_a2.reshape((-1,) + (1,) * (ba.ndim - 1)) * 4.0 ** (1 - ba)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rho = np.exp(-2.0 * np.pi ** 2 * np.where(d2 > 0, nu2 / d2, 0.0))
+        return np.where(tabled, rho, 0.0), np.where(tabled, 1.0 - rho * rho, 1.0)
+
     def factors(self, bw, ba, nu2=None) -> tuple:
         """(f, g) [L]: the activation shifts enter mu as f_l x shift and the
         activations' variance as g_l x variance.  rho_l = exp(-2 pi^2
         nu_l^2 / Delta_l^2) (the first harmonic of the rounding error,
         smoothed by Gaussian upstream noise of variance nu_l^2, shrinks by
         rho; Delta_l = R_A 2^(1 - B_A)): f = rho, g = 1 - rho^2; without an
-        input-noise table f = g = 1."""
-        nl = self.sa.shape[2]
-        if self.noise is None:
-            return np.ones(nl), np.ones(nl)
-        nu2 = self.nu2(bw, ba) if nu2 is None else nu2
-        d2 = self.r_a2 * 4.0 ** (1 - np.asarray(ba, float))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            rho = np.exp(-2.0 * np.pi ** 2 * np.where(d2 > 0, nu2 / d2, 0.0))
-        return rho, 1.0 - rho * rho
+        input-noise table f = g = 1; above ``table_max_bits`` f = 0 (no
+        table) and g = 1."""
+        if self.noise is not None and nu2 is None:
+            nu2 = self.nu2(bw, ba)
+        return self._fg(nu2, ba)
+
+    def _wvar(self, bw) -> np.ndarray:
+        """Variance [N, K] of the weights planned above ``table_max_bits``."""
+        bw = np.asarray(bw, float)
+        return self.sw @ np.where(bw > self.tmax, 4.0 ** (1 - bw), 0.0)
 
     def _act_entries(self, ba) -> np.ndarray:
         """Relative activation shifts [N, K, L] at activation bits ``ba``."""
@@ -195,19 +212,16 @@ class PredictedMismatch:
         return self.shift[np.arange(len(idx)), idx].sum(0)
 
     def _mu(self, bw, ba) -> np.ndarray:
-        """Relative shift sum mu/m [N, K] at weight bits ``bw`` (and with
-        activation tables, activation bits ``ba``)."""
-        mu = self._mu_w(bw)
-        if self.act_shift is not None:
-            mu = mu + self._act_entries(ba) @ self.factors(bw, ba)[0]
-        return mu
+        """Relative shift sum mu/m [N, K] at weight bits ``bw`` and
+        activation bits ``ba``."""
+        return self._mu_w(bw) + self._act_entries(ba) @ self.factors(bw, ba)[0]
 
     def _z(self, bw, ba) -> np.ndarray:
         if self.shift is None:
             with np.errstate(divide="ignore"):
                 return 1.0 / np.sqrt(2.0 * self._v(bw, ba))
-        g = self.factors(bw, ba)[1] if self.act_shift is not None else 1.0
-        va = self.sa @ (4.0 ** (1 - np.asarray(ba, float)) * g)
+        g = self.factors(bw, ba)[1]
+        va = self.sa @ (4.0 ** (1 - np.asarray(ba, float)) * g) + self._wvar(bw)
         return _z_shift(1.0 + self._mu(bw, ba), va)
 
     @property
@@ -243,21 +257,16 @@ class PredictedMismatch:
     def gradient(self, bw, ba) -> tuple:
         """d(predicted mismatch)/d u_T for u_T = 4^(1-B_T) at ``bw``, ``ba``:
         (weights [L], activations [L]), probability per unit of u.  In the
-        ``"shift"`` model the weights' entries are secant slopes (the change
-        from one bit less, or one more at 2 bits, over the change of u),
-        clipped at 0; with activation tables the activations' too."""
+        ``"shift"`` model and with labels, secant slopes (the change from
+        one bit less, or one more at 2 bits, over the change of u), clipped
+        at 0."""
         bw = np.asarray(bw, int)
         ba = np.asarray(ba, int)
-        if self.label_col is not None or self.act_shift is not None:
+        if self.label_col is not None or self.shift is not None:
             return self._secant(bw, ba, "w"), self._secant(bw, ba, "a")
-        if self.shift is None:
-            v = self._v(bw, ba)
-            num = np.ones_like(v)
-        else:
-            v = self.sa @ 4.0 ** (1 - ba.astype(float))
-            num = 1.0 + self._mu(bw, ba)
+        v = self._v(bw, ba)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            z = num / np.sqrt(2.0 * v)
+            z = 1.0 / np.sqrt(2.0 * v)
             # d Phi(-z)/dv = phi(z) * z / (2 v)
             dens = np.where(v > 0, np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi) * z
                             / (2.0 * v), 0.0)
@@ -267,10 +276,8 @@ class PredictedMismatch:
                 dens = dens * keep
         dens = np.nan_to_num(dens)
         n = v.shape[0]
-        ga = np.einsum("nk,nkl->l", dens, self.sa) / n
-        if self.shift is None:
-            return np.einsum("nk,nkl->l", dens, self.sw) / n, ga
-        return self._secant(bw, ba, "w"), np.maximum(ga, 0.0)
+        return (np.einsum("nk,nkl->l", dens, self.sw) / n,
+                np.einsum("nk,nkl->l", dens, self.sa) / n)
 
     def _secant(self, bw, ba, which: str) -> np.ndarray:
         """Secant slopes of :meth:`value` in u = 4^(1-B) per tensor of
@@ -292,22 +299,25 @@ class PredictedMismatch:
         self.bw = np.array(bw, int)
         self.ba = np.array(ba, int)
         self.ca = self.sa * 4.0 ** (1 - np.asarray(ba, float))     # [N, K, L]
+        self.cw = self.sw * 4.0 ** (1 - np.asarray(bw, float))
         if self.shift is None:
-            self.cw = self.sw * 4.0 ** (1 - np.asarray(bw, float))
             self.v = self.cw.sum(2) + self.ca.sum(2)               # [N, K]
             self.mu = np.zeros_like(self.v)
-        elif self.act_shift is None:
-            self.v = self.ca.sum(2)
-            self.mu = self._mu_w(self.bw)
         else:
-            self.nu = self.nu2(self.bw, self.ba) if self.noise is not None else None
-            self.f, self.g = self.factors(self.bw, self.ba, self.nu)
             self.mu_w = self._mu_w(self.bw)
             self.acts = self._act_entries(self.ba)                 # [N, K, L]
-            self.v = self.ca @ self.g
-            self.mu = self.mu_w + self.acts @ self.f
+            self._refresh()
         self._update()
         return self.cur
+
+    def _refresh(self) -> None:
+        """Shift model: factors, v and mu from the bits, ``mu_w``, ``acts``,
+        ``ca`` and ``cw``."""
+        self.nu = self.nu2(self.bw, self.ba) if self.noise is not None else None
+        self.f, self.g = self._fg(self.nu, self.ba)
+        self.vw = self.cw @ (self.bw > self.tmax).astype(float)
+        self.v = self.ca @ self.g + self.vw
+        self.mu = self.mu_w + self.acts @ self.f
 
     def _update(self) -> None:
         self.z = _z_shift(1.0 + self.mu, self.v)
@@ -321,44 +331,44 @@ class PredictedMismatch:
         t = np.arange(len(idx))
         return table[t, np.maximum(idx - 1, 0)] - table[t, idx]
 
-    def _coupled_moves(self):
-        """:meth:`moves` with activation tables: a move changes the
-        upstream noise of the layers below it, so every (example, class)
-        is re-scored for each move ([N, K, 2L]; flip_from_z evaluates only
-        the near ones)."""
+    def _shift_moves(self):
+        """:meth:`moves` of the shift model: a move changes the upstream
+        noise of the layers below it, so every (example, class) a move can
+        reach is re-scored for each move ([n, K, 2L]; flip_from_z evaluates
+        only the near ones)."""
         nl = len(self.bw)
         t = np.arange(nl)
-        if self.noise is None:
-            fm = gm = np.ones((nl, 2 * nl))
-        else:                     # nu^2 and Delta^2 after each move [L, 2L]
+        ba = np.repeat(self.ba[:, None], 2 * nl, 1)                # after each move
+        ba[t, nl + t] = np.maximum(self.ba - 1, MIN_BITS)
+        nu = None
+        if self.noise is not None:                   # nu^2 after each move [L, 2L]
             ib, ia = self.bw - MIN_BITS, self.ba - MIN_BITS
             dw = self.noise[0, t, np.maximum(ib - 1, 0)] - self.noise[0, t, ib]
             da = self.noise[1, t, np.maximum(ia - 1, 0)] - self.noise[1, t, ia]
             nu = self.nu[:, None] + np.concatenate([dw, da]).T
-            ba = np.repeat(self.ba[:, None], 2 * nl, 1)
-            ba[t, nl + t] = np.maximum(self.ba - 1, MIN_BITS)
-            d2 = self.r_a2[:, None] * 4.0 ** (1 - ba.astype(float))
-            with np.errstate(divide="ignore", invalid="ignore"):
-                fm = np.exp(-2.0 * np.pi ** 2 * np.where(d2 > 0, nu / d2, 0.0))
-            gm = 1.0 - fm * fm
+        fm, gm = self._fg(nu, ba)
         steps = self._steps(self.shift, self.bw)                   # [L, N, K]
         asteps = self._steps(self.act_shift, self.ba)
+        # a weight move's variance: x4 above table_max_bits + 1, removed
+        # at table_max_bits + 1 (its table starts), none below
+        coef = np.where(self.bw > self.tmax + 1, 3.0,
+                        np.where(self.bw == self.tmax + 1, -1.0, 0.0))
         # Only examples some move could bring to z < 8.5 (or with a flip
-        # probability now) are re-scored: mu moves by at most
-        # |A| @ max|df| plus the largest step, v grows to at most
-        # 4 (C @ max g').
+        # probability now) are re-scored: mu moves by at most |A| @ max|df|
+        # plus the largest step, v grows to at most 4 (C @ max g' + vw).
         df = np.abs(fm - self.f[:, None]).max(1)
         drop = (np.abs(self.acts) @ df + np.abs(steps).max(0)
                 + np.abs(asteps).max(0) * fm[t, nl + t].max())
         worst = 1.0 + self.mu - drop
-        vmax = 4.0 * (self.ca @ gm.max(1))
+        vmax = 4.0 * (self.ca @ gm.max(1) + self.vw)
         zlow = np.where(worst > 0, _z_shift(worst, vmax), -np.inf)
         act = np.flatnonzero((zlow.min(1) < _Z_FAR) | (self.p != 0))
         acts, ca = self.acts[act], self.ca[act]
         mu = (self.mu_w[act][:, :, None] + acts @ fm)             # [n_act, K, 2L]
         mu[:, :, :nl] += np.moveaxis(steps[:, act], 0, 2)
         mu[:, :, nl:] += np.moveaxis(asteps[:, act], 0, 2) * fm[t, nl + t]
-        v = ca @ gm
+        v = ca @ gm + self.vw[act][:, :, None]
+        v[:, :, :nl] += self.cw[act] * coef
         v[:, :, nl:] += 3.0 * ca * gm[t, nl + t]
         z = _z_shift(1.0 + mu, v)
         n = self.v.shape[0]
@@ -369,67 +379,39 @@ class PredictedMismatch:
     def moves(self, bw, ba):
         """(new value, value added) for removing one bit of each weight and
         of each activation tensor: four arrays over layers."""
+        if self.shift is not None:
+            return self._shift_moves()
         n = self.v.shape[0]
-        if self.act_shift is not None:
-            return self._coupled_moves()
-        if self.shift is None:
-            with np.errstate(divide="ignore"):   # one move at most quadruples v
-                zmin = 1.0 / np.sqrt(2.0 * self.v.max(1))
-            act = np.flatnonzero(zmin < 2.0 * _Z_FAR)     # z at least halves
-            cands = [3.0 * self.cw[act], 3.0 * self.ca[act]]     # dv [n_act, K, L]
-            dmu = [0.0, 0.0]
-        else:
-            steps = self._steps(self.shift, self.bw)              # [L, N, K]
-            drop = np.abs(steps).max(0)
-            # Lower bound on z after any one move: mu drops by at most the
-            # largest step, v at most quadruples.
-            worst = 1.0 + self.mu - drop
-            zlow = np.where(worst > 0, _z_shift(worst, 4.0 * self.v), -np.inf)
-            act = np.flatnonzero(zlow.min(1) < _Z_FAR)
-            cands = [np.zeros((len(act), 1, 1)), 3.0 * self.ca[act]]
-            dmu = [np.moveaxis(steps[:, act], 0, 2), 0.0]        # [n_act, K, L]
+        with np.errstate(divide="ignore"):       # one move at most quadruples v
+            zmin = 1.0 / np.sqrt(2.0 * self.v.max(1))
+        act = np.flatnonzero(zmin < 2.0 * _Z_FAR)         # z at least halves
         base = self.p[act].sum()
         v = self.v[act][:, :, None]
-        mu = self.mu[act][:, :, None]
         out = []
-        for dv, dm in zip(cands, dmu):
-            if self.shift is None:
-                with np.errstate(divide="ignore"):
-                    z = 1.0 / np.sqrt(2.0 * (v + dv))
-            else:
-                z = _z_shift(1.0 + mu + dm, v + dv)
-            z = np.broadcast_to(z, (len(act), self.v.shape[1], len(self.bw)))
+        for dv in (3.0 * self.cw[act], 3.0 * self.ca[act]):       # [n_act, K, L]
+            with np.errstate(divide="ignore"):
+                z = 1.0 / np.sqrt(2.0 * (v + dv))
             pn = self._outcome(np.moveaxis(z, 2, 1), act)          # [n_act, L]
             d = (pn.sum(0) - base) / n
             out += [self.cur + d, d]
         return tuple(out)
 
     def take(self, which: str, i: int, delta: float) -> None:
-        if self.act_shift is not None:        # coupled: new factors for all
-            if which == "w":
-                j = self.bw[i] - MIN_BITS
-                self.mu_w += self.shift[i, j - 1] - self.shift[i, j]
-                self.bw[i] -= 1
-            else:
-                self.ba[i] -= 1
-                self.acts[:, :, i] = self.act_shift[i, self.ba[i] - MIN_BITS]
-                self.ca[:, :, i] *= 4.0
-            self.nu = self.nu2(self.bw, self.ba) if self.noise is not None else None
-            self.f, self.g = self.factors(self.bw, self.ba, self.nu)
-            self.v = self.ca @ self.g
-            self.mu = self.mu_w + self.acts @ self.f
-            self._update()
-            return
         if which == "w":
             if self.shift is None:
                 self.v += 3.0 * self.cw[:, :, i]
-                self.cw[:, :, i] *= 4.0
             else:
                 j = self.bw[i] - MIN_BITS
-                self.mu += self.shift[i, j - 1] - self.shift[i, j]
+                self.mu_w += self.shift[i, j - 1] - self.shift[i, j]
+            self.cw[:, :, i] *= 4.0
             self.bw[i] -= 1
         else:
-            self.v += 3.0 * self.ca[:, :, i]
+            if self.shift is None:
+                self.v += 3.0 * self.ca[:, :, i]
             self.ca[:, :, i] *= 4.0
             self.ba[i] -= 1
+            if self.shift is not None:
+                self.acts[:, :, i] = self.act_shift[i, self.ba[i] - MIN_BITS]
+        if self.shift is not None:
+            self._refresh()
         self._update()

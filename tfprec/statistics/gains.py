@@ -163,10 +163,10 @@ class NoiseGains:
       class_shift, class_act_shift: with ``per_class=True``, [L, 15, N, K]
         float32: the exact change of each kept margin z_y - z_i (logit
         units) when only layer l's weights (kernel and bias, BN folded), or
-        only its input tensor, are rounded to b = 2..16 bits (index b - 2)
-        on their range R_W / R_A, the plan's rounding, everything else float
-        (:mod:`tfprec.statistics.shifts`): known shifts of each margin,
-        not noise, which the predictor's default model adds.
+        only its input tensor, are rounded to b = 2..10 bits (index b - 2;
+        the entries of 11..16 bits are 0) on their range R_W / R_A, the
+        plan's rounding, everything else float (:mod:`tfprec.statistics.shifts`):
+        known shifts of each margin, which the predictor's default model adds.
       input_noise: with ``per_class=True``, [2, L, 15, L] float64: [0, s,
         b - 2, l] (layer s's weights at b bits) and [1, s, b - 2, l] (its
         input), the mean over examples of the squared change of layer l's
@@ -441,10 +441,10 @@ def noise_gains(model, x: DataLike, batch_size: int = 128,
         Implies ``per_example``.  Also computes the shift tables
         ``class_shift`` / ``class_act_shift`` (the exact margin shift of
         every kept class when one layer's weights, or its input, are rounded
-        to b = 2..16 bits; :mod:`tfprec.statistics.shifts`): a forward-only
-        pre-pass for the activation ranges, then per batch 15 re-runs of the
+        to b = 2..10 bits; :mod:`tfprec.statistics.shifts`): a forward-only
+        pre-pass for the activation ranges, then per batch 9 re-runs of the
         part of the network downstream of each weight layer, twice, i.e. up
-        to 30 L forward passes (about 15 L on a chain); this is the dominant
+        to 18 L forward passes (about 9 L on a chain); this is the dominant
         cost of ``per_class=True``.  Not distributed: with ``strategy``, the
         shift tables run on the default device (of every worker, on the
         whole batch).  Memory: 16 K L + 12 K + 120 K L bytes per example
