@@ -48,11 +48,14 @@ the margin shift grows like the number of weights, not its square root
 (on a well-trained MNIST MLP at B = 2-3 the Gaussian model above predicts
 10-15x too little).  The default ``model="shift"`` therefore treats the
 weights' rounding as the deterministic shift it is: ``noise_gains(...,
-per_class=True)`` tabulates, for every weight tensor T, bit-width b = 2..16
+per_class=True)`` tabulates, for every weight tensor T, bit-width b = 2..10
 and kept (example, class) row, the exact margin shift
 d_{T,b,i}(x) = (z_y - z_i)(W_T -> Q_b(W_T)) - (z_y - z_i)(W)
 (``class_shift``, a forward difference), and a plan's shifts add up over
-tensors (first order): mu_i(x) = sum_T d_{T,B_T,i}(x).
+tensors (first order): mu_i(x) = sum_T d_{T,B_T,i}(x).  Above 10 bits
+(``tfprec.statistics.shifts.TABLE_MAX_BITS``) a rounding error is
+pseudo-random and tiny: a tensor planned wider adds its Gaussian variance
+4^(1-B_T) G_{T,i}(x) instead (this saves 6 of the 15 re-runs per tensor).
 
 The activations' rounding is deterministic too, for each x: at 2-3 bits
 most small activations round to zero and the margins move coherently
@@ -160,7 +163,8 @@ def shift_terms(gains) -> np.ndarray:
     """Relative weight shifts r_{T,b,i}(x) = d_{T,b,i}(x) / m_i(x) [L, 15,
     N, K] of ``gains`` (``class_shift`` over ``class_margin``; 0 for tied
     rows, whose margin is 0): the change of margin i, in margins, when only
-    tensor T's weights are rounded to b = 2..16 bits (index b - 2).
+    tensor T's weights are rounded to b = 2..16 bits (index b - 2; 0 above
+    the tables' 10 bits).
 
     Raises:
       PlanError: ``gains`` have no weight-shift tables (``class_shift``).
@@ -178,7 +182,7 @@ def act_shift_terms(gains):
     """Relative activation shifts [L, 15, N, K] of ``gains``
     (``class_act_shift`` over ``class_margin``, as :func:`shift_terms`):
     the change of margin i, in margins, when only layer l's input tensor
-    is rounded to b = 2..16 bits; None for gains without these tables
+    is rounded to b = 2..16 bits (0 above 10); None for gains without these tables
     (their activations' rounding is then zero-mean noise)."""
     sh = getattr(gains, "class_act_shift", None)
     return None if sh is None else _relative(sh, gains.class_margin)
@@ -260,9 +264,12 @@ def predicted_mismatch(plan: PrecisionPlan, gains, form: str = DEFAULT_FORM,
     (module doc).  ``model="shift"`` (default): class i overtakes y with
     probability Phi(-(m_i + mu_i) / sigma_i), with mu_i(x) = sum_T
     d_{T,B_T,i}(x) the known margin shifts of the plan's weight rounding
-    (``gains.class_shift``) and of the float activations' rounding
-    (``gains.class_act_shift``, when the gains have it) and sigma_i^2 = 2 m_i^2 sum_T 4^(1-B_{A,T})
-    R_{A,T}^2 s_hat_{A,T,i}(x) / 24 the activations' rounding noise.
+    (``gains.class_shift``) and rho_T times those of the float
+    activations' rounding (``gains.class_act_shift``, when the gains have
+    it), and sigma_i^2 = 2 m_i^2 sum_T c_T 4^(1-B_T) R_T^2 s_hat_{T,i}(x) /
+    24 the rest: c_T = 1 - rho_T^2 for an activation (rho_T from the
+    upstream noise, module doc), and 1 for a tensor planned above the
+    tables' 10 bits (its shift is then 0), else 0 for weights.
     ``model="gaussian"``: weights as noise too, mu_i = 0 and
     v_i(x) = sum_T 4^(1-B_T) R_T^2 s_hat_{T,i}(x) / 24 over weights and
     activations, Phi(-1 / sqrt(2 v_i(x))).  Classes combine as
