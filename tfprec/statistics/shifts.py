@@ -121,13 +121,15 @@ class ShiftPass:
     (bits-independent) ``(r_a, signed)`` or None, one per op; None for no
     activation tables), the activation shifts [L, 15, B, K] (float64,
     logit units), then the perturbation tables of the same re-runs
-    [L, 15, L] for the weights and the activations (None without
-    activation formats): per source op, bit-width and destination op l,
+    [L, 15, L] for the weights and the activations (the latter None
+    without activation formats): per source op, bit-width and destination op l,
     the batch's sum of each example's mean squared change of op l's input
     over its nonzero float values (squared activation units; the
     predictor's estimate of the upstream noise each activation quantizer
-    sees).  It runs eagerly (TF ops, no tracing), so small models pay
-    no trace of L x 15 partial forwards; the rounded copies of one op run
+    sees).  Only b = 2..10 (:data:`TABLE_MAX_BITS`) are re-run: the
+    shift tables are 0 above, the perturbation tables continue a quarter
+    per bit.  It runs eagerly (TF ops, no tracing), so small models pay
+    no trace of L x 9 partial forwards; the rounded copies of one op run
     downstream together, stacked along the batch axis (up to
     :data:`SHIFT_ELEMENTS` downstream values per re-run; the other tensors
     they read are tiled to match), so a small network pays the eager
@@ -304,7 +306,7 @@ class _Tiled:
 
 def shift_pass_for(ex, rows: int, per_channel: bool = False):
     """The cached :class:`ShiftPass` of ``ex`` and its rounded-weight stacks:
-    every weight op's kernel and bias rounded to b = 2..16 bits on the op's
+    every weight op's kernel and bias rounded to b = 2..10 bits on the op's
     range R_W (as :class:`LayerGains` ``r_w``; per output channel R_c with
     ``per_channel``, as ``r_w_channels``), in the pass dtype."""
     sp = ex.cached(("shifts", rows), lambda e: ShiftPass(
