@@ -38,7 +38,7 @@ import numpy as np
 
 from tfprec._tf import tf
 from tfprec.errors import InvalidDataError
-from tfprec.fixedpoint import MAX_BITS, MIN_BITS, int_limits, quantize, range_scale, step
+from tfprec.fixedpoint import MAX_BITS, MIN_BITS, quantize, range_scale
 from tfprec.statistics import channels, registry
 from tfprec.statistics.executor import Executor
 from tfprec.statistics.graph import NO_ACT_KINDS
@@ -170,6 +170,7 @@ class ShiftPass:
             noise.append(p)
         if act_formats is None:
             return _pad(tf.stack(out)), None, _extend(tf.stack(noise)), None
+        dt = ex.dtype.as_numpy_dtype
         zeros = tf.zeros([self.nb, batch, int(cls.shape[1])], tf.float64)
         nw = len(ex.weight_ops)
         acts, anoise, done = [], [], set()
@@ -181,10 +182,10 @@ class ShiftPass:
                 continue
             done.add(t)
             readers = [o for o in ex.weight_ops if o.inputs[0] == t]
-            a = vals[t]
+            a = vals[t].numpy()
 
             def make(b, a=a, fmt=fmt, readers=readers):
-                aq = _round(a, b, *fmt)
+                aq = tf.constant(quantize(a, b, *fmt).astype(dt))   # numpy: fewer dispatches
                 return {o.output: registry.lookup(o.kind).forward(o.attrs, aq)
                         for o in readers}
             bits = list(range(MIN_BITS, MIN_BITS + self.nb))
@@ -221,18 +222,6 @@ def _extend(t):
     more = NUM_BITS - int(t.shape[1])
     f = tf.constant(4.0 ** -np.arange(1, more + 1), t.dtype)
     return tf.concat([t, t[:, -1:] * f[None, :, None]], axis=1)
-
-
-def _round(a, bits: int, r: float, signed: bool):
-    """``a`` rounded to the (bits, R, signed) format in its own dtype, with
-    the codes of :func:`tfprec.fixedpoint.quantize_int` (k = floor(q), plus
-    one when q - k >= 1/2, q = a / Delta exact: Delta is a power of two)."""
-    lo, hi = int_limits(bits, signed)
-    d = step(bits, r)
-    q = a * tf.constant(1.0 / d, a.dtype)
-    k = tf.floor(q)
-    k = tf.clip_by_value(k + tf.cast(q - k >= 0.5, a.dtype), float(lo), float(hi))
-    return k * tf.constant(d, a.dtype)
 
 
 def _margins(zz, yy, cc):
@@ -280,9 +269,9 @@ class _Runner:
             rows.append(tf.reshape(d, [n, self.batch, -1]) - self.m0)
             per_t = {}
             for t, v in moved.items():
-                e = tf.reshape(tf.cast(v - tiled[t], tf.float64), [n, self.batch, -1])
-                per_t[t] = tf.reduce_sum(tf.reduce_sum(e * e, axis=2)
-                                         / self.nonzero[t], axis=1)
+                e2 = tf.reduce_sum(tf.square(tf.reshape(v - tiled[t], [n, self.batch, -1])),
+                                   axis=2)
+                per_t[t] = tf.reduce_sum(tf.cast(e2, tf.float64) / self.nonzero[t], axis=1)
             zero = tf.zeros([n], tf.float64)
             pert.append(tf.stack([per_t.get(t, zero) for t in self.dests], axis=1))
         return tf.cast(tf.concat(rows, 0), tf.float64), tf.concat(pert, 0)
