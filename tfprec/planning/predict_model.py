@@ -75,6 +75,11 @@ def help_from_z(z: np.ndarray, col: np.ndarray) -> np.ndarray:
     return out
 
 
+def _matvec(a: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """a [N, K, L] @ x [L] as one 2-D product: [N, K]."""
+    return (a.reshape(-1, a.shape[-1]) @ x).reshape(a.shape[:-1])
+
+
 def _z_shift(num: np.ndarray, v: np.ndarray) -> np.ndarray:
     """z = num / sqrt(2 v) with num = 1 + mu/m and v = sigma^2 / (2 m^2);
     without noise (v = 0) the flip is certain (num < 0), impossible (num >
@@ -315,9 +320,9 @@ class PredictedMismatch:
         ``ca`` and ``cw``."""
         self.nu = self.nu2(self.bw, self.ba) if self.noise is not None else None
         self.f, self.g = self._fg(self.nu, self.ba)
-        self.vw = self.cw @ (self.bw > self.tmax).astype(float)
-        self.v = self.ca @ self.g + self.vw
-        self.mu = self.mu_w + self.acts @ self.f
+        self.vw = _matvec(self.cw, (self.bw > self.tmax).astype(float))
+        self.v = _matvec(self.ca, self.g) + self.vw
+        self.mu = self.mu_w + _matvec(self.acts, self.f)
 
     def _update(self) -> None:
         self.z = _z_shift(1.0 + self.mu, self.v)
@@ -347,20 +352,20 @@ class PredictedMismatch:
             da = self.noise[1, t, np.maximum(ia - 1, 0)] - self.noise[1, t, ia]
             nu = self.nu[:, None] + np.concatenate([dw, da]).T
         fm, gm = self._fg(nu, ba)
-        steps = self._steps(self.shift, self.bw)                   # [L, N, K]
-        asteps = self._steps(self.act_shift, self.ba)
         # a weight move's variance: x4 above table_max_bits + 1, removed
         # at table_max_bits + 1 (its table starts), none below
         coef = np.where(self.bw > self.tmax + 1, 3.0,
                         np.where(self.bw == self.tmax + 1, -1.0, 0.0))
+        steps = self._steps(self.shift, self.bw)                   # [L, N, K]
+        asteps = self._steps(self.act_shift, self.ba)
         # Only examples some move could bring to z < 8.5 (or with a flip
         # probability now) are re-scored: mu moves by at most |A| @ max|df|
         # plus the largest step, v grows to at most 4 (C @ max g' + vw).
         df = np.abs(fm - self.f[:, None]).max(1)
-        drop = (np.abs(self.acts) @ df + np.abs(steps).max(0)
+        drop = (_matvec(np.abs(self.acts), df) + np.abs(steps).max(0)
                 + np.abs(asteps).max(0) * fm[t, nl + t].max())
         worst = 1.0 + self.mu - drop
-        vmax = 4.0 * (self.ca @ gm.max(1) + self.vw)
+        vmax = 4.0 * (_matvec(self.ca, gm.max(1)) + self.vw)
         zlow = np.where(worst > 0, _z_shift(worst, vmax), -np.inf)
         act = np.flatnonzero((zlow.min(1) < _Z_FAR) | (self.p != 0))
         acts, ca = self.acts[act], self.ca[act]
