@@ -190,7 +190,7 @@ class PredictedMismatch:
             rho = np.exp(-2.0 * np.pi ** 2 * np.where(d2 > 0, nu2 / d2, 0.0))
         return np.where(tabled, rho, 0.0), np.where(tabled, 1.0 - rho * rho, 1.0)
 
-    def factors(self, bw, ba, nu2=None) -> tuple:
+    def factors(self, bw, ba) -> tuple:
         """(f, g) [L]: the activation shifts enter mu as f_l x shift and the
         activations' variance as g_l x variance.  rho_l = exp(-2 pi^2
         nu_l^2 / Delta_l^2) (the first harmonic of the rounding error,
@@ -198,9 +198,7 @@ class PredictedMismatch:
         rho; Delta_l = R_A 2^(1 - B_A)): f = rho, g = 1 - rho^2; without an
         input-noise table f = g = 1; above ``table_max_bits`` f = 0 (no
         table) and g = 1."""
-        if self.noise is not None and nu2 is None:
-            nu2 = self.nu2(bw, ba)
-        return self._fg(nu2, ba)
+        return self._fg(None if self.noise is None else self.nu2(bw, ba), ba)
 
     def _wvar(self, bw) -> np.ndarray:
         """Variance [N, K] of the weights planned above ``table_max_bits``."""
@@ -216,18 +214,14 @@ class PredictedMismatch:
         idx = np.asarray(bw, int) - MIN_BITS
         return self.shift[np.arange(len(idx)), idx].sum(0)
 
-    def _mu(self, bw, ba) -> np.ndarray:
-        """Relative shift sum mu/m [N, K] at weight bits ``bw`` and
-        activation bits ``ba``."""
-        return self._mu_w(bw) + self._act_entries(ba) @ self.factors(bw, ba)[0]
-
     def _z(self, bw, ba) -> np.ndarray:
         if self.shift is None:
             with np.errstate(divide="ignore"):
                 return 1.0 / np.sqrt(2.0 * self._v(bw, ba))
-        g = self.factors(bw, ba)[1]
-        va = self.sa @ (4.0 ** (1 - np.asarray(ba, float)) * g) + self._wvar(bw)
-        return _z_shift(1.0 + self._mu(bw, ba), va)
+        f, g = self.factors(bw, ba)
+        mu = self._mu_w(bw) + _matvec(self._act_entries(ba), f)   # relative shifts
+        va = _matvec(self.sa, 4.0 ** (1 - np.asarray(ba, float)) * g) + self._wvar(bw)
+        return _z_shift(1.0 + mu, va)
 
     @property
     def criterion(self) -> str:
