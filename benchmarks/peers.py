@@ -151,7 +151,7 @@ from tfprec.planning.rules import uniform_plan  # noqa: E402
 # per-network defaults: calibration, Hessian, selection examples
 DEFAULTS = {"mnist_mlp": (2000, 2000, 2000), "cifar10_vgg": (1000, 500, 2000)}
 #: tfprec's per-class gains: the first images of the gains split (MNIST: all
-#: 2000 selection images, 6 s; CIFAR-10: 1000 of them, the recommended
+#: 2000 selection images, 2 s; CIFAR-10: 1000 of them, the recommended
 #: minimum of noise_gains; all 2000 take 107 s, 80 % of tfprec's time).
 GAINS_EXAMPLES = {"mnist_mlp": 2000, "cifar10_vgg": 1000}
 

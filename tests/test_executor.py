@@ -250,3 +250,36 @@ def test_hessian_through_same_padded_overlapping_maxpool():
     name = m.layers[0].name
     assert exact > 0.1
     assert abs(tr[name] - exact) < 4 * tr.weight_stderr[name], (tr[name], exact)
+
+
+def test_auto_batch_size_scales_with_the_network_and_keeps_the_gains():
+    """The automatic batch is the largest power of two within the element
+    budget, clamped to [128, 1024], counted by hand from Keras' own output
+    shapes; the gains do not depend on the batch (up to float rounding)."""
+    from tfprec.statistics import executor as ex_lib
+
+    def by_hand(model, rows):
+        g = parse_model(model)
+        per = rows * sum(int(np.prod(g.shapes[o.output])) for o in g.ops)
+        b = 1
+        while 2 * b * per <= ex_lib.AUTO_BATCH_ELEMENTS:
+            b *= 2
+        return min(ex_lib.AUTO_BATCH_MAX, max(ex_lib.AUTO_BATCH_MIN, b))
+
+    vgg = cifar10_vgg()
+    assert ex_lib.auto_batch_size(parse_model(vgg), 9) == 128
+    assert by_hand(vgg, 9) == 128
+    mlp = keras.Sequential([keras.Input((20,)), L.Dense(16, activation="relu"),
+                            L.Dense(4)])
+    assert ex_lib.auto_batch_size(parse_model(mlp), 3) == ex_lib.AUTO_BATCH_MAX
+    # a 64x64x64 convolution output: 2^28 / (3 x 262212) = 341 examples -> 256
+    mid = keras.Sequential([keras.Input((64, 64, 1)), L.Conv2D(64, 1),
+                            L.GlobalAveragePooling2D(), L.Dense(4)])
+    assert ex_lib.auto_batch_size(parse_model(mid), 3) == 256
+    assert by_hand(mid, 3) == 256
+    keras.utils.set_random_seed(0)
+    xs = np.random.default_rng(0).standard_normal((300, 20)).astype(np.float32)
+    auto = tfprec.noise_gains(mlp, xs)
+    fixed = tfprec.noise_gains(mlp, xs, batch_size=128)
+    for a, b in zip(auto.layers, fixed.layers):
+        np.testing.assert_allclose([a.e_w, a.e_a], [b.e_w, b.e_a], rtol=1e-5)

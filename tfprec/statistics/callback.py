@@ -75,7 +75,8 @@ class NoiseGainCallback(keras.callbacks.Callback):
         second half held out.
       cost: "compute" (full adders) or "memory" (bits), for cost_aware.
       every_n_epochs: also run after every N-th epoch (None: only at the end).
-      batch_size: examples per batch of the pass.
+      batch_size: examples per batch of the pass (None: the automatic batch
+        of :func:`~tfprec.statistics.gains.noise_gains`).
       max_examples: use at most this many calibration examples.
       per_channel: weights of Dense / Conv2D / DepthwiseConv2D layers on
         one range per output channel (``noise_gains(per_channel=True)``).
@@ -104,7 +105,7 @@ class NoiseGainCallback(keras.callbacks.Callback):
     def __init__(self, calibration_data, target: float = DEFAULT_TARGET,
                  method: str = "measured", cost: str = "compute",
                  heldout_data=None,
-                 every_n_epochs: Optional[int] = None, batch_size: int = 128,
+                 every_n_epochs: Optional[int] = None, batch_size: Optional[int] = None,
                  max_examples: Optional[int] = None, log_dir: Optional[str] = None,
                  verbose: bool = True, per_channel: bool = False):
         super().__init__()
@@ -112,7 +113,7 @@ class NoiseGainCallback(keras.callbacks.Callback):
         self.method = inputs.choice("method", method, CALLBACK_METHODS)
         self.every_n_epochs = inputs.optional_positive_int("every_n_epochs",
                                                            every_n_epochs)
-        self.batch_size = inputs.positive_int("batch_size", batch_size)
+        self.batch_size = inputs.optional_positive_int("batch_size", batch_size)
         self.max_examples = inputs.optional_positive_int("max_examples", max_examples)
         self.per_channel = inputs.flag("per_channel", per_channel)
         self.target = inputs.probability("target", target, error=PlanError)
@@ -168,7 +169,7 @@ class NoiseGainCallback(keras.callbacks.Callback):
         if self.method == "measured":
             from tfprec.planning.calibrate import calibrate   # local: heavy import
             p = calibrate(model, g, heldout, None, target_mismatch=self.target,
-                          cost=self.cost, batch_size=max(self.batch_size, 256)).best.plan
+                          cost=self.cost, batch_size=max(self.batch_size or 256, 256)).best.plan
         else:
             p = make_plan(g, self.method, self.target, self.cost)
         entry = StatisticsPass(epoch, g, p)

@@ -21,6 +21,7 @@ dtype), and on it one cached pass per pass key (:meth:`Executor.cached`).
 """
 from __future__ import annotations
 
+import math
 import weakref
 from typing import Callable, Optional, Sequence
 
@@ -264,6 +265,23 @@ class Executor:
 
 
 _EXECUTORS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+#: The automatic batch of the gains pass: the largest power of two in
+#: [AUTO_BATCH_MIN, AUTO_BATCH_MAX] examples whose op outputs, times the
+#: stacked backward rows, stay within AUTO_BATCH_ELEMENTS values (1 GiB in
+#: float32; a CIFAR-10 VGG or ResNet-20 gets 128, an MLP 1024).
+AUTO_BATCH_ELEMENTS = 1 << 28
+AUTO_BATCH_MIN, AUTO_BATCH_MAX = 128, 1024
+
+
+def auto_batch_size(graph: Graph, rows: int) -> int:
+    """Examples per batch of a pass that stacks ``rows`` backward rows on
+    ``graph`` (see :data:`AUTO_BATCH_ELEMENTS`): a small network gets large
+    batches, which saves the per-batch dispatch cost of eager re-runs."""
+    per_example = max(1, rows) * sum(math.prod(d or 1 for d in graph.shapes[op.output])
+                                     for op in graph.ops)
+    fit = max(1, AUTO_BATCH_ELEMENTS // max(1, per_example))
+    return int(min(AUTO_BATCH_MAX, max(AUTO_BATCH_MIN, 1 << (fit.bit_length() - 1))))
 
 
 def executor_for(model, graph: Graph, dtype: tf.DType) -> Executor:

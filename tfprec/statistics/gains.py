@@ -26,11 +26,10 @@ import numpy as np
 from tfprec import inputs
 from tfprec._tf import keras, tf
 from tfprec.errors import InvalidDataError
-from tfprec.fixedpoint import is_pow2
+from tfprec.fixedpoint import is_pow2, range_scale
 from tfprec.statistics import channels, embedding, registry, sanity
 from tfprec.statistics.backward import GainsPass
-from tfprec.statistics.executor import executor_for
-from tfprec.fixedpoint import range_scale
+from tfprec.statistics.executor import auto_batch_size, executor_for
 from tfprec.statistics.graph import NO_ACT_KINDS, parse_model
 from tfprec.statistics.shifts import (NUM_BITS, activation_format, activation_formats,
                                       check_same_format, shift_pass_for)
@@ -379,7 +378,7 @@ def layer_geometry(model, graph=None) -> list:
             for op in graph.weight_ops]
 
 
-def noise_gains(model, x: DataLike, batch_size: int = 128,
+def noise_gains(model, x: DataLike, batch_size: Optional[int] = None,
                 max_examples: Optional[int] = None, dtype: str = "float32",
                 verbose: bool = False, top_k: Optional[int] = None,
                 sketch: int = 0, seed: int = 0, class_chunk: Optional[int] = None,
@@ -405,7 +404,8 @@ def noise_gains(model, x: DataLike, batch_size: int = 128,
         0.72 e bits.  Use at least 1000 examples (about 0.1 bit); fewer than
         200 give a TfprecWarning (:mod:`tfprec.statistics.sanity`).
       batch_size: examples per batch (numpy input or unbatched datasets); the
-        global batch when ``strategy`` is given.
+        global batch when ``strategy`` is given.  None (default): 128, or up
+        to 1024 for a small network (:func:`~tfprec.statistics.executor.auto_batch_size`).
       max_examples: use at most this many examples.
       dtype: "float32" (default) or "float64" arithmetic for the pass.
       verbose: show a Keras progress bar.
@@ -475,7 +475,7 @@ def noise_gains(model, x: DataLike, batch_size: int = 128,
         :func:`tfprec.statistics.sanity.check_input_scale`).
     """
     dtype = inputs.choice("dtype", dtype, ("float32", "float64"))
-    batch_size = inputs.positive_int("batch_size", batch_size)
+    batch_size = inputs.optional_positive_int("batch_size", batch_size)
     max_examples = inputs.optional_positive_int("max_examples", max_examples)
     top_k = inputs.optional_positive_int("top_k", top_k)
     class_chunk = inputs.optional_positive_int("class_chunk", class_chunk)
@@ -488,6 +488,7 @@ def noise_gains(model, x: DataLike, batch_size: int = 128,
         sketch = 0
     rows = m1 if top_k is None else top_k + sketch
     chunk = min(rows, class_chunk or 32)
+    batch_size = batch_size or auto_batch_size(graph, chunk)
     ex = executor_for(model, graph, tf.as_dtype(dtype))
     per_class = inputs.flag("per_class", per_class)
     per_channel = inputs.flag("per_channel", per_channel)
@@ -508,9 +509,7 @@ def noise_gains(model, x: DataLike, batch_size: int = 128,
         fmts0 = activation_formats(graph, ex, inputs.iter_batches(
             x, graph.shapes[graph.input_id], batch_size, max_examples=max_examples,
             dtype=dtype, what="calibration data"))
-    sw = np.zeros(nw)
-    sa = np.zeros(nw)
-    sh = np.zeros(nw)
+    sw, sa, sh = np.zeros(nw), np.zeros(nw), np.zeros(nw)
     pw, pa = [], []
     rows = {"cw": [], "ca": [], "cm": [], "ci": []}
     shifts, act_shifts = [], []
