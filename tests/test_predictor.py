@@ -468,9 +468,11 @@ def _z_by_hand(plan, g, bw_rows, ba_rows):
     formula: z_i = (m + mu) / sigma, mu the plan's tabulated weight shifts
     plus rho_l x its activation shifts (a shared input once), sigma^2 =
     sum over input tensors (a shared one once) of (1 - rho_l^2) Delta_A^2 /
-    12 ||d(z_i - z_y)/dA||^2 (brute force), rho_l = exp(-2 pi^2 nu_l^2 /
-    Delta_l^2) with nu_l^2 the input-noise entries of every tensor's bits
-    at layer l."""
+    12 ||d(z_i - z_y)/dA||^2 (brute force), rho_l the gains' coherence
+    table at B_A and the spread nu_l / Delta_l (linear between the
+    spreads, the last above them), with nu_l^2 the input-noise entries of
+    every tensor's bits at layer l."""
+    from tfprec.statistics.shifts import COHERENCE_SPREADS
     lead = {l.name: (l.act_group.split("+")[0] if l.act_group else l.name)
             for l in g.layers}
     rho = []
@@ -478,7 +480,9 @@ def _z_by_hand(plan, g, bw_rows, ba_rows):
         nu2 = sum(g.input_noise[0, j, p.weight_bits - 2, t]
                   + g.input_noise[1, j, p.act_bits - 2, t]
                   for j, p in enumerate(plan.layers))
-        rho.append(math.exp(-2 * math.pi ** 2 * nu2 / l.act_step ** 2))
+        row = g.act_coherence[t, min(l.act_bits, 10) - 2]
+        rho.append(min(1.0, max(0.0, float(np.interp(math.sqrt(nu2) / l.act_step,
+                                                     COHERENCE_SPREADS, row)))))
     tabled = lambda bits: bits <= 10          # wider: Gaussian, no table
     out = []
     for e in range(g.num_examples):

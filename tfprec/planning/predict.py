@@ -70,11 +70,23 @@ same re-runs record, for every tensor rounded alone, the mean squared
 change of every layer's input (``input_noise``, per nonzero float value),
 and the plan's entries add up to the upstream noise nu_l^2 at layer l.
 Rounding error is a sawtooth of period Delta_l in the value; Gaussian
-noise of variance nu_l^2 under it shrinks its first harmonic by rho_l =
-exp(-2 pi^2 nu_l^2 / Delta_l^2).  So the shift counts rho_l x its table
-entry, and the rest, (1 - rho_l^2) of the uniform variance, is Gaussian
-noise around it: sigma_i^2 = 2 m_i^2 sum_{T in activations} (1 - rho_T^2)
-4^(1-B_T) G_{T,i}(x).  Class i overtakes y with probability
+noise of variance nu_l^2 under it smooths it.  How much of the error stays
+coherent depends on where the values lie in their steps: a uniformly
+spread value keeps rho_l = exp(-2 pi^2 nu_l^2 / Delta_l^2) (the first
+harmonic), but a ReLU output at 2-3 bits lies mostly in the dead zone
+near 0, where the error is -a and survives noise.  So the gains measure it
+(``act_coherence``, :func:`tfprec.statistics.shifts.coherence_table`):
+rho_l(B, s) = sum_a E[e(a + n)] e(a) / sum_a e(a)^2 over the layer's own
+nonzero input values a, e the rounding error at B bits, n ~ N(0, (s
+Delta)^2), at spreads s = nu_l / Delta_l of 0..2 (exact expectations,
+interpolated in s).  The shift counts rho_l x its table entry, and the
+rest, (1 - rho_l^2) of the uniform variance, is Gaussian noise around it:
+sigma_i^2 = 2 m_i^2 sum_{T in activations} (1 - rho_T^2) 4^(1-B_T)
+G_{T,i}(x).  (CIFAR-10 VGG, the plan of the 0.3 budget of
+``benchmarks/peers.py``, on the gains' 1000 images: 158 changed decisions,
+105 predicted with the first-harmonic rho, 129 with the table; with
+rho_l(2 bits, s = 0.2) = 0.6-0.68 instead of 0.45 on the first
+convolutions' inputs.)  Class i overtakes y with probability
 Phi(-(m_i + mu_i) / sigma_i), combined over classes by ``form`` as above.
 On 19 plans per network, measured on the gains' own images (MNIST MLP,
 2000; CIFAR-10 VGG, 1000), at the plans with at least 20 mismatches the
@@ -120,7 +132,7 @@ from tfprec.planning.predict_model import (  # noqa: F401  (re-exported)
     DEFAULT_FORM, FORMS, PredictedMismatch, _check_form, _z_shift, flip_from_z,
     flip_probability, help_from_z)
 from tfprec.planning.rules import _leads
-from tfprec.statistics.shifts import TABLE_MAX_BITS
+from tfprec.statistics.shifts import COHERENCE_SPREADS, TABLE_MAX_BITS
 from tfprec.fixedpoint import MAX_BITS
 
 #: Prediction models (see the module doc): known weight and activation
@@ -246,7 +258,9 @@ def _model(gains, form: str, model: str = "shift", labels=None,
                              label_col=col, count_gains=count_gains, act_shift=act,
                              input_noise=noise,
                              act_range=[l.r_a for l in gains.layers],
-                             table_max_bits=MAX_BITS if noise is None else TABLE_MAX_BITS)
+                             table_max_bits=MAX_BITS if noise is None else TABLE_MAX_BITS,
+                             coherence=getattr(gains, "act_coherence", None),
+                             spreads=COHERENCE_SPREADS)
 
 
 def _bits_of(plan) -> tuple:

@@ -107,7 +107,9 @@ class PredictedMismatch:
     its known shift and Gaussian noise: with upstream noise nu_l^2 at layer
     l's input (the table's entries of the plan's bits, added), the shift
     enters mu as rho_l x shift and the variance as (1 - rho_l^2) x
-    variance, rho_l = exp(-2 pi^2 nu_l^2 / Delta_l^2) (:meth:`factors`);
+    variance, rho_l from the coherence table ``coherence`` [L, 9, S] at
+    spreads ``spreads`` (or exp(-2 pi^2 nu_l^2 / Delta_l^2) without it;
+    :meth:`factors`);
     without the table both count in full (the model of gains made before
     it).  ``value(bw, ba)`` is the predicted mismatch (probability) at bits
     ``bw``, ``ba``; ``reset`` / ``moves`` / ``take`` keep the per-(example,
@@ -123,7 +125,8 @@ class PredictedMismatch:
 
     def __init__(self, cw, ca, form: str = DEFAULT_FORM, shift=None,
                  label_col=None, count_gains: bool = False, act_shift=None,
-                 input_noise=None, act_range=None, table_max_bits: int = MAX_BITS):
+                 input_noise=None, act_range=None, table_max_bits: int = MAX_BITS,
+                 coherence=None, spreads=None):
         self.sw = np.asarray(cw, float)
         self.sa = np.asarray(ca, float)
         self.form = _check_form(form)
@@ -146,6 +149,16 @@ class PredictedMismatch:
                 raise PlanError(f"input-noise table of shape {self.noise.shape} and "
                                 f"{self.r_a2.shape} activation ranges do not fit "
                                 f"{nl} layers (want [2, L, 15, L] and [L])")
+        # coherence table f [L, 9, S] at spreads s = nu / Delta (None: rho)
+        self.coh = None
+        if coherence is not None and self.noise is not None:
+            self.coh = np.asarray(coherence, float)
+            self.spreads = np.asarray(spreads, float)
+            if self.coh.shape != (self.sa.shape[2], self.tmax - MIN_BITS + 1,
+                                  len(self.spreads)):
+                raise PlanError(f"coherence table of shape {self.coh.shape} does not "
+                                f"fit {self.sa.shape[2]} layers, bits 2..{self.tmax} "
+                                f"and {len(self.spreads)} spreads")
         # label_col [N] (predicted accuracy drop): -2 where the float decision
         # is right (its flip is a lost answer), the kept row of the true
         # class where it is wrong (that class winning is a gained answer),
@@ -187,17 +200,34 @@ class PredictedMismatch:
             return tabled.astype(float), np.ones(ba.shape)
         d2 = self.r_a2.reshape((-1,) + (1,) * (ba.ndim - 1)) * 4.0 ** (1 - ba)
         with np.errstate(divide="ignore", invalid="ignore"):
-            rho = np.exp(-2.0 * np.pi ** 2 * np.where(d2 > 0, nu2 / d2, 0.0))
+            s2 = np.where(d2 > 0, np.maximum(nu2, 0.0) / d2, 0.0)    # (nu / Delta)^2
+        rho = (np.exp(-2.0 * np.pi ** 2 * s2) if self.coh is None
+               else self._coherent(np.sqrt(s2), ba))
         return np.where(tabled, rho, 0.0), np.where(tabled, 1.0 - rho * rho, 1.0)
+
+    def _coherent(self, sp, ba) -> np.ndarray:
+        """The coherence table at spreads ``sp`` and bits ``ba`` (same shape,
+        first axis the layer), linear between its spreads, its last value
+        above them, clipped to [0, 1]."""
+        grid = self.spreads
+        lay = np.arange(sp.shape[0]).reshape((-1,) + (1,) * (sp.ndim - 1))
+        bi = np.clip(ba.astype(int), MIN_BITS, self.tmax) - MIN_BITS
+        j = np.clip(np.searchsorted(grid, sp, side="right") - 1, 0, len(grid) - 2)
+        t = np.clip((sp - grid[j]) / (grid[j + 1] - grid[j]), 0.0, 1.0)
+        f = self.coh[lay, bi, j] * (1.0 - t) + self.coh[lay, bi, j + 1] * t
+        return np.clip(f, 0.0, 1.0)
 
     def factors(self, bw, ba) -> tuple:
         """(f, g) [L]: the activation shifts enter mu as f_l x shift and the
-        activations' variance as g_l x variance.  rho_l = exp(-2 pi^2
-        nu_l^2 / Delta_l^2) (the first harmonic of the rounding error,
-        smoothed by Gaussian upstream noise of variance nu_l^2, shrinks by
-        rho; Delta_l = R_A 2^(1 - B_A)): f = rho, g = 1 - rho^2; without an
-        input-noise table f = g = 1; above ``table_max_bits`` f = 0 (no
-        table) and g = 1."""
+        activations' variance as g_l x variance, f = rho_l, g = 1 - rho_l^2.
+        With a coherence table (``coherence``, ``spreads``: gains'
+        ``act_coherence``), rho_l is its entry at B_A and the spread s_l =
+        nu_l / Delta_l (Delta_l = R_A 2^(1 - B_A)): the share of the rounding
+        error that stays coherent under upstream noise of variance nu_l^2,
+        measured on the layer's own input values.  Without it, rho_l =
+        exp(-2 pi^2 s_l^2), the first harmonic of a uniformly spread
+        rounding error.  Without an input-noise table f = g = 1; above
+        ``table_max_bits`` f = 0 (no table) and g = 1."""
         return self._fg(None if self.noise is None else self.nu2(bw, ba), ba)
 
     def _wvar(self, bw) -> np.ndarray:

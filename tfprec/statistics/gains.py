@@ -18,7 +18,6 @@ the graph executor (:mod:`tfprec.statistics.executor`).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from typing import Optional, Union
 
 import numpy as np
@@ -30,9 +29,10 @@ from tfprec.fixedpoint import is_pow2, range_scale
 from tfprec.statistics import channels, embedding, registry, sanity
 from tfprec.statistics.backward import GainsPass
 from tfprec.statistics.executor import auto_batch_size, executor_for
+from tfprec.statistics.fingerprint import model_fingerprint  # noqa: F401  (re-exported)
 from tfprec.statistics.graph import NO_ACT_KINDS, parse_model
 from tfprec.statistics.shifts import (NUM_BITS, activation_format, activation_formats,
-                                      check_same_format, shift_pass_for)
+                                      check_same_format, coherence_table, shift_pass_for)
 
 DataLike = Union[np.ndarray, "tf.data.Dataset"]
 
@@ -171,7 +171,10 @@ class NoiseGains:
         input), the mean over examples of the squared change of layer l's
         input, summed over its values / its number of nonzero float values
         (squared activation units; the upstream noise the predictor sees).
-        The class_* arrays and input_noise are not saved by ``to_dict``.
+      act_coherence: with ``per_class=True``, [L, 9, S]: the share of layer
+        l's input rounding error at b = 2..10 bits that stays coherent under
+        upstream noise of spread s Delta (shifts.coherence_table).
+        The class_* arrays, input_noise and act_coherence are not saved by ``to_dict``.
       fingerprint: :func:`model_fingerprint` of the model the gains were
         computed on (None for gains made by hand or saved without it);
         plans made from the gains copy it, and
@@ -203,6 +206,8 @@ class NoiseGains:
     class_act_shift: Optional[np.ndarray] = dataclasses.field(
         default=None, compare=False, repr=False)
     input_noise: Optional[np.ndarray] = dataclasses.field(
+        default=None, compare=False, repr=False)
+    act_coherence: Optional[np.ndarray] = dataclasses.field(
         default=None, compare=False, repr=False)
 
     def __getitem__(self, name: str) -> LayerGains:
@@ -327,34 +332,6 @@ def _layer_gains_from_dict(i: int, ld) -> LayerGains:
                                    "tensor (has_act false) must have e_a 0, no "
                                    "e_a_shared and no act_group")
     return LayerGains(**v)
-
-
-def model_fingerprint(model, graph=None) -> str:
-    """A fingerprint of the weights tfprec analyses in ``model`` (a str,
-    ``"sha256:<64 hex digits>"``).
-
-    SHA-256 over the weight layers in model order: each layer's kernel and
-    bias after BatchNormalization folding (exactly the values the noise
-    gains, the range scales R_W and the fake-quant model use), cast to
-    float32, with their shapes.  So a model, its BN-folded clone
-    (:func:`tfprec.fold_batchnorm`) and its fake-quant rebuild have the same
-    fingerprint, and any change of a weight by more than float32 rounding
-    changes it.  Layer names are not hashed (plans check them separately).
-    ``graph``: the model's parsed graph if already at hand.  Cost: one hash
-    over the weights (about 1 ms per MB).
-    """
-    graph = parse_model(model) if graph is None else graph
-    h = hashlib.sha256()
-    for op in graph.weight_ops:
-        for k in ("kernel", "bias"):
-            t = op.attrs.get(k)
-            if t is None:
-                h.update(b"none;")
-                continue
-            a = np.ascontiguousarray(t, dtype=np.float32)
-            h.update(repr(a.shape).encode() + b";")
-            h.update(a.tobytes())
-    return "sha256:" + h.hexdigest()
 
 
 def weight_max_abs(model, graph=None) -> dict:
@@ -509,6 +486,7 @@ def noise_gains(model, x: DataLike, batch_size: Optional[int] = None,
         fmts0 = activation_formats(graph, ex, inputs.iter_batches(
             x, graph.shapes[graph.input_id], batch_size, max_examples=max_examples,
             dtype=dtype, what="calibration data"))
+        fmts = [(f["r_a"], f["signed"]) if f["has_act"] else None for f in fmts0]
     sw, sa, sh = np.zeros(nw), np.zeros(nw), np.zeros(nw)
     pw, pa = [], []
     rows = {"cw": [], "ca": [], "cm": [], "ci": []}
@@ -538,9 +516,9 @@ def noise_gains(model, x: DataLike, batch_size: Optional[int] = None,
         if per_class:
             for k, v in rows.items():
                 v.append(np.asarray(out[k]))
-            wsh, ash, wno, ano = shift_pass.step(
-                b, np.asarray(out["ci"], np.int32), shift_stacks,
-                [None if not f["has_act"] else (f["r_a"], f["signed"]) for f in fmts0])
+            coherence = coherence_table(ex, b, fmts) if i == 0 else coherence
+            wsh, ash, wno, ano = shift_pass.step(b, np.asarray(out["ci"], np.int32),
+                                                 shift_stacks, fmts)
             shifts.append(np.asarray(wsh, np.float32))
             act_shifts.append(np.asarray(ash, np.float32))
             noise += np.stack([np.asarray(wno), np.asarray(ano)])
@@ -595,5 +573,6 @@ def noise_gains(model, x: DataLike, batch_size: Optional[int] = None,
                       class_shift=np.concatenate(shifts, axis=2) if per_class else None,
                       class_act_shift=(np.concatenate(act_shifts, axis=2)
                                        if per_class else None),
-                      input_noise=noise / n if per_class else None)
+                      input_noise=noise / n if per_class else None,
+                      act_coherence=coherence if per_class else None)
 

@@ -31,14 +31,24 @@ activation ranges must be known before the pass: :func:`activation_formats`
 is a forward-only pre-pass over the calibration data.  The same re-runs
 record how far each rounded tensor moves every weight layer's input
 (``input_noise``; above 10 bits each bit a quarter of the last).
+
+In the quantized network an activation is rounded after the upstream
+rounding has moved it, so its known shift holds only in part.  How much:
+:func:`coherence_table` (``act_coherence``) projects the expected rounding
+error of each input value under Gaussian upstream noise of standard
+deviation s Delta onto its rounding error without it, over a sample of the
+first batch's nonzero values, for b = 2..10 bits and the spreads s of
+:data:`COHERENCE_SPREADS` (exact expectations: sums of normal CDFs over the
+grid's rounding thresholds).
 """
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import ndtr
 
 from tfprec._tf import tf
 from tfprec.errors import InvalidDataError
-from tfprec.fixedpoint import MAX_BITS, MIN_BITS, quantize, range_scale
+from tfprec.fixedpoint import MAX_BITS, MIN_BITS, int_limits, quantize, range_scale
 from tfprec.statistics import channels, registry
 from tfprec.statistics.executor import Executor
 from tfprec.statistics.graph import NO_ACT_KINDS
@@ -51,6 +61,15 @@ NUM_BITS = MAX_BITS - MIN_BITS + 1
 #: predictor counts them as Gaussian noise, which saves 6 of the 15
 #: re-runs per tensor.
 TABLE_MAX_BITS = 10
+
+#: Upstream-noise spreads s = nu / Delta (standard deviation over the
+#: step) of the coherence table; between them the predictor interpolates
+#: linearly, above the last it keeps the last.
+COHERENCE_SPREADS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.6, 0.8, 1.2, 2.0)
+
+#: Nonzero input values per tensor (a fixed-seed sample of the first batch)
+#: behind the coherence table.
+COHERENCE_VALUES = 2000
 
 #: Most downstream values (elements) one stacked re-run of the shift pass
 #: holds (2^25: 128 MiB in float32).
@@ -314,3 +333,62 @@ def shift_pass_for(ex, rows: int, per_channel: bool = False):
                                 quantize(t, b, r, True).astype(dt) for t in w)
                           for b in range(MIN_BITS, TABLE_MAX_BITS + 1)])
     return sp, sp.stacks(quantized)
+
+
+def expected_rounding_error(a: np.ndarray, bits: int, r_a: float, signed: bool,
+                            nu: float) -> np.ndarray:
+    """E[Q(y) - y] per value of ``a`` for y = a + n, n ~ N(0, nu^2) (for
+    an unsigned format y = max(a + n, 0): the tensor cannot go negative,
+    as after a ReLU), Q the format's rounding (ties up, saturating):
+    Q(y) = Delta (sum_{k=1..k_max} 1[y >= (k - 1/2) Delta] - sum_{k=1..-k_min}
+    1[y < -(k - 1/2) Delta]), so E[Q(y)] is a sum of normal CDFs; only the
+    thresholds within 9 nu of a are evaluated (the others count 0 or 1).
+    nu = 0: the rounding error itself."""
+    a = np.asarray(a, float)
+    lo, hi = int_limits(bits, signed)
+    d = float(r_a) * 2.0 ** (1 - bits)
+    if nu <= 0:
+        return quantize(a, bits, r_a, signed) - a
+
+    def count_up(x, kmax):
+        """E[#{k = 1..kmax: x + n >= (k - 1/2) d}] per value of x."""
+        first = np.clip(np.ceil((x - 9 * nu) / d + 0.5) - 1, 0, kmax)   # sure ones
+        k = first[:, None] + 1 + np.arange(int(np.ceil(18 * nu / d)) + 2)
+        p = np.where(k <= kmax, ndtr((x[:, None] - (k - 0.5) * d) / nu), 0.0)
+        return first + p.sum(1)
+    q = d * count_up(a, hi)
+    if signed:
+        q -= d * count_up(-a, -lo)           # y < -(k - 1/2) d  <=>  -y > (k - 1/2) d
+        return q - a
+    z = a / nu
+    return q - (a * ndtr(z) + nu * np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi))
+
+
+def coherence_table(ex: Executor, batch, formats) -> np.ndarray:
+    """f [L, 9, S] (b = 2..10 bits, S = len(COHERENCE_SPREADS)): per weight
+    op l, the share of its input's rounding error e(a) that stays coherent
+    under upstream noise of spread s Delta, sum_a E[e(a + n)] e(a) /
+    sum_a e(a)^2 over up to :data:`COHERENCE_VALUES` nonzero values a of
+    its input on ``batch`` (a fixed-seed sample), with
+    :func:`expected_rounding_error`; 1 at s = 0, and where nothing rounds
+    (no nonzero value, no error) or the layer has no activation format
+    (``formats[l]`` None)."""
+    bits = range(MIN_BITS, TABLE_MAX_BITS + 1)
+    out = np.ones((len(ex.weight_ops), len(bits), len(COHERENCE_SPREADS)))
+    vals = ex.forward(tf.convert_to_tensor(batch, ex.dtype))
+    for l, (op, fmt) in enumerate(zip(ex.weight_ops, formats)):
+        if fmt is None:
+            continue
+        a = vals[op.inputs[0]].numpy().astype(float).ravel()
+        a = a[a != 0]
+        if len(a) > COHERENCE_VALUES:
+            a = np.random.default_rng(0).choice(a, COHERENCE_VALUES, replace=False)
+        for i, b in enumerate(bits):
+            e0 = expected_rounding_error(a, b, *fmt, 0.0)
+            den = float(e0 @ e0)
+            if den == 0:
+                continue
+            d = fmt[0] * 2.0 ** (1 - b)
+            for j, sp in enumerate(COHERENCE_SPREADS[1:], 1):
+                out[l, i, j] = float(expected_rounding_error(a, b, *fmt, sp * d) @ e0) / den
+    return out
