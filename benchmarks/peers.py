@@ -115,6 +115,11 @@ MNIST MLP, 10 on the CIFAR-10 VGG, whose 8-bit per-tensor weights lose
 * <net>_budget_<k>_tfprec_predicted_mismatch: tfprec's prediction for its
   plan (probability); _tfprec_report_mismatch_pct: its measured mismatch
   (changed decisions) on the report split, percent.
+* <net>_budget_<k>_{tfprec,hawq}_heldout_accuracy_pct (``--heldout 1``,
+  default): the same two plans on every test image outside the selection
+  split (8000 on both datasets; the report split is a quarter of them): a
+  less noisy look, since at the loose budgets both plans are within a few
+  report images of float accuracy.
 * <net>_hessian_seconds: the Hessian-trace pass.
 
 Verdicts (one line each, "yes" / "no" and the numbers)
@@ -123,6 +128,7 @@ Verdicts (one line each, "yes" / "no" and the numbers)
 * <net>_verdict_time: greedy_over_tfprec_time >= 10.
 * <net>_verdict_hawq: tfprec at least as accurate as HAWQ-v2 on the report
   split at every budget (counts of budgets).
+* <net>_verdict_hawq_heldout: the same on every held-out test image.
 * total_seconds: the whole run.
 
 Usage: python benchmarks/peers.py [--nets mnist_mlp,cifar10_vgg] [--data_dir DIR]
@@ -308,6 +314,11 @@ def run_net(net: str, a) -> None:
     out(net, "budget_base_bits", base_bits)
     wins = 0
     fracs = [float(s) for s in a.fractions.split(",")]
+    # every test image outside the selection split (the report split and
+    # the rest): a second, 4x larger look at the same plans
+    held = (matched.report_evaluator(model, ds.x_test[n_sel:], ds.y_test[n_sel:])
+            if a.heldout else None)
+    wins_held = 0
     for k, frac in enumerate(fracs):
         budget = frac * u8
         tp = matched.predicted_at_budget(
@@ -317,6 +328,13 @@ def run_net(net: str, a) -> None:
         ta = tmeas.quant_accuracy
         ha = matched.measure(hp, rep).quant_accuracy
         wins += int(ta >= ha)
+        if held is not None:
+            th, hh = matched.measure(tp, held), matched.measure(hp, held)
+            wins_held += int(th.quant_accuracy >= hh.quant_accuracy)
+            for who, mm in (("tfprec", th), ("hawq", hh)):
+                out(net, f"budget_{k}_{who}_heldout_accuracy_pct",
+                    f"{100 * mm.quant_accuracy:.2f} ({mm.num_mismatch} of {held.n} "
+                    "decisions changed)")
         out(net, f"budget_{k}_fraction_of_uniform{base_bits}", f"{frac:g}")
         out(net, f"budget_{k}_full_adders", f"{budget:.6g}")
         out(net, f"budget_{k}_tfprec_report_accuracy_pct", f"{100 * ta:.2f}")
@@ -343,6 +361,10 @@ def run_net(net: str, a) -> None:
                              f"{ratio_time:.1f}, target >= 10)")
     out(net, "verdict_hawq", f"{yes(wins == len(fracs))} (tfprec at least as "
                              f"accurate at {wins} of {len(fracs)} budgets)")
+    if held is not None:
+        out(net, "verdict_hawq_heldout", f"{yes(wins_held == len(fracs))} (the same "
+            f"on all {held.n} test images outside the selection split: "
+            f"{wins_held} of {len(fracs)} budgets)")
 
 
 def main(argv=None) -> None:
@@ -404,6 +426,9 @@ def main(argv=None) -> None:
     ap.add_argument("--gains_examples", type=int, default=0,
                     help="images of the gains split for tfprec's per-class gains; "
                          "0: MNIST 2000, CIFAR-10 1000")
+    ap.add_argument("--heldout", type=int, default=1,
+                    help="1: also measure the budget plans on every test image "
+                         "outside the selection split (report split included)")
     ap.add_argument("--fractions", default="0.5,0.4,0.3,0.25",
                     help="budgets as fractions of the compute cost of the "
                          "--budget_base uniform plan")
