@@ -132,6 +132,8 @@ Verdicts (one line each, "yes" / "no" and the numbers)
 * total_seconds: the whole run.
 
 Usage: python benchmarks/peers.py [--nets mnist_mlp,cifar10_vgg] [--data_dir DIR]
+       python benchmarks/peers.py --budgets_only 1    # (c) alone: MNIST ~1 min,
+                                                      # CIFAR-10 ~6 min
 """
 from __future__ import annotations
 
@@ -205,102 +207,115 @@ def run_net(net: str, a) -> None:
     out(net, "selection_margin_pp", f"{margin:.3f}")
     out(net, "selection_target_pp", f"{sel_tol:.3f}")
 
-    # ------------------------------------------- (b) tfprec's time to a plan
-    print(f"# {net}: tfprec, predictor-based plan within {sel_tol:.3f} pp "
-          "on the selection split", flush=True)
-    fresh = fresh_copy(model)
-    t0, c0 = time.perf_counter(), time.process_time()
     xg, yg = (xs, ys) if a.gains_split == "selection" else (xc, yc)
     n_g = a.gains_examples or GAINS_EXAMPLES[net]
     xg, yg = xg[:n_g], yg[:n_g]
-    out(net, "tfprec_gains_examples", len(xg))
-    gains = tfprec.noise_gains(fresh, xg, per_class=True)
-    t_gains = time.perf_counter() - t0
-    labels = yg if a.criterion == "drop" else None
-    if a.grid == "target":
-        grid = matched.target_grid(gains, sel_tol / 100.0, labels=labels,
-                                   per_octave=a.per_octave)
-        start = grid.start
+    if a.budgets_only:
+        # (c) alone: the gains, and greedy's start bits (the first uniform
+        # plan from 8 bits up that meets the selection target), no searches
+        gains = tfprec.noise_gains(model, xg, per_class=True)
+        ev = matched.selection_evaluator(model, xs, ys, sel_tol)
+        start_bits = next((b for b in range(8, 17)
+                           if ev.meets(ev.measure(uniform_plan(gains, bits=b)))), None)
+        if start_bits is None:
+            sys.exit(f"peers.py: {net}: even the uniform 16-bit plan misses the "
+                     "selection target")
+        ratio_cost = ratio_time = None
+        cost_note = "--budgets_only 1"
     else:
-        grid = matched.family_grid(gains, "cost_aware_predicted", per_bit=a.per_bit,
-                                   labels=labels)
-        # the cheapest level whose prediction (accuracy drop, or mismatch,
-        # which is at least the drop) is at most the selection target
-        start = grid.index_at(sel_tol / 100.0)
-    ev = matched.selection_evaluator(fresh, xs, ys, sel_tol)
-    chosen = matched.select_level(grid, ev, start if a.search == "from_prediction"
-                                  else None)
-    t_tfprec = time.perf_counter() - t0
-    c_tfprec = time.process_time() - c0
-
-    # ------------------------------------------------------ greedy search
-    print(f"# {net}: greedy search within {sel_tol:.3f} pp on the selection "
-          "split", flush=True)
-    t0, c0 = time.perf_counter(), time.process_time()
-    g_evals = 0
-    for start_bits in range(8, 17):       # the usual 8-bit start, else the
-        try:                              # first uniform start that meets it
-            gp, n = greedy.greedy_search_plan(model, gains, xs, ys, tolerance_pp=sel_tol,
-                                              start_bits=start_bits)
-            g_evals += n
-            break
-        except UnattainableTargetError:
-            g_evals += 1
-    else:
-        sys.exit(f"peers.py: {net}: even the uniform 16-bit plan misses the selection "
-                 "target")
-    t_greedy = time.perf_counter() - t0
-    c_greedy = time.process_time() - c0
-
-    # ------------------------------------------------ (a) cost, report split
-    gc = gp.cost().total_compute
-    gm = matched.measure(gp, rep)
-    out(net, "greedy_start_bits", start_bits)
-    out(net, "greedy_plan_cost", f"{gc:.6g}")
-    out(net, "greedy_plan_bits", bits(gp))
-    out(net, "greedy_select_drop_pp",
-        f"{100 * (gp.info['float_accuracy'] - gp.info['quant_accuracy']):.2f}")
-    out(net, "greedy_report_accuracy_pct", f"{100 * gm.quant_accuracy:.2f}")
-    out(net, "greedy_report_drop_pp", f"{gm.accuracy_drop_pp:.2f}")
-    ratio_cost, cost_note = None, "tfprec found no plan"
-    if chosen.met:
-        tp = chosen.plan
-        tc = tp.cost().total_compute
-        tm = matched.measure(tp, rep)
-        ratio_cost = tc / gc
-        out(net, "tfprec_plan_cost", f"{tc:.6g}")
-        out(net, "tfprec_plan_bits", bits(tp))
-        out(net, "tfprec_plan_level", chosen.label)
-        out(net, "tfprec_select_drop_pp", f"{chosen.accuracy_drop_pp:.2f}")
-        out(net, "tfprec_report_accuracy_pct", f"{100 * tm.quant_accuracy:.2f}")
-        out(net, "tfprec_report_drop_pp", f"{tm.accuracy_drop_pp:.2f}")
-        out(net, "tfprec_over_greedy_cost",
-            f"{ratio_cost:.3f} (report-split drops: tfprec "
-            f"{tm.accuracy_drop_pp:.2f} pp, greedy {gm.accuracy_drop_pp:.2f} pp; "
-            f"tolerance {a.tolerance_pp:g} pp)")
-        missed = [f"{who} {d:.2f} pp" for who, d in
-                  (("greedy", gm.accuracy_drop_pp), ("tfprec", tm.accuracy_drop_pp))
-                  if d > a.tolerance_pp + 1e-9]
-        if missed:
-            cost_note = (f"not at equal held-out accuracy: report-split drop over "
-                         f"{a.tolerance_pp:g} pp for " + ", ".join(missed))
-            out(net, "cost_comparison_counts", f"no ({cost_note})")
-            ratio_cost = None
+        # ------------------------------------------- (b) tfprec's time to a plan
+        print(f"# {net}: tfprec, predictor-based plan within {sel_tol:.3f} pp "
+              "on the selection split", flush=True)
+        fresh = fresh_copy(model)
+        t0, c0 = time.perf_counter(), time.process_time()
+        out(net, "tfprec_gains_examples", len(xg))
+        gains = tfprec.noise_gains(fresh, xg, per_class=True)
+        t_gains = time.perf_counter() - t0
+        labels = yg if a.criterion == "drop" else None
+        if a.grid == "target":
+            grid = matched.target_grid(gains, sel_tol / 100.0, labels=labels,
+                                       per_octave=a.per_octave)
+            start = grid.start
         else:
-            out(net, "cost_comparison_counts",
-                f"yes (both report-split drops <= {a.tolerance_pp:g} pp)")
-    else:
-        out(net, "tfprec_plan_not_met", chosen.note)
+            grid = matched.family_grid(gains, "cost_aware_predicted", per_bit=a.per_bit,
+                                       labels=labels)
+            # the cheapest level whose prediction (accuracy drop, or mismatch,
+            # which is at least the drop) is at most the selection target
+            start = grid.index_at(sel_tol / 100.0)
+        ev = matched.selection_evaluator(fresh, xs, ys, sel_tol)
+        chosen = matched.select_level(grid, ev, start if a.search == "from_prediction"
+                                      else None)
+        t_tfprec = time.perf_counter() - t0
+        c_tfprec = time.process_time() - c0
 
-    # ---------------------------------------------------------- (b) times
-    ratio_time = t_greedy / t_tfprec
-    out(net, "greedy_seconds", f"{t_greedy:.2f}")
-    out(net, "greedy_evaluations", g_evals)
-    out(net, "tfprec_seconds", f"{t_tfprec:.2f}")
-    out(net, "tfprec_gains_seconds", f"{t_gains:.2f}")
-    out(net, "tfprec_evaluations", ev.passes)
-    out(net, "greedy_over_tfprec_time", f"{ratio_time:.1f}")
-    out(net, "greedy_over_tfprec_cpu_time", f"{c_greedy / c_tfprec:.1f}")
+        # ------------------------------------------------------ greedy search
+        print(f"# {net}: greedy search within {sel_tol:.3f} pp on the selection "
+              "split", flush=True)
+        t0, c0 = time.perf_counter(), time.process_time()
+        g_evals = 0
+        for start_bits in range(8, 17):       # the usual 8-bit start, else the
+            try:                              # first uniform start that meets it
+                gp, n = greedy.greedy_search_plan(model, gains, xs, ys, tolerance_pp=sel_tol,
+                                                  start_bits=start_bits)
+                g_evals += n
+                break
+            except UnattainableTargetError:
+                g_evals += 1
+        else:
+            sys.exit(f"peers.py: {net}: even the uniform 16-bit plan misses the selection "
+                     "target")
+        t_greedy = time.perf_counter() - t0
+        c_greedy = time.process_time() - c0
+
+        # ------------------------------------------------ (a) cost, report split
+        gc = gp.cost().total_compute
+        gm = matched.measure(gp, rep)
+        out(net, "greedy_start_bits", start_bits)
+        out(net, "greedy_plan_cost", f"{gc:.6g}")
+        out(net, "greedy_plan_bits", bits(gp))
+        out(net, "greedy_select_drop_pp",
+            f"{100 * (gp.info['float_accuracy'] - gp.info['quant_accuracy']):.2f}")
+        out(net, "greedy_report_accuracy_pct", f"{100 * gm.quant_accuracy:.2f}")
+        out(net, "greedy_report_drop_pp", f"{gm.accuracy_drop_pp:.2f}")
+        ratio_cost, cost_note = None, "tfprec found no plan"
+        if chosen.met:
+            tp = chosen.plan
+            tc = tp.cost().total_compute
+            tm = matched.measure(tp, rep)
+            ratio_cost = tc / gc
+            out(net, "tfprec_plan_cost", f"{tc:.6g}")
+            out(net, "tfprec_plan_bits", bits(tp))
+            out(net, "tfprec_plan_level", chosen.label)
+            out(net, "tfprec_select_drop_pp", f"{chosen.accuracy_drop_pp:.2f}")
+            out(net, "tfprec_report_accuracy_pct", f"{100 * tm.quant_accuracy:.2f}")
+            out(net, "tfprec_report_drop_pp", f"{tm.accuracy_drop_pp:.2f}")
+            out(net, "tfprec_over_greedy_cost",
+                f"{ratio_cost:.3f} (report-split drops: tfprec "
+                f"{tm.accuracy_drop_pp:.2f} pp, greedy {gm.accuracy_drop_pp:.2f} pp; "
+                f"tolerance {a.tolerance_pp:g} pp)")
+            missed = [f"{who} {d:.2f} pp" for who, d in
+                      (("greedy", gm.accuracy_drop_pp), ("tfprec", tm.accuracy_drop_pp))
+                      if d > a.tolerance_pp + 1e-9]
+            if missed:
+                cost_note = (f"not at equal held-out accuracy: report-split drop over "
+                             f"{a.tolerance_pp:g} pp for " + ", ".join(missed))
+                out(net, "cost_comparison_counts", f"no ({cost_note})")
+                ratio_cost = None
+            else:
+                out(net, "cost_comparison_counts",
+                    f"yes (both report-split drops <= {a.tolerance_pp:g} pp)")
+        else:
+            out(net, "tfprec_plan_not_met", chosen.note)
+
+        # ---------------------------------------------------------- (b) times
+        ratio_time = t_greedy / t_tfprec
+        out(net, "greedy_seconds", f"{t_greedy:.2f}")
+        out(net, "greedy_evaluations", g_evals)
+        out(net, "tfprec_seconds", f"{t_tfprec:.2f}")
+        out(net, "tfprec_gains_seconds", f"{t_gains:.2f}")
+        out(net, "tfprec_evaluations", ev.passes)
+        out(net, "greedy_over_tfprec_time", f"{ratio_time:.1f}")
+        out(net, "greedy_over_tfprec_cpu_time", f"{c_greedy / c_tfprec:.1f}")
 
     # ------------------------------------------------ (c) equal budgets
     print(f"# {net}: equal compute budgets, tfprec (lowest prediction) "
@@ -357,8 +372,8 @@ def run_net(net: str, a) -> None:
     out(net, "verdict_cost",
         f"n/a ({cost_note})" if ratio_cost is None else
         f"{yes(ratio_cost <= 1.05)} (tfprec/greedy cost {ratio_cost:.3f}, target <= 1.05)")
-    out(net, "verdict_time", f"{yes(ratio_time >= 10)} (greedy/tfprec time "
-                             f"{ratio_time:.1f}, target >= 10)")
+    out(net, "verdict_time", "n/a (--budgets_only 1)" if ratio_time is None else
+        f"{yes(ratio_time >= 10)} (greedy/tfprec time {ratio_time:.1f}, target >= 10)")
     out(net, "verdict_hawq", f"{yes(wins == len(fracs))} (tfprec at least as "
                              f"accurate at {wins} of {len(fracs)} budgets)")
     if held is not None:
@@ -426,6 +441,9 @@ def main(argv=None) -> None:
     ap.add_argument("--gains_examples", type=int, default=0,
                     help="images of the gains split for tfprec's per-class gains; "
                          "0: MNIST 2000, CIFAR-10 1000")
+    ap.add_argument("--budgets_only", type=int, default=0,
+                    help="1: only (c), the equal-budget comparison with HAWQ-v2 "
+                         "(no greedy search, no timing)")
     ap.add_argument("--heldout", type=int, default=1,
                     help="1: also measure the budget plans on every test image "
                          "outside the selection split (report split included)")
