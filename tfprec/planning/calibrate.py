@@ -280,8 +280,11 @@ def _predicted(gains, ev: Evaluator, cost: str, max_bits: int, p: float,
     with ``start``): that plan is measured first (1 evaluation), then steps
     of 1, 2, 4, ... levels towards cheaper plans after a pass (the
     prediction was conservative) or more precise ones after a miss, then
-    bisection of the bracket.  Returns (_Found or None, why)."""
+    bisection of the bracket.  A zero target (no decision may change)
+    centers the grid on half an example, 1 / (2 n) (predicted targets
+    must be positive).  Returns (_Found or None, why)."""
     below, above = PREDICTED_OCTAVES
+    p = max(p, 0.5 / ev.n)
     ks = range(-per_octave * below, per_octave * above + 1)
     ts = [min(p * 2.0 ** (k / per_octave), 0.5) for k in ks]
     trace, tried, errors = [], {}, []
