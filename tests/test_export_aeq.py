@@ -290,19 +290,30 @@ def test_auto_backend(mlp, tmp_path, monkeypatch):
 def test_verified_table():
     """Re-measures the kernel table (benchmarks/deploy.py --verify): with
     the nudge TIE_DIRECTION gives a family, every family VERIFIED lists is
-    exact on every example, and the others are not claimed."""
+    exact on every example.  A family VERIFIED leaves out may be exact on
+    some CPUs (dense int16 x int4 on XNNPACK / optimized: 0.9975 where the
+    table was measured, 1.0 on a CPU without AVX-512): the table claims
+    what held on every machine measured, and an unclaimed exact family is
+    recorded, not failed."""
     import sys
     from tfprec.export.aeq_recipe import TIE_DIRECTION, VERIFIED
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
     import deploy
     rows = deploy.verify(deploy.SUPPORTED, n=400)   # the table was measured on 400
+    unclaimed = []
     for kind, act, wt, direction, res, err in rows:
         assert not err, (kind, act, wt, err)
         for fam in FAMILIES:
             if TIE_DIRECTION[(kind, act, wt)][fam] != direction:
                 continue
             exact = res[fam] == 1.0
-            assert exact == (fam in VERIFIED[(kind, act, wt)]), (kind, act, wt, fam, res)
+            if fam in VERIFIED[(kind, act, wt)]:
+                assert exact, (kind, act, wt, fam, res)
+            elif exact:
+                unclaimed.append((kind, act, wt, fam))
+    if unclaimed:
+        import warnings
+        warnings.warn(f"exact here but not claimed by VERIFIED: {unclaimed}")
 
 
 def test_cnn_per_channel_weights(cnn, mnist, tmp_path):
