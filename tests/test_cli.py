@@ -283,7 +283,11 @@ def test_weight_rounding_flag(demo, tmp_path, capsys):
     plan.validate_for(model)                      # the input model's fingerprint
     summary = json.loads((out_dir / "summary.json").read_text())
     assert summary["weight_rounding"] == "gptq"
-    assert "--weight_rounding=gptq" in (out_dir / "report.md").read_text()
+    report = (out_dir / "report.md").read_text()
+    assert "--weight_rounding=gptq" in report
+    # --rounding_examples=0 (default): 8 input rows per kernel row of the
+    # 784-input first layer
+    assert "GPTQ on 6272 training examples" in report
     with quantize_scope():
         q = keras.models.load_model(out_dir / "quantized.h5", compile=False)
     near = apply.quantize_model(model, plan)

@@ -359,3 +359,38 @@ def test_depthwise_rounded_to_nearest_on_the_narrow_range(narrow):
     q = apply.quantize_model(r.model, r.plan)
     np.testing.assert_array_equal(apply.quantized_weights(q, "dw")[0] /
                                   steps[None, None, :, None], want)
+
+
+def test_examples_needed_counts_rows_per_kernel_row_from_the_layers(net):
+    """examples_needed against the Keras layers' own kernel and output
+    shapes: the fewest examples with >= 8 input rows per kernel row in
+    every Dense / Conv2D layer (depthwise excluded); fewer examples warn
+    and name exactly the short layers, enough examples do not warn."""
+    import warnings
+    from tfprec.errors import TfprecWarning
+    from tfprec.quantization.rounding import MIN_ROWS_PER_DOT, examples_needed
+    m, x, g = net
+    need = {}
+    for layer in m.layers:
+        if type(layer).__name__ not in ("Dense", "Conv2D"):
+            continue
+        k = int(np.prod(layer.kernel.shape[:-1]))
+        positions = int(np.prod(layer.output_shape[1:-1]))
+        need[layer.name] = int(np.ceil(MIN_ROWS_PER_DOT * k / positions))
+    assert MIN_ROWS_PER_DOT == 8
+    assert need == {"c1": 9, "c2": 12, "d1": 640, "logits": 96}
+    assert examples_needed(m) == max(need.values())
+    assert examples_needed(m, rows_per_dot=1) == 80
+    plan = tfprec.uniform_plan(g, bits=4)
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        optimize_rounding(m, plan, x)                       # 96 examples
+    msgs = [str(w.message) for w in got if issubclass(w.category, TfprecWarning)]
+    assert len(msgs) == 1
+    assert "d1 (96 rows, dot length 80)" in msgs[0]
+    for name in ("c1", "c2", "logits"):
+        assert f"{name} (" not in msgs[0]
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        optimize_rounding(m, plan, data(examples_needed(m)))
+    assert not [w for w in got if issubclass(w.category, TfprecWarning)]

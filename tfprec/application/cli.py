@@ -181,17 +181,20 @@ def _plan(r: RunState) -> None:
     _log(f"chosen plan: {plan.method} (bound {plan.bound():.4g}, {s.cost} cost "
          f"{steps.fmt_cost(plan.cost().total(s.cost), s.cost)})")
     if s.weight_rounding == "gptq":
-        from tfprec.quantization.rounding import optimize_rounding
+        from tfprec.quantization.rounding import examples_needed, optimize_rounding
         with _timed(r, "weight rounding"):
+            n_round = s.rounding_examples or examples_needed(r.model)
+            x_round, _ = steps.take(s, r.model, r.ds.x_train, r.ds.y_train,
+                                    n_round, "training", "rounding_examples", r.notes)
             _log(f"rounding the weights of {plan.method} by GPTQ on "
-                 f"{len(r.x_cal)} calibration examples")
-            r.rounded = optimize_rounding(r.model, plan, r.x_cal,
+                 f"{len(x_round)} training examples")
+            r.rounded = optimize_rounding(r.model, plan, x_round,
                                           batch_size=min(s.batch_size, 128))
         r.notes.append(
             f"--weight_rounding=gptq: the validation, quantized.h5 and model.tflite use "
-            f"weights on the plan's grid chosen by GPTQ on {len(r.x_cal)} calibration "
-            "examples (the plan was selected with round-to-nearest; the analytic "
-            "bound assumes round-to-nearest); plan.json is the plan for the input model")
+            f"weights on the plan's grid chosen by GPTQ on {len(x_round)} training "
+            "examples (--rounding_examples; the plan was selected with round-to-nearest; "
+            "the analytic bound assumes round-to-nearest); plan.json is the plan for the input model")
     with _timed(r, "validation"):
         _log(f"validating {plan.method} on the {r.validation_split}")
         r.validation = validate_lib.validate(r.model, plan, r.choice.x_val,

@@ -169,10 +169,18 @@ flags.DEFINE_enum(
     "How the chosen plan's weights take their grid levels in the fake-quant "
     "model and the TFLite file: 'nearest' (round to nearest, the paper's "
     "quantizer; the analytic bound is about it) or 'gptq' (levels of the same "
-    "grid chosen by GPTQ on the calibration examples to keep each Dense / "
+    "grid chosen by GPTQ on --rounding_examples training examples to keep each Dense / "
     "Conv2D layer's outputs close to float; much more accurate at <= 5-bit "
     "weights). The plan is selected with 'nearest' and validated with the "
     "chosen rounding; plan.json stays the plan for the input model.")
+flags.DEFINE_integer(
+    "rounding_examples", 0, lower_bound=0, help=
+    "Examples from the TRAINING split (the first N; capped at the split "
+    "size) whose layer inputs give GPTQ its second moments with "
+    "--weight_rounding=gptq. 0: as many as give every Dense / Conv2D layer 8 "
+    "input rows per kernel row (a Dense layer with K inputs: 8 K examples; "
+    "tfprec.quantization.rounding.examples_needed); with fewer the levels fit "
+    "these examples rather than the data (a warning names the layer).")
 flags.DEFINE_enum(
     "tflite_kernels", "xnnpack", ["xnnpack", "reference", "optimized"],
     "TFLite kernel family whose int8 rounding the export matches exactly.")
@@ -325,6 +333,7 @@ class Settings:
     tflite_kernels: str = "xnnpack"
     per_channel_weights: bool = False
     weight_rounding: str = "nearest"
+    rounding_examples: int = 0
     levels: tuple = ()
     demo_epochs: int = 3
     demo_hidden: tuple = (512, 512, 512)
