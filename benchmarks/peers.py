@@ -120,6 +120,10 @@ MNIST MLP, 10 on the CIFAR-10 VGG, whose 8-bit per-tensor weights lose
   split (8000 on both datasets; the report split is a quarter of them): a
   less noisy look, since at the loose budgets both plans are within a few
   report images of float accuracy.
+* <net>_budget_<k>_heldout_paired: on those images, how many only tfprec's
+  plan classifies right, how many only HAWQ's, and McNemar's exact
+  two-sided p-value (``tfprec.peers.matched.paired_test``): whether the
+  accuracy difference is larger than the disagreements explain.
 * <net>_hessian_seconds: the Hessian-trace pass.
 
 Verdicts (one line each, "yes" / "no" and the numbers)
@@ -129,6 +133,8 @@ Verdicts (one line each, "yes" / "no" and the numbers)
 * <net>_verdict_hawq: tfprec at least as accurate as HAWQ-v2 on the report
   split at every budget (counts of budgets).
 * <net>_verdict_hawq_heldout: the same on every held-out test image.
+* <net>_verdict_hawq_heldout_significant: at how many budgets tfprec's plan
+  is significantly less (more) accurate than HAWQ-v2's (McNemar p < 0.05).
 * total_seconds: the whole run.
 
 Usage: python benchmarks/peers.py [--nets mnist_mlp,cifar10_vgg] [--data_dir DIR]
@@ -143,6 +149,8 @@ import os
 import sys
 import time
 
+import numpy as np
+
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "examples"))
@@ -155,6 +163,7 @@ from tfprec.application import data as data_lib  # noqa: E402
 from tfprec.errors import UnattainableTargetError  # noqa: E402
 from tfprec.peers import greedy, hawq, hessian, matched  # noqa: E402
 from tfprec.planning.rules import uniform_plan  # noqa: E402
+from tfprec.quantization import validate as validate_lib  # noqa: E402
 
 # per-network defaults: calibration, Hessian, selection examples
 DEFAULTS = {"mnist_mlp": (2000, 2000, 2000), "cifar10_vgg": (1000, 500, 2000)}
@@ -333,7 +342,7 @@ def run_net(net: str, a) -> None:
     # the rest): a second, 4x larger look at the same plans
     held = (matched.report_evaluator(model, ds.x_test[n_sel:], ds.y_test[n_sel:])
             if a.heldout else None)
-    wins_held = 0
+    wins_held = worse_sig = better_sig = 0
     for k, frac in enumerate(fracs):
         budget = frac * u8
         tp = matched.predicted_at_budget(
@@ -344,12 +353,21 @@ def run_net(net: str, a) -> None:
         ha = matched.measure(hp, rep).quant_accuracy
         wins += int(ta >= ha)
         if held is not None:
-            th, hh = matched.measure(tp, held), matched.measure(hp, held)
-            wins_held += int(th.quant_accuracy >= hh.quant_accuracy)
-            for who, mm in (("tfprec", th), ("hawq", hh)):
+            dec = {who: validate_lib.quant_decisions(model, p, held.x, held.batch_size)
+                   for who, p in (("tfprec", tp), ("hawq", hp))}
+            acc = {who: float(np.mean(d == held.y)) for who, d in dec.items()}
+            wins_held += int(acc["tfprec"] >= acc["hawq"])
+            for who, d in dec.items():
                 out(net, f"budget_{k}_{who}_heldout_accuracy_pct",
-                    f"{100 * mm.quant_accuracy:.2f} ({mm.num_mismatch} of {held.n} "
+                    f"{100 * acc[who]:.2f} ({int(np.sum(d != held.fdec))} of {held.n} "
                     "decisions changed)")
+            pt = matched.paired_test(dec["tfprec"], dec["hawq"], held.y)
+            sig = pt.p_value < 0.05
+            worse_sig += int(sig and pt.only_b > pt.only_a)
+            better_sig += int(sig and pt.only_a > pt.only_b)
+            out(net, f"budget_{k}_heldout_paired",
+                f"right only under tfprec {pt.only_a}, only under HAWQ {pt.only_b}: "
+                f"McNemar two-sided p = {pt.p_value:.3g}")
         out(net, f"budget_{k}_fraction_of_uniform{base_bits}", f"{frac:g}")
         out(net, f"budget_{k}_full_adders", f"{budget:.6g}")
         out(net, f"budget_{k}_tfprec_report_accuracy_pct", f"{100 * ta:.2f}")
@@ -380,6 +398,10 @@ def run_net(net: str, a) -> None:
         out(net, "verdict_hawq_heldout", f"{yes(wins_held == len(fracs))} (the same "
             f"on all {held.n} test images outside the selection split: "
             f"{wins_held} of {len(fracs)} budgets)")
+        out(net, "verdict_hawq_heldout_significant",
+            f"tfprec significantly less accurate (McNemar p < 0.05, held-out) at "
+            f"{worse_sig} of {len(fracs)} budgets, significantly more accurate at "
+            f"{better_sig}")
 
 
 def main(argv=None) -> None:

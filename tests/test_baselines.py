@@ -483,3 +483,32 @@ def test_bisect_budget_plan(clf):
     plan2, evals2 = budget_lib.bisect_target_plan(m, g, x, y, tolerance_pp=1.5)
     assert plan2.info["evaluations"] == evals2 <= 6
     assert plan2.info["quant_accuracy"] >= plan2.info["float_accuracy"] - 0.015 - 1e-12
+
+
+def test_paired_test_equals_the_enumerated_binomial_tail():
+    """matched.paired_test: the discordant counts by explicit loops, and the
+    exact two-sided McNemar p-value from the binomial coefficients summed by
+    hand (math.comb), capped at 1."""
+    import math
+    from tfprec.errors import PlanError
+    from tfprec.peers.matched import paired_test
+    rng = np.random.default_rng(3)
+    for n, flip in ((60, 0.3), (400, 0.05), (25, 0.0)):
+        y = rng.integers(0, 4, n)
+        a = np.where(rng.random(n) < flip, rng.integers(0, 4, n), y)
+        b = np.where(rng.random(n) < 2 * flip, rng.integers(0, 4, n), y)
+        only_a = sum(1 for i in range(n) if a[i] == y[i] and b[i] != y[i])
+        only_b = sum(1 for i in range(n) if b[i] == y[i] and a[i] != y[i])
+        m = only_a + only_b
+        tail = sum(math.comb(m, j) for j in range(min(only_a, only_b) + 1)) / 2 ** m
+        want = min(1.0, 2 * tail) if m else 1.0
+        got = paired_test(a, b, y)
+        assert (got.only_a, got.only_b) == (only_a, only_b)
+        assert got.p_value == pytest.approx(want, rel=1e-9, abs=1e-15)
+    # one-sided evidence: 0 against 10 discordant examples
+    y = np.zeros(10, int)
+    got = paired_test(np.ones(10, int), y, y)
+    assert (got.only_a, got.only_b) == (0, 10)
+    assert got.p_value == pytest.approx(2 / 1024)
+    with pytest.raises(PlanError, match="decisions_a, decisions_b and labels"):
+        paired_test(np.zeros(3), np.zeros(4), np.zeros(3))

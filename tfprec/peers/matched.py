@@ -322,6 +322,48 @@ def selection_margin_pp(tolerance_pp: float, n_select: int, margin_pp: float) ->
     return 100.0 * math.sqrt(t * (1.0 - t) / n_select)
 
 
+@dataclasses.dataclass(frozen=True)
+class PairedTest:
+    """McNemar's exact test of two plans' accuracy on the same examples.
+
+    Attributes:
+      only_a: examples plan A classifies right and plan B wrong (count).
+      only_b: examples plan B classifies right and plan A wrong (count).
+      p_value: two-sided exact p-value (probability) of a difference at
+        least this large if both plans were equally accurate: the binomial
+        tail 2 P(X <= min(only_a, only_b)), X ~ Bin(only_a + only_b, 1/2),
+        capped at 1 (1 when both counts are 0).
+    """
+
+    only_a: int
+    only_b: int
+    p_value: float
+
+
+def paired_test(decisions_a, decisions_b, labels) -> PairedTest:
+    """McNemar's exact test on two plans' decisions (class ids, [N] each) for
+    the same examples and ``labels`` [N]: whether plan A's accuracy differs
+    from plan B's by more than the examples on which they disagree explain.
+
+    Raises:
+      PlanError: the three arrays are not 1-D of one length.
+    """
+    import numpy as np
+    from scipy import stats
+    a, b, y = (np.asarray(v).reshape(-1) if np.ndim(v) == 1 else None
+               for v in (decisions_a, decisions_b, labels))
+    if a is None or b is None or y is None or not len(a) == len(b) == len(y):
+        raise PlanError("paired_test needs decisions_a, decisions_b and labels as "
+                        "1-D arrays of one length, got shapes "
+                        f"{np.shape(decisions_a)}, {np.shape(decisions_b)}, "
+                        f"{np.shape(labels)}")
+    ra, rb = a == y, b == y
+    only_a, only_b = int(np.sum(ra & ~rb)), int(np.sum(rb & ~ra))
+    n = only_a + only_b
+    p = 1.0 if n == 0 else min(1.0, 2.0 * float(stats.binom.cdf(min(only_a, only_b), n, 0.5)))
+    return PairedTest(only_a, only_b, p)
+
+
 def selection_evaluator(model, x, y, max_accuracy_drop: float,
                         batch_size: int = 256) -> Evaluator:
     """The :class:`~tfprec.planning.evaluate.Evaluator` of a selection split
