@@ -194,7 +194,8 @@ def _plan(r: RunState) -> None:
             f"--weight_rounding=gptq: the validation, quantized.h5 and model.tflite use "
             f"weights on the plan's grid chosen by GPTQ on {len(x_round)} training "
             "examples (--rounding_examples; the plan was selected with round-to-nearest; "
-            "the analytic bound assumes round-to-nearest); plan.json is the plan for the input model")
+            "the analytic bound assumes round-to-nearest); plan.json is the plan for "
+            "the input model")
     with _timed(r, "validation"):
         _log(f"validating {plan.method} on the {r.validation_split}")
         r.validation = validate_lib.validate(r.model, plan, r.choice.x_val,

@@ -350,13 +350,11 @@ def paired_test(decisions_a, decisions_b, labels) -> PairedTest:
     """
     import numpy as np
     from scipy import stats
-    a, b, y = (np.asarray(v).reshape(-1) if np.ndim(v) == 1 else None
-               for v in (decisions_a, decisions_b, labels))
-    if a is None or b is None or y is None or not len(a) == len(b) == len(y):
+    a, b, y = (np.asarray(v) for v in (decisions_a, decisions_b, labels))
+    if {a.ndim, b.ndim, y.ndim} != {1} or len({len(a), len(b), len(y)}) != 1:
         raise PlanError("paired_test needs decisions_a, decisions_b and labels as "
-                        "1-D arrays of one length, got shapes "
-                        f"{np.shape(decisions_a)}, {np.shape(decisions_b)}, "
-                        f"{np.shape(labels)}")
+                        f"1-D arrays of one length, got shapes {a.shape}, {b.shape}, "
+                        f"{y.shape}")
     ra, rb = a == y, b == y
     only_a, only_b = int(np.sum(ra & ~rb)), int(np.sum(rb & ~ra))
     n = only_a + only_b

@@ -420,7 +420,8 @@ def optimize_rounding(model, plan, x=None, *, moments: Optional[dict] = None,
         warnings.warn(
             f"GPTQ's calibration inputs give fewer than {MIN_ROWS_PER_DOT} input rows "
             f"per kernel row for {', '.join(few)}: the levels fit the calibration set "
-            "more than the data; pass more calibration inputs (x) for these layers",
+            "more than the data; pass more calibration inputs (x): examples_needed(model) "
+            "says how many suffice",
             TfprecWarning, stacklevel=2)
     info = dict(plan.info, weight_rounding=(
         f"gptq (damp {damp:g}, bias correction {'on' if bias_correction else 'off'}, "
