@@ -249,6 +249,12 @@ def bench(name: str, args) -> str:
         rep = export_tflite(export_model, plan, os.path.join(d, f"{name}.tflite"), x,
                             backend="ai_edge_quantizer", labels=y, check_examples=len(x),
                             baselines=True, latency=True)
+        fast = None
+        if args.fast_file:
+            fast = export_tflite(export_model, plan, os.path.join(d, f"{name}_fast.tflite"),
+                                 x, backend="ai_edge_quantizer", labels=y,
+                                 check_examples=len(x), exact_ties=False, baselines=True,
+                                 latency=True)
         tuned = {}
         for fam in (FAMILIES[1:] if args.tuned_files else ()):
             r2 = export_tflite(export_model, plan, os.path.join(d, f"{name}_{fam}.tflite"),
@@ -292,6 +298,21 @@ def bench(name: str, args) -> str:
     lines.append(f"- median single-example latency (XNNPACK, 1 thread): "
                  f"{1e6 * rep.latency_s:.0f} us vs TF int8 {1e6 * ptq['latency_s']:.0f} us "
                  f"= {rep.latency_s / ptq['latency_s']:.2f}x")
+    if fast is not None:
+        # the same plan without the float clips that tune the ties: measured
+        # side by side with its own TF int8 baseline (same batch, repetitions)
+        fptq = next(r for r in fast.baselines if r["name"] == "TF int8 PTQ")
+        lines.append(
+            f"- fast file (exact_ties=False: no float clip between integer layers, "
+            f"ties round per kernel family): size {fast.file_size_bytes} bytes "
+            f"({fast.file_size_bytes / fptq['size_bytes']:.3f} of TF int8); agreement "
+            + ", ".join(f"{fam} {100 * fast.agreement_by_kernels[fam]:.2f} %"
+                        for fam in FAMILIES)
+            + "; accuracy " + ", ".join(
+                f"{fam} {100 * (fast.accuracy_by_kernels[fam] - fast.fake_quant_accuracy):+.2f} pp"
+                for fam in FAMILIES)
+            + f" vs fake-quant; latency {1e6 * fast.latency_s:.0f} us vs TF int8 "
+            f"{1e6 * fptq['latency_s']:.0f} us = {fast.latency_s / fptq['latency_s']:.2f}x")
     return "\n".join(lines) + "\n\n" + rep.to_markdown()
 
 
@@ -376,6 +397,10 @@ def main(argv=None) -> None:
     ap.add_argument("--storage_greedy", type=int, default=1,
                     help="1: lower weights to the next LiteRT storage type where the "
                     "selection accuracy allows (see storage_greedy)")
+    ap.add_argument("--fast_file", type=int, default=1,
+                    help="1: also export the plan with exact_ties=False (no float "
+                         "clips between integer layers) and report its agreement, "
+                         "accuracy and latency")
     ap.add_argument("--tuned_files", type=int, default=1,
                     help="1: also export files with ties tuned for the optimized and "
                     "the reference kernels and report each on its own family")

@@ -359,3 +359,43 @@ def test_gptq_rounded_model_exports(cnn, mnist, tmp_path):
                                                    "logits": "dense"})
     assert types == {"conv": "int4", "dw": "int8", "logits": "int4"}
     _check_agreement(path, r.model, r.plan, x, rep)
+
+
+def test_exact_ties_false_runs_the_chain_on_integer_kernels_alone(mlp, tmp_path):
+    """exact_ties=False: where the int8 saturation already is the plan's
+    (8-bit inputs), the plan's float clip (DEQUANTIZE -> MINIMUM ->
+    QUANTIZE) that lets the ties be tuned is gone, so an integer layer
+    feeds the next directly where the model has no op of its own between
+    them (the fast file); the weights and
+    activation grids are still the plan's, and the reported agreement is
+    the interpreter's, family by family."""
+    from tfprec.export import runtime
+    m, gains, x, _ = mlp
+    plan = _plan(gains, 8, 8)
+    paths = {et: str(tmp_path / f"ties_{et}.tflite") for et in (True, False)}
+    reps = {et: export_tflite(m, plan, paths[et], x[:200], backend="aeq",
+                              check_examples=200, exact_ties=et) for et in (True, False)}
+    ops = {}
+    for et, path in paths.items():
+        with open(path, "rb") as f:
+            names = [r["op"] for r in runtime.op_table(f.read())]
+        fc = [i for i, n in enumerate(names) if n == "FULLY_CONNECTED"]
+        assert len(fc) == 3
+        ops[et] = names[fc[0] + 1:fc[1]]           # between fc1 and fc2
+    # the model's own clip (ReLU max 2: MINIMUM, RELU) stays; the plan's
+    # clip in front of fc2 (requantization onto Delta_A through a float
+    # MINIMUM) is the one group that goes
+    for name in ("DEQUANTIZE", "MINIMUM", "QUANTIZE"):
+        assert ops[True].count(name) == 2, (name, ops[True])
+        assert ops[False].count(name) == 1, (name, ops[False])
+    rep = reps[False]
+    assert rep.grid_check_passed
+    _check_weights(paths[False], m, plan, dict.fromkeys(("fc1", "fc2", "logits"), "dense"))
+    fq = logits_model(quantize_model(m, plan))
+    ref = np.argmax(fq.predict(x[:200], verbose=0), -1)
+    for fam in FAMILIES:
+        got = float(np.mean(_decisions(paths[False], x[:200], fam) == ref))
+        assert got == pytest.approx(rep.agreement_by_kernels[fam]), fam
+        assert got >= MIN_OTHER_AGREEMENT, (fam, got)
+    assert set(rep.exact_families) == {f for f in FAMILIES
+                                       if rep.agreement_by_kernels[f] == 1.0}
