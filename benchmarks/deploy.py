@@ -220,8 +220,8 @@ def bench(name: str, args) -> str:
     moments = None
     if args.rounding == "gptq":
         from tfprec.quantization.rounding import examples_needed, input_moments
-        args.rounding_examples = args.rounding_examples or examples_needed(model)
-        moments = input_moments(model, ds.x_train[:args.rounding_examples])
+        n_round = args.rounding_examples or examples_needed(model)   # per network
+        moments = input_moments(model, ds.x_train[:n_round])
     if args.storage_greedy:
         before = deployed_bytes(plan)
         plan, acc_sel, n_eval = storage_greedy(
@@ -239,7 +239,7 @@ def bench(name: str, args) -> str:
         r = optimize_rounding(model, plan, moments=moments,
                               range_search=bool(args.range_search))
         export_model, plan = r.model, r.plan
-        how += (f"; weights rounded by GPTQ on {args.rounding_examples} training "
+        how += (f"; weights rounded by GPTQ on {n_round} training "
                 f"images (range search {'on' if args.range_search else 'off'}: "
                 f"{sum(a.weight_channel_ranges != b.weight_channel_ranges for a, b in zip(r.plan.layers, plan_in.layers))} "
                 "layers with some channels on half their range) (the TF baselines below are built from the rounded model)")
