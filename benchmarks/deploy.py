@@ -15,7 +15,9 @@ measured on the disjoint REPORT split (the next ``--report`` images): file
 size over TF's full-integer int8 PTQ file (targets <= 0.6 MLP, <= 0.75 CNN),
 accuracy vs the fake-quant model's (target within 0.2 pp), decision
 agreement with the fake-quant model (target >= 99.5 %) per kernel family,
-and the median single-example latency over TF int8's.  Plans use
+and the median single-example latency over TF int8's; with ``--fast_file
+1`` (default) the same for the plan exported with ``exact_ties=False`` (no
+float clips between integer layers; ties round per kernel family).  Plans use
 per-channel weight ranges (``noise_gains(per_channel=True)``; ``--per_channel
 0``: one range per tensor); the storage greedy that follows first tries
 activations at 8 bits (``--act8``), then each weight layer one LiteRT
