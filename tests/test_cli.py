@@ -395,6 +395,7 @@ BAD = [
     (["--demo", "--data=mnist", "--data_dir={d}/nowhere"], ["--data_dir", "nowhere"]),
     (["--demo", "--eval_examples=0"], ["--eval_examples"]),
     (["--demo", "--calibration_examples=-5"], ["--calibration_examples"]),
+    (["--demo", "--rounding_examples=-1"], ["--rounding_examples"]),
     (["--demo", "--max_accuracy_drop=-1"], ["--max_accuracy_drop"]),
     (["--demo", "--target_measured_mismatch=1.5"], ["--target_measured_mismatch"]),
     (["--demo", "--cost_budget=-3"], ["--cost_budget"]),

@@ -381,6 +381,9 @@ def test_examples_needed_counts_rows_per_kernel_row_from_the_layers(net):
     assert need == {"c1": 9, "c2": 12, "d1": 640, "logits": 96}
     assert examples_needed(m) == max(need.values())
     assert examples_needed(m, rows_per_dot=1) == 80
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(InvalidDataError, match="rows_per_dot"):
+            examples_needed(m, rows_per_dot=bad)
     plan = tfprec.uniform_plan(g, bits=4)
     with warnings.catch_warnings(record=True) as got:
         warnings.simplefilter("always")

@@ -135,14 +135,16 @@ def examples_needed(model, rows_per_dot: int = MIN_ROWS_PER_DOT) -> int:
     1152 at one output position).
 
     Raises:
+      InvalidDataError: ``rows_per_dot`` is not a positive int.
       UnsupportedModelError: the model cannot be analyzed.
     """
+    rows_per_dot = inputs_lib.positive_int("rows_per_dot", rows_per_dot)
     graph = parse_model(model)
     need = 1
     for op in _ops(graph):
         k = int(np.prod(np.shape(op.attrs["kernel"])[:-1]))
         positions = max(int(np.prod(graph.shapes[op.output][:-1])), 1)
-        need = max(need, -(-int(rows_per_dot) * k // positions))
+        need = max(need, -(-rows_per_dot * k // positions))
     return need
 
 
