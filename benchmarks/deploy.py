@@ -17,7 +17,9 @@ accuracy vs the fake-quant model's (target within 0.2 pp), decision
 agreement with the fake-quant model (target >= 99.5 %) per kernel family,
 and the median single-example latency over TF int8's; with ``--fast_file
 1`` (default) the same for the plan exported with ``exact_ties=False`` (no
-float clips between integer layers; ties round per kernel family).  Plans use
+float clips between integer layers; ties round per kernel family), and with
+``--integer_file 1`` (default) for ``full_integer=True`` (every operator on
+integer kernels, as TF int8 PTQ; Add inputs on calibrated scales).  Plans use
 per-channel weight ranges (``noise_gains(per_channel=True)``; ``--per_channel
 0``: one range per tensor); the storage greedy that follows first tries
 activations at 8 bits (``--act8``), then each weight layer one LiteRT
@@ -251,12 +253,14 @@ def bench(name: str, args) -> str:
         rep = export_tflite(export_model, plan, os.path.join(d, f"{name}.tflite"), x,
                             backend="ai_edge_quantizer", labels=y, check_examples=len(x),
                             baselines=True, latency=True)
-        fast = None
-        if args.fast_file:
-            fast = export_tflite(export_model, plan, os.path.join(d, f"{name}_fast.tflite"),
-                                 x, backend="ai_edge_quantizer", labels=y,
-                                 check_examples=len(x), exact_ties=False, baselines=True,
-                                 latency=True)
+        extra = {}          # the same plan traded for speed, each with its own baselines
+        for flag_on, tag, kw in ((args.fast_file, "fast", {"exact_ties": False}),
+                                 (args.integer_file, "integer", {"full_integer": True})):
+            if flag_on:
+                extra[tag] = export_tflite(
+                    export_model, plan, os.path.join(d, f"{name}_{tag}.tflite"), x,
+                    backend="ai_edge_quantizer", labels=y, check_examples=len(x),
+                    baselines=True, latency=True, **kw)
         tuned = {}
         for fam in (FAMILIES[1:] if args.tuned_files else ()):
             r2 = export_tflite(export_model, plan, os.path.join(d, f"{name}_{fam}.tflite"),
@@ -300,13 +304,16 @@ def bench(name: str, args) -> str:
     lines.append(f"- median single-example latency (XNNPACK, 1 thread): "
                  f"{1e6 * rep.latency_s:.0f} us vs TF int8 {1e6 * ptq['latency_s']:.0f} us "
                  f"= {rep.latency_s / ptq['latency_s']:.2f}x")
-    if fast is not None:
-        # the same plan without the float clips that tune the ties: measured
-        # side by side with its own TF int8 baseline (same batch, repetitions)
+    what = {"fast": "fast file (exact_ties=False: no float clip between integer layers, "
+                    "ties round per kernel family)",
+            "integer": "integer file (full_integer=True: every operator on integer "
+                       "kernels, Add inputs on calibrated int8 scales)"}
+    for tag, fast in extra.items():
+        # the same plan traded for speed: measured side by side with its own
+        # TF int8 baseline (same batch, repetitions)
         fptq = next(r for r in fast.baselines if r["name"] == "TF int8 PTQ")
         lines.append(
-            f"- fast file (exact_ties=False: no float clip between integer layers, "
-            f"ties round per kernel family): size {fast.file_size_bytes} bytes "
+            f"- {what[tag]}: size {fast.file_size_bytes} bytes "
             f"({fast.file_size_bytes / fptq['size_bytes']:.3f} of TF int8); agreement "
             + ", ".join(f"{fam} {100 * fast.agreement_by_kernels[fam]:.2f} %"
                         for fam in FAMILIES)
@@ -314,7 +321,10 @@ def bench(name: str, args) -> str:
                 f"{fam} {100 * (fast.accuracy_by_kernels[fam] - fast.fake_quant_accuracy):+.2f} pp"
                 for fam in FAMILIES)
             + f" vs fake-quant; latency {1e6 * fast.latency_s:.0f} us vs TF int8 "
-            f"{1e6 * fptq['latency_s']:.0f} us = {fast.latency_s / fptq['latency_s']:.2f}x")
+            f"{1e6 * fptq['latency_s']:.0f} us = {fast.latency_s / fptq['latency_s']:.2f}x"
+            + ("" if fptq.get("accuracy") is None else
+               f" (TF int8 PTQ accuracy {100 * (fptq['accuracy'] - acc_f_rep):+.2f} pp "
+               "vs float)"))
     return "\n".join(lines) + "\n\n" + rep.to_markdown()
 
 
@@ -402,6 +412,10 @@ def main(argv=None) -> None:
     ap.add_argument("--fast_file", type=int, default=1,
                     help="1: also export the plan with exact_ties=False (no float "
                          "clips between integer layers) and report its agreement, "
+                         "accuracy and latency")
+    ap.add_argument("--integer_file", type=int, default=1,
+                    help="1: also export the plan with full_integer=True (every "
+                         "operator on integer kernels) and report its agreement, "
                          "accuracy and latency")
     ap.add_argument("--tuned_files", type=int, default=1,
                     help="1: also export files with ties tuned for the optimized and "

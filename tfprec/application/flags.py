@@ -184,6 +184,17 @@ flags.DEFINE_integer(
 flags.DEFINE_enum(
     "tflite_kernels", "xnnpack", ["xnnpack", "reference", "optimized"],
     "TFLite kernel family whose int8 rounding the export matches exactly.")
+flags.DEFINE_enum(
+    "tflite_mode", "exact", ["exact", "fast", "integer"],
+    "What model.tflite trades: 'exact' (the plan's arithmetic, decisions "
+    "equal to the fake-quant model's on the tuned kernel family; backend "
+    "chosen automatically), 'fast' (ai_edge_quantizer backend without the "
+    "float clips that tune requantization ties: ties round per kernel "
+    "family) or 'integer' (ai_edge_quantizer backend, every operator on "
+    "integer kernels as TF's int8 post-training quantization, with the "
+    "plan's weight codes and input grids; tensors the plan does not round, "
+    "such as Add inputs, get calibrated int8 scales).  The report gives the "
+    "measured agreement of each.")
 flags.DEFINE_string(
     "sweep_levels", "2-12",
     "Precision levels (bits) of the validation sweep of the paper rule "
@@ -331,6 +342,7 @@ class Settings:
     plots: bool = False
     export_tflite: bool = True
     tflite_kernels: str = "xnnpack"
+    tflite_mode: str = "exact"
     per_channel_weights: bool = False
     weight_rounding: str = "nearest"
     rounding_examples: int = 0

@@ -390,6 +390,14 @@ def compare(s: Settings, model, choice: Choice, validation) -> list:
     return rows
 
 
+#: export_tflite keywords of each --tflite_mode
+TFLITE_MODES = {
+    "exact": {},
+    "fast": {"backend": "ai_edge_quantizer", "exact_ties": False},
+    "integer": {"backend": "ai_edge_quantizer", "full_integer": True},
+}
+
+
 def export(s: Settings, model, plan, x_eval, staging):
     """Stages model.tflite realizing ``plan``; its ExportReport."""
     from tfprec import export as export_lib
@@ -398,7 +406,7 @@ def export(s: Settings, model, plan, x_eval, staging):
     try:
         rep = export_lib.export_tflite(model, plan, staging.path(TFLITE_FILE),
                                        representative_data=x_eval[:500],
-                                       kernels=s.tflite_kernels)
+                                       kernels=s.tflite_kernels, **TFLITE_MODES[s.tflite_mode])
     except ExportError as e:
         raise CliError(f"TFLite export failed: {e} (pass --noexport_tflite to "
                        "skip it)", 1) from e

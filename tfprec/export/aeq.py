@@ -167,7 +167,7 @@ def export_aeq(model, plan, path, representative_data=None, *, labels=None,
                check_examples: int = 2000, round_wide_weights: bool = False,
                weight_types=None, baselines: bool = False, latency: bool = False,
                kernels: str = "xnnpack", exact_ties: bool = True,
-               strict: bool = True, allow_fingerprint_mismatch: bool = False,
+               full_integer: bool = False, strict: bool = True, allow_fingerprint_mismatch: bool = False,
                _directions=None, _unverified: bool = False) -> AeqExportReport:
     """Writes the plan's network as an ai_edge_quantizer LiteRT file.
 
@@ -197,6 +197,19 @@ def export_aeq(model, plan, path, representative_data=None, *, labels=None,
         every layer fed by a weight layer, even when the int8 saturation
         already is the plan's, so that ties can be tuned; False drops it
         (fewer operators, ties round per kernel family).
+      full_integer: run every operator LiteRT has an int8 (int16) kernel
+        for on integer kernels, as TF's full-integer post-training
+        quantization does, for speed: weights keep the plan's codes and
+        every planned input is requantized by its producer (a weight op, an
+        Add, a pooling...) straight onto the plan's step Delta_A; tensors
+        the plan does not round (the inputs of an Add, a residual stream)
+        get min/max-calibrated int8 scales, which adds rounding the plan
+        does not have; a plan's saturation below 8 (16) bits is not applied
+        (the integer type's wider range is kept: AI Edge Quantizer has no
+        integer MINIMUM), nor are the tie directions tuned.  Decisions are
+        then not the fake-quant model's by construction: the report gives
+        the measured agreement and accuracy per kernel family.  Overrides
+        ``exact_ties``.
       strict: raise ExportError (with ``.report``) and write nothing when a
         stored grid differs from the plan.
 
@@ -218,6 +231,7 @@ def export_aeq(model, plan, path, representative_data=None, *, labels=None,
         baselines = flag("baselines", baselines)
         latency = flag("latency", latency)
         exact_ties = flag("exact_ties", exact_ties)
+        full_integer = flag("full_integer", full_integer)
         kernels = choice("kernels", kernels, R.FAMILIES)
     with as_export_errors():
         plan = checked_plan(model, plan, allow_fingerprint_mismatch=allow_fingerprint_mismatch)
@@ -282,7 +296,7 @@ def export_aeq(model, plan, path, representative_data=None, *, labels=None,
 
     name_of = {op.index: n for n, op in op1.items()}
     integer, why = set(), {}
-    for n in cands:
+    for n in (() if full_integer else cands):
         if not fits(fmts[n][1]):
             why[n] = (f"its {fmts[n][1].bits}-bit unsigned input fits no LiteRT integer "
                       "type (int16 has 15 bits of magnitude): float32 compute on its "
@@ -307,7 +321,13 @@ def export_aeq(model, plan, path, representative_data=None, *, labels=None,
             continue
         integer.add(n)
     clip = {}
-    for n in op1:
+    if full_integer:        # every input requantized onto its grid by its producer
+        integer = {n for n in cands if fits(fmts[n][1])}
+        why = {n: ("its 16-bit unsigned input fits no LiteRT integer type: float32 "
+                   "compute on its grid (explicit rounding), integer weights "
+                   "dequantized") for n in cands if n not in integer}
+        clip = {n: None for n in op1 if fmts[n][1] is not None and fits(fmts[n][1])}
+    for n in (() if full_integer else op1):
         _, src = R.chain_tensors(g1, op1[n])
         if src is not None and name_of.get(src.index) in integer:
             fa = fmts[n][1]
@@ -351,13 +371,21 @@ def export_aeq(model, plan, path, representative_data=None, *, labels=None,
     from ai_edge_quantizer import quantizer
     key = R.ALGORITHM_KEY
     qt = quantizer.Quantizer(bytearray(float_content))
-    qt.update_quantization_recipe(regex=".*", operation_name="*",
-                                  algorithm_key="no_quantize")
+    if full_integer:        # every op AEQ can (its policy), but the explicit roundings
+        qt.update_quantization_recipe(regex=".*", operation_name="*",
+                                      op_config=R.op_config(act, "int8"), algorithm_key=key)
+        for t in R.float_only_tensors(g, op_of, [l.name for l in layers
+                                                 if l.weight_type == "float"]):
+            qt.update_quantization_recipe(regex=R.anchored(g.tensor_name(t)),
+                                          operation_name="*", algorithm_key="no_quantize")
+    else:
+        qt.update_quantization_recipe(regex=".*", operation_name="*",
+                                      algorithm_key="no_quantize")
     chains = {}
     for n in op_of:
         chain, src = R.chain_tensors(g, op_of[n])
         chains[n] = (chain, src)
-        if n in clip:               # fed by an integer chain: its ops are integer
+        if n in clip and not full_integer:   # fed by an integer chain: its ops are integer
             default = R.op_config(act, "int8")
             for t in chain:
                 p = g.producer(t)
@@ -399,15 +427,18 @@ def export_aeq(model, plan, path, representative_data=None, *, labels=None,
                                                 "max": np.array([[hi]], np.float32)}
             continue
         lo, hi = R.span(fa, act)
-        prev = index_name.get(src.index)
+        prev = None if src is None else index_name.get(src.index)
         pl = by.get(prev)
         direction = 0
-        if pl is not None and pl.act_type != "float" and pl.weight_type != "float":
+        if (pl is not None and pl.act_type != "float" and pl.weight_type != "float"
+                and not full_integer):
             direction = (_directions or {}).get(prev, R.tie_direction(
                 pl.kind, pl.act_type, pl.weight_type, kernels))
         nudge = R.nudge(g, chain, src, fmts, op_of, direction)
         for t in chain:
             nm = g.tensor_name(t)
+            if nm in planned and planned[nm][1].step <= fa.step:
+                continue            # full_integer: one tensor, two grids: the finer
             planned[nm] = (n, fa)
             f = 1.0 - nudge.get(t, 0.0)
             cal[nm] = {"min": np.array([[lo * f]], np.float32),
@@ -444,7 +475,15 @@ def export_aeq(model, plan, path, representative_data=None, *, labels=None,
         check_examples=0, check_source=source, sim_agreement=float("nan"),
         max_logit_diff=float("nan"), kernels="xnnpack", backend="ai_edge_quantizer",
         activation_type=act, op_table=runtime.op_table(content),
+        mode="integer" if full_integer else "exact" if exact_ties else "fast",
         notes=[R.VERIFICATION_NOTES])
+    if full_integer:
+        report.notes.append(
+            "full_integer: every operator LiteRT quantizes runs on integer kernels; "
+            f"tensors the plan does not round carry {act} scales calibrated on "
+            f"{min(len(xs), CALIBRATION_EXAMPLES)} examples, and planned inputs keep "
+            f"Delta_A with the {act} range (no saturation below it): decisions as "
+            "measured below, not exact by construction")
     report.substitutions = [f"{l.name}: {n}" for l in layers for n in l.notes]
     report.verified_families = sorted(set.intersection(*[set(l.families) for l in layers]))
     report.kernels = kernels

@@ -380,6 +380,30 @@ def nudge(g, chain: list, src, fmts: dict, op_of: dict, direction: int) -> dict:
     return {t: eps for t in chain[mins[-1] + 1:]}
 
 
+def float_only_tensors(g: TflGraph, op_of: dict, float_layers: list) -> list:
+    """Output tensors of the operators a full-integer recipe must leave
+    float: the plan's explicit roundings (:class:`PlanRound`: its FLOOR
+    and the multiplications around it), the weight ops of ``float_layers``
+    (weights planned above 8 bits), and every other operator with a
+    non-scalar float32 constant (a standalone BN's affine, a generic weight
+    layer: their weights are on the plan's grid, not AEQ's)."""
+    from ai_edge_litert import schema_py_generated as S
+    weight = {op.index for op in op_of.values()}
+    keep = {op_of[n].index for n in float_layers if n in op_of}
+    out = []
+    for op in g.ops:
+        if not op.outputs:
+            continue
+        name = g.tensor_name(op.outputs[0])
+        consts = [t for t in op.inputs if t >= 0 and g.const(t) is not None
+                  and g.tensors[t].type == S.TensorType.FLOAT32
+                  and int(np.prod(g.tensors[t].shape)) > 1]
+        if (op.index in keep or "_plan_round" in name
+                or (op.index not in weight and consts)):
+            out.append(op.outputs[0])
+    return out
+
+
 def anchored(name: str) -> str:
     import re
     return "^" + re.escape(name) + ";?$"

@@ -82,6 +82,8 @@ class AeqExportReport(ExportReport):
       verified_families: families on which every layer's kernel
         combination is verified exact (:data:`~tfprec.export.aeq_recipe.VERIFIED`).
       kernels: the family the tie rounding was tuned for.
+      mode: 'exact' (the plan's clips tune the ties), 'fast'
+        (``exact_ties=False``) or 'integer' (``full_integer=True``).
       latency_s: median single-example latency (seconds, XNNPACK, 1 thread).
       baselines: rows for TF's float file and its int8 PTQ file (see
         :func:`baseline_rows`).
@@ -89,6 +91,7 @@ class AeqExportReport(ExportReport):
 
     backend: str = "ai_edge_quantizer"
     activation_type: str = "int8"
+    mode: str = "exact"
     op_table: list = dataclasses.field(default_factory=list)
     substitutions: list = dataclasses.field(default_factory=list)
     accuracy_by_kernels: dict = dataclasses.field(default_factory=dict)
@@ -101,7 +104,7 @@ class AeqExportReport(ExportReport):
     def to_markdown(self) -> str:
         pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"  # noqa: E731
         lines = [f"### LiteRT export (ai_edge_quantizer): `{os.path.basename(self.path)}`", "",
-                 f"- activations: {self.activation_type}; grid checks passed: "
+                 f"- mode: {self.mode}; activations: {self.activation_type}; grid checks passed: "
                  f"{'yes' if self.grid_check_passed else '**NO**'}",
                  f"- decisions equal to the fake-quant model on {self.check_examples} "
                  "examples: " + ", ".join(f"{k} {pct(v)}" for k, v in
@@ -304,7 +307,8 @@ def with_metadata(content: bytes, report) -> bytes:
         if off > 1 and size > 0:
             buf.data = np.frombuffer(content[off:off + size], np.uint8)
             buf.offset, buf.size = 0, 0
-    meta = {"backend": "ai_edge_quantizer", "activation_type": report.activation_type,
+    meta = {"backend": "ai_edge_quantizer", "mode": report.mode,
+            "activation_type": report.activation_type,
             "kernels": report.kernels, "exact_families": report.exact_families,
             "verified_families": report.verified_families,
             "agreement_by_kernels": report.agreement_by_kernels,
