@@ -271,6 +271,10 @@ def bench(name: str, args) -> str:
     ptq = next(r for r in rep.baselines if r["name"] == "TF int8 PTQ")
     acc_f_rep = float(np.mean(np.argmax(model.predict(x, batch_size=256, verbose=0), -1) == y))
     ratio = rep.file_size_bytes / ptq["size_bytes"]
+    from tfprec.export.runtime import run_family
+    # TF int8 PTQ's own agreement with the float model (XNNPACK), for scale
+    ptq_agree = float(np.mean(np.argmax(run_family(ptq["content"], x, "xnnpack"), -1)
+                              == np.argmax(export_model.predict(x, batch_size=256, verbose=0), -1)))
     lines = [f"## {name}", "",
              f"plan: {how}, smallest file (<= {args.max_bits} bits) within "
              f"{sel_drop:.3f} pp of float ({args.max_drop:g} pp minus a {margin:.3f} pp "
@@ -323,8 +327,8 @@ def bench(name: str, args) -> str:
             + f" vs fake-quant; latency {1e6 * fast.latency_s:.0f} us vs TF int8 "
             f"{1e6 * fptq['latency_s']:.0f} us = {fast.latency_s / fptq['latency_s']:.2f}x"
             + ("" if fptq.get("accuracy") is None else
-               f" (TF int8 PTQ accuracy {100 * (fptq['accuracy'] - acc_f_rep):+.2f} pp "
-               "vs float)"))
+               f" (TF int8 PTQ: accuracy {100 * (fptq['accuracy'] - acc_f_rep):+.2f} pp "
+               f"vs float, decisions equal to float's on {100 * ptq_agree:.2f} %)"))
     return "\n".join(lines) + "\n\n" + rep.to_markdown()
 
 

@@ -263,6 +263,35 @@ def test_per_channel_weights_flag(demo, tmp_path, capsys):
 
 
 @pytest.mark.slow   # default-suite time (< 5 min); see README
+def test_tflite_mode_integer(demo, tmp_path, capsys):
+    """--tflite_mode=integer: model.tflite is written by the
+    ai_edge_quantizer backend with full_integer=True (its metadata says
+    so, no float convolution or FLOOR remains), and the console says so."""
+    from tfprec.export.aeq_recipe import read_graph
+    from tfprec.export.aeq_report import read_metadata
+    from tfprec.application.steps import TFLITE_MODES
+    assert sorted(TFLITE_MODES) == sorted(FLAGS["tflite_mode"].parser.enum_values)
+    assert demo["code"] == 0
+    out_dir = tmp_path / "integer"
+    code, out, err = run_cli([f"--model={demo['dir'] / 'float_model.h5'}",
+                              "--tflite_mode=integer", "--allocation=paper",
+                              "--calibration_examples=200", "--eval_examples=300",
+                              "--sweep_levels=none", "--noplots",
+                              f"--output_dir={out_dir}"], capsys)
+    assert code == 0, err[-3000:]
+    assert "ai_edge_quantizer backend, integer mode" in out
+    meta = read_metadata(str(out_dir / "model.tflite"))
+    assert meta["mode"] == "integer"
+    g = read_graph((out_dir / "model.tflite").read_bytes())
+    names = [op.name for op in g.ops]
+    assert "FLOOR" not in names
+    fcs = [op for op in g.ops if op.name == "FULLY_CONNECTED"]
+    assert len(fcs) == len(PrecisionPlan.load(str(out_dir / "plan.json")).layers)
+    assert all(g.type_name(op.outputs[0]) == "int8" for op in fcs[:-1])
+    assert "mode: integer" in (out_dir / "report.md").read_text()
+
+
+@pytest.mark.slow   # default-suite time (< 5 min); see README
 def test_weight_rounding_flag(demo, tmp_path, capsys):
     """--weight_rounding=gptq: plan.json is the plan for the input model;
     quantized.h5 holds weights on the plan's grid that differ from

@@ -140,9 +140,10 @@ def _check_weights(path, model, plan, kinds):
     snapped = _snapped(model, plan)
     wops = [op for op in g.ops if op.name in ("FULLY_CONNECTED", "CONV_2D",
                                               "DEPTHWISE_CONV_2D")]
-    assert len(wops) == len(plan.layers)
+    layers = [lp for lp in plan.layers if lp.name in kinds]   # others: not such ops
+    assert len(wops) == len(layers)
     types = {}
-    for lp, op in zip(plan.layers, wops):
+    for lp, op in zip(layers, wops):
         t = op.inputs[1]
         p = g.producer(t)
         if p is not None and p.name == "DEQUANTIZE":
@@ -399,3 +400,92 @@ def test_exact_ties_false_runs_the_chain_on_integer_kernels_alone(mlp, tmp_path)
         assert got >= MIN_OTHER_AGREEMENT, (fam, got)
     assert set(rep.exact_families) == {f for f in FAMILIES
                                        if rep.agreement_by_kernels[f] == 1.0}
+
+
+def _residual(ds):
+    """An inverted-residual block (expand, depthwise, linear projection,
+    Add), a standalone BN after the Add, average pooling: the pattern
+    whose Add inputs the plan does not round (83 % accurate)."""
+    keras.utils.set_random_seed(0)
+    x = inp = keras.Input((28, 28, 1), name="input")
+    x = L.ReLU(6.0)(L.Conv2D(8, 3, strides=2, padding="same", name="stem")(x))
+    y = L.ReLU(6.0)(L.Conv2D(16, 1, name="expand")(x))
+    y = L.ReLU(6.0)(L.DepthwiseConv2D(3, padding="same", name="dw")(y))
+    y = L.Conv2D(8, 1, name="project")(y)
+    x = L.BatchNormalization(name="post_add_bn")(L.Add(name="add")([x, y]))
+    x = L.ReLU(6.0)(L.Conv2D(16, 1, name="head")(x))
+    x = L.Flatten(name="flatten")(L.AveragePooling2D(2, name="pool")(x))
+    m = keras.Model(inp, L.Dense(10, name="logits")(x))
+    m.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    m.fit(ds.x_train[:2000], ds.y_train[:2000], epochs=2, batch_size=32, verbose=0)
+    return m
+
+
+@pytest.mark.slow   # default-suite time (< 5 min); see README
+def test_full_integer_runs_every_operator_on_integer_kernels(mnist, tmp_path):
+    """full_integer=True on a residual network: the convolutions, the Add
+    and the pooling run on int8 kernels (the exact file runs the projection,
+    the head and the Add in float32); every weight op's input tensor has
+    the plan's step Delta_A = R_A 2^(1-B_A) and zero point; the standalone
+    BN's affine (weights on the plan's grid, not AEQ's) and the logits stay
+    float; the weights are the plan's codes; the reported agreement and
+    accuracy are the interpreter's, family by family."""
+    m = _residual(mnist)
+    gains = tfprec.noise_gains(m, mnist.x_train[:300])
+    plan = _plan(gains, 6, 8)
+    x, y = mnist.x_test[:400], mnist.y_test[:400]
+    paths = {mode: str(tmp_path / f"{mode}.tflite") for mode in ("exact", "integer")}
+    reps = {mode: export_tflite(m, plan, paths[mode], x, backend="aeq", labels=y,
+                                check_examples=len(x), full_integer=(mode == "integer"))
+            for mode in paths}
+    graphs = {}
+    for mode, path in paths.items():
+        with open(path, "rb") as f:
+            graphs[mode] = read_graph(f.read())
+
+    def float_compute(g):
+        """Float ops among the convolutions, the residual Add (two runtime
+        inputs) and the pooling."""
+        return sorted({op.name for op in g.ops
+                       if (op.name in ("CONV_2D", "DEPTHWISE_CONV_2D", "AVERAGE_POOL_2D") or (
+                           op.name == "ADD" and all(g.const(t) is None for t in op.inputs)))
+                       and g.type_name(op.outputs[0]) == "float32"})
+
+    assert float_compute(graphs["exact"]) == ["ADD", "AVERAGE_POOL_2D", "CONV_2D"]
+    g = graphs["integer"]
+    # the affine (MUL, ADD with per-channel constants) is the only float op
+    # between integer ones, the logits' FULLY_CONNECTED the last
+    float_ops = [op.name for op in g.ops if g.type_name(op.outputs[0]) == "float32"]
+    assert float_ops[-1] == "FULLY_CONNECTED"
+    assert "FLOOR" in float_ops            # the affine's input: the plan's explicit rounding
+    affine = [op for op in g.ops if op.name in ("MUL", "ADD")
+              and any(g.const(t) is not None and list(g.tensors[t].shape)[-1:] == [8]
+                      for t in op.inputs if t >= 0)]
+    assert affine and all(g.type_name(op.outputs[0]) == "float32" for op in affine)
+    assert float_compute(g) == []
+    kinds = {"stem": "conv2d", "expand": "conv2d", "dw": "depthwise", "project": "conv2d",
+             "head": "conv2d", "logits": "dense"}
+    assert [l.name for l in plan.layers if l.name in kinds] == list(kinds)
+    assert _check_weights(paths["integer"], m, plan, kinds) == {
+        "stem": "int8", "expand": "int8", "dw": "int8", "project": "int8", "head": "int8",
+        "logits": "int8"}
+    wops = [op for op in g.ops if op.name in aeq_lib.R.WEIGHT_OPS]
+    for lp, op in zip([l for l in plan.layers if l.name in kinds], wops):
+        if lp.name == "logits":
+            continue
+        q = g.tensors[op.inputs[0]].quantization
+        assert g.type_name(op.inputs[0]) == "int8", lp.name
+        assert float(q.scale[0]) == lp.act_range * 2.0 ** (1 - lp.act_bits), lp.name
+        assert int(q.zeroPoint[0]) == (0 if lp.act_signed else -128), lp.name
+    rep = reps["integer"]
+    assert rep.mode == "integer" and reps["exact"].mode == "exact"
+    assert aeq_lib.read_metadata(paths["integer"])["mode"] == "integer"
+    assert rep.grid_check_passed
+    fq = logits_model(quantize_model(m, plan))
+    ref = np.argmax(fq.predict(x, verbose=0), -1)
+    for fam in FAMILIES:
+        got = _decisions(paths["integer"], x, fam)
+        assert float(np.mean(got == ref)) == pytest.approx(rep.agreement_by_kernels[fam])
+        assert float(np.mean(got == y)) == pytest.approx(rep.accuracy_by_kernels[fam])
+        assert rep.agreement_by_kernels[fam] >= MIN_OTHER_AGREEMENT, fam
+    assert any("full_integer" in n for n in rep.notes)

@@ -183,7 +183,9 @@ def _summary_lines(plan, gains, v, export_report, full16, split: str) -> list:
                f"(16-bit everywhere: {full16.total_memory / c.total_memory:.2f}x)")
     if export_report is not None:
         out.append(f"  TFLite                {export_report.file_size_bytes:,} bytes "
-                   f"({report_lib.export_backend(export_report)} backend), grid "
+                   f"({report_lib.export_backend(export_report)} backend"
+                   + ("" if getattr(export_report, "mode", "exact") == "exact"
+                      else f", {export_report.mode} mode") + "), grid "
                    f"checks {'passed' if export_report.grid_check_passed else 'FAILED'}, "
                    f"{100 * export_report.sim_agreement:.2f}% decisions = fixed-point sim")
         line = report_lib.mostly_float_line(export_report, plan)

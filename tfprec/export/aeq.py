@@ -383,7 +383,8 @@ def export_aeq(model, plan, path, representative_data=None, *, labels=None,
                                       algorithm_key="no_quantize")
     chains = {}
     for n in op_of:
-        chain, src = R.chain_tensors(g, op_of[n])
+        chain, src = R.chain_tensors(g, op_of[n], R.SAME_SCALE if full_integer
+                                     else R.TRANSPARENT)
         chains[n] = (chain, src)
         if n in clip and not full_integer:   # fed by an integer chain: its ops are integer
             default = R.op_config(act, "int8")

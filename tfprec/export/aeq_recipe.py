@@ -233,11 +233,22 @@ TRANSPARENT = {"MINIMUM", "MAXIMUM", "RELU", "RELU6", "RELU_N1_TO_1", "RELU_0_TO
                "MAX_POOL_2D", "RESHAPE", "SQUEEZE"}
 
 
-def chain_tensors(g: TflGraph, op: TflOp) -> tuple:
+# ops whose int8 output AI Edge Quantizer gives its input's scale (its
+# SAME_AS_INPUT_SCALE constraint): in a full-integer file a planned grid is
+# carried back through them too (average pooling then rounds its mean onto
+# the grid of its input, which is the plan's)
+SAME_SCALE = TRANSPARENT | {"AVERAGE_POOL_2D", "PAD", "MIRROR_PAD", "SLICE", "STRIDED_SLICE",
+                            "TRANSPOSE", "SPACE_TO_DEPTH", "RESIZE_BILINEAR",
+                            "RESIZE_NEAREST_NEIGHBOR", "BROADCAST_TO", "GATHER",
+                            "GATHER_ND", "REDUCE_MIN"}
+
+
+def chain_tensors(g: TflGraph, op: TflOp, through=TRANSPARENT) -> tuple:
     """(tensors carrying ``op``'s input grid, producing weight op or None):
-    ``op``'s data input and, back through transparent ops, every tensor up
-    to and including the output of the weight op (or model input) that
-    feeds it."""
+    ``op``'s data input and, back through the ops of ``through``
+    (:data:`TRANSPARENT`, or :data:`SAME_SCALE` for a full-integer file),
+    every tensor up to and including the output of the weight op (or model
+    input) that feeds it."""
     got = []
     t = op.inputs[0]
     while True:
@@ -247,7 +258,7 @@ def chain_tensors(g: TflGraph, op: TflOp) -> tuple:
             return got, None
         if p.name in WEIGHT_OPS:
             return got, p
-        if p.name not in TRANSPARENT:
+        if p.name not in through:
             return got, p
         data = [i for i in p.inputs if i >= 0 and g.const(i) is None]
         if len(data) != 1:
