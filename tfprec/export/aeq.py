@@ -196,7 +196,9 @@ def export_aeq(model, plan, path, representative_data=None, *, labels=None,
         layer's output is requantized exactly onto Delta_A) in front of
         every layer fed by a weight layer, even when the int8 saturation
         already is the plan's, so that ties can be tuned; False drops it
-        (fewer operators, ties round per kernel family).
+        (fewer operators; ties are still tuned where the next layer runs on
+        an integer kernel, through its weight scale, and round per kernel
+        family where it computes in float32).
       full_integer: run every operator LiteRT has an int8 (int16) kernel
         for on integer kernels, as TF's full-integer post-training
         quantization does, for speed: weights keep the plan's codes and
@@ -204,12 +206,14 @@ def export_aeq(model, plan, path, representative_data=None, *, labels=None,
         Add, a pooling...) straight onto the plan's step Delta_A; tensors
         the plan does not round (the inputs of an Add, a residual stream)
         get min/max-calibrated int8 scales, which adds rounding the plan
-        does not have; a plan's saturation below 8 (16) bits is not applied
-        (the integer type's wider range is kept: AI Edge Quantizer has no
-        integer MINIMUM), nor are the tie directions tuned.  Decisions are
-        then not the fake-quant model's by construction: the report gives
-        the measured agreement and accuracy per kernel family.  Overrides
-        ``exact_ties``.
+        does not have.  Ties are tuned for ``kernels`` where a weight op's
+        output is requantized onto the next weight op's grid (output scale
+        Delta_A*(1 -+ eps), the next layer's weight scale Delta_W*(1 +- eps),
+        the product exact to 2^-24); a grid of fewer than 8 bits keeps the
+        plan's clip (a float MINIMUM: AI Edge Quantizer has no integer one)
+        for the plan's saturation.  Decisions are then not the fake-quant
+        model's by construction: the report gives the measured agreement
+        and accuracy per kernel family.  Overrides ``exact_ties``.
       strict: raise ExportError (with ``.report``) and write nothing when a
         stored grid differs from the plan.
 
@@ -326,7 +330,10 @@ def export_aeq(model, plan, path, representative_data=None, *, labels=None,
         why = {n: ("its 16-bit unsigned input fits no LiteRT integer type: float32 "
                    "compute on its grid (explicit rounding), integer weights "
                    "dequantized") for n in cands if n not in integer}
-        clip = {n: None for n in op1 if fmts[n][1] is not None and fits(fmts[n][1])}
+        # no clip where the int8 saturation is the plan's (8-bit grids); a
+        # narrower grid keeps its float clip (the plan's saturation)
+        clip = {n: (None if act == "int8" and fmts[n][1].bits == 8 else True)
+                for n in op1 if fmts[n][1] is not None and fits(fmts[n][1])}
     for n in (() if full_integer else op1):
         _, src = R.chain_tensors(g1, op1[n])
         if src is not None and name_of.get(src.index) in integer:
@@ -416,7 +423,7 @@ def export_aeq(model, plan, path, representative_data=None, *, labels=None,
                 {n: p[i:i + 1] for n, p in zip(in_names, parts)} for i in range(ncal)]})
     except Exception as e:
         raise ExportError(f"ai_edge_quantizer calibration failed: {e}") from e
-    planned = {}
+    planned, tensor_eps = {}, {}
     index_name = {op.index: m for m, op in op_of.items()}
     for n, (chain, src) in chains.items():
         l, fa = by[n], fmts[n][1]
@@ -431,31 +438,43 @@ def export_aeq(model, plan, path, representative_data=None, *, labels=None,
         prev = None if src is None else index_name.get(src.index)
         pl = by.get(prev)
         direction = 0
-        if (pl is not None and pl.act_type != "float" and pl.weight_type != "float"
-                and not full_integer):
+        if pl is not None and pl.act_type != "float" and pl.weight_type != "float":
             direction = (_directions or {}).get(prev, R.tie_direction(
                 pl.kind, pl.act_type, pl.weight_type, kernels))
-        nudge = R.nudge(g, chain, src, fmts, op_of, direction)
+        nudge = R.nudge(g, chain, src, fmts, op_of, direction)   # before a float clip
+        compensated = (not nudge and direction != 0 and clip[n] is None
+                       and (full_integer or l.act_type != "float"))
+        if compensated:         # no clip: the consumer's weight scale takes it back
+            nudge = dict.fromkeys(chain, R.nudge_eps(fmts, prev, n, direction))
         for t in chain:
             nm = g.tensor_name(t)
             if nm in planned and planned[nm][1].step <= fa.step:
                 continue            # full_integer: one tensor, two grids: the finer
             planned[nm] = (n, fa)
+            tensor_eps[nm] = nudge.get(t, 0.0) if compensated else 0.0
             f = 1.0 - nudge.get(t, 0.0)
             cal[nm] = {"min": np.array([[lo * f]], np.float32),
                        "max": np.array([[hi * f]], np.float32)}
         if nudge:
             e = next(iter(nudge.values()))
-            l.notes.append("input requantized by the previous layer with scale "
-                           "Delta_A*(1%s2^-%d), then exactly onto Delta_A by the float "
-                           "clip, so that ties round upward as in the plan on %s kernels"
-                           % ("-" if e > 0 else "+", round(-np.log2(abs(e))), kernels))
+            l.notes.append(
+                "input requantized by the previous layer with scale Delta_A*(1%s2^-%d), "
+                "%s, so that ties round upward as in the plan on %s kernels"
+                % ("-" if e > 0 else "+", round(-np.log2(abs(e))),
+                   "its weights on Delta_W*(1%s2^-%d) (their product with the input "
+                   "scale is Delta_A*Delta_W to 2^-24)"
+                   % ("+" if e > 0 else "-", round(-np.log2(abs(e))))
+                   if compensated else "then exactly onto Delta_A by the float clip",
+                   kernels))
+    # the weight scale of a consumer whose input scale is Delta_A*(1-eps)
+    input_eps = {n: tensor_eps.get(g.tensor_name(op_of[n].inputs[0]), 0.0) for n in op_of}
     for l in layers:
         if l.name in op_of and l.weight_type in ("int2", "int4", "int8"):
             op = op_of[l.name]
             k = R.tflite_kernel(kinds[l.name], snapped[l.name][0])
             cal[g.tensor_name(op.inputs[1])] = R.weight_qsv(
-                kinds[l.name], k, R.WEIGHT_TYPES[l.weight_type], wstep[l.name])
+                kinds[l.name], k, R.WEIGHT_TYPES[l.weight_type],
+                np.asarray(wstep[l.name]) * (1.0 + input_eps[l.name]))
     try:
         with _quiet():
             content = bytes(qt.quantize(cal, enable_progress_report=False).quantized_model)
@@ -467,7 +486,7 @@ def export_aeq(model, plan, path, representative_data=None, *, labels=None,
     qg = R.read_graph(content)
     order = [op.index for op in g.ops if op.name in R.WEIGHT_OPS]
     check_file(qg, layers, snapped, fmts, kinds, wide_to_8,
-               {n: order.index(op.index) for n, op in op_of.items()})
+               {n: order.index(op.index) for n, op in op_of.items()}, input_eps)
 
     report = AeqExportReport(
         path=path, layers=layers, file_size_bytes=len(content), plan_bits=float(sum(
@@ -482,9 +501,8 @@ def export_aeq(model, plan, path, representative_data=None, *, labels=None,
         report.notes.append(
             "full_integer: every operator LiteRT quantizes runs on integer kernels; "
             f"tensors the plan does not round carry {act} scales calibrated on "
-            f"{min(len(xs), CALIBRATION_EXAMPLES)} examples, and planned inputs keep "
-            f"Delta_A with the {act} range (no saturation below it): decisions as "
-            "measured below, not exact by construction")
+            f"{min(len(xs), CALIBRATION_EXAMPLES)} examples (rounding the plan does not "
+            "have): decisions as measured below, not exact by construction")
     report.substitutions = [f"{l.name}: {n}" for l in layers for n in l.notes]
     report.verified_families = sorted(set.intersection(*[set(l.families) for l in layers]))
     report.kernels = kernels

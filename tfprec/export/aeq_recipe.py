@@ -382,13 +382,22 @@ def nudge(g, chain: list, src, fmts: dict, op_of: dict, direction: int) -> dict:
     if not mins:
         return {}
     prev = next(n for n, o in op_of.items() if o is src)
-    fw, fin = fmts[prev]
-    fa = fmts[next(n for n, o in op_of.items() if chain[0] in o.inputs)][1]
-    p = int(round(np.log2(fa.step / (fin.step * float(np.min(fw.steps()))))))
-    eps = direction * 2.0 ** -min(max(p + 10, 12), 22)
+    cons = next(n for n, o in op_of.items() if chain[0] in o.inputs)
+    eps = nudge_eps(fmts, prev, cons, direction)
     # chain runs from the consumer back to the producer: the tensors after
     # the last MINIMUM (closest to the producer) are the nudged ones
     return {t: eps for t in chain[mins[-1] + 1:]}
+
+
+def nudge_eps(fmts: dict, prev: str, consumer: str, direction: int) -> float:
+    """The relative nudge eps (see :func:`nudge`) of weight layer
+    ``prev``'s output scale, requantized onto ``consumer``'s input grid:
+    direction * 2^-(p+10), clamped to 2^-22..2^-12, with 2^-p =
+    Delta_in*Delta_W/Delta_A (the smallest channel step)."""
+    fw, fin = fmts[prev]
+    fa = fmts[consumer][1]
+    p = int(round(np.log2(fa.step / (fin.step * float(np.min(fw.steps()))))))
+    return direction * 2.0 ** -min(max(p + 10, 12), 22)
 
 
 def float_only_tensors(g: TflGraph, op_of: dict, float_layers: list) -> list:

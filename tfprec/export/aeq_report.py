@@ -220,11 +220,15 @@ def _rounded_in_float(g, t: int, step: float) -> bool:
     return f is not None and f.name == "FLOOR"
 
 
-def check_file(g, layers, snapped, fmts, kinds, wide_to_8, ordinal: dict) -> None:
+def check_file(g, layers, snapped, fmts, kinds, wide_to_8, ordinal: dict,
+               input_eps=None) -> None:
     """Fills every :class:`AeqLayer`'s stored types and grid flags from the
     quantized file's graph ``g``; ``ordinal``: {layer name: position of its
     operator among the file's FULLY_CONNECTED / CONV_2D / DEPTHWISE_CONV_2D
-    operators} for the layers that have one.  The other weight ops (float32
+    operators} for the layers that have one; ``input_eps``: {layer name:
+    eps} for layers whose input scale is Delta_A*(1-eps) and weight scale
+    Delta_W*(1+eps) (ties nudged without a float clip; the codes, and the
+    bias codes on Delta_A*Delta_W, are still the plan's exactly).  The other weight ops (float32
     operators the converter writes its own way) are checked in the float
     model (weights snapped, explicit rounding) and by the decision checks;
     their flags say so in a note."""
@@ -251,10 +255,11 @@ def check_file(g, layers, snapped, fmts, kinds, wide_to_8, ordinal: dict) -> Non
         step = tflite_steps(kinds[l.name], kern, step)      # per channel
         vals = tensor_values(g, w).astype(np.float64)
         scales, zps = _qp(g, w)
+        eps = float((input_eps or {}).get(l.name, 0.0))
         if l.stored_weight == "float32":
             ok = vals.size == kern.size and np.array_equal(vals.reshape(kern.shape), kern)
         else:
-            ok = (scales is not None and np.all(scales.reshape(-1) == step.reshape(-1))
+            ok = (scales is not None and _same_scale(scales, step * (1.0 + eps), bool(eps))
                   and np.all(zps == 0)
                   and vals.shape == kern.shape and np.array_equal(vals * step, kern))
         if len(snapped[l.name]) > 1 and len(op.inputs) > 2 and op.inputs[2] >= 0:
@@ -264,8 +269,10 @@ def check_file(g, layers, snapped, fmts, kinds, wide_to_8, ordinal: dict) -> Non
                 b = bp.inputs[0]
             bv = tensor_values(g, b).astype(np.float64)
             bs, _ = _qp(g, b)
-            if g.type_name(b) != "float32":
-                bv = bv * (bs if bs.size == bv.size else bs.reshape(-1)[0])
+            if g.type_name(b) != "float32":     # codes on Delta_A*Delta_W (per channel)
+                bs = (np.reshape(fa.step * step, -1) if eps else
+                      bs if bs.size == bv.size else bs.reshape(-1)[0])
+                bv = bv * (bs if np.size(bs) == 1 else np.reshape(bs, -1)[:bv.size])
             same = np.array_equal(bv.reshape(-1),
                                   snapped[l.name][1].astype(np.float64).reshape(-1))
             if not same and l.act_type == "float" and g.type_name(b) == "float32":
@@ -290,7 +297,20 @@ def check_file(g, layers, snapped, fmts, kinds, wide_to_8, ordinal: dict) -> Non
         s, z = _qp(g, src)
         want_zp = -128 if (kind == "int8" and not fa.signed) else 0
         l.act_grid_ok = bool(kind in ("int8", "int16") and s is not None and s.size == 1
-                             and s[0] == fa.step and z[0] == want_zp)
+                             and _same_scale(s, fa.step * (1.0 - eps), bool(eps)) and z[0] == want_zp)
+
+
+def _same_scale(stored, want, nudged: bool) -> bool:
+    """Stored float32 scale(s) equal to ``want`` (float64, broadcast): exactly
+    for the plan's powers of two; a ``nudged`` scale Delta*(1 -+ 2^-k) to the
+    float32 rounding of the quantizer's min/max arithmetic (2^-22)."""
+    stored = np.asarray(stored, np.float64).reshape(-1)
+    want = np.broadcast_to(np.asarray(want, np.float64).reshape(-1), stored.shape) \
+        if np.size(want) in (1, stored.size) else np.asarray(want, np.float64).reshape(-1)
+    if stored.shape != want.shape:
+        return False
+    tol = 2.0 ** -22 if nudged else 0.0
+    return bool(np.all(np.abs(stored - want) <= tol * np.abs(want)))
 
 
 # --------------------------------------------------------------------------
