@@ -171,6 +171,34 @@ def _check_weights(path, model, plan, kinds, nudge=0.0):
     return types
 
 
+def _integer_pairs(g, model, plan, kinds) -> list:
+    """Checks every integer weight op of graph ``g`` (per-tensor weight
+    ranges): its input on Delta_A = R_A 2^(1-B_A) with the format's zero
+    point, or a hair off it (<= 2^-12) where the ties are tuned, the weight
+    scale then off the other way so that their product is Delta_A Delta_W
+    to 2^-22, and the bias codes the plan's bias over Delta_A Delta_W: the
+    arithmetic is the plan's.  Returns the layers whose pair is nudged."""
+    wops = [op for op in g.ops if op.name in aeq_lib.R.WEIGHT_OPS]
+    folded = fold_batchnorm(model)
+    nudged = []
+    for lp, op in zip([l for l in plan.layers if l.name in kinds], wops):
+        if g.type_name(op.inputs[0]) == "float32":
+            continue
+        q = g.tensors[op.inputs[0]].quantization
+        d_a = lp.act_range * 2.0 ** (1 - lp.act_bits)
+        s_in = float(q.scale[0])
+        assert abs(s_in - d_a) <= 2.0 ** -12 * d_a, lp.name
+        nudged += [lp.name] if s_in != d_a else []
+        assert int(q.zeroPoint[0]) == (0 if lp.act_signed else -128), lp.name
+        s_w = np.asarray(g.tensors[op.inputs[1]].quantization.scale, np.float64)
+        d_w = lp.weight_range * 2.0 ** (1 - lp.weight_bits)
+        assert np.all(np.abs(s_in * s_w - d_a * d_w) <= 2.0 ** -22 * d_a * d_w), lp.name
+        bias = folded.get_layer(lp.name).get_weights()[1].astype(np.float64)
+        codes = quantize(bias, lp.weight_bits, lp.weight_range, True) / (d_a * d_w)
+        np.testing.assert_array_equal(tensor_values(g, op.inputs[2]), codes)
+    return nudged
+
+
 def _check_agreement(path, model, plan, x, rep):
     """Decisions recomputed with the interpreter per family equal the
     report's agreement; exact on the family the file is tuned for."""
@@ -367,11 +395,13 @@ def test_gptq_rounded_model_exports(cnn, mnist, tmp_path):
 def test_exact_ties_false_runs_the_chain_on_integer_kernels_alone(mlp, tmp_path):
     """exact_ties=False: where the int8 saturation already is the plan's
     (8-bit inputs), the plan's float clip (DEQUANTIZE -> MINIMUM ->
-    QUANTIZE) that lets the ties be tuned is gone, so an integer layer
-    feeds the next directly where the model has no op of its own between
-    them (the fast file); the weights and
-    activation grids are still the plan's, and the reported agreement is
-    the interpreter's, family by family."""
+    QUANTIZE) that lets the ties be tuned is gone, and so is the model's
+    own cap (ReLU max 2: a float MINIMUM) where the next grid's top is
+    below it and the next layer is integer: fc1 feeds fc2 through a RELU
+    alone (the fast file).  Ties are tuned through fc2's weight scale; the
+    logits, computed in float32, keep the model's cap, which tunes them.
+    The weights are still the plan's codes, and the reported agreement is
+    the interpreter's, family by family: exact on the tuned family."""
     from tfprec.export import runtime
     m, gains, x, _ = mlp
     plan = _plan(gains, 8, 8)
@@ -384,22 +414,28 @@ def test_exact_ties_false_runs_the_chain_on_integer_kernels_alone(mlp, tmp_path)
             names = [r["op"] for r in runtime.op_table(f.read())]
         fc = [i for i, n in enumerate(names) if n == "FULLY_CONNECTED"]
         assert len(fc) == 3
-        ops[et] = names[fc[0] + 1:fc[1]]           # between fc1 and fc2
-    # the model's own clip (ReLU max 2: MINIMUM, RELU) stays; the plan's
-    # clip in front of fc2 (requantization onto Delta_A through a float
-    # MINIMUM) is the one group that goes
+        ops[et] = (names[fc[0] + 1:fc[1]], names[fc[1] + 1:fc[2]])
+    # fc2's unsigned 8-bit grid tops out at 255 Delta_A <= 2, the model's cap
+    lp = plan.layer("fc2")
+    assert not lp.act_signed and lp.act_bits == 8
+    assert 255 * lp.act_range * 2.0 ** (1 - lp.act_bits) <= 2.0
     for name in ("DEQUANTIZE", "MINIMUM", "QUANTIZE"):
-        assert ops[True].count(name) == 2, (name, ops[True])
-        assert ops[False].count(name) == 1, (name, ops[False])
+        assert ops[True][0].count(name) == 2, (name, ops[True])
+    assert ops[False][0] == ["RELU"], ops[False]
+    assert ops[False][1].count("MINIMUM") == 1, ops[False]     # the logits' cap
     rep = reps[False]
     assert rep.grid_check_passed
-    _check_weights(paths[False], m, plan, dict.fromkeys(("fc1", "fc2", "logits"), "dense"))
+    kinds = dict.fromkeys(("fc1", "fc2", "logits"), "dense")
+    _check_weights(paths[False], m, plan, kinds, nudge=2.0 ** -12)
+    with open(paths[False], "rb") as f:
+        assert _integer_pairs(read_graph(f.read()), m, plan, kinds) == ["fc2"]
     fq = logits_model(quantize_model(m, plan))
     ref = np.argmax(fq.predict(x[:200], verbose=0), -1)
     for fam in FAMILIES:
         got = float(np.mean(_decisions(paths[False], x[:200], fam) == ref))
         assert got == pytest.approx(rep.agreement_by_kernels[fam]), fam
         assert got >= MIN_OTHER_AGREEMENT, (fam, got)
+    assert rep.agreement_by_kernels[rep.kernels] == 1.0
     assert set(rep.exact_families) == {f for f in FAMILIES
                                        if rep.agreement_by_kernels[f] == 1.0}
 
@@ -471,29 +507,9 @@ def test_full_integer_runs_every_operator_on_integer_kernels(mnist, tmp_path):
     assert _check_weights(paths["integer"], m, plan, kinds, nudge=2.0 ** -12) == {
         "stem": "int8", "expand": "int8", "dw": "int8", "project": "int8", "head": "int8",
         "logits": "int8"}
-    # each input on Delta_A = R_A 2^(1-B_A), or a hair off it where the ties
-    # are tuned, the weight scale then off the other way: their product is
-    # Delta_A Delta_W (the bias codes on it), so the arithmetic is the plan's
-    wops = [op for op in g.ops if op.name in aeq_lib.R.WEIGHT_OPS]
-    folded = fold_batchnorm(m)
-    nudged = []
-    for lp, op in zip([l for l in plan.layers if l.name in kinds], wops):
-        if lp.name == "logits":
-            continue
-        q = g.tensors[op.inputs[0]].quantization
-        assert g.type_name(op.inputs[0]) == "int8", lp.name
-        d_a = lp.act_range * 2.0 ** (1 - lp.act_bits)
-        s_in = float(q.scale[0])
-        assert abs(s_in - d_a) <= 2.0 ** -12 * d_a, lp.name
-        nudged += [lp.name] if s_in != d_a else []
-        assert int(q.zeroPoint[0]) == (0 if lp.act_signed else -128), lp.name
-        s_w = np.asarray(g.tensors[op.inputs[1]].quantization.scale, np.float64)
-        d_w = lp.weight_range * 2.0 ** (1 - lp.weight_bits)
-        assert np.all(np.abs(s_in * s_w - d_a * d_w) <= 2.0 ** -22 * d_a * d_w), lp.name
-        bias = folded.get_layer(lp.name).get_weights()[1].astype(np.float64)
-        codes = quantize(bias, lp.weight_bits, lp.weight_range, True) / (d_a * d_w)
-        np.testing.assert_array_equal(tensor_values(g, op.inputs[2]), codes)
-    assert nudged == ["expand", "dw", "project"], nudged   # fed by an integer weight op
+    assert _integer_pairs(g, m, plan, kinds) == ["expand", "dw", "project"]
+    assert all(g.type_name(op.inputs[0]) == "int8" for op in g.ops
+               if op.name in aeq_lib.R.WEIGHT_OPS and op.name != "FULLY_CONNECTED")
     rep = reps["integer"]
     assert rep.mode == "integer" and reps["exact"].mode == "exact"
     assert aeq_lib.read_metadata(paths["integer"])["mode"] == "integer"

@@ -358,6 +358,13 @@ def export_aeq(model, plan, path, representative_data=None, *, labels=None,
     float_content = _convert(gm)
     g = R.read_graph(float_content)
     op_of = R.match_ops(g, pairs, snapped)
+    if not exact_ties or full_integer:    # the model's own caps the grid already has
+        float_content, n_caps = R.drop_redundant_caps(
+            float_content, op_of, fmts, clip,
+            {l.name for l in layers if full_integer or l.act_type != "float"})
+        if n_caps:
+            g = R.read_graph(float_content)
+            op_of = R.match_ops(g, pairs, snapped)
     if set(op_of) != set(op1):
         raise ExportError(f"the converter wrote the weight operators of "
                           f"{sorted(set(op1) ^ set(op_of))} differently once the plan's "
