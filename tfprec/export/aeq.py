@@ -49,6 +49,15 @@ which makes the family named by ``kernels`` round positive ties upward as
 the plan does (:data:`tfprec.export.aeq_recipe.TIE_DIRECTION`, measured by
 ``benchmarks/deploy.py --verify``).
 
+Modes: ``exact_ties=False`` drops the float clips where the int8
+saturation is the plan's, and the model's own redundant caps
+(:func:`~tfprec.export.aeq_rewrite.drop_redundant_caps`); the ties are then
+tuned through the next integer layer's weight scale (output scale
+Delta_A*(1-eps), weight scale Delta_W*(1+eps)).  ``full_integer=True``
+runs every operator AI Edge Quantizer quantizes on integer kernels (Add,
+pooling and the layers feeding them too), with calibrated int8 scales
+where the plan does not round: faster, not exact by construction.
+
 The result is checked as written: every weight tensor dequantized equals
 the snapped weights exactly with scale Delta_W, every planned activation
 tensor has scale Delta_A, and the decisions are compared with the fake-quant
@@ -67,6 +76,7 @@ from tfprec._tf import tf
 from tfprec.errors import ExportError
 from tfprec.fixedpoint import channel_view
 from tfprec.export import aeq_recipe as R
+from tfprec.export.aeq_rewrite import drop_redundant_caps, float_only_tensors
 from tfprec.export.aeq_report import (METADATA_NAME, AeqExportReport, AeqLayer,  # noqa: F401
                                       read_metadata, with_metadata)
 from tfprec.export.formats import ExportInvalidDataError, as_export_errors, layer_formats
@@ -359,7 +369,7 @@ def export_aeq(model, plan, path, representative_data=None, *, labels=None,
     g = R.read_graph(float_content)
     op_of = R.match_ops(g, pairs, snapped)
     if not exact_ties or full_integer:    # the model's own caps the grid already has
-        float_content, n_caps = R.drop_redundant_caps(
+        float_content, n_caps = drop_redundant_caps(
             float_content, op_of, fmts, clip,
             {l.name for l in layers if full_integer or l.act_type != "float"})
         if n_caps:
@@ -388,7 +398,7 @@ def export_aeq(model, plan, path, representative_data=None, *, labels=None,
     if full_integer:        # every op AEQ can (its policy), but the explicit roundings
         qt.update_quantization_recipe(regex=".*", operation_name="*",
                                       op_config=R.op_config(act, "int8"), algorithm_key=key)
-        for t in R.float_only_tensors(g, op_of, [l.name for l in layers
+        for t in float_only_tensors(g, op_of, [l.name for l in layers
                                                  if l.weight_type == "float"]):
             qt.update_quantization_recipe(regex=R.anchored(g.tensor_name(t)),
                                           operation_name="*", algorithm_key="no_quantize")

@@ -280,7 +280,8 @@ def export_tflite(model, plan, path, representative_data=None, *,
     'ai_edge_quantizer' (alias 'aeq': :func:`tfprec.export.aeq.export_aeq`,
     Google's AI Edge Quantizer over a TFLiteConverter float file; it takes
     ``check_examples`` and the extra keywords ``aeq_options``: labels,
-    round_wide_weights, weight_types, baselines, latency) or 'auto' (the
+    round_wide_weights, weight_types, baselines, latency, exact_ties,
+    full_integer) or 'auto' (the
     default: 'exact' when :func:`exact_can_express` the model and the plan
     has one weight range per tensor, else 'ai_edge_quantizer'; plans with
     per-channel weight ranges are refused by 'exact').  ``kernels`` names the family whose rounding ties
