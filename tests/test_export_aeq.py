@@ -440,6 +440,32 @@ def test_exact_ties_false_runs_the_chain_on_integer_kernels_alone(mlp, tmp_path)
                                        if rep.agreement_by_kernels[f] == 1.0}
 
 
+def test_fast_file_keeps_a_cap_the_grid_does_not_saturate_below(mlp, tmp_path):
+    """The model's own cap (ReLU max 2) is dropped only where the next
+    grid's top is <= 2: with fc2's input range 4 (top 255 * 2^-5 = 7.97),
+    fc1 -> fc2 keeps the float MINIMUM, and the file still agrees with the
+    fake-quant model on the tuned family."""
+    import dataclasses
+    from tfprec.export import runtime
+    m, gains, x, _ = mlp
+    plan = _plan(gains, 8, 8)
+    plan = dataclasses.replace(plan, layers=tuple(
+        dataclasses.replace(l, act_range=4.0) if l.name == "fc2" else l
+        for l in plan.layers))
+    path = str(tmp_path / "cap.tflite")
+    rep = export_tflite(m, plan, path, x[:200], backend="aeq", check_examples=200,
+                        exact_ties=False)
+    with open(path, "rb") as f:
+        names = [r["op"] for r in runtime.op_table(f.read())]
+    fc = [i for i, n in enumerate(names) if n == "FULLY_CONNECTED"]
+    assert names[fc[0] + 1:fc[1]].count("MINIMUM") == 1, names
+    fq = logits_model(quantize_model(m, plan))
+    ref = np.argmax(fq.predict(x[:200], verbose=0), -1)
+    got = float(np.mean(_decisions(path, x[:200], rep.kernels) == ref))
+    assert got == rep.agreement_by_kernels[rep.kernels]
+    assert got == 1.0
+
+
 def _residual(ds):
     """An inverted-residual block (expand, depthwise, linear projection,
     Add), a standalone BN after the Add, average pooling: the pattern
