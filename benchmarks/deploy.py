@@ -17,7 +17,8 @@ accuracy vs the fake-quant model's (target within 0.2 pp), decision
 agreement with the fake-quant model (target >= 99.5 %) per kernel family,
 and the median single-example latency over TF int8's; with ``--fast_file
 1`` (default) the same for the plan exported with ``exact_ties=False`` (no
-float clips between integer layers; ties round per kernel family), and with
+float clips between integer layers; ties tuned through the next layer's
+weight scale), and with
 ``--integer_file 1`` (default) for ``full_integer=True`` (every operator on
 integer kernels, as TF int8 PTQ; Add inputs on calibrated scales).  Plans use
 per-channel weight ranges (``noise_gains(per_channel=True)``; ``--per_channel
@@ -309,7 +310,7 @@ def bench(name: str, args) -> str:
                  f"{1e6 * rep.latency_s:.0f} us vs TF int8 {1e6 * ptq['latency_s']:.0f} us "
                  f"= {rep.latency_s / ptq['latency_s']:.2f}x")
     what = {"fast": "fast file (exact_ties=False: no float clip between integer layers, "
-                    "ties round per kernel family)",
+                    "ties tuned through the next layer's weight scale)",
             "integer": "integer file (full_integer=True: every operator on integer "
                        "kernels, Add inputs on calibrated int8 scales)"}
     for tag, fast in extra.items():

@@ -205,10 +205,11 @@ def export_aeq(model, plan, path, representative_data=None, *, labels=None,
       exact_ties: keep the plan's clip (a float MINIMUM, where the previous
         layer's output is requantized exactly onto Delta_A) in front of
         every layer fed by a weight layer, even when the int8 saturation
-        already is the plan's, so that ties can be tuned; False drops it
-        (fewer operators; ties are still tuned where the next layer runs on
-        an integer kernel, through its weight scale, and round per kernel
-        family where it computes in float32).
+        already is the plan's, so that ties are tuned with every scale
+        exactly the plan's; False drops it in front of integer layers
+        (fewer operators: the ties are tuned through the layer's weight
+        scale, Delta_W*(1+-eps) against an input scale Delta_A*(1-+eps)),
+        and the model's own caps its grid saturates below.
       full_integer: run every operator LiteRT has an int8 (int16) kernel
         for on integer kernels, as TF's full-integer post-training
         quantization does, for speed: weights keep the plan's codes and
@@ -348,7 +349,9 @@ def export_aeq(model, plan, path, representative_data=None, *, labels=None,
         _, src = R.chain_tensors(g1, op1[n])
         if src is not None and name_of.get(src.index) in integer:
             fa = fmts[n][1]
-            drop = not exact_ties and act == "int8" and fa.bits == 8
+            # no float clip where the int8 saturation is the plan's and the
+            # consumer is integer: its weight scale then tunes the ties
+            drop = not exact_ties and act == "int8" and fa.bits == 8 and n in integer
             clip[n] = None if drop else True
     for l in layers:
         l.act_type = act if l.name in integer else "float"
