@@ -177,7 +177,8 @@ def export_aeq(model, plan, path, representative_data=None, *, labels=None,
                check_examples: int = 2000, round_wide_weights: bool = False,
                weight_types=None, baselines: bool = False, latency: bool = False,
                kernels: str = "xnnpack", exact_ties: bool = True,
-               full_integer: bool = False, strict: bool = True, allow_fingerprint_mismatch: bool = False,
+               full_integer: bool = False, strict: bool = True,
+               allow_fingerprint_mismatch: bool = False,
                _directions=None, _unverified: bool = False) -> AeqExportReport:
     """Writes the plan's network as an ai_edge_quantizer LiteRT file.
 
@@ -371,10 +372,14 @@ def export_aeq(model, plan, path, representative_data=None, *, labels=None,
     float_content = _convert(gm)
     g = R.read_graph(float_content)
     op_of = R.match_ops(g, pairs, snapped)
+    # layers whose input ties can be tuned through their weight scale (no
+    # float clip in front): integer weights, on an integer kernel unless
+    # the whole file is integer
+    tunable = {l.name for l in layers if l.weight_type != "float"
+               and (full_integer or l.act_type != "float")}
     if not exact_ties or full_integer:    # the model's own caps the grid already has
-        float_content, n_caps = drop_redundant_caps(
-            float_content, op_of, fmts, clip,
-            {l.name for l in layers if full_integer or l.act_type != "float"})
+        float_content, n_caps = drop_redundant_caps(float_content, op_of, fmts, clip,
+                                                    tunable)
         if n_caps:
             g = R.read_graph(float_content)
             op_of = R.match_ops(g, pairs, snapped)
@@ -462,8 +467,7 @@ def export_aeq(model, plan, path, representative_data=None, *, labels=None,
             direction = (_directions or {}).get(prev, R.tie_direction(
                 pl.kind, pl.act_type, pl.weight_type, kernels))
         nudge = R.nudge(g, chain, src, fmts, op_of, direction)   # before a float clip
-        compensated = (not nudge and direction != 0 and clip[n] is None
-                       and (full_integer or l.act_type != "float"))
+        compensated = not nudge and direction != 0 and clip[n] is None and n in tunable
         if compensated:         # no clip: the consumer's weight scale takes it back
             nudge = dict.fromkeys(chain, R.nudge_eps(fmts, prev, n, direction))
         for t in chain:
