@@ -313,20 +313,20 @@ def bench(name: str, args) -> str:
                     "ties tuned through the next layer's weight scale)",
             "integer": "integer file (full_integer=True: every operator on integer "
                        "kernels, Add inputs on calibrated int8 scales)"}
-    for tag, fast in extra.items():
+    for tag, r in extra.items():
         # the same plan traded for speed: measured side by side with its own
         # TF int8 baseline (same batch, repetitions)
-        fptq = next(r for r in fast.baselines if r["name"] == "TF int8 PTQ")
+        fptq = next(b for b in r.baselines if b["name"] == "TF int8 PTQ")
         lines.append(
-            f"- {what[tag]}: size {fast.file_size_bytes} bytes "
-            f"({fast.file_size_bytes / fptq['size_bytes']:.3f} of TF int8); agreement "
-            + ", ".join(f"{fam} {100 * fast.agreement_by_kernels[fam]:.2f} %"
+            f"- {what[tag]}: size {r.file_size_bytes} bytes "
+            f"({r.file_size_bytes / fptq['size_bytes']:.3f} of TF int8); agreement "
+            + ", ".join(f"{fam} {100 * r.agreement_by_kernels[fam]:.2f} %"
                         for fam in FAMILIES)
             + "; accuracy " + ", ".join(
-                f"{fam} {100 * (fast.accuracy_by_kernels[fam] - fast.fake_quant_accuracy):+.2f} pp"
+                f"{fam} {100 * (r.accuracy_by_kernels[fam] - r.fake_quant_accuracy):+.2f} pp"
                 for fam in FAMILIES)
-            + f" vs fake-quant; latency {1e6 * fast.latency_s:.0f} us vs TF int8 "
-            f"{1e6 * fptq['latency_s']:.0f} us = {fast.latency_s / fptq['latency_s']:.2f}x"
+            + f" vs fake-quant; latency {1e6 * r.latency_s:.0f} us vs TF int8 "
+            f"{1e6 * fptq['latency_s']:.0f} us = {r.latency_s / fptq['latency_s']:.2f}x"
             + ("" if fptq.get("accuracy") is None else
                f" (TF int8 PTQ: accuracy {100 * (fptq['accuracy'] - acc_f_rep):+.2f} pp "
                f"vs float, decisions equal to float's on {100 * ptq_agree:.2f} %)"))

@@ -240,6 +240,15 @@ def test_model_with_measured_target_into_existing_dir(demo, tmp_path, capsys):
     assert not leftovers(tmp_path)
 
 
+def run_on_demo(demo, out_dir, capsys, *flags):
+    """The CLI on the demo's float model with the paper allocation, small
+    calibration / evaluation sets, no sweep and no plots, plus ``flags``."""
+    return run_cli([f"--model={demo['dir'] / 'float_model.h5'}", *flags,
+                    "--allocation=paper", "--calibration_examples=200",
+                    "--eval_examples=300", "--sweep_levels=none", "--noplots",
+                    f"--output_dir={out_dir}"], capsys)
+
+
 @pytest.mark.slow   # default-suite time (< 5 min); see README
 def test_per_channel_weights_flag(demo, tmp_path, capsys):
     """--per_channel_weights: per-channel ranges in plan.json (the plan's
@@ -248,11 +257,7 @@ def test_per_channel_weights_flag(demo, tmp_path, capsys):
     scale per tensor)."""
     assert demo["code"] == 0
     out_dir = tmp_path / "per_channel"
-    code, out, err = run_cli([f"--model={demo['dir'] / 'float_model.h5'}",
-                              "--per_channel_weights", "--allocation=paper",
-                              "--calibration_examples=200", "--eval_examples=300",
-                              "--sweep_levels=none", "--noplots",
-                              f"--output_dir={out_dir}"], capsys)
+    code, out, err = run_on_demo(demo, out_dir, capsys, "--per_channel_weights")
     assert code == 0, err[-3000:]
     plan = PrecisionPlan.load(str(out_dir / "plan.json"))
     assert all(l.weight_channel_ranges is not None for l in plan.layers)
@@ -273,11 +278,7 @@ def test_tflite_mode_integer(demo, tmp_path, capsys):
     assert sorted(TFLITE_MODES) == sorted(FLAGS["tflite_mode"].parser.enum_values)
     assert demo["code"] == 0
     out_dir = tmp_path / "integer"
-    code, out, err = run_cli([f"--model={demo['dir'] / 'float_model.h5'}",
-                              "--tflite_mode=integer", "--allocation=paper",
-                              "--calibration_examples=200", "--eval_examples=300",
-                              "--sweep_levels=none", "--noplots",
-                              f"--output_dir={out_dir}"], capsys)
+    code, out, err = run_on_demo(demo, out_dir, capsys, "--tflite_mode=integer")
     assert code == 0, err[-3000:]
     assert "ai_edge_quantizer backend, integer mode" in out
     meta = read_metadata(str(out_dir / "model.tflite"))
@@ -302,10 +303,7 @@ def test_weight_rounding_flag(demo, tmp_path, capsys):
     assert demo["code"] == 0
     model_path = demo["dir"] / "float_model.h5"
     out_dir = tmp_path / "gptq"
-    code, out, err = run_cli([f"--model={model_path}", "--weight_rounding=gptq",
-                              "--allocation=paper", "--calibration_examples=200",
-                              "--eval_examples=300", "--sweep_levels=none", "--noplots",
-                              f"--output_dir={out_dir}"], capsys)
+    code, out, err = run_on_demo(demo, out_dir, capsys, "--weight_rounding=gptq")
     assert code == 0, err[-3000:]
     model = keras.models.load_model(model_path, compile=False)
     plan = PrecisionPlan.load(str(out_dir / "plan.json"))

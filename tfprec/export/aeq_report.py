@@ -228,8 +228,9 @@ def check_file(g, layers, snapped, fmts, kinds, wide_to_8, ordinal: dict,
     operators} for the layers that have one; ``input_eps``: {layer name:
     eps} for layers whose input scale is Delta_A*(1-eps) and weight scale
     Delta_W*(1+eps) (ties nudged without a float clip; the codes, and the
-    bias codes on Delta_A*Delta_W, are still the plan's exactly).  The other weight ops (float32
-    operators the converter writes its own way) are checked in the float
+    bias codes on Delta_A*Delta_W, are still the plan's exactly).  The other
+    weight ops (float32 operators the converter writes its own way) are
+    checked in the float
     model (weights snapped, explicit rounding) and by the decision checks;
     their flags say so in a note."""
     from tfprec.export.aeq_recipe import WEIGHT_OPS, tflite_kernel, tflite_steps
@@ -270,9 +271,10 @@ def check_file(g, layers, snapped, fmts, kinds, wide_to_8, ordinal: dict,
             bv = tensor_values(g, b).astype(np.float64)
             bs, _ = _qp(g, b)
             if g.type_name(b) != "float32":     # codes on Delta_A*Delta_W (per channel)
-                bs = (np.reshape(fa.step * step, -1) if eps else
-                      bs if bs.size == bv.size else bs.reshape(-1)[0])
-                bv = bv * (bs if np.size(bs) == 1 else np.reshape(bs, -1)[:bv.size])
+                if eps:                          # the stored scale is nudged: the plan's
+                    bs = fa.step * step
+                bs = np.reshape(bs, -1)
+                bv = bv.reshape(-1) * (bs if bs.size == bv.size else bs[0])
             same = np.array_equal(bv.reshape(-1),
                                   snapped[l.name][1].astype(np.float64).reshape(-1))
             if not same and l.act_type == "float" and g.type_name(b) == "float32":
@@ -297,7 +299,8 @@ def check_file(g, layers, snapped, fmts, kinds, wide_to_8, ordinal: dict,
         s, z = _qp(g, src)
         want_zp = -128 if (kind == "int8" and not fa.signed) else 0
         l.act_grid_ok = bool(kind in ("int8", "int16") and s is not None and s.size == 1
-                             and _same_scale(s, fa.step * (1.0 - eps), bool(eps)) and z[0] == want_zp)
+                             and _same_scale(s, fa.step * (1.0 - eps), bool(eps))
+                             and z[0] == want_zp)
 
 
 def _same_scale(stored, want, nudged: bool) -> bool:
@@ -305,9 +308,8 @@ def _same_scale(stored, want, nudged: bool) -> bool:
     for the plan's powers of two; a ``nudged`` scale Delta*(1 -+ 2^-k) to the
     float32 rounding of the quantizer's min/max arithmetic (2^-22)."""
     stored = np.asarray(stored, np.float64).reshape(-1)
-    want = np.broadcast_to(np.asarray(want, np.float64).reshape(-1), stored.shape) \
-        if np.size(want) in (1, stored.size) else np.asarray(want, np.float64).reshape(-1)
-    if stored.shape != want.shape:
+    want = np.asarray(want, np.float64).reshape(-1)
+    if want.size not in (1, stored.size):
         return False
     tol = 2.0 ** -22 if nudged else 0.0
     return bool(np.all(np.abs(stored - want) <= tol * np.abs(want)))

@@ -14,8 +14,9 @@ def drop_redundant_caps(content: bytes, op_of: dict, fmts: dict, clip: dict,
     """(float file, number of ops dropped): the model's own caps, a MINIMUM
     with a scalar constant c (a clipped ReLU), removed where they cannot
     change a value: every path from its output reaches, through
-    :data:`~tfprec.export.aeq_recipe.TRANSPARENT` ops only, the input of weight ops with no plan
-    clip (``clip[n]`` None: the integer requantization saturates at the
+    :data:`~tfprec.export.aeq_recipe.TRANSPARENT` ops only, the input of
+    weight ops with no plan clip (``clip[n]`` None: the integer
+    requantization saturates at the
     grid's top) whose grid tops hi*Delta_A are <= c, so that
     clip(round(min(x, c)/Delta)) = clip(round(x/Delta)), and whose ties can
     be tuned without the float cap (layers in ``nudged``).  AI Edge Quantizer
@@ -35,10 +36,9 @@ def drop_redundant_caps(content: bytes, op_of: dict, fmts: dict, clip: dict,
         if g.tensors[consts[0]].type != S.TensorType.FLOAT32 or c.size != 4:
             continue
         cap = float(c.view(np.float32)[0])
-        cons = closed_consumers(g, op.outputs[0], name_of)
-        if cons and all(clip.get(name_of[k.index], True) is None
-                        and name_of[k.index] in nudged and fmts[name_of[k.index]][1].hi * fmts[name_of[k.index]][1].step <= cap
-                        for k in cons):
+        names = [name_of[k.index] for k in closed_consumers(g, op.outputs[0], name_of) or ()]
+        if names and all(clip.get(n, True) is None and n in nudged
+                         and fmts[n][1].hi * fmts[n][1].step <= cap for n in names):
             drop[op.index] = (data[0], op.outputs[0])
     if not drop:
         return content, 0
@@ -70,8 +70,9 @@ def drop_redundant_caps(content: bytes, op_of: dict, fmts: dict, clip: dict,
 
 def float_only_tensors(g: TflGraph, op_of: dict, float_layers: list) -> list:
     """Output tensors of the operators a full-integer recipe must leave
-    float: the plan's explicit roundings (:class:`~tfprec.export.aeq_recipe.PlanRound`: its FLOOR
-    and the multiplications around it), the weight ops of ``float_layers``
+    float: the plan's explicit roundings
+    (:class:`~tfprec.export.aeq_recipe.PlanRound`: its FLOOR and the
+    multiplications around it), the weight ops of ``float_layers``
     (weights planned above 8 bits), and every other operator with a
     non-scalar float32 constant (a standalone BN's affine, a generic weight
     layer: their weights are on the plan's grid, not AEQ's)."""
