@@ -78,7 +78,13 @@ standard error of a drop equal to the tolerance on the selection split,
   followed on its line by both report-split drops;
   <net>_cost_comparison_counts: "yes" when both report drops are within the
   tolerance, else "no" and which method missed it (the ratio then does not
-  count: the plans are not at equal held-out accuracy).
+  count: the plans are not at equal held-out accuracy).  When only greedy's
+  plan misses it (its search over-fitted the selection split), greedy is
+  given an oracle instead: its kept path (peers.greedy.path_plans) stopped
+  at the cheapest plan whose REPORT-split drop is within the tolerance
+  (<net>_greedy_oracle_stop: the round, its drop, cost and bits), and
+  <net>_tfprec_over_greedy_oracle_cost is the ratio that counts; the stop
+  uses the report labels tfprec never sees, so it can only favour greedy.
 
 (b) time to a plan (the same process, each paying its own tracing)
 * <net>_greedy_seconds, <net>_greedy_evaluations: the whole greedy search
@@ -127,8 +133,9 @@ MNIST MLP, 10 on the CIFAR-10 VGG, whose 8-bit per-tensor weights lose
 * <net>_hessian_seconds: the Hessian-trace pass.
 
 Verdicts (one line each, "yes" / "no" and the numbers)
-* <net>_verdict_cost: tfprec_over_greedy_cost <= 1.05, when the comparison
-  counts (else "n/a" and why).
+* <net>_verdict_cost: tfprec_over_greedy_cost (or, when greedy's own plan
+  missed the tolerance, tfprec_over_greedy_oracle_cost) <= 1.05, when the
+  comparison counts (else "n/a" and why).
 * <net>_verdict_time: greedy_over_tfprec_time >= 10.
 * <net>_verdict_hawq: tfprec at least as accurate as HAWQ-v2 on the report
   split at every budget (counts of budgets).
@@ -187,6 +194,21 @@ def fresh_copy(model):
     return m
 
 
+def oracle_stop(gains, plan, rep, meets):
+    """Greedy's kept path stopped by the REPORT split, an oracle only greedy
+    gets (used when its plan over-fitted the selection split): the cheapest
+    plan of the path whose report-split drop ``meets`` the tolerance,
+    scanned from its last plan back (costs rise along the scan, so the
+    first that meets is the cheapest).  Returns (round, path length, plan,
+    its Measured) or None when not even the start plan meets it."""
+    path = greedy.path_plans(gains, plan)
+    for i in range(len(path) - 1, -1, -1):
+        m = matched.measure(path[i], rep)
+        if meets(m.accuracy_drop_pp):
+            return i, len(path), path[i], m
+    return None
+
+
 def run_net(net: str, a) -> None:
     d_cal, d_hess, d_sel = DEFAULTS[net]
     n_cal = a.calib or d_cal
@@ -219,6 +241,7 @@ def run_net(net: str, a) -> None:
     xg, yg = (xs, ys) if a.gains_split == "selection" else (xc, yc)
     n_g = a.gains_examples or GAINS_EXAMPLES[net]
     xg, yg = xg[:n_g], yg[:n_g]
+    oracle_note = ""
     if a.budgets_only:
         # (c) alone: the gains, and greedy's start bits (the first uniform
         # plan from 8 bits up that meets the selection target), no searches
@@ -302,10 +325,29 @@ def run_net(net: str, a) -> None:
                 f"{ratio_cost:.3f} (report-split drops: tfprec "
                 f"{tm.accuracy_drop_pp:.2f} pp, greedy {gm.accuracy_drop_pp:.2f} pp; "
                 f"tolerance {a.tolerance_pp:g} pp)")
+            tol_ok = lambda d: d <= a.tolerance_pp + 1e-9  # noqa: E731
+            stop = (oracle_stop(gains, gp, rep, tol_ok)
+                    if not tol_ok(gm.accuracy_drop_pp) and tol_ok(tm.accuracy_drop_pp)
+                    else None)
             missed = [f"{who} {d:.2f} pp" for who, d in
                       (("greedy", gm.accuracy_drop_pp), ("tfprec", tm.accuracy_drop_pp))
-                      if d > a.tolerance_pp + 1e-9]
-            if missed:
+                      if not tol_ok(d)]
+            if stop is not None:
+                i, n_path, op, om = stop
+                oc = op.cost().total_compute
+                ratio_cost = tc / oc
+                out(net, "greedy_oracle_stop",
+                    f"round {i} of {n_path - 1} (report-split drop "
+                    f"{om.accuracy_drop_pp:.2f} pp, cost {oc:.6g}, bits {bits(op)}; "
+                    f"{n_path - i} report evaluations)")
+                out(net, "tfprec_over_greedy_oracle_cost",
+                    f"{ratio_cost:.3f} (greedy stopped by the report split: an "
+                    "oracle in greedy's favour)")
+                oracle_note = "; greedy's path stopped by the report split"
+                out(net, "cost_comparison_counts",
+                    f"yes, against greedy stopped by the report split (its own "
+                    f"plan lost {gm.accuracy_drop_pp:.2f} pp there)")
+            elif missed:
                 cost_note = (f"not at equal held-out accuracy: report-split drop over "
                              f"{a.tolerance_pp:g} pp for " + ", ".join(missed))
                 out(net, "cost_comparison_counts", f"no ({cost_note})")
@@ -389,7 +431,8 @@ def run_net(net: str, a) -> None:
     yes = lambda b: "yes" if b else "no"  # noqa: E731
     out(net, "verdict_cost",
         f"n/a ({cost_note})" if ratio_cost is None else
-        f"{yes(ratio_cost <= 1.05)} (tfprec/greedy cost {ratio_cost:.3f}, target <= 1.05)")
+        f"{yes(ratio_cost <= 1.05)} (tfprec/greedy cost {ratio_cost:.3f}, target "
+        f"<= 1.05{oracle_note})")
     out(net, "verdict_time", "n/a (--budgets_only 1)" if ratio_time is None else
         f"{yes(ratio_time >= 10)} (greedy/tfprec time {ratio_time:.1f}, target >= 10)")
     out(net, "verdict_hawq", f"{yes(wins == len(fracs))} (tfprec at least as "

@@ -1,4 +1,5 @@
 """Peer baselines: Hutchinson Hessian traces, HAWQ-style plans, greedy search."""
+import dataclasses
 import itertools
 import math
 
@@ -450,6 +451,19 @@ def test_greedy_search_within_tolerance(clf, monkeypatch):
     assert acc(plan) >= float_acc - 0.015 - 1e-12
     start = tfprec.uniform_plan(g, bits=4).cost().total_compute
     assert plan.cost().total_compute < start
+    # the kept path, replayed: the start, one bit lower per round, each
+    # plan within tolerance and cheaper than the one before, ending at plan
+    path = greedy.path_plans(g, plan)
+    assert len(path) == plan.info["rounds"] + 1
+    assert plan.info["rounds"] >= 1
+    assert path[0].cost().total_compute == start
+    assert path[-1].to_json() == dataclasses.replace(plan, info={}).to_json()
+    for a, b in zip(path, path[1:]):
+        assert b.cost().total_compute < a.cost().total_compute
+        lowered = [d for la, lb in zip(a.layers, b.layers)
+                   for d in (la.weight_bits - lb.weight_bits, la.act_bits - lb.act_bits)]
+        assert set(lowered) == {0, 1}
+        assert acc(b) >= float_acc - 0.015 - 1e-12
     # local optimality: no single further step stays within tolerance
     for lp in plan.layers:
         for f in ("weight_bits", "act_bits"):
@@ -469,6 +483,12 @@ def test_greedy_search_bad_input(clf):
         greedy.greedy_search_plan(m, g, x, y, start_bits=4, min_bits=1)
     with pytest.raises(UnattainableTargetError, match="start plan"):
         greedy.greedy_search_plan(m, g, x, y, tolerance_pp=0.0, start_bits=3)
+    with pytest.raises(PlanError, match="greedy_search_plan"):
+        greedy.path_plans(g, tfprec.uniform_plan(g, bits=4))
+    bad = dataclasses.replace(tfprec.uniform_plan(g, bits=4),
+                              info={"start_bits": 4, "path": [["nope", "w", 3]]})
+    with pytest.raises(PlanError, match="'nope'"):
+        greedy.path_plans(g, bad)
 
 
 @pytest.mark.slow   # default-suite time (< 5 min); see README

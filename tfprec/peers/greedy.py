@@ -75,7 +75,7 @@ def greedy_search_plan(model, gains, x, y=None, tolerance_pp: float = 0.1,
         raise UnattainableTargetError(
             f"the uniform {start_bits}-bit start plan already has "
             f"{ev.accuracy_text(m)}, more than {tol:g} pp lower; raise start_bits.")
-    rounds = 0
+    path = []
     tried_all = 1          # evaluations if every candidate were measured
     while True:
         cur = plan.cost().total(cost)
@@ -87,21 +87,52 @@ def greedy_search_plan(model, gains, x, y=None, tolerance_pp: float = 0.1,
                     continue
                 kw = {"weight_bits" if which == "w" else "act_bits": {lp.name: b - 1}}
                 p = plan.with_bits(**kw)
-                cands.append((cur - p.cost().total(cost), len(cands), p))
+                cands.append((cur - p.cost().total(cost), len(cands), p,
+                              [lp.name, which, b - 1]))
         cands.sort(key=lambda c: (-c[0], c[1]))
         tried_all += len(cands)
-        accepted = None
-        for _, _, p in cands:
-            if ev.meets(ev.measure(p)):
-                accepted = p
-                break
+        accepted = next((c for c in cands if ev.meets(ev.measure(c[2]))), None)
         if accepted is None:
             break
-        plan = accepted
-        rounds += 1
+        plan = accepted[2]
+        path.append(accepted[3])
     plan = dataclasses.replace(plan, info={
         "float_accuracy": ev.float_accuracy,
         "quant_accuracy": ev.accuracy(ev.measure(plan)),
-        "tolerance_pp": tol, "rounds": rounds, "evaluations": ev.passes,
-        "evaluations_if_all_candidates": tried_all, "cost_kind": cost})
+        "tolerance_pp": tol, "rounds": len(path), "evaluations": ev.passes,
+        "evaluations_if_all_candidates": tried_all, "cost_kind": cost,
+        "start_bits": start_bits, "path": path})
     return plan, ev.passes
+
+
+def path_plans(gains, plan) -> list:
+    """The plans a greedy search kept, in order: its uniform start plan,
+    then the plan after each round (costs strictly decreasing; the last is
+    ``plan`` itself).
+
+    Args:
+      gains: the :class:`tfprec.NoiseGains` the search was given.
+      plan: a plan returned by :func:`greedy_search_plan` (its
+        ``info["start_bits"]`` and ``info["path"]``).
+
+    Returns:
+      A list of ``info["rounds"] + 1`` :class:`tfprec.PrecisionPlan`.
+
+    Raises:
+      PlanError: ``plan`` has no greedy path, or its path names a layer the
+        gains do not have.
+    """
+    info = getattr(plan, "info", None) or {}
+    if "path" not in info or "start_bits" not in info:
+        raise PlanError("path_plans needs a plan from greedy_search_plan "
+                        "(info['start_bits'] and info['path'])")
+    names = {l.name for l in gains.layers}
+    p = dataclasses.replace(rules_lib.uniform_plan(gains, bits=info["start_bits"]),
+                            method="greedy_search", info={})
+    out = [p]
+    for name, which, b in info["path"]:
+        if name not in names:
+            raise PlanError(f"greedy path: layer {name!r} is not in the gains")
+        p = p.with_bits(**{"weight_bits" if which == "w" else "act_bits": {name: b}})
+        out.append(p)
+    return out
