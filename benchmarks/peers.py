@@ -169,9 +169,12 @@ from tfprec._tf import keras  # noqa: E402
 from tfprec.application import data as data_lib  # noqa: E402
 from tfprec.errors import UnattainableTargetError  # noqa: E402
 from tfprec.peers import greedy, hawq, hessian, matched  # noqa: E402
+from tfprec.planning.predict import SOFTMAX  # noqa: E402
 from tfprec.planning.rules import uniform_plan  # noqa: E402
 from tfprec.quantization import validate as validate_lib  # noqa: E402
 
+#: tfprec's criteria (--criterion, --budget_criterion)
+CRITERIA = ("softmax", "mismatch", "drop")
 # per-network defaults: calibration, Hessian, selection examples
 DEFAULTS = {"mnist_mlp": (2000, 2000, 2000), "cifar10_vgg": (1000, 500, 2000)}
 #: tfprec's per-class gains: the first images of the gains split (MNIST: all
@@ -192,6 +195,13 @@ def fresh_copy(model):
     m = keras.models.clone_model(model)
     m.set_weights(model.get_weights())
     return m
+
+
+def criterion_labels(criterion: str, y):
+    """The ``labels`` argument of tfprec's predicted plans for a criterion:
+    None (mismatch), the gains' labels (drop) or predict.SOFTMAX (the
+    label-free expected drop under the float softmax)."""
+    return {"mismatch": None, "drop": y, "softmax": SOFTMAX}[criterion]
 
 
 def oracle_stop(gains, plan, rep, meets):
@@ -218,7 +228,7 @@ def run_net(net: str, a) -> None:
     ds = data_lib.load_dataset(dataset, data_lib.resolve_data_dir(a.data_dir),
                                flatten=flatten)
     model = common.load_reference(net, a.weights_dir)
-    n_rep = min(a.report, ds.num_test - n_sel)
+    n_rep = ds.num_test - n_sel if a.report <= 0 else min(a.report, ds.num_test - n_sel)
     xc, yc = ds.x_train[:n_cal], ds.y_train[:n_cal]
     xs, ys = ds.x_test[:n_sel], ds.y_test[:n_sel]
     xr, yr = ds.x_test[n_sel:n_sel + n_rep], ds.y_test[n_sel:n_sel + n_rep]
@@ -263,7 +273,7 @@ def run_net(net: str, a) -> None:
         out(net, "tfprec_gains_examples", len(xg))
         gains = tfprec.noise_gains(fresh, xg, per_class=True)
         t_gains = time.perf_counter() - t0
-        labels = yg if a.criterion == "drop" else None
+        labels = criterion_labels(a.criterion, yg)
         if a.grid == "target":
             grid = matched.target_grid(gains, sel_tol / 100.0, labels=labels,
                                        per_octave=a.per_octave)
@@ -378,42 +388,39 @@ def run_net(net: str, a) -> None:
     base_bits = start_bits if a.budget_base == "start" else 8
     u8 = uniform_plan(gains, bits=base_bits).cost().total_compute
     out(net, "budget_base_bits", base_bits)
-    wins = 0
     fracs = [float(s) for s in a.fractions.split(",")]
-    # every test image outside the selection split (the report split and
-    # the rest): a second, 4x larger look at the same plans
+    # --heldout 1 with a smaller --report: every test image outside the
+    # selection split, a second, larger look at the same plans
     held = (matched.report_evaluator(model, ds.x_test[n_sel:], ds.y_test[n_sel:])
-            if a.heldout else None)
-    wins_held = worse_sig = better_sig = 0
+            if a.heldout and n_sel + n_rep < ds.num_test else None)
+    looks = [("report", rep)] + ([("heldout", held)] if held is not None else [])
+    wins = {what: 0 for what, _ in looks}
+    worse_sig = {what: 0 for what, _ in looks}
+    better_sig = {what: 0 for what, _ in looks}
     for k, frac in enumerate(fracs):
         budget = frac * u8
         tp = matched.predicted_at_budget(
-            gains, budget, labels=yg if a.budget_criterion == "drop" else None)
+            gains, budget, labels=criterion_labels(a.budget_criterion, yg))
         hp = hawq.hawq_plan(model, gains, traces, budget)
-        tmeas = matched.measure(tp, rep)
-        ta = tmeas.quant_accuracy
-        ha = matched.measure(hp, rep).quant_accuracy
-        wins += int(ta >= ha)
-        if held is not None:
-            dec = {who: validate_lib.quant_decisions(model, p, held.x, held.batch_size)
+        for what, ev_ in looks:
+            dec = {who: validate_lib.quant_decisions(model, p, ev_.x, ev_.batch_size)
                    for who, p in (("tfprec", tp), ("hawq", hp))}
-            acc = {who: float(np.mean(d == held.y)) for who, d in dec.items()}
-            wins_held += int(acc["tfprec"] >= acc["hawq"])
+            acc = {who: float(np.mean(d == ev_.y)) for who, d in dec.items()}
+            wins[what] += int(acc["tfprec"] >= acc["hawq"])
             for who, d in dec.items():
-                out(net, f"budget_{k}_{who}_heldout_accuracy_pct",
-                    f"{100 * acc[who]:.2f} ({int(np.sum(d != held.fdec))} of {held.n} "
+                out(net, f"budget_{k}_{who}_{what}_accuracy_pct",
+                    f"{100 * acc[who]:.2f} ({int(np.sum(d != ev_.fdec))} of {ev_.n} "
                     "decisions changed)")
-            pt = matched.paired_test(dec["tfprec"], dec["hawq"], held.y)
+            pt = matched.paired_test(dec["tfprec"], dec["hawq"], ev_.y)
             sig = pt.p_value < 0.05
-            worse_sig += int(sig and pt.only_b > pt.only_a)
-            better_sig += int(sig and pt.only_a > pt.only_b)
-            out(net, f"budget_{k}_heldout_paired",
+            worse_sig[what] += int(sig and pt.only_b > pt.only_a)
+            better_sig[what] += int(sig and pt.only_a > pt.only_b)
+            out(net, f"budget_{k}_{what}_paired",
                 f"right only under tfprec {pt.only_a}, only under HAWQ {pt.only_b}: "
                 f"McNemar two-sided p = {pt.p_value:.3g}")
+        tmeas = matched.measure(tp, rep)
         out(net, f"budget_{k}_fraction_of_uniform{base_bits}", f"{frac:g}")
         out(net, f"budget_{k}_full_adders", f"{budget:.6g}")
-        out(net, f"budget_{k}_tfprec_report_accuracy_pct", f"{100 * ta:.2f}")
-        out(net, f"budget_{k}_hawq_report_accuracy_pct", f"{100 * ha:.2f}")
         out(net, f"budget_{k}_tfprec_cost", f"{tp.cost().total_compute:.6g}")
         out(net, f"budget_{k}_hawq_cost", f"{hp.cost().total_compute:.6g}")
         out(net, f"budget_{k}_tfprec_bits", bits(tp))
@@ -435,16 +442,16 @@ def run_net(net: str, a) -> None:
         f"<= 1.05{oracle_note})")
     out(net, "verdict_time", "n/a (--budgets_only 1)" if ratio_time is None else
         f"{yes(ratio_time >= 10)} (greedy/tfprec time {ratio_time:.1f}, target >= 10)")
-    out(net, "verdict_hawq", f"{yes(wins == len(fracs))} (tfprec at least as "
-                             f"accurate at {wins} of {len(fracs)} budgets)")
-    if held is not None:
-        out(net, "verdict_hawq_heldout", f"{yes(wins_held == len(fracs))} (the same "
-            f"on all {held.n} test images outside the selection split: "
-            f"{wins_held} of {len(fracs)} budgets)")
-        out(net, "verdict_hawq_heldout_significant",
-            f"tfprec significantly less accurate (McNemar p < 0.05, held-out) at "
-            f"{worse_sig} of {len(fracs)} budgets, significantly more accurate at "
-            f"{better_sig}")
+    for what, ev_ in looks:
+        where = ("report split" if what == "report" else
+                 f"all {ev_.n} test images outside the selection split")
+        out(net, f"verdict_hawq{'' if what == 'report' else '_heldout'}",
+            f"{yes(wins[what] == len(fracs))} (tfprec at least as accurate at "
+            f"{wins[what]} of {len(fracs)} budgets, {where})")
+        out(net, f"verdict_hawq{'' if what == 'report' else '_heldout'}_significant",
+            f"tfprec significantly less accurate (McNemar p < 0.05, {where}) at "
+            f"{worse_sig[what]} of {len(fracs)} budgets, significantly more accurate "
+            f"at {better_sig[what]}")
 
 
 def main(argv=None) -> None:
@@ -462,8 +469,9 @@ def main(argv=None) -> None:
                     help="examples of the Hessian pass; 0: MNIST 2000, CIFAR-10 500")
     ap.add_argument("--select", type=int, default=0,
                     help="selection test examples; 0: 2000 (a 1000-image split lets greedy over-fit: its CIFAR-10 plan lost 0.65 pp on the report split)")
-    ap.add_argument("--report", type=int, default=2000,
-                    help="report test examples (after the selection split)")
+    ap.add_argument("--report", type=int, default=0,
+                    help="report test examples (after the selection split); 0: "
+                         "every one (8000 on both datasets)")
     ap.add_argument("--samples", type=int, default=32, help="Hutchinson probes")
     ap.add_argument("--tolerance_pp", type=float, default=0.5,
                     help="accuracy drop allowed on the report split, pp")
@@ -477,17 +485,14 @@ def main(argv=None) -> None:
                          "split (default; the predictor is made for held-out "
                          "inputs, and greedy searches on the same images) or the "
                          "first --calib training images")
-    ap.add_argument("--criterion", choices=("mismatch", "drop"), default="mismatch",
-                    help="what tfprec's plans are made under: the predicted "
-                         "mismatch (default, label-free) or the predicted "
-                         "accuracy drop (the right answers expected to be lost, "
-                         "from the labels of the gains' images)")
-    ap.add_argument("--budget_criterion", choices=("mismatch", "drop"),
-                    default="mismatch",
-                    help="what tfprec's budget plans minimize: the label-free "
-                         "predicted mismatch (default: it keeps the float "
-                         "decisions, which carries over to unseen images) or the "
-                         "predicted accuracy drop on the gains' labelled images")
+    ap.add_argument("--criterion", choices=CRITERIA, default="softmax",
+                    help="what tfprec's plans are made under: the label-free "
+                         "expected accuracy drop under the float model's softmax "
+                         "(default), the predicted mismatch (label-free), or the "
+                         "predicted accuracy drop from the labels of the gains' "
+                         "images (the right answers expected to be lost)")
+    ap.add_argument("--budget_criterion", choices=CRITERIA, default="softmax",
+                    help="what tfprec's budget plans minimize (as --criterion)")
     ap.add_argument("--search", choices=("from_prediction", "bisection"),
                     default="from_prediction",
                     help="tfprec's level search on the selection split: outward "
@@ -509,7 +514,7 @@ def main(argv=None) -> None:
     ap.add_argument("--budgets_only", type=int, default=0,
                     help="1: only (c), the equal-budget comparison with HAWQ-v2 "
                          "(no greedy search, no timing)")
-    ap.add_argument("--heldout", type=int, default=1,
+    ap.add_argument("--heldout", type=int, default=0,
                     help="1: also measure the budget plans on every test image "
                          "outside the selection split (report split included)")
     ap.add_argument("--fractions", default="0.5,0.4,0.3,0.25",

@@ -11,7 +11,8 @@
   bit; the analytic-bound grid is exactly x4 per level), the predictor-based
   plan at a budget, bad arguments;
 * ``benchmarks/peers.py``: an unknown ``--nets`` and a ``--margin_pp`` over
-  the tolerance are refused; the selection margin's rule;
+  the tolerance are refused; the selection margin's rule; greedy's kept
+  path stopped by the report split (``oracle_stop``) on made-up drops;
 * ``examples/cifar10_vgg.py``: the binarized network's geometry and a run on
   a few random CIFAR-shaped examples (one training step);
 * ``examples/resnet20_cifar10.py`` and ``examples/mobilenet_cifar10.py``:
@@ -26,6 +27,7 @@ import dataclasses
 import math
 import os
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -271,6 +273,41 @@ def test_peers_benchmark_selection_margin(capsys):
         peers.main(["--nets", "mnist_mlp", "--margin_pp", "0.6"])
     assert "--margin_pp must be finite and at most --tolerance_pp" in \
         capsys.readouterr().err
+
+
+def test_peers_benchmark_oracle_stop(monkeypatch):
+    """Greedy's path stopped by the report split: the cheapest kept plan
+    within the tolerance there (scanned from the last plan back), None when
+    not even the start plan is."""
+    sys.path.insert(0, os.path.join(os.path.dirname(EXAMPLES), "benchmarks"))
+    import peers
+    from tfprec._tf import keras
+    m = keras.Sequential([keras.Input((6,)), keras.layers.Dense(5, activation="relu"),
+                          keras.layers.Dense(3)])
+    g = tfprec.noise_gains(m, np.random.RandomState(0).rand(64, 6).astype("float32"))
+    u = tfprec.uniform_plan(g, bits=6)
+    names = [l.name for l in u.layers]
+    moves = [[names[0], "w", 5], [names[1], "a", 5], [names[0], "w", 4],
+             [names[1], "w", 5]]
+    plan = dataclasses.replace(u, info={"start_bits": 6, "path": moves})
+    path = peers.greedy.path_plans(g, plan)
+    costs = [p.cost().total_compute for p in path]
+    assert all(b < a for a, b in zip(costs, costs[1:]))
+    # a made-up report drop per plan (not monotone along the path)
+    drop = dict(zip(costs, (0.1, 0.3, 0.7, 0.4, 0.9)))
+    seen = []
+
+    def measure(p, rep):
+        seen.append(p.cost().total_compute)
+        return types.SimpleNamespace(accuracy_drop_pp=drop[seen[-1]])
+
+    monkeypatch.setattr(peers.matched, "measure", measure)
+    i, n, p, meas = peers.oracle_stop(g, plan, None, lambda d: d <= 0.5)
+    assert (i, n) == (3, 5)
+    assert p.cost().total_compute == costs[3]
+    assert meas.accuracy_drop_pp == 0.4
+    assert seen == [costs[4], costs[3]]
+    assert peers.oracle_stop(g, plan, None, lambda d: d <= 0.05) is None
 
 
 # ------------------------------------------------------------ CIFAR VGG

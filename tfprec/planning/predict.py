@@ -206,6 +206,41 @@ def _relative(sh, mg) -> np.ndarray:
         return np.where(mg > 0, np.asarray(sh, float) / mg, 0.0)
 
 
+#: ``labels=SOFTMAX`` (wherever the predicted accuracy drop takes the labels
+#: of the gains' examples): the label-free expected accuracy drop, each
+#: example's possible flips weighted by what they cost in right answers
+#: under the float model's own softmax probabilities (:func:`softmax_weights`).
+SOFTMAX = "softmax"
+
+
+def is_softmax(labels) -> bool:
+    """Whether ``labels`` asks for the label-free expected drop (SOFTMAX)."""
+    return isinstance(labels, str) and labels == SOFTMAX
+
+
+def softmax_weights(gains) -> np.ndarray:
+    """Per kept (example, class) [N, K]: p_y - p_i, the expected change of
+    right answers (probability) when the decision moves from the float
+    decision y to class i, under the float model's softmax of its logits
+    (p_c = exp(z_c) / sum exp(z), assumed calibrated: y is right with
+    probability p_y, i with p_i).  From the gains' margins m_i = z_y - z_i:
+    p_y = 1 / (1 + sum_i exp(-m_i)), p_i = p_y exp(-m_i).  A binary
+    logit z is the two logits [0, z].  With the top-k pass (``top_k``) only
+    the kept classes enter the sum, so p_y is over-estimated by the mass
+    of the others (each at least as far as the k-th).
+
+    Raises:
+      PlanError: gains without per-class data.
+    """
+    mg = getattr(gains, "class_margin", None)
+    if mg is None:
+        raise PlanError("the expected accuracy drop needs noise_gains(..., "
+                        "per_class=True)")
+    e = np.exp(-np.maximum(np.asarray(mg, float), 0.0))
+    p_y = 1.0 / (1.0 + e.sum(1))
+    return p_y[:, None] * (1.0 - e)
+
+
 def label_columns(gains, labels) -> np.ndarray:
     """Per example of ``gains`` [N]: -2 where the float decision is the label,
     else the kept row (column of ``class_index``) of the label, -1 when
@@ -215,12 +250,16 @@ def label_columns(gains, labels) -> np.ndarray:
       gains: per-class gains of the exact pass (``top_k=None``: every wrong
         class is a row, so the float decision is the class no row holds).
       labels: N integer class ids in 0..M-1 of the gains' examples, in
-        their order.
+        their order (:data:`SOFTMAX`: checked, and None is returned: the
+        label-free drop has no label columns).
 
     Raises:
       PlanError: gains without per-class data, or from the top-k pass;
         labels of the wrong length, not integers, or out of 0..M-1.
     """
+    if is_softmax(labels):
+        softmax_weights(gains)
+        return None
     ci = getattr(gains, "class_index", None)
     if ci is None:
         raise PlanError("the predicted accuracy drop needs noise_gains(..., "
@@ -251,6 +290,7 @@ def _model(gains, form: str, model: str = "shift", labels=None,
     shift = shift_terms(gains) if model == "shift" else None
     act = act_shift_terms(gains) if model == "shift" else None
     col = None if labels is None else label_columns(gains, labels)
+    drop_w = softmax_weights(gains) if is_softmax(labels) else None
     noise = getattr(gains, "input_noise", None) if act is not None else None
     # gains with the input-noise table have tables up to TABLE_MAX_BITS;
     # earlier ones (and gains made by hand) for every bit-width
@@ -260,7 +300,7 @@ def _model(gains, form: str, model: str = "shift", labels=None,
                              act_range=[l.r_a for l in gains.layers],
                              table_max_bits=MAX_BITS if noise is None else TABLE_MAX_BITS,
                              coherence=getattr(gains, "act_coherence", None),
-                             spreads=COHERENCE_SPREADS)
+                             spreads=COHERENCE_SPREADS, drop_weights=drop_w)
 
 
 def _bits_of(plan) -> tuple:
@@ -353,15 +393,29 @@ def predicted_accuracy_drop(plan: PrecisionPlan, gains, labels, form: str = DEFA
     (``cost_aware_plan(..., criterion="predicted", labels=...)``) plans
     against the losses.
 
+    ``labels=SOFTMAX`` needs no labels: the expected drop under the float
+    model's own softmax, sum_i P(the decision moves to i) (p_y - p_i)
+    (:func:`softmax_weights`; the flip probability shared among the
+    classes in proportion to Phi(-z_i),
+    :func:`tfprec.planning.predict_model.flip_to_class`).  A flip between
+    near-tied classes costs about nothing, one of a confident decision
+    about one right answer; it counts both losses and gains at the
+    model's own odds, from every gains example, where the labelled count
+    learns only from the few right examples that flip.  ``count_gains``
+    does not apply.
+
     Args:
       plan: a :class:`PrecisionPlan` of the gains' model.
-      gains: from ``noise_gains(x, per_class=True)`` (exact pass, no top_k).
-      labels: the N class ids of the examples of x, in order.
+      gains: from ``noise_gains(x, per_class=True)`` (exact pass, no top_k;
+        with SOFTMAX the top-k pass too).
+      labels: the N class ids of the examples of x, in order, or
+        :data:`SOFTMAX`.
       form, model: as :func:`predicted_mismatch`.
       count_gains: also subtract the expected fixed answers.
 
     Returns:
-      The predicted drop, a fraction in [0, 1] ([-1, 1] with count_gains).
+      The predicted drop, a fraction in [0, 1] ([-1, 1] with count_gains
+      or SOFTMAX).
 
     Raises:
       PlanError: as :func:`predicted_mismatch`, and bad labels (see
@@ -372,7 +426,7 @@ def predicted_accuracy_drop(plan: PrecisionPlan, gains, labels, form: str = DEFA
     predicted_mismatch(plan, gains, form, model)          # the same checks
     if labels is None:
         raise PlanError("predicted_accuracy_drop needs the labels (class ids) of "
-                        "the gains' examples")
+                        "the gains' examples, or labels=predict.SOFTMAX (label-free)")
     return _model(gains, form, model, labels,
                   inputs.flag("count_gains", count_gains, error=PlanError)
                   ).value(*_bits_of(plan))

@@ -75,6 +75,23 @@ def help_from_z(z: np.ndarray, col: np.ndarray) -> np.ndarray:
     return out
 
 
+def flip_to_class(z: np.ndarray, form: str = DEFAULT_FORM) -> np.ndarray:
+    """Per (example, class) probability [..., K] that the decision moves to
+    the class of each kept row: the flip probability
+    (:func:`flip_from_z`) shared among the classes in proportion to their
+    own overtaking probabilities Phi(-z_i), which sum to 1 over the classes
+    that can overtake (several overtaking at once: the decision goes to
+    one of them).  Classes with z_i >= 8.5 get 0."""
+    z = np.asarray(z, float)
+    near = z < _Z_FAR
+    q = np.zeros(z.shape)
+    q[near] = ndtr(-z[near])
+    tot = q.sum(-1, keepdims=True)
+    flip = flip_from_z(z, form)[..., None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(tot > 0, flip * q / np.where(tot > 0, tot, 1.0), 0.0)
+
+
 def _matvec(a: np.ndarray, x: np.ndarray) -> np.ndarray:
     """a [N, K, L] @ x [L] as one 2-D product: [N, K]."""
     return (a.reshape(-1, a.shape[-1]) @ x).reshape(a.shape[:-1])
@@ -126,7 +143,7 @@ class PredictedMismatch:
     def __init__(self, cw, ca, form: str = DEFAULT_FORM, shift=None,
                  label_col=None, count_gains: bool = False, act_shift=None,
                  input_noise=None, act_range=None, table_max_bits: int = MAX_BITS,
-                 coherence=None, spreads=None):
+                 coherence=None, spreads=None, drop_weights=None):
         self.sw = np.asarray(cw, float)
         self.sa = np.asarray(ca, float)
         self.form = _check_form(form)
@@ -165,6 +182,13 @@ class PredictedMismatch:
         # -1 where the true class is not kept (no gain counted)
         self.label_col = None if label_col is None else np.asarray(label_col, int)
         self.count_gains = bool(count_gains)
+        # drop_weights [N, K] (label-free expected accuracy drop): p_y - p_i,
+        # what a flip to the class of row i costs in expected right answers
+        # under the float model's own softmax
+        self.drop_w = None if drop_weights is None else np.asarray(drop_weights, float)
+        if self.drop_w is not None and self.drop_w.shape != self.sa.shape[:2]:
+            raise PlanError(f"drop weights of shape {self.drop_w.shape} do not fit "
+                            f"per-class gains of shape {self.sa.shape} (want [N, K])")
         for what, t in (("weight", self.shift), ("activation", self.act_shift)):
             if t is None:
                 continue
@@ -255,13 +279,18 @@ class PredictedMismatch:
 
     @property
     def criterion(self) -> str:
-        """"mismatch" or "accuracy_drop" (with labels)."""
-        return "mismatch" if self.label_col is None else "accuracy_drop"
+        """"mismatch" or "accuracy_drop" (with labels or drop weights)."""
+        return ("mismatch" if self.label_col is None and self.drop_w is None
+                else "accuracy_drop")
 
     def _outcome(self, z: np.ndarray, idx=None) -> np.ndarray:
         """Per-example value from z [n, ..., K] (examples ``idx`` of the
         gains, all when None): the flip probability, or with labels the
         expected lost (+) or gained (-) correct answer."""
+        if self.drop_w is not None:
+            w = self.drop_w if idx is None else self.drop_w[idx]
+            w = w.reshape((w.shape[0],) + (1,) * (np.ndim(z) - 2) + (w.shape[1],))
+            return (flip_to_class(z, self.form) * w).sum(-1)
         flip = flip_from_z(z, self.form)
         if self.label_col is None:
             return flip
@@ -291,7 +320,8 @@ class PredictedMismatch:
         at 0."""
         bw = np.asarray(bw, int)
         ba = np.asarray(ba, int)
-        if self.label_col is not None or self.shift is not None:
+        if self.label_col is not None or self.drop_w is not None \
+                or self.shift is not None:
             return self._secant(bw, ba, "w"), self._secant(bw, ba, "a")
         v = self._v(bw, ba)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
