@@ -335,7 +335,8 @@ def test_predicted_allocation(demo, tmp_path, capsys):
     and the plan is validated on the report half; with --cost_budget the
     plan fits and is the lowest-prediction plan of planning.budget."""
     from tfprec.planning import budget as budget_lib
-    from tfprec.planning.predict import predicted_accuracy_drop, predicted_mismatch
+    from tfprec.planning.predict import (SOFTMAX, predicted_accuracy_drop,
+                                         predicted_mismatch)
     assert demo["code"] == 0
     model_path = demo["dir"] / "float_model.h5"
     common = [f"--model={model_path}", "--allocation=cost_aware_predicted",
@@ -358,7 +359,7 @@ def test_predicted_allocation(demo, tmp_path, capsys):
     assert "allocation cost_aware_predicted" in out
     assert "predicted_accuracy_drop" not in plan.info        # a mismatch target
 
-    out_dir = tmp_path / "predicted_drop"       # an accuracy target: labels used
+    out_dir = tmp_path / "predicted_drop"     # an accuracy target: the softmax drop
     code, out, err = run_cli(common + ["--max_accuracy_drop=2",
                                        f"--output_dir={out_dir}"], capsys)
     assert code == 0, err[-3000:]
@@ -368,33 +369,39 @@ def test_predicted_allocation(demo, tmp_path, capsys):
     cand = json.loads((out_dir / "summary.json").read_text())["calibration"][
         "candidates"][0]
     assert cand["accuracy_drop_pp"] <= 2 + 1e-9
-
-    out_dir = tmp_path / "predicted_budget"
-    two = plan.with_bits(weight_bits={l.name: 2 for l in plan.layers},
-                         act_bits={l.name: 2 for l in plan.layers})
-    budget = 0.5 * (plan.cost().total_compute + two.cost().total_compute)
-    code, out, err = run_cli(common + [f"--cost_budget={budget}",
-                                       f"--output_dir={out_dir}"], capsys)
-    assert code == 0, err[-3000:]
-    plan = PrecisionPlan.load(str(out_dir / "plan.json"))
-    assert plan.cost().total_compute <= budget
-    assert "lowest predicted accuracy drop that fits" in out
-    assert "report half of the held-out examples (150 ex.)" in out
-    assert json.loads((out_dir / "summary.json").read_text())["validation"][
-        "num_examples"] == 150
-    # the same plan as the library's, from gains on the same selection half
     from tfprec.application import steps
     model = steps.load_model(str(model_path))
     ds = data_lib.load_dataset("mnist_subset", flatten=True)
     x, y = ds.x_test[:150], ds.y_test[:150]
     pg = tfprec.noise_gains(model, x, per_class=True)
-    want = budget_lib.predicted_budget_plan(pg, budget, labels=y)
-    assert ([(l.weight_bits, l.act_bits) for l in plan.layers]
-            == [(l.weight_bits, l.act_bits) for l in want.layers])
-    assert plan.info["predicted_mismatch"] == pytest.approx(
-        predicted_mismatch(want, pg), rel=1e-6)
     assert plan.info["predicted_accuracy_drop"] == pytest.approx(
-        predicted_accuracy_drop(want, pg, y), rel=1e-6)
+        predicted_accuracy_drop(plan, pg, SOFTMAX), rel=1e-6)
+
+    out_dir = tmp_path / "predicted_budget"
+    two = plan.with_bits(weight_bits={l.name: 2 for l in plan.layers},
+                         act_bits={l.name: 2 for l in plan.layers})
+    budget = 0.5 * (plan.cost().total_compute + two.cost().total_compute)
+    # the same plan as the library's, from gains on the same selection half:
+    # the softmax drop by default, the selection half's labels on request
+    for how, labels in (("softmax", SOFTMAX), ("labels", y)):
+        d = out_dir / how
+        code, out, err = run_cli(common + [f"--cost_budget={budget}",
+                                           f"--predicted_drop={how}",
+                                           f"--output_dir={d}"], capsys)
+        assert code == 0, err[-3000:]
+        plan = PrecisionPlan.load(str(d / "plan.json"))
+        assert plan.cost().total_compute <= budget
+        assert "lowest predicted accuracy drop that fits" in out
+        assert "report half of the held-out examples (150 ex.)" in out
+        assert json.loads((d / "summary.json").read_text())["validation"][
+            "num_examples"] == 150
+        want = budget_lib.predicted_budget_plan(pg, budget, labels=labels)
+        assert ([(l.weight_bits, l.act_bits) for l in plan.layers]
+                == [(l.weight_bits, l.act_bits) for l in want.layers])
+        assert plan.info["predicted_mismatch"] == pytest.approx(
+            predicted_mismatch(want, pg), rel=1e-6)
+        assert plan.info["predicted_accuracy_drop"] == pytest.approx(
+            predicted_accuracy_drop(want, pg, labels), rel=1e-6)
 
 
 # ================================================================ bad flags

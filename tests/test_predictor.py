@@ -601,6 +601,86 @@ def test_predicted_accuracy_drop_by_hand(mlp_case):
         cost_aware_lib.cost_aware_plan(g, 0.01, labels=labels)
 
 
+def _softmax_drop_by_hand(plan, g, bw_rows, ba_rows, probs, form):
+    """The label-free expected drop from its formula: per example, the flip
+    probability (1 - prod Phi(z_i), or min(1, sum Phi(-z_i))) shared among
+    the classes in proportion to Phi(-z_i), each share weighted by
+    p_y - p_i of the float softmax ``probs``; mean over examples."""
+    out = []
+    for e, z in enumerate(_z_by_hand(plan, g, bw_rows, ba_rows)):
+        y = int(np.argmax(probs[e]))
+        q = {i: _phi(-v) for i, v in z.items()}
+        tot = sum(q.values())
+        flip = (min(1.0, tot) if form == "union"
+                else 1 - np.prod([_phi(v) for v in z.values()]))
+        out.append(0.0 if tot == 0 else
+                   sum(flip * q[i] / tot * (probs[e, y] - probs[e, i]) for i in z))
+    return float(np.mean(out))
+
+
+def test_softmax_expected_drop_by_hand(mlp_case):
+    """labels=SOFTMAX: the weights are p_y - p_i of the model's own float64
+    softmax; the expected drop matches its formula on brute-force rows in
+    both forms; the search model's moves agree with its value; plans for a
+    target and for a budget use it."""
+    m, x, g = mlp_case
+    bw_rows, ba_rows, _ = brute_rows(m, x.astype(np.float64), _groups(g))
+    logits = m(x).numpy().astype(np.float64)
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    dec = probs.argmax(1)
+    want_w = probs[np.arange(len(x)), dec][:, None] - np.take_along_axis(
+        probs, np.asarray(g.class_index), 1)
+    np.testing.assert_allclose(predict.softmax_weights(g), want_w, rtol=1e-5, atol=1e-7)
+    assert predict.label_columns(g, predict.SOFTMAX) is None
+    seen = []
+    for plan in (tfprec.uniform_plan(g, bits=3), tfprec.uniform_plan(g, bits=2),
+                 tfprec.paper_plan(g, b_min=2)):
+        for form in ("independent", "union"):
+            want = _softmax_drop_by_hand(plan, g, bw_rows, ba_rows, probs, form)
+            got = predict.predicted_accuracy_drop(plan, g, predict.SOFTMAX, form=form)
+            assert got == pytest.approx(want, rel=1e-5, abs=1e-12), (plan.method, form)
+            seen.append(got)
+        # a flip costs at most one right answer: |drop| <= mismatch
+        assert abs(seen[-2]) <= predict.predicted_mismatch(plan, g) + 1e-15
+    assert max(seen) > 1e-3
+    model = predict._model(g, "independent", "shift", predict.SOFTMAX)
+    assert model.criterion == "accuracy_drop"
+    _check_moves(model, np.array([3, 2, 3, 4]), np.array([3, 3, 3, 2]))
+    t = 0.5 * predict.predicted_accuracy_drop(tfprec.uniform_plan(g, bits=2), g,
+                                              predict.SOFTMAX)
+    p = cost_aware_lib.cost_aware_plan(g, t, criterion="predicted", labels=predict.SOFTMAX)
+    assert predict.predicted_accuracy_drop(p, g, predict.SOFTMAX) <= t * (1 + 1e-6)
+    assert p.info["predicted_accuracy_drop"] == pytest.approx(
+        predict.predicted_accuracy_drop(p, g, predict.SOFTMAX), rel=1e-9)
+    from tfprec.planning import budget as budget_lib
+    budget = 0.4 * tfprec.uniform_plan(g, bits=8).cost().total_compute
+    bp = budget_lib.predicted_budget_plan(g, budget, labels=predict.SOFTMAX)
+    assert bp.cost().total_compute <= budget
+    assert bp.info["predicted_accuracy_drop"] == pytest.approx(
+        predict.predicted_accuracy_drop(bp, g, predict.SOFTMAX), rel=1e-9)
+    assert bp.info["predicted_mismatch"] == pytest.approx(
+        predict.predicted_mismatch(bp, g), rel=1e-9)
+    with pytest.raises(PlanError, match="per_class=True"):
+        predict.softmax_weights(tfprec.noise_gains(m, x))
+
+
+def test_flip_to_class_shares_the_flip():
+    """flip_to_class: the flip probability of each form, shared among the
+    classes in proportion to Phi(-z_i); far classes (z >= 8.5) get 0."""
+    from tfprec.planning import predict_model as pm
+    z = np.array([[0.3, -1.2, 2.0, 9.0], [9.0, 9.5, 10.0, 8.6], [-3.0, -3.0, 0.0, 1.0]])
+    for form in ("independent", "union"):
+        got = pm.flip_to_class(z, form)
+        np.testing.assert_allclose(got.sum(-1), pm.flip_from_z(z, form), rtol=1e-12)
+        q = np.array([[_phi(-v) if v < 8.5 else 0.0 for v in row] for row in z])
+        for r in (0, 2):
+            np.testing.assert_allclose(got[r] / got[r].sum(), q[r] / q[r].sum(),
+                                       rtol=1e-12)
+        assert np.all(got[1] == 0)
+        assert got[0, 3] == 0
+
+
 def test_shift_model_is_exact_for_one_layer():
     """Only one layer's weights rounded, everything else at 16 bits: the
     predicted mismatch is the share of the calibration examples that the

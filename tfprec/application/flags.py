@@ -124,10 +124,18 @@ flags.DEFINE_enum(
     "first and moved along a quarter-octave grid of predicted targets by "
     "tfprec.calibrate (a few measured evaluations) on "
     "the selection half (measured targets; for --max_accuracy_drop and with "
-    "--cost_budget it plans under the predicted accuracy drop, from the "
-    "selection half's labels), or the plan with the lowest predicted "
+    "--cost_budget it plans under the predicted accuracy drop, "
+    "--predicted_drop), or the plan with the lowest predicted "
     "accuracy drop that fits --cost_budget; validated on the report half.  "
     "Not with --target_bound (the prediction is not a bound).")
+flags.DEFINE_enum(
+    "predicted_drop", "softmax", ["softmax", "labels"],
+    "How --allocation=cost_aware_predicted predicts an accuracy drop (for "
+    "--max_accuracy_drop and --cost_budget): 'softmax' (label-free: each "
+    "possible changed decision weighted by what it costs in right answers "
+    "under the float model's own softmax probabilities, p_y - p_i; "
+    "tfprec.planning.predict.SOFTMAX) or 'labels' (the right answers of the "
+    "selection half expected to be lost, from its labels).")
 flags.DEFINE_enum(
     "cost", "compute", ["compute", "memory"],
     "Cost to minimize and to compare by: 'compute' (1-bit full adders per "
@@ -334,6 +342,7 @@ class Settings:
     max_accuracy_drop: Optional[float] = None
     cost_budget: Optional[float] = None
     allocation: str = "best"
+    predicted_drop: str = "softmax"
     cost: str = "compute"
     max_bits: int = 16
     output_dir: str = DEFAULT_OUTPUT_DIR

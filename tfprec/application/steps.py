@@ -207,16 +207,23 @@ def predicted_gains(s: Settings, model, x_sel):
                            per_channel=s.per_channel_weights)
 
 
+def drop_labels(s: Settings, y_sel):
+    """The ``labels`` of the predicted accuracy drop (--predicted_drop): the
+    selection half's labels, or predict.SOFTMAX (label-free)."""
+    from tfprec.planning.predict import SOFTMAX
+    return SOFTMAX if s.predicted_drop == "softmax" else y_sel
+
+
 def choose_predicted_budget(s: Settings, model, x_eval, y_eval) -> Choice:
     """--allocation=cost_aware_predicted with --cost_budget: the plan with the
-    lowest predicted accuracy drop whose cost fits, from per-class gains on
-    the (labelled) selection half; validated on the report half."""
+    lowest predicted accuracy drop (--predicted_drop) whose cost fits, from
+    per-class gains on the selection half; validated on the report half."""
     from tfprec.errors import UnattainableTargetError
     half = len(x_eval) // 2
     pg = predicted_gains(s, model, x_eval[:half])
     try:
         plan = budget_lib.predicted_budget_plan(pg, s.cost_budget, s.cost, s.max_bits,
-                                                labels=y_eval[:half])
+                                                labels=drop_labels(s, y_eval[:half]))
     except UnattainableTargetError as e:
         raise CliError(f"--cost_budget={s.cost_budget:g}: {e}", 2) from e
     note = (f"Predicted allocation: the per-class gains were computed on the "
@@ -318,10 +325,10 @@ def choose_measured(s: Settings, model, gains, x_eval, y_eval) -> Choice:
     methods = _methods(s)
     gains_labels = None
     if s.allocation == PREDICTED_ALLOCATION:
-        # the predictor's gains on the selection half, whose labels turn an
-        # accuracy-drop target into a predicted accuracy drop
+        # the predictor's gains on the selection half; an accuracy-drop
+        # target is planned under a predicted accuracy drop (--predicted_drop)
         gains = predicted_gains(s, model, x_eval[:half])
-        gains_labels = y_eval[:half]
+        gains_labels = drop_labels(s, y_eval[:half])
     log(f"calibrating {', '.join(methods)} on the selection half of the held-out "
         f"examples ({half} ex.)")
     cal = calibrate_each(s, model, gains, x_eval[:half], y_eval[:half], methods,

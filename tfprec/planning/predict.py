@@ -113,6 +113,11 @@ shift is taken as 0).
   examples; flips of examples the float model already gets wrong do not
   count, so it can be far below the mismatch (CIFAR-10 VGG: 11 changed
   decisions of 1000 for a 0.3 pp drop);
+* ``labels=SOFTMAX`` (:data:`SOFTMAX`, :func:`softmax_weights`): the
+  label-free expected accuracy drop, each possible flip to class i
+  weighted by p_y - p_i of the float model's own softmax, which
+  ``benchmarks/peers.py`` and the CLI (``--predicted_drop=softmax``) plan
+  accuracy targets and budgets under;
 * :class:`PredictedMismatch`: the same as a bound model of
   :mod:`tfprec.planning.search` (value / reset / moves / take), vectorized
   over examples and updated incrementally (a weight move is a lookup in the
