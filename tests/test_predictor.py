@@ -663,6 +663,19 @@ def test_softmax_expected_drop_by_hand(mlp_case):
         predict.predicted_mismatch(bp, g), rel=1e-9)
     with pytest.raises(PlanError, match="per_class=True"):
         predict.softmax_weights(tfprec.noise_gains(m, x))
+    with pytest.raises(PlanError, match="count_gains=True is for class-id labels"):
+        predict.predicted_accuracy_drop(bp, g, predict.SOFTMAX, count_gains=True)
+    # the top-k pass: p_y over the float decision and the k kept classes
+    gk = tfprec.noise_gains(m, x, per_class=True, top_k=2)
+    kept = np.take_along_axis(probs, np.asarray(gk.class_index), 1)
+    p_y = probs[np.arange(len(x)), dec]
+    p_y_k = p_y / (p_y + kept.sum(1))
+    np.testing.assert_allclose(predict.softmax_weights(gk),
+                               p_y_k[:, None] - kept / (p_y + kept.sum(1))[:, None],
+                               rtol=1e-5, atol=1e-7)
+    plan = tfprec.uniform_plan(g, bits=2)
+    got = predict.predicted_accuracy_drop(plan, gk, predict.SOFTMAX)
+    assert 0 < got <= predict.predicted_mismatch(plan, gk) + 1e-15
 
 
 def test_flip_to_class_shares_the_flip():

@@ -383,7 +383,8 @@ def calibrate(model, gains, x_val, y_val=None, *, target_mismatch: Optional[floa
         ``max_accuracy_drop`` the ``cost_aware_predicted`` family then
         plans under the predicted *accuracy drop*
         (:func:`tfprec.planning.predict.predicted_accuracy_drop`) instead
-        of the predicted mismatch.
+        of the predicted mismatch; ``predict.SOFTMAX`` instead of ids: the
+        label-free expected drop under the float softmax.
       max_examples: use at most this many examples of ``x_val`` (a dataset
         is read once and materialized up to this many; an infinite dataset
         needs it, or ``take(n)``; one of unknown cardinality is read to its

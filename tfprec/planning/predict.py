@@ -406,8 +406,8 @@ def predicted_accuracy_drop(plan: PrecisionPlan, gains, labels, form: str = DEFA
     near-tied classes costs about nothing, one of a confident decision
     about one right answer; it counts both losses and gains at the
     model's own odds, from every gains example, where the labelled count
-    learns only from the few right examples that flip.  ``count_gains``
-    does not apply.
+    learns only from the few right examples that flip (``count_gains``
+    is refused with it).
 
     Args:
       plan: a :class:`PrecisionPlan` of the gains' model.
@@ -432,8 +432,11 @@ def predicted_accuracy_drop(plan: PrecisionPlan, gains, labels, form: str = DEFA
     if labels is None:
         raise PlanError("predicted_accuracy_drop needs the labels (class ids) of "
                         "the gains' examples, or labels=predict.SOFTMAX (label-free)")
-    return _model(gains, form, model, labels,
-                  inputs.flag("count_gains", count_gains, error=PlanError)
+    count_gains = inputs.flag("count_gains", count_gains, error=PlanError)
+    if count_gains and is_softmax(labels):
+        raise PlanError("count_gains=True is for class-id labels: the SOFTMAX "
+                        "expected drop already counts the answers a flip may fix")
+    return _model(gains, form, model, labels, count_gains
                   ).value(*_bits_of(plan))
 
 
