@@ -149,8 +149,8 @@ Verdicts (one line each, "yes" / "no" and the numbers)
 * total_seconds: the whole run.
 
 Usage: python benchmarks/peers.py [--nets mnist_mlp,cifar10_vgg] [--data_dir DIR]
-       python benchmarks/peers.py --budgets_only 1    # (c) alone: MNIST ~1 min,
-                                                      # CIFAR-10 ~6 min
+       python benchmarks/peers.py --budgets_only 1    # (c) alone: MNIST ~2 min,
+                                                      # CIFAR-10 ~8 min
 """
 from __future__ import annotations
 
