@@ -675,7 +675,8 @@ def test_softmax_expected_drop_by_hand(mlp_case):
                                rtol=1e-5, atol=1e-7)
     plan = tfprec.uniform_plan(g, bits=2)
     got = predict.predicted_accuracy_drop(plan, gk, predict.SOFTMAX)
-    assert 0 < got <= predict.predicted_mismatch(plan, gk) + 1e-15
+    assert got > 0
+    assert got <= predict.predicted_mismatch(plan, gk) + 1e-15
 
 
 def test_flip_to_class_shares_the_flip():
