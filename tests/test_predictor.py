@@ -663,6 +663,9 @@ def test_softmax_expected_drop_by_hand(mlp_case):
         predict.predicted_mismatch(bp, g), rel=1e-9)
     with pytest.raises(PlanError, match="per_class=True"):
         predict.softmax_weights(tfprec.noise_gains(m, x))
+    with pytest.raises(PlanError, match="or 'softmax' for the label-free expected drop; "
+                                        "got 'softmx'"):
+        predict.predicted_accuracy_drop(bp, g, "softmx")
     with pytest.raises(PlanError, match="count_gains=True is for class-id labels"):
         predict.predicted_accuracy_drop(bp, g, predict.SOFTMAX, count_gains=True)
     # the top-k pass: p_y over the float decision and the k kept classes

@@ -279,9 +279,11 @@ def label_columns(gains, labels) -> np.ndarray:
     if lab.ndim != 1 or len(lab) != len(ci) or not np.issubdtype(lab.dtype, np.number) \
             or not np.all(np.isfinite(lab)) or np.any(lab != np.round(lab)) \
             or np.any((lab < 0) | (lab >= m)):
+        got = (repr(labels) if isinstance(labels, str)
+               else f"shape {lab.shape} dtype {lab.dtype}")
         raise PlanError(f"labels must be {len(ci)} integer class ids in 0..{m - 1} "
-                        f"(one per example of the gains, in order), got shape "
-                        f"{lab.shape} dtype {lab.dtype}")
+                        f"(one per example of the gains, in order), or "
+                        f"{SOFTMAX!r} for the label-free expected drop; got {got}")
     lab = lab.astype(int)
     decision = m * (m - 1) // 2 - ci.sum(1)
     hit = ci == lab[:, None]
