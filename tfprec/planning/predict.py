@@ -296,8 +296,8 @@ def _model(gains, form: str, model: str = "shift", labels=None,
     model = _check_model(model)
     shift = shift_terms(gains) if model == "shift" else None
     act = act_shift_terms(gains) if model == "shift" else None
-    col = None if labels is None else label_columns(gains, labels)
     drop_w = softmax_weights(gains) if is_softmax(labels) else None
+    col = None if labels is None or drop_w is not None else label_columns(gains, labels)
     noise = getattr(gains, "input_noise", None) if act is not None else None
     # gains with the input-noise table have tables up to TABLE_MAX_BITS;
     # earlier ones (and gains made by hand) for every bit-width

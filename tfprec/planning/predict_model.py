@@ -86,10 +86,8 @@ def flip_to_class(z: np.ndarray, form: str = DEFAULT_FORM) -> np.ndarray:
     near = z < _Z_FAR
     q = np.zeros(z.shape)
     q[near] = ndtr(-z[near])
-    tot = q.sum(-1, keepdims=True)
-    flip = flip_from_z(z, form)[..., None]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(tot > 0, flip * q / np.where(tot > 0, tot, 1.0), 0.0)
+    tot = q.sum(-1, keepdims=True)          # 0 only where every q is 0
+    return flip_from_z(z, form)[..., None] * q / np.where(tot > 0, tot, 1.0)
 
 
 def _matvec(a: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -286,7 +284,9 @@ class PredictedMismatch:
     def _outcome(self, z: np.ndarray, idx=None) -> np.ndarray:
         """Per-example value from z [n, ..., K] (examples ``idx`` of the
         gains, all when None): the flip probability, or with labels the
-        expected lost (+) or gained (-) correct answer."""
+        expected lost (+) or gained (-) correct answer, or with drop
+        weights the expected change of right answers (sum over classes of
+        :func:`flip_to_class` x p_y - p_i)."""
         if self.drop_w is not None:
             w = self.drop_w if idx is None else self.drop_w[idx]
             w = w.reshape((w.shape[0],) + (1,) * (np.ndim(z) - 2) + (w.shape[1],))
