@@ -276,9 +276,9 @@ def test_peers_benchmark_selection_margin(capsys):
 
 
 def test_peers_benchmark_oracle_stop(monkeypatch):
-    """Greedy's path stopped by the report split: the cheapest kept plan
-    within the tolerance there (scanned from the last plan back), None when
-    not even the start plan is."""
+    """A search stopped by the report split: the cheapest of its plans
+    within the tolerance there (scanned from the cheapest up), None when
+    none is; on greedy's kept path and on plans given in any cost order."""
     sys.path.insert(0, os.path.join(os.path.dirname(EXAMPLES), "benchmarks"))
     import peers
     from tfprec._tf import keras
@@ -302,12 +302,22 @@ def test_peers_benchmark_oracle_stop(monkeypatch):
         return types.SimpleNamespace(accuracy_drop_pp=drop[seen[-1]])
 
     monkeypatch.setattr(peers.matched, "measure", measure)
-    i, n, p, meas = peers.oracle_stop(g, plan, None, lambda d: d <= 0.5)
+    i, n, p, meas, n_ev = peers.oracle_stop(path, None, lambda d: d <= 0.5)
     assert (i, n) == (3, 5)
     assert p.cost().total_compute == costs[3]
     assert meas.accuracy_drop_pp == 0.4
     assert seen == [costs[4], costs[3]]
-    assert peers.oracle_stop(g, plan, None, lambda d: d <= 0.05) is None
+    assert n_ev == 2
+    assert peers.oracle_stop(path, None, lambda d: d <= 0.05) is None
+    # the same plans shuffled (a level grid need not fall in cost): the
+    # index is in the given order, the scan still goes cheapest first
+    shuffled = [path[k] for k in (2, 4, 0, 3, 1)]
+    seen.clear()
+    i, n, p, meas, n_ev = peers.oracle_stop(shuffled, None, lambda d: d <= 0.35)
+    assert p.cost().total_compute == costs[1]
+    assert i == 4
+    assert seen == [costs[4], costs[3], costs[2], costs[1]]
+    assert n_ev == 4
 
 
 # ------------------------------------------------------------ CIFAR VGG
