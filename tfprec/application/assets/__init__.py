@@ -1,0 +1,1 @@
+"""The embedded data subset (mnist_subset.npz); data only, no code."""
