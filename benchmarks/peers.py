@@ -238,6 +238,14 @@ def oracle_stop(plans, rep, meets):
     return None
 
 
+def stop_text(where: str, m, plan, n_ev: int) -> str:
+    """One line for an oracle stop: where it stopped, its report-split
+    drop (pp), cost (full adders), bits and the report evaluations it took."""
+    return (f"{where} (report-split drop {m.accuracy_drop_pp:.2f} pp, cost "
+            f"{plan.cost().total_compute:.6g}, bits {bits(plan)}; {n_ev} report "
+            "evaluations)")
+
+
 def run_net(net: str, a) -> None:
     d_cal, d_hess, d_sel = DEFAULTS[net]
     n_cal = a.calib or d_cal
@@ -378,19 +386,14 @@ def run_net(net: str, a) -> None:
                 oc = op.cost().total_compute
                 ratio_cost = tc / oc
                 out(net, "greedy_oracle_stop",
-                    f"round {i} of {n_path - 1} (report-split drop "
-                    f"{om.accuracy_drop_pp:.2f} pp, cost {oc:.6g}, bits {bits(op)}; "
-                    f"{n_ev} report evaluations)")
+                    stop_text(f"round {i} of {n_path - 1}", om, op, n_ev))
                 # like for like: tfprec's grid, from its chosen level to the
                 # cheapest, stopped by the same oracle (its chosen plan meets)
                 idx = list(range(grid.levels.index(chosen.level), len(grid.levels)))
                 j, _, sp, sm, n_ev = oracle_stop([grid.plan(k) for k in idx], rep, tol_ok)
-                sc = sp.cost().total_compute
-                ratio_like = sc / oc
+                ratio_like = sp.cost().total_compute / oc
                 out(net, "tfprec_oracle_stop",
-                    f"level {grid.labels[idx[j]]} (report-split drop "
-                    f"{sm.accuracy_drop_pp:.2f} pp, cost {sc:.6g}, bits {bits(sp)}; "
-                    f"{n_ev} report evaluations)")
+                    stop_text(f"level {grid.labels[idx[j]]}", sm, sp, n_ev))
                 out(net, "tfprec_oracle_over_greedy_oracle_cost",
                     f"{ratio_like:.3f} (both searches stopped by the report split: "
                     "their plans at equal held-out accuracy, like for like)")

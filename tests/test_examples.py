@@ -308,6 +308,9 @@ def test_peers_benchmark_oracle_stop(monkeypatch):
     assert meas.accuracy_drop_pp == 0.4
     assert seen == [costs[4], costs[3]]
     assert n_ev == 2
+    assert peers.stop_text("round 3 of 4", meas, p, n_ev) == (
+        f"round 3 of 4 (report-split drop 0.40 pp, cost {costs[3]:.6g}, bits "
+        f"{peers.bits(p)}; 2 report evaluations)")
     assert peers.oracle_stop(path, None, lambda d: d <= 0.05) is None
     # the same plans shuffled (a level grid need not fall in cost): the
     # index is in the given order, the scan still goes cheapest first
