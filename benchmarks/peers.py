@@ -96,6 +96,9 @@ standard error of a drop equal to the tolerance on the selection split,
   noise taken out of both (on 2000 images the drop of one plan has a
   standard error of 0.3-0.4 pp at these mismatch rates, as large as the
   tolerance).
+  <net>_tfprec_grid_<k>: tfprec's grid from its chosen level (k = 0) to
+  the cheapest, each level's cost and drop on both splits (measured after
+  the timing; they show where the selection split's noise stopped it).
 
 (b) time to a plan (the same process, each paying its own tracing)
 * <net>_warm_up_seconds: untimed, before both searches: one per-class
@@ -328,6 +331,7 @@ def run_net(net: str, a) -> None:
                                       else None)
         t_tfprec = time.perf_counter() - t0
         c_tfprec = time.process_time() - c0
+        n_tfprec = ev.passes
 
         # ------------------------------------------------------ greedy search
         print(f"# {net}: greedy search within {sel_tol:.3f} pp on the selection "
@@ -394,6 +398,14 @@ def run_net(net: str, a) -> None:
                 ratio_like = sp.cost().total_compute / oc
                 out(net, "tfprec_oracle_stop",
                     stop_text(f"level {grid.labels[idx[j]]}", sm, sp, n_ev))
+                # the grid on both splits, untimed: why the selection stopped
+                for k in idx:
+                    p = grid.plan(k)
+                    out(net, f"tfprec_grid_{k - idx[0]}",
+                        f"{grid.labels[k]}: cost {p.cost().total_compute:.6g}, drop "
+                        f"{ev.accuracy_drop_pp(ev.measure(p)):.2f} pp on the selection "
+                        f"split, {matched.measure(p, rep).accuracy_drop_pp:.2f} pp on "
+                        "the report split")
                 out(net, "tfprec_oracle_over_greedy_oracle_cost",
                     f"{ratio_like:.3f} (both searches stopped by the report split: "
                     "their plans at equal held-out accuracy, like for like)")
@@ -421,7 +433,7 @@ def run_net(net: str, a) -> None:
         out(net, "greedy_evaluations", g_evals)
         out(net, "tfprec_seconds", f"{t_tfprec:.2f}")
         out(net, "tfprec_gains_seconds", f"{t_gains:.2f}")
-        out(net, "tfprec_evaluations", ev.passes)
+        out(net, "tfprec_evaluations", n_tfprec)
         out(net, "greedy_over_tfprec_time", f"{ratio_time:.1f}")
         out(net, "greedy_over_tfprec_cpu_time", f"{c_greedy / c_tfprec:.1f}")
 
