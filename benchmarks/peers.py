@@ -258,7 +258,7 @@ def run_net(net: str, a) -> None:
     ds = data_lib.load_dataset(dataset, data_lib.resolve_data_dir(a.data_dir),
                                flatten=flatten)
     model = common.load_reference(net, a.weights_dir)
-    n_rep = ds.num_test - n_sel if a.report <= 0 else min(a.report, ds.num_test - n_sel)
+    n_rep = ds.num_test - n_sel if a.report == 0 else min(a.report, ds.num_test - n_sel)
     xc, yc = ds.x_train[:n_cal], ds.y_train[:n_cal]
     xs, ys = ds.x_test[:n_sel], ds.y_test[:n_sel]
     xr, yr = ds.x_test[n_sel:n_sel + n_rep], ds.y_test[n_sel:n_sel + n_rep]
@@ -593,6 +593,10 @@ def main(argv=None) -> None:
     for n in nets:
         if n not in DEFAULTS:
             ap.error(f"--nets: unknown network {n!r}; use mnist_mlp, cifar10_vgg")
+    for flag in ("calib", "hessian_examples", "select", "report", "gains_examples"):
+        if getattr(a, flag) < 0:                    # 0 means the default
+            ap.error(f"--{flag} must be a count >= 0 (0: the default), got "
+                     f"{getattr(a, flag)}")
     if not (a.tolerance_pp >= 0 and math.isfinite(a.tolerance_pp)):
         ap.error(f"--tolerance_pp must be a finite number >= 0, got {a.tolerance_pp}")
     if not math.isfinite(a.margin_pp) or a.margin_pp > a.tolerance_pp:

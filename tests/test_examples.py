@@ -260,6 +260,16 @@ def test_peers_benchmark_refuses_unknown_net(capsys):
     assert "unknown network 'resnet'" in capsys.readouterr().err
 
 
+def test_peers_benchmark_refuses_negative_counts(capsys):
+    sys.path.insert(0, os.path.join(os.path.dirname(EXAMPLES), "benchmarks"))
+    import peers
+    for flag in ("--select", "--report", "--gains_examples"):
+        with pytest.raises(SystemExit):
+            peers.main(["--nets", "mnist_mlp", flag, "-5"])
+        assert f"{flag} must be a count >= 0 (0: the default), got -5" in \
+            capsys.readouterr().err
+
+
 def test_peers_benchmark_selection_margin(capsys):
     sys.path.insert(0, os.path.join(os.path.dirname(EXAMPLES), "benchmarks"))
     import peers
