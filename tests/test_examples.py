@@ -456,3 +456,83 @@ def test_mobilenet_end_to_end(monkeypatch):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_peers_split_order():
+    """--split_seed 0 keeps the stored order; S > 0 is one fixed permutation
+    that keeps every image with its label."""
+    sys.path.insert(0, os.path.join(os.path.dirname(EXAMPLES), "benchmarks"))
+    import peers
+    x = np.arange(50, dtype=np.float32).reshape(50, 1) * 10
+    y = np.arange(50)
+    x0, y0 = peers.split_order(x, y, 0)
+    assert x0 is x
+    assert y0 is y
+    x1, y1 = peers.split_order(x, y, 1)
+    assert not np.array_equal(y1, y)
+    assert sorted(y1.tolist()) == y.tolist()
+    np.testing.assert_array_equal(x1[:, 0], 10 * y1)
+    np.testing.assert_array_equal(peers.split_order(x, y, 1)[1], y1)
+    assert not np.array_equal(peers.split_order(x, y, 2)[1], y1)
+
+
+def test_peers_splits_summary(capsys):
+    """The averaged verdict figures against a direct computation: mean and
+    standard error over seeds, the oracle marks, seeds without a ratio
+    left out and named, the budget differences in pp."""
+    sys.path.insert(0, os.path.join(os.path.dirname(EXAMPLES), "benchmarks"))
+    import peers_splits
+
+    def run(seed, cost, like, time_, oracle, accs):
+        return {"net": "n", "split_seed": seed, "ratio_cost": cost, "ratio_like": like,
+                "ratio_time": time_, "oracle": oracle, "cost_note": "",
+                "greedy_report_drop_pp": 0.25 * seed, "tfprec_report_drop_pp": 0.5,
+                "budgets": [(0.5, a, h, 1.0) for a, h in accs]}
+
+    runs = [run(0, 1.07, 0.98, 18.8, "; greedy's path stopped by the report split",
+                [(0.80, 0.81), (0.90, 0.89)]),
+            run(4, 0.95, None, 12.0, "", [(0.82, 0.80), (0.90, 0.90)]),
+            run(7, None, None, 9.5, "", [(0.79, 0.80), (0.91, 0.89)]),
+            run(9, 1.00, None, 15.0, "; tfprec's grid and greedy's path stopped by "
+                "the report split", [(0.82, 0.81), (0.88, 0.89)])]
+    peers_splits.summarize("n", runs)
+    lines = dict(l.split(": ", 1) for l in capsys.readouterr().out.splitlines())
+    v = np.array([1.07, 0.95, 1.00])
+    m, se = v.mean(), v.std(ddof=1) / np.sqrt(3)
+    assert lines["n_splits_seeds"] == "0,4,7,9"
+    assert lines["n_splits_cost"] == (f"s0=1.070g s4=0.950 s9=1.000tg; mean {m:.3f} +- "
+                                      f"{se:.3f}; n/a on seeds 7")
+    assert lines["n_splits_cost_like_for_like"].startswith("s0=0.980; mean 0.980")
+    assert lines["n_splits_time"].endswith("smallest 9.5")
+    assert lines["n_splits_verdict_time"].startswith("no ")
+    assert lines["n_splits_verdict_cost"].startswith(f"yes (mean tfprec/greedy cost {m:.3f}")
+    assert lines["n_splits_drops"].startswith("s0=0.00/0.50 s4=1.00/0.50")
+    d0 = np.array([-1.0, 2.0, -1.0, 1.0])
+    assert lines["n_splits_budget_0"].endswith(
+        f"s0=-1.00 s4=+2.00 s7=-1.00 s9=+1.00 pp; mean {d0.mean():+.2f} +- "
+        f"{d0.std(ddof=1) / 2:.2f} pp")
+    assert lines["n_splits_verdict_hawq"].startswith("yes ")
+    # one budget below HAWQ on average: no
+    runs[1]["budgets"][1] = (0.5, 0.85, 0.90, 1.0)
+    peers_splits.summarize("n", runs)
+    lines = dict(l.split(": ", 1) for l in capsys.readouterr().out.splitlines())
+    assert lines["n_splits_verdict_hawq"].startswith("no (tfprec at least as accurate "
+                                                     "on average over 4 seeds at 1 of 2")
+
+
+def test_peers_splits_refuses_bad_seeds(capsys):
+    sys.path.insert(0, os.path.join(os.path.dirname(EXAMPLES), "benchmarks"))
+    import peers
+    import peers_splits
+    for seeds, msg in (("1,x", "--seeds must be comma-separated integers"),
+                       ("1,-2", "--seeds must be distinct integers >= 0, got '1,-2'"),
+                       ("3,3", "--seeds must be distinct integers >= 0, got '3,3'")):
+        with pytest.raises(SystemExit):
+            peers_splits.main(["--nets", "mnist_mlp", "--seeds", seeds])
+        assert msg in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        peers_splits.main(["--nets", "mnist_mlp", "--split_seed", "2"])
+    assert "--split_seed: give the seeds with --seeds" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        peers.main(["--nets", "mnist_mlp", "--split_seed", "-1"])
+    assert "--split_seed must be >= 0, got -1" in capsys.readouterr().err
