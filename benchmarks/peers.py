@@ -275,13 +275,9 @@ def stop_text(where: str, m, plan, n_ev: int) -> str:
             "evaluations)")
 
 
-def run_net(net: str, a) -> dict:
-    """Runs (a), (b) and (c) on one network, printing every line; returns
-    the figures the verdicts rest on (benchmarks/peers_splits.py averages
-    them over splits): ratio_cost / ratio_like / ratio_time (None when
-    not measured), cost_note, oracle (which search was stopped by the
-    report split, in words; "" for none), greedy_report_drop_pp / tfprec_report_drop_pp, and budgets:
-    (fraction, tfprec, HAWQ report accuracy (fractions), McNemar p) each."""
+def run_net(net: str, a) -> None:
+    """Runs (a), (b) and (c) on one network, printing every line (the
+    output benchmarks/peers_splits.py reads)."""
     d_cal, d_hess, d_sel = DEFAULTS[net]
     n_cal = a.calib or d_cal
     n_hess = min(a.hessian_examples or d_hess, n_cal)
@@ -317,7 +313,6 @@ def run_net(net: str, a) -> dict:
     xg, yg = xg[:n_g], yg[:n_g]
     oracle_note = ""
     ratio_like = None
-    res = {"net": net, "split_seed": a.split_seed, "budgets": []}
     if a.budgets_only:
         # (c) alone: the gains, and greedy's start bits (the first uniform
         # plan from 8 bits up that meets the selection target), no searches
@@ -397,7 +392,6 @@ def run_net(net: str, a) -> dict:
             f"{100 * (gp.info['float_accuracy'] - gp.info['quant_accuracy']):.2f}")
         out(net, "greedy_report_accuracy_pct", f"{100 * gm.quant_accuracy:.2f}")
         out(net, "greedy_report_drop_pp", f"{gm.accuracy_drop_pp:.2f}")
-        res["greedy_report_drop_pp"] = gm.accuracy_drop_pp
         ratio_cost, cost_note = None, "tfprec found no plan"
         if chosen.met:
             tp = chosen.plan
@@ -410,7 +404,6 @@ def run_net(net: str, a) -> dict:
             out(net, "tfprec_select_drop_pp", f"{chosen.accuracy_drop_pp:.2f}")
             out(net, "tfprec_report_accuracy_pct", f"{100 * tm.quant_accuracy:.2f}")
             out(net, "tfprec_report_drop_pp", f"{tm.accuracy_drop_pp:.2f}")
-            res["tfprec_report_drop_pp"] = tm.accuracy_drop_pp
             out(net, "tfprec_over_greedy_cost",
                 f"{ratio_cost:.3f} (report-split drops: tfprec "
                 f"{tm.accuracy_drop_pp:.2f} pp, greedy {gm.accuracy_drop_pp:.2f} pp; "
@@ -550,10 +543,8 @@ def run_net(net: str, a) -> dict:
                 f"right only under tfprec {pt.only_a}, only under HAWQ {pt.only_b}: "
                 f"McNemar two-sided p = {pt.p_value:.3g}")
             if what == "report":      # tfprec's drop and mismatch there, pp / %
-                acc_rep, p_rep = acc, pt.p_value
                 t_drop = 100 * (ev_.float_accuracy - acc["tfprec"])
                 t_mis = 100 * float(np.mean(dec["tfprec"] != ev_.fdec))
-        res["budgets"].append((frac, acc_rep["tfprec"], acc_rep["hawq"], p_rep))
         out(net, f"budget_{k}_fraction_of_uniform{base_bits}", f"{frac:g}")
         out(net, f"budget_{k}_full_adders", f"{budget:.6g}")
         out(net, f"budget_{k}_tfprec_cost", f"{tp.cost().total_compute:.6g}")
@@ -591,9 +582,6 @@ def run_net(net: str, a) -> dict:
             f"tfprec significantly less accurate (McNemar p < 0.05, {where}) at "
             f"{worse_sig[what]} of {len(fracs)} budgets, significantly more accurate "
             f"at {better_sig[what]}")
-    res.update(ratio_cost=ratio_cost, ratio_like=ratio_like, ratio_time=ratio_time,
-               cost_note=cost_note, oracle=oracle_note)
-    return res
 
 
 def parser() -> argparse.ArgumentParser:

@@ -12,11 +12,16 @@ of the comparison (the splits share their images, so the spread over seeds
 understates the uncertainty about new images; each seed's own McNemar
 p-values are printed by its peers.py run).
 
-Each seed S of ``--seeds`` runs peers.py with ``--split_seed S`` (0: the
-stored order, the figures of a plain peers.py run; S > 0: a permutation of
-the test images drawn with numpy's default_rng(S)), every other flag as
-peers.py's (``--nets``, ``--select``, ``--tolerance_pp``, ...).  Every line
-of each run is printed after ``# split seed S``; then, per network:
+Each seed S of ``--seeds`` runs ``python benchmarks/peers.py --split_seed
+S`` in a process of its own (0: the stored order, the figures of a plain
+peers.py run; S > 0: a permutation of the test images drawn with numpy's
+default_rng(S)), with every other flag passed on to peers.py (``--nets``,
+``--select``, ``--tolerance_pp``, ...): each run is a plain peers.py run,
+with its own memory (one process for all seeds grew past 23 GB by the
+seventh run) and its own first use of the library.  Every line of each run
+is printed after ``# split seed S``, and the summary is read from those
+lines (``--logs`` reads saved peers.py outputs instead of running); then,
+per network:
 
 * <net>_splits_cost: each seed's tfprec/greedy cost ratio at equal held-out
   accuracy (peers.py's verdict_cost figure: the plans themselves when both
@@ -36,20 +41,100 @@ of each run is printed after ``# split seed S``; then, per network:
 * splits_total_seconds.
 
 Usage: python benchmarks/peers_splits.py [--seeds 0,1,2,3,4] [peers.py flags]
-       (about 2.5 min per MNIST seed and 15 min per CIFAR-10 seed here)
+       (about 2.5 min per MNIST seed and 17 min per CIFAR-10 seed here)
+       python benchmarks/peers_splits.py --logs out1.txt,out2.txt
 """
 from __future__ import annotations
 
+import argparse
 import math
 import os
+import re
+import subprocess
 import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
 
 import peers  # noqa: E402  (imports tfprec first)
+
+_HEADER = re.compile(r"^# (\w+): .*\(--split_seed (\d+)\)$")
+_NUMBER = r"(-?[0-9.]+(?:e[-+]?[0-9]+)?)"
+
+
+def _after(text: str, words: str) -> float:
+    """The number that follows ``words`` in ``text``."""
+    return float(re.search(re.escape(words) + " " + _NUMBER, text).group(1))
+
+
+def results_from_lines(lines) -> list:
+    """The verdict figures of peers.py runs, read from their printed lines
+    (one dict per network and split seed, in order; a run cut short, without
+    its verdict_hawq line, is left out): split_seed, ratio_cost,
+    ratio_like, ratio_time (None when not printed or "n/a"), oracle (the
+    verdict_cost line: which search the report split stopped), greedy /
+    tfprec_report_drop_pp (pp), budgets [(fraction, tfprec accuracy, HAWQ
+    accuracy (fractions), McNemar p)].
+
+    Raises:
+      ValueError: a line of a run does not have peers.py's format, or two
+        complete runs of one network have one seed.
+    """
+    runs = []
+    for line in lines:
+        line = line.rstrip("\n")
+        head = _HEADER.match(line)
+        if head:
+            runs.append({"net": head.group(1), "split_seed": int(head.group(2)),
+                         "ratio_cost": None, "ratio_like": None, "ratio_time": None,
+                         "oracle": "", "budget_parts": {}, "complete": False})
+            continue
+        if not runs or ": " not in line or line.startswith("#"):
+            continue
+        r = runs[-1]
+        name, value = line.split(": ", 1)
+        if not name.startswith(r["net"] + "_"):
+            continue
+        key = name[len(r["net"]) + 1:]
+        try:
+            if key == "verdict_cost" and not value.startswith("n/a"):
+                r["ratio_cost"] = _after(value, "tfprec/greedy cost")
+                r["oracle"] = value
+            elif key == "verdict_cost_like_for_like":
+                r["ratio_like"] = _after(value, "tfprec/greedy cost")
+            elif key == "verdict_time" and not value.startswith("n/a"):
+                r["ratio_time"] = _after(value, "greedy/tfprec time")
+            elif key in ("greedy_report_drop_pp", "tfprec_report_drop_pp"):
+                r[key] = float(value)
+            elif key == "verdict_hawq":
+                r["complete"] = True
+            elif re.match(r"budget_\d+_", key):
+                k, what = key[len("budget_"):].split("_", 1)
+                part = r["budget_parts"].setdefault(int(k), {})
+                if what.startswith("fraction_of_uniform"):
+                    part["fraction"] = float(value)
+                elif what in ("tfprec_report_accuracy_pct", "hawq_report_accuracy_pct"):
+                    part[what.split("_")[0]] = float(value.split()[0]) / 100.0
+                elif what == "report_paired":
+                    part["p"] = _after(value, "p =")
+        except (AttributeError, ValueError) as e:
+            raise ValueError(f"not a peers.py line: {line!r}") from e
+    done, seen = [], set()
+    for r in runs:
+        if not r.pop("complete"):
+            continue
+        if (r["net"], r["split_seed"]) in seen:
+            raise ValueError(f"two complete runs of {r['net']} with --split_seed "
+                             f"{r['split_seed']}")
+        seen.add((r["net"], r["split_seed"]))
+        parts = r.pop("budget_parts")
+        r["budgets"] = [(parts[k]["fraction"], parts[k]["tfprec"], parts[k]["hawq"],
+                         parts[k]["p"]) for k in sorted(parts)]
+        done.append(r)
+    return done
 
 
 def mean_se(values):
@@ -62,8 +147,8 @@ def mean_se(values):
 
 
 def summarize(net: str, runs) -> None:
-    """Prints the <net>_splits_* lines of one network's runs (peers.run_net
-    results, one per seed)."""
+    """Prints the <net>_splits_* lines of one network's runs
+    (:func:`results_from_lines` dicts, one per seed)."""
     out = lambda name, value: peers.out(net, f"splits_{name}", value)  # noqa: E731
     yes = lambda b: "yes" if b else "no"  # noqa: E731
     seeds = [r["split_seed"] for r in runs]
@@ -110,28 +195,66 @@ def summarize(net: str, runs) -> None:
         f"average over {len(runs)} seeds at {ok} of {n_budgets} budgets)")
 
 
+def run_seed(seed: int, forward) -> list:
+    """One plain peers.py run (its own process) on split seed ``seed``,
+    printed as it goes; its lines."""
+    cmd = [sys.executable, os.path.join(HERE, "peers.py"), "--split_seed", str(seed),
+           *forward]
+    lines = []
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True) as proc:
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+            lines.append(line)
+    if proc.returncode != 0:
+        sys.exit(f"peers_splits.py: peers.py --split_seed {seed} failed (exit "
+                 f"{proc.returncode}); its output is above")
+    return lines
+
+
 def main(argv=None) -> None:
-    ap = peers.parser()
-    ap.description = __doc__.splitlines()[0]
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="Every other flag is passed on to peers.py (python "
+               "benchmarks/peers.py --help).")
     ap.add_argument("--seeds", default="0,1,2,3,4",
-                    help="comma-separated split seeds (see peers.py --split_seed)")
-    a = peers.parse_args(argv, ap)
+                    help="comma-separated split seeds (peers.py --split_seed)")
+    ap.add_argument("--logs", default="",
+                    help="comma-separated files of saved peers.py output: "
+                         "summarize them instead of running")
+    a, forward = ap.parse_known_args(argv)
     try:
         seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
     except ValueError:
         ap.error(f"--seeds must be comma-separated integers >= 0, got {a.seeds!r}")
     if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
         ap.error(f"--seeds must be distinct integers >= 0, got {a.seeds!r}")
-    if a.split_seed != 0:
+    if any(f == "--split_seed" or f.startswith("--split_seed=") for f in forward):
         ap.error("--split_seed: give the seeds with --seeds")
     t_all = time.perf_counter()
-    for net in a.nets:
-        runs = []
+    if a.logs:
+        lines = []
+        for path in a.logs.split(","):
+            try:
+                with open(path) as f:
+                    lines += f.readlines()
+            except OSError as e:
+                ap.error(f"--logs: cannot read {path!r}: {e}")
+    else:
+        peers.parse_args(forward)        # peers.py's own errors, before any run
+        lines = []
         for s in seeds:
             print(f"# split seed {s}", flush=True)
-            a.split_seed = s
-            runs.append(peers.run_net(net, a))
-        summarize(net, runs)
+            lines += run_seed(s, forward)
+    try:
+        runs = results_from_lines(lines)
+    except ValueError as e:
+        sys.exit(f"peers_splits.py: {e}")
+    if not runs:
+        sys.exit("peers_splits.py: no peers.py run found (no '# <net>: ... "
+                 "(--split_seed S)' line)")
+    for net in dict.fromkeys(r["net"] for r in runs):
+        summarize(net, [r for r in runs if r["net"] == net])
     print(f"splits_total_seconds: {time.perf_counter() - t_all:.1f}")
 
 

@@ -520,6 +520,57 @@ def test_peers_splits_summary(capsys):
                                                      "on average over 4 seeds at 1 of 2")
 
 
+#: two peers.py runs as printed (lines of a real run, the budgets cut to
+#: one), the second cut short; other lines in between are skipped
+PEERS_LINES = """\
+# mnist_mlp: 2000 calibration (2000 for the Hessian), 2000 selection, 8000 report examples (--split_seed 3)
+# mnist_mlp: tfprec, predictor-based plan within 0.342 pp on the selection split
+mnist_mlp_greedy_report_drop_pp: 0.69
+mnist_mlp_tfprec_report_drop_pp: 0.33
+mnist_mlp_budget_base_bits: 8
+mnist_mlp_budget_0_tfprec_report_accuracy_pct: 99.11 (20 of 8000 decisions changed)
+mnist_mlp_budget_0_hawq_report_accuracy_pct: 99.15 (8 of 8000 decisions changed)
+mnist_mlp_budget_0_report_paired: right only under tfprec 9, only under HAWQ 12: McNemar two-sided p = 0.664
+mnist_mlp_budget_0_fraction_of_uniform8: 0.5
+mnist_mlp_verdict_cost: yes (tfprec/greedy cost 0.785, target <= 1.05; greedy's path stopped by the report split)
+mnist_mlp_verdict_cost_like_for_like: yes (both stopped by the report split: tfprec/greedy cost 0.743, target <= 1.05)
+mnist_mlp_verdict_time: no (greedy/tfprec time 8.9, target >= 10)
+mnist_mlp_verdict_hawq: no (tfprec at least as accurate at 3 of 4 budgets, report split)
+total_seconds: 150.2
+# mnist_mlp: 2000 calibration (2000 for the Hessian), 2000 selection, 8000 report examples (--split_seed 4)
+mnist_mlp_greedy_report_drop_pp: 0.44
+"""
+
+
+def test_peers_splits_reads_peers_lines():
+    """The verdict figures read back from peers.py's printed lines; a run
+    cut short is left out, a seed run twice and a malformed line refused."""
+    sys.path.insert(0, os.path.join(os.path.dirname(EXAMPLES), "benchmarks"))
+    import peers_splits
+    runs = peers_splits.results_from_lines(PEERS_LINES.splitlines(True))
+    assert len(runs) == 1
+    r = runs[0]
+    assert (r["net"], r["split_seed"]) == ("mnist_mlp", 3)
+    assert (r["ratio_cost"], r["ratio_like"], r["ratio_time"]) == (0.785, 0.743, 8.9)
+    assert "greedy's path stopped" in r["oracle"]
+    assert (r["greedy_report_drop_pp"], r["tfprec_report_drop_pp"]) == (0.69, 0.33)
+    assert r["budgets"] == [(0.5, pytest.approx(0.9911), pytest.approx(0.9915), 0.664)]
+    # the n/a forms: no ratio
+    na = PEERS_LINES.replace("mnist_mlp_verdict_cost: yes (tfprec/greedy cost 0.785",
+                             "mnist_mlp_verdict_cost: n/a (tfprec found no plan")
+    na = na.replace("mnist_mlp_verdict_time: no (", "mnist_mlp_verdict_time: n/a (")
+    r = peers_splits.results_from_lines(na.splitlines())[0]
+    assert r["ratio_cost"] is None
+    assert r["ratio_time"] is None
+    first = PEERS_LINES.split("total_seconds")[0]
+    with pytest.raises(ValueError, match="two complete runs of mnist_mlp with "
+                                         "--split_seed 3"):
+        peers_splits.results_from_lines((first + first).splitlines())
+    bad = first.replace("p = 0.664", "p = ?")
+    with pytest.raises(ValueError, match="not a peers.py line: 'mnist_mlp_budget_0_report"):
+        peers_splits.results_from_lines(bad.splitlines())
+
+
 def test_peers_splits_refuses_bad_seeds(capsys):
     sys.path.insert(0, os.path.join(os.path.dirname(EXAMPLES), "benchmarks"))
     import peers
@@ -530,9 +581,17 @@ def test_peers_splits_refuses_bad_seeds(capsys):
         with pytest.raises(SystemExit):
             peers_splits.main(["--nets", "mnist_mlp", "--seeds", seeds])
         assert msg in capsys.readouterr().err
+    for flags in (["--split_seed", "2"], ["--split_seed=2"]):
+        with pytest.raises(SystemExit):
+            peers_splits.main(["--nets", "mnist_mlp", *flags])
+        assert "--split_seed: give the seeds with --seeds" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        peers_splits.main(["--nets", "mnist_mlp", "--split_seed", "2"])
-    assert "--split_seed: give the seeds with --seeds" in capsys.readouterr().err
+        peers_splits.main(["--logs", "no_such_peers_output.txt"])
+    assert "--logs: cannot read 'no_such_peers_output.txt'" in capsys.readouterr().err
+    # peers.py's own flag errors come before any run
+    with pytest.raises(SystemExit):
+        peers_splits.main(["--nets", "mnist_mlp", "--select", "-5"])
+    assert "--select must be a count >= 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         peers.main(["--nets", "mnist_mlp", "--split_seed", "-1"])
     assert "--split_seed must be >= 0, got -1" in capsys.readouterr().err
