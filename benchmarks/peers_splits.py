@@ -29,8 +29,10 @@ per network:
   its selection split stopped by the report split, marked "g" for greedy's
   path, "t" for tfprec's grid), their mean and the standard error of the
   mean over seeds; seeds without one (n/a) are named and left out.
-* <net>_splits_cost_like_for_like: peers.py's like-for-like ratio (both
-  stopped by the report split) on the seeds that printed one.
+* <net>_splits_cost_like_for_like: the ratio with both searches stopped by
+  the report split, on the seeds that have one: peers.py's like-for-like
+  line (greedy's plan missed, tfprec's grid stopped from its chosen level
+  to the cheapest), or its verdict_cost when both plans missed (mark "tg").
 * <net>_splits_drops: each seed's report-split drops, greedy / tfprec, pp.
 * <net>_splits_time: each seed's greedy/tfprec time ratio and the smallest.
 * <net>_splits_budget_<k>: at budget fraction f_k, tfprec minus HAWQ-v2
@@ -164,11 +166,12 @@ def summarize(net: str, runs) -> None:
                              f"{marks[r['split_seed']]}" for r in cost)
             + f"; mean {m:.3f} +- {se:.3f}"
             + (f"; n/a on seeds {','.join(na)}" if na else ""))
-        like = [r for r in timed if r["ratio_like"] is not None]
+        like = {r["split_seed"]: r["ratio_like"] if r["ratio_like"] is not None
+                else r["ratio_cost"] for r in timed if r["ratio_like"] is not None
+                or (r["ratio_cost"] is not None and marks[r["split_seed"]] == "tg")}
         if like:
-            ml, sel = mean_se([r["ratio_like"] for r in like])
-            out("cost_like_for_like", " ".join(
-                f"s{r['split_seed']}={r['ratio_like']:.3f}" for r in like)
+            ml, sel = mean_se(list(like.values()))
+            out("cost_like_for_like", " ".join(f"s{k}={v:.3f}" for k, v in like.items())
                 + f"; mean {ml:.3f} +- {sel:.3f} (over {len(like)} seeds)")
         out("drops", " ".join(
             f"s{r['split_seed']}={r['greedy_report_drop_pp']:.2f}/"
