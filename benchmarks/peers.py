@@ -415,6 +415,18 @@ def run_net(net: str, a) -> None:
             missed = [f"{who} {d:.2f} pp" for who, d in
                       (("greedy", gm.accuracy_drop_pp), ("tfprec", tm.accuracy_drop_pp))
                       if not tol_ok(d)]
+            mirror = None
+            if not tol_ok(tm.accuracy_drop_pp):      # (so stop is None)
+                # the mirror of greedy's oracle: tfprec's grid from its chosen
+                # level towards the most precise, stopped by the report split
+                # (and greedy's path too when its plan missed as well)
+                more = list(range(grid.levels.index(chosen.level)))
+                t_stop = oracle_stop([grid.plan(k) for k in more], rep, tol_ok)
+                g_stop = (oracle_stop(greedy.path_plans(gains, gp), rep, tol_ok)
+                          if not tol_ok(gm.accuracy_drop_pp) else None)
+                if t_stop is not None and (g_stop is not None
+                                           or tol_ok(gm.accuracy_drop_pp)):
+                    mirror = t_stop, g_stop
             if stop is not None:
                 i, n_path, op, om, n_ev = stop
                 oc = op.cost().total_compute
@@ -446,40 +458,26 @@ def run_net(net: str, a) -> None:
                 out(net, "cost_comparison_counts",
                     f"yes, against greedy stopped by the report split (its own "
                     f"plan lost {gm.accuracy_drop_pp:.2f} pp there)")
-            elif not tol_ok(tm.accuracy_drop_pp):
-                # the mirror of greedy's oracle: tfprec's grid from its chosen
-                # level towards the most precise, stopped by the report split
-                # (and greedy's path too when its plan missed as well)
-                more = list(range(grid.levels.index(chosen.level)))
-                t_stop = oracle_stop([grid.plan(k) for k in more], rep, tol_ok)
-                g_stop = (oracle_stop(greedy.path_plans(gains, gp), rep, tol_ok)
-                          if not tol_ok(gm.accuracy_drop_pp) else None)
-                if t_stop is None or (g_stop is None and not tol_ok(gm.accuracy_drop_pp)):
-                    cost_note = (f"not at equal held-out accuracy: report-split drop "
-                                 f"over {a.tolerance_pp:g} pp for " + ", ".join(missed)
-                                 + ", and no plan on its path meets it")
-                    out(net, "cost_comparison_counts", f"no ({cost_note})")
-                    ratio_cost = None
-                else:
-                    j, _, sp, sm, n_ev = t_stop
-                    out(net, "tfprec_oracle_stop",
-                        stop_text(f"level {grid.labels[more[j]]}", sm, sp, n_ev))
-                    oc = gc
-                    if g_stop is not None:
-                        i, n_path, op, om, n_ev = g_stop
-                        oc = op.cost().total_compute
-                        out(net, "greedy_oracle_stop",
-                            stop_text(f"round {i} of {n_path - 1}", om, op, n_ev))
-                    ratio_cost = sp.cost().total_compute / oc
-                    oracle_note = ("; tfprec's grid" + (" and greedy's path" if g_stop
-                                                        else "")
-                                   + " stopped by the report split")
-                    out(net, "tfprec_oracle_over_greedy_cost",
-                        f"{ratio_cost:.3f} (" + oracle_note[2:] + ": an oracle in "
-                        "tfprec's favour)")
-                    out(net, "cost_comparison_counts",
-                        f"yes, against tfprec stopped by the report split (its own "
-                        f"plan lost {tm.accuracy_drop_pp:.2f} pp there)")
+            elif mirror is not None:
+                (j, _, sp, sm, n_ev), g_stop = mirror
+                out(net, "tfprec_oracle_stop",
+                    stop_text(f"level {grid.labels[more[j]]}", sm, sp, n_ev))
+                oc = gc
+                if g_stop is not None:
+                    i, n_path, op, om, n_ev = g_stop
+                    oc = op.cost().total_compute
+                    out(net, "greedy_oracle_stop",
+                        stop_text(f"round {i} of {n_path - 1}", om, op, n_ev))
+                ratio_cost = sp.cost().total_compute / oc
+                oracle_note = ("; tfprec's grid" + (" and greedy's path" if g_stop
+                                                    else "")
+                               + " stopped by the report split")
+                out(net, "tfprec_oracle_over_greedy_cost",
+                    f"{ratio_cost:.3f} (" + oracle_note[2:] + ": an oracle in "
+                    "tfprec's favour)")
+                out(net, "cost_comparison_counts",
+                    f"yes, against tfprec stopped by the report split (its own "
+                    f"plan lost {tm.accuracy_drop_pp:.2f} pp there)")
             elif missed:
                 cost_note = (f"not at equal held-out accuracy: report-split drop over "
                              f"{a.tolerance_pp:g} pp for " + ", ".join(missed)
