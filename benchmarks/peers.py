@@ -583,7 +583,7 @@ def run_net(net: str, a) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    """peers.py's flags (benchmarks/peers_splits.py adds its own)."""
+    """peers.py's flags (benchmarks/peers_splits.py passes its other flags on)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nets", default="mnist_mlp,cifar10_vgg",
                     help="comma-separated: mnist_mlp, cifar10_vgg")
@@ -659,9 +659,9 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-def parse_args(argv=None, ap=None) -> argparse.Namespace:
+def parse_args(argv=None) -> argparse.Namespace:
     """Parsed and checked flags (errors name the flag)."""
-    ap = ap or parser()
+    ap = parser()
     a = ap.parse_args(argv)
     nets = [n.strip() for n in a.nets.split(",") if n.strip()]
     for n in nets:
