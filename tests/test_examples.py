@@ -598,3 +598,19 @@ def test_peers_splits_refuses_bad_seeds(capsys):
     with pytest.raises(SystemExit):
         peers.main(["--nets", "mnist_mlp", "--split_seed", "-1"])
     assert "--split_seed must be >= 0, got -1" in capsys.readouterr().err
+
+
+def test_plan_speed_benchmark_flags(capsys):
+    """benchmarks/plan_speed.py: its targets in octaves from 0.34 pp, and a
+    clear error for an unknown network, a bad target list or repeats."""
+    sys.path.insert(0, os.path.join(os.path.dirname(EXAMPLES), "benchmarks"))
+    import plan_speed
+    a = plan_speed.parse_args(["--nets", "mnist_mlp", "--targets", "0,1,-0.5"])
+    assert a.nets == ["mnist_mlp"]
+    assert a.targets == pytest.approx([0.0034, 0.0068, 0.0034 / math.sqrt(2)])
+    for argv, msg in ((["--nets", "mnist_mlp,resnet"], "unknown network(s) ['resnet']"),
+                      (["--targets", "0,x"], "--targets: comma-separated octaves"),
+                      (["--repeats", "0"], "--repeats must be >= 1, got 0")):
+        with pytest.raises(SystemExit):
+            plan_speed.parse_args(argv)
+        assert msg in capsys.readouterr().err

@@ -846,6 +846,71 @@ def test_predicted_search_model_is_consistent(mlp_case, which):
         assert np.all(np.isfinite(gw)) and np.all(gw >= 0) and np.all(ga >= 0)
 
 
+def test_prediction_models_are_cached_with_their_gains(mlp_case):
+    """predict._model returns one model per (gains object, options) while
+    the gains live, another for other options or another gains object, and
+    forgets it when the gains are collected."""
+    import gc
+    _, _, g = mlp_case
+    a = predict._model(g, "independent")
+    assert predict._model(g, "independent") is a
+    assert predict._model(g, "union") is not a
+    assert predict._model(g, "independent", labels=predict.SOFTMAX) is not a
+    ids = np.arange(len(g.class_margin)) % 5
+    b = predict._model(g, "independent", labels=ids)
+    assert predict._model(g, "independent", labels=ids.copy()) is b
+    assert predict._model(g, "independent", labels=(ids + 1) % 5) is not b
+    other = dataclasses.replace(g)
+    assert predict._model(other, "independent") is not a
+    key = id(other)
+    assert key in predict._MODELS
+    del other
+    gc.collect()
+    assert key not in predict._MODELS or predict._MODELS[key][0]() is not None
+
+
+def test_memoized_moves_equal_fresh_ones(mlp_case):
+    """moves() after lazy take()s, and again from the memo after another
+    state, equals the move table of a model built afresh at those bits
+    (reset there, nothing memoized) and the values one bit lower."""
+    _, _, g = mlp_case
+    model = predict._build_model(g, "independent", "shift", None, False)
+    bw, ba = np.array([9, 8, 10, 9]), np.array([8, 9, 9, 8])
+    model.reset(bw, ba)
+    for which, i in (("w", 2), ("a", 1), ("w", 0), ("a", 3)):
+        model.moves(bw, ba)
+        model.take(which, i, 0.0)
+        (bw if which == "w" else ba)[i] -= 1
+    first = model.moves(bw, ba)
+    fresh = predict._build_model(g, "independent", "shift", None, False)
+    fresh.reset(bw, ba)
+    want = fresh._moves()
+    for got, w in zip(first, want):
+        np.testing.assert_allclose(got, w, rtol=1e-12, atol=1e-15)
+        assert not got.flags.writeable
+    model.reset(bw + 1, ba + 1)
+    model.moves(bw + 1, ba + 1)
+    model.reset(bw, ba)
+    assert all(x is y for x, y in zip(model.moves(bw, ba), first))
+    _check_moves(model, bw, ba)
+
+
+def test_predicted_plans_do_not_depend_on_what_was_planned_before(mlp_case):
+    """A grid of predicted plans made in one order from one gains object
+    (its model and move tables shared) equals the grid made in the other
+    order from a copy of the gains (a model of its own)."""
+    _, _, g = mlp_case
+    ts = [0.02 * 2 ** (k / 4) for k in range(-8, 9)]
+    up = {t: tfprec.cost_aware_plan(g, t, criterion="predicted") for t in ts}
+    copy = dataclasses.replace(g)
+    down = {t: tfprec.cost_aware_plan(copy, t, criterion="predicted")
+            for t in reversed(ts)}
+    bits = lambda p: tuple((l.weight_bits, l.act_bits) for l in p.layers)  # noqa: E731
+    assert len({bits(p) for p in up.values()}) > 3
+    for t in ts:
+        assert bits(up[t]) == bits(down[t]), t
+
+
 @pytest.mark.slow
 def test_calibrate_predicted_family():
     """~8 s: TFMOT fake-quant passes."""

@@ -128,6 +128,8 @@ shift is taken as 0).
 from __future__ import annotations
 
 import dataclasses
+import weakref
+
 import numpy as np
 
 from tfprec import inputs
@@ -291,9 +293,59 @@ def label_columns(gains, labels) -> np.ndarray:
     return np.where(decision == lab, -2, col)
 
 
+#: id(gains) -> (weak reference to the gains, {options: model}): the
+#: prediction models made from one gains object (see :func:`_model`).
+_MODELS: dict = {}
+#: Models kept per gains object (one per form, model, labels and
+#: count_gains asked for), oldest dropped first.
+_MODELS_PER_GAINS = 4
+
+
+def _labels_key(labels):
+    """A hashable key of ``labels`` (None, SOFTMAX or class ids), or None
+    when they cannot be keyed (they are then checked, and refused, by
+    :func:`label_columns`)."""
+    if labels is None:
+        return ("none",)
+    if is_softmax(labels):
+        return ("softmax",)
+    arr = np.asarray(labels)
+    if arr.dtype.kind not in "biuf":
+        return None
+    return ("ids", arr.shape, arr.dtype.str, arr.tobytes())
+
+
 def _model(gains, form: str, model: str = "shift", labels=None,
            count_gains: bool = False) -> PredictedMismatch:
+    """The prediction model of ``gains`` for these options, cached while
+    the gains object lives: the plans of a grid of targets made from the
+    same gains share one model, and with it the move tables its searches
+    memoize (:meth:`PredictedMismatch.moves`).  Callers set its bits
+    (``reset``) before a search; ``value`` and ``per_example`` do not
+    depend on them."""
     model = _check_model(model)
+    lk = _labels_key(labels)
+    if lk is None:
+        return _build_model(gains, form, model, labels, count_gains)
+    key = (form, model, lk, bool(count_gains))
+    ident = id(gains)
+    entry = _MODELS.get(ident)
+    if entry is None or entry[0]() is not gains:
+        def forget(ref, ident=ident):
+            if _MODELS.get(ident, (None,))[0] is ref:
+                del _MODELS[ident]
+        entry = (weakref.ref(gains, forget), {})
+        _MODELS[ident] = entry
+    models = entry[1]
+    if key not in models:
+        if len(models) >= _MODELS_PER_GAINS:
+            del models[next(iter(models))]
+        models[key] = _build_model(gains, form, model, labels, count_gains)
+    return models[key]
+
+
+def _build_model(gains, form: str, model: str, labels, count_gains: bool
+                 ) -> PredictedMismatch:
     shift = shift_terms(gains) if model == "shift" else None
     act = act_shift_terms(gains) if model == "shift" else None
     drop_w = softmax_weights(gains) if is_softmax(labels) else None

@@ -39,6 +39,10 @@ def flip_probability(v: np.ndarray, form: str = DEFAULT_FORM) -> np.ndarray:
 # (typically few) nearer classes are evaluated.
 _Z_FAR = 8.5
 
+#: Move tables :meth:`PredictedMismatch.moves` keeps (bits -> table) before
+#: it starts again; a plan visits a few hundred states.
+MOVES_MEMO_SIZE = 20000
+
 
 def flip_from_z(z: np.ndarray, form: str = DEFAULT_FORM) -> np.ndarray:
     """Per-example flip probability from z_i = (m_i + mu_i) / sigma_i [..., K]
@@ -127,11 +131,14 @@ class PredictedMismatch:
     :meth:`factors`);
     without the table both count in full (the model of gains made before
     it).  ``value(bw, ba)`` is the predicted mismatch (probability) at bits
-    ``bw``, ``ba``; ``reset`` / ``moves`` / ``take`` keep the per-(example,
-    class) state and update it incrementally (Gaussian model: one removed
-    bit multiplies a tensor's variance by 4; shift model: a move swaps a
-    table entry and changes the factors of the layers below it, so every
-    (example, class) a move can reach is re-scored for each move).
+    ``bw``, ``ba``; ``reset`` / ``moves`` / ``take`` are the search
+    interface: ``reset`` computes the per-(example, class) state from the
+    bits, ``take`` only lowers a bit (the state is recomputed when next
+    needed), ``moves`` scores every one-bit move from that state (Gaussian
+    model: one removed bit multiplies a tensor's variance by 4; shift
+    model: a move swaps a table entry and changes the factors of the layers
+    below it, so every (example, class) a move can reach is re-scored for
+    each move) and memoizes the table by the bits.
     ``moves`` scores only the examples that one move could bring to some z
     = (m + mu)/sigma below 8.5 (the others' flip probability is 0 before
     and after it, see :func:`flip_from_z`), so it agrees with
@@ -144,6 +151,8 @@ class PredictedMismatch:
                  coherence=None, spreads=None, drop_weights=None):
         self.sw = np.asarray(cw, float)
         self.sa = np.asarray(ca, float)
+        self._memo = {}                 # bits -> move table (see moves)
+        self._stale = False
         self.form = _check_form(form)
         self.shift = None if shift is None else np.asarray(shift, float)
         if act_shift is not None and self.shift is None:
@@ -355,6 +364,9 @@ class PredictedMismatch:
 
     # ------------------------------------------------- search interface
     def reset(self, bw, ba) -> float:
+        """Sets the bits and recomputes the state from them; returns the
+        value there."""
+        self._stale = False
         self.bw = np.array(bw, int)
         self.ba = np.array(ba, int)
         self.ca = self.sa * 4.0 ** (1 - np.asarray(ba, float))     # [N, K, L]
@@ -381,7 +393,7 @@ class PredictedMismatch:
     def _update(self) -> None:
         self.z = _z_shift(1.0 + self.mu, self.v)
         self.p = self._outcome(self.z)                             # [N]
-        self.cur = float(np.mean(self.p))
+        self._cur = float(np.mean(self.p))
 
     def _steps(self, table, bits) -> np.ndarray:
         """Change of mu/m [L, N, K] of one bit less per tensor of ``table``
@@ -437,7 +449,27 @@ class PredictedMismatch:
 
     def moves(self, bw, ba):
         """(new value, value added) for removing one bit of each weight and
-        of each activation tensor: four arrays over layers."""
+        of each activation tensor: four arrays over layers, computed from
+        the current bits (after :meth:`reset` and :meth:`take`) and
+        memoized by them: a move table depends on the bits alone, not on
+        the target a search holds, so the searches of one plan, and the
+        plans of a grid of targets made from the same gains (the model is
+        cached with them, :func:`tfprec.planning.predict._model`), compute
+        each state once."""
+        key = (self.bw.tobytes(), self.ba.tobytes())
+        hit = self._memo.get(key)
+        if hit is None:
+            if self._stale:
+                self.reset(self.bw, self.ba)
+            hit = tuple(a.copy() for a in self._moves())
+            for a in hit:
+                a.setflags(write=False)
+            if len(self._memo) >= MOVES_MEMO_SIZE:
+                self._memo.clear()
+            self._memo[key] = hit
+        return hit
+
+    def _moves(self):
         if self.shift is not None:
             return self._shift_moves()
         n = self.v.shape[0]
@@ -456,21 +488,19 @@ class PredictedMismatch:
         return tuple(out)
 
     def take(self, which: str, i: int, delta: float) -> None:
+        """Removes one bit of weight (``which`` "w") or activation ("a")
+        tensor ``i``.  Lazy: the per-(example, class) state is recomputed
+        from the bits (:meth:`reset`) only when a move or the value is next
+        needed and the move table of the new bits is not memoized."""
         if which == "w":
-            if self.shift is None:
-                self.v += 3.0 * self.cw[:, :, i]
-            else:
-                j = self.bw[i] - MIN_BITS
-                self.mu_w += self.shift[i, j - 1] - self.shift[i, j]
-            self.cw[:, :, i] *= 4.0
             self.bw[i] -= 1
         else:
-            if self.shift is None:
-                self.v += 3.0 * self.ca[:, :, i]
-            self.ca[:, :, i] *= 4.0
             self.ba[i] -= 1
-            if self.shift is not None:
-                self.acts[:, :, i] = self.act_shift[i, self.ba[i] - MIN_BITS]
-        if self.shift is not None:
-            self._refresh()
-        self._update()
+        self._stale = True
+
+    @property
+    def cur(self) -> float:
+        """The value at the current bits (see :meth:`value`)."""
+        if self._stale:
+            self.reset(self.bw, self.ba)
+        return self._cur
