@@ -860,8 +860,14 @@ def test_prediction_models_are_cached_with_their_gains(mlp_case):
     b = predict._model(g, "independent", labels=ids)
     assert predict._model(g, "independent", labels=ids.copy()) is b
     assert predict._model(g, "independent", labels=(ids + 1) % 5) is not b
+    # at most _MODELS_PER_GAINS per gains object: the oldest goes first
+    first = predict._model(g, "union", "gaussian")
+    for k in range(predict._MODELS_PER_GAINS):
+        predict._model(g, "union", "gaussian", labels=(ids + k) % 5)
+    assert len(predict._MODELS[id(g)][1]) == predict._MODELS_PER_GAINS
+    assert predict._model(g, "union", "gaussian") is not first
     other = dataclasses.replace(g)
-    assert predict._model(other, "independent") is not a
+    assert predict._model(other, "independent") is not predict._model(g, "independent")
     key = id(other)
     assert key in predict._MODELS
     del other

@@ -297,8 +297,9 @@ def label_columns(gains, labels) -> np.ndarray:
 #: prediction models made from one gains object (see :func:`_model`).
 _MODELS: dict = {}
 #: Models kept per gains object (one per form, model, labels and
-#: count_gains asked for), oldest dropped first.
-_MODELS_PER_GAINS = 4
+#: count_gains asked for), oldest dropped first.  Each holds its own copy of
+#: the gains' per-class tables (relative to the margins), about their size.
+_MODELS_PER_GAINS = 2
 
 
 def _labels_key(labels):

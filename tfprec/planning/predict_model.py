@@ -4,8 +4,8 @@
 this module holds the arithmetic: flip probabilities from z_i = (m_i +
 mu_i) / sigma_i (:func:`flip_from_z`, :func:`help_from_z`) and
 :class:`PredictedMismatch`, the prediction as a bound model of
-:mod:`tfprec.planning.search`, vectorized over examples and updated
-incrementally.
+:mod:`tfprec.planning.search`, vectorized over examples, with the move
+table of each bit state it is asked for memoized.
 """
 from __future__ import annotations
 
