@@ -42,9 +42,7 @@ import common  # noqa: E402  (examples/common.py: imports tfprec first)
 import tfprec  # noqa: E402
 from tfprec.application import data as data_lib  # noqa: E402
 from tfprec.planning.predict import SOFTMAX  # noqa: E402
-
-#: Gains examples per network (benchmarks/peers.py's GAINS_EXAMPLES).
-GAINS_EXAMPLES = {"mnist_mlp": 2000, "cifar10_vgg": 1000}
+from peers import GAINS_EXAMPLES  # noqa: E402  (the gains images of peers.py)
 #: A typical outward search: the start, +0.25, +0.75, +1.75 octaves (a
 #: miss), then the bisection at +1.25 and +1.0.
 DEFAULT_TARGETS = "0,0.25,0.75,1.75,1.25,1"

@@ -461,7 +461,7 @@ class PredictedMismatch:
         if hit is None:
             if self._stale:
                 self.reset(self.bw, self.ba)
-            hit = tuple(a.copy() for a in self._moves())
+            hit = self._moves()
             for a in hit:
                 a.setflags(write=False)
             if len(self._memo) >= MOVES_MEMO_SIZE:
