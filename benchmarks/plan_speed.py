@@ -24,7 +24,8 @@ Prints, per network, ``<net>_plan_seconds_shared``,
 (fresh / shared), and checks that both sides made the same plans.
 
 Usage:  python benchmarks/plan_speed.py [--nets mnist_mlp,cifar10_vgg]
-            [--repeats 3] [--data_dir DIR]
+            [--targets 0,0.25,0.75,1.75,1.25,1] [--repeats 3] [--data_dir DIR]
+            [--weights_dir DIR]
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ import tfprec  # noqa: E402
 from tfprec.application import data as data_lib  # noqa: E402
 from tfprec.planning.predict import SOFTMAX  # noqa: E402
 from peers import GAINS_EXAMPLES  # noqa: E402  (the gains images of peers.py)
+
 #: A typical outward search: the start, +0.25, +0.75, +1.75 octaves (a
 #: miss), then the bisection at +1.25 and +1.0.
 DEFAULT_TARGETS = "0,0.25,0.75,1.75,1.25,1"
