@@ -28,3 +28,25 @@ def test_graph_internals_work():
         def call(self, x):
             return x
     assert not compat.is_graph_network(Sub())
+
+
+def test_nested_models_are_expanded():
+    L = keras.layers
+    inner_in = keras.Input((3,))
+    inner = keras.Model(inner_in, L.Dense(4, name="i2")(L.Dense(4, name="i1")(inner_in)),
+                        name="inner")
+    head = keras.Sequential([L.Input((4,)), L.Dense(2, activation="sigmoid", name="h")],
+                            name="head")
+    x = keras.Input((3,))
+    out = head(L.ReLU(name="r")(inner(x)))
+    model = keras.Model(x, out)
+    nodes = [n for n in compat.nodes_in_order(model) if not n.is_input]
+    assert [n.layer.name for n in nodes] == ["i1", "i2", "r", "h"]
+    # the flat chain links: each call reads the tensor the previous one writes,
+    # from the outer input to the outer output
+    assert nodes[0].call_args[0] is x
+    for a, b in zip(nodes, nodes[1:]):
+        assert b.call_args[0] is a.outputs
+    assert nodes[-1].outputs is out
+    assert compat.output_layer(model).name == "h"
+    assert compat.producing_layer(out).name == "head"       # the outer node

@@ -325,7 +325,8 @@ def recalibrate_batchnorm(model: keras.Model, x: np.ndarray, batch_size: int = 1
     batch).  Weights are not changed.  Returns the number of BN layers
     updated.
     """
-    bns = [l for l in model.layers if isinstance(l, L.BatchNormalization)]
+    # submodules: the BN layers of nested models (a keras.applications base) too
+    bns = [l for l in model.submodules if isinstance(l, L.BatchNormalization)]
     if not bns:
         return 0
     saved = [l.momentum for l in bns]

@@ -177,7 +177,8 @@ def _rebuild(model, plan=None, split_softmax: bool = True, export=None):
         by_layer.setdefault(base, []).append(op)
     folded_bn = {op.attrs["folded_bn"] for op in graph.weight_ops
                  if "folded_bn" in op.attrs}
-    taken = {l.name for l in model.layers}
+    nodes = compat.nodes_in_order(model)   # nested models expanded
+    taken = {n.layer.name for n in nodes}
     taken.update(compat.producing_layer(t).name for t in model.inputs)
 
     def unique(name: str) -> str:
@@ -196,7 +197,7 @@ def _rebuild(model, plan=None, split_softmax: bool = True, export=None):
                                    name=in_layer.name))
         tmap[id(in_t)] = new_ins[-1]
     out_t = model.outputs[0]
-    for node in compat.nodes_in_order(model):
+    for node in nodes:
         if node.is_input:
             continue
         layer = node.layer
@@ -350,7 +351,7 @@ def binary_threshold(model):
     outputs M >= 2 class scores (decision: argmax)."""
     if int(model.outputs[0].shape[-1]) != 1:
         return None
-    out_layer = compat.producing_layer(model.outputs[0])
+    out_layer = compat.output_layer(model)   # through a nested head model
     inner = getattr(out_layer, "layer", out_layer)  # unwrap a TFMOT wrapper
     return 0.5 if _activation_name(inner) == "sigmoid" else 0.0
 

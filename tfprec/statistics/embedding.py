@@ -142,7 +142,10 @@ def check_model_ids(model, x, what: str = "x", batch_size: int = 4096) -> None:
     from tfprec import inputs                    # local: inputs is low level
     from tfprec._tf import keras
     from tfprec.statistics.graph import parse_model
-    if not any(isinstance(l, keras.layers.Embedding) for l in model.layers):
+    from tfprec import compat
+    layers = ([n.layer for n in compat.nodes_in_order(model)]   # nested: expanded
+              if compat.is_graph_network(model) else model.layers)
+    if not any(isinstance(l, keras.layers.Embedding) for l in layers):
         return
     graph = parse_model(model)
     for b in inputs.iter_batches(x, graph.shapes[graph.input_id], batch_size,

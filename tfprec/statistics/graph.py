@@ -141,7 +141,8 @@ def _trainable_arrays(layer) -> tuple:
     if not 1 <= len(ws) <= 2:
         raise _unsupported(layer, f"{len(ws)} weight tensors (tfprec quantizes "
                            "one or two per layer: a kernel and a bias); split "
-                           "the layer or flatten a nested model")
+                           "the layer (a subclassed model used as a layer: "
+                           "rebuild it with the functional API)")
     names = layer_calls.weight_attrs(layer, ws)
     return names, [np.asarray(w.numpy(), np.float64) for w in ws]
 

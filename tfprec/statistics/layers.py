@@ -28,14 +28,18 @@ _WEIGHT_ATTR_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel", "bias",
 
 def weight_attrs(layer, weights=None) -> list:
     """Attribute names of ``layer``'s quantized weights (``weights``, by
-    default ``layer.trainable_weights``), in that order.
+    default the weights whose variables train, a frozen layer's included:
+    the weights :func:`tfprec.statistics.graph.parse_model` quantizes), in
+    that order.
 
     Raises:
       UnsupportedModelError: a weight is not held in a plain attribute.
     """
     names = []
     d = vars(layer)
-    for w in layer.trainable_weights if weights is None else weights:
+    if weights is None:     # a frozen layer's (trainable=False) weights too
+        weights = [w for w in layer.weights if getattr(w, "trainable", False)]
+    for w in weights:
         hit = next((k for k in _WEIGHT_ATTR_NAMES if d.get(k) is w), None)
         if hit is None:
             hit = next((k for k, v in d.items() if v is w), None)
