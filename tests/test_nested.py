@@ -290,3 +290,30 @@ def test_transfer_learning_form_of_an_application():
     assert not any(isinstance(l, keras.Model) for l in q.layers)
     np.testing.assert_allclose(q(x).numpy(), tfprec.quantize_model(flat, plan)(x).numpy(),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_tutorial_form_uint8_images_and_a_nested_augmentation(tmp_path):
+    """The Keras tutorials' classifier: uint8 images, a nested Sequential of
+    random augmentations (identity at inference), Rescaling, then layers;
+    exported with the default backend and run on uint8 inputs."""
+    keras.utils.set_random_seed(14)
+    aug = keras.Sequential([L.RandomFlip("horizontal"), L.RandomRotation(0.1)], name="aug")
+    i = keras.Input((8, 8, 3), dtype="uint8")
+    h = L.Rescaling(1.0 / 255)(aug(i))
+    h = L.Conv2D(4, 3, activation="relu", name="conv")(h)
+    out = L.Dense(3, name="logits")(L.Flatten()(h))
+    model = randomize(keras.Model(i, out), 14)
+    x = np.random.default_rng(14).integers(0, 256, (64, 8, 8, 3)).astype("uint8")
+    g = gains(model, x)
+    assert g.names == ["conv", "logits"]
+    plan = tfprec.uniform_plan(g, bits=8)
+    q = tfprec.quantize_model(model, plan)
+    path = str(tmp_path / "t.tflite")
+    tfprec.export.export_tflite(model, plan, path, x)
+    got = tflite_predict(path, x)
+    # training=False: Keras' random layers augment by default when called
+    want = q(x, training=False).numpy()
+    np.testing.assert_allclose(want, tfprec.simulate_logits(model, plan, x), atol=1e-4)
+    assert np.mean(np.argmax(got, -1) == np.argmax(want, -1)) == 1.0
+    with pytest.raises(tfprec.InvalidDataError, match="example 0 .*uint8"):
+        tflite_predict(path, x.astype("float32") + 300)

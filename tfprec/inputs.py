@@ -320,9 +320,10 @@ def iter_batches(x: DataLike, in_shape: tuple, batch_size: int, *,
 
 
 def _cast(b: np.ndarray, dtype, what: str, offset: int) -> np.ndarray:
-    """``b`` as ``dtype``; float data cast to an integer dtype (a model
-    whose input is integer token ids) must be finite and integral, else
-    InvalidDataError naming the first bad example (no silent truncation)."""
+    """``b`` as ``dtype``; data cast to an integer dtype (a model whose input
+    is integer token ids or uint8 images) must be finite, integral and within
+    the dtype's range, else InvalidDataError naming the first bad example (no
+    silent truncation or wrap-around)."""
     if np.dtype(dtype).kind in "iu" and b.dtype.kind == "f" and len(b):
         _check_finite(b, what, offset)
         ok = (b == np.round(b)).reshape(len(b), -1).all(axis=1)
@@ -331,6 +332,16 @@ def _cast(b: np.ndarray, dtype, what: str, offset: int) -> np.ndarray:
                 f"{what}: example {offset + int(np.argmin(ok))} holds non-integral "
                 f"values, but the model's input has integer dtype "
                 f"{np.dtype(dtype).name} (token ids).")
+    if np.dtype(dtype).kind in "iu" and b.dtype.kind in "fiu" and len(b):
+        info = np.iinfo(dtype)
+        lo, hi = b.reshape(len(b), -1).min(axis=1), b.reshape(len(b), -1).max(axis=1)
+        bad = (lo < info.min) | (hi > info.max)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise InvalidDataError(
+                f"{what}: example {offset + i} holds values in [{lo[i]:g}, {hi[i]:g}], "
+                f"outside the range of the model's integer input dtype "
+                f"{np.dtype(dtype).name} [{info.min}, {info.max}].")
     return b.astype(dtype, copy=False)
 
 

@@ -264,8 +264,10 @@ def export_aeq(model, plan, path, representative_data=None, *, labels=None,
     xs, source = _inputs(representative_data, model, graph, fmts, n_avail)
     from tfprec import packing
     in_names = list(model.input_names)
+    in_dt = model.inputs[0].dtype
     feed = ((lambda a: packing.unpack(model, a)) if packing.is_multi_input(model)
-            else (lambda a: a))
+            else (lambda a: a.astype(in_dt.as_numpy_dtype)) if in_dt.is_integer
+            else (lambda a: a))     # an integer input (uint8 images, ids) in its type
     ys = None
     if labels is not None:
         ys = np.asarray(labels).reshape(-1)[:len(xs)].astype(np.int64)

@@ -20,7 +20,8 @@ __all__ = ["tflite_predict", "agreement"]
 # Running exported models
 # --------------------------------------------------------------------------
 def tflite_predict(path, x, batch_size: int = 256, resolver: str = "auto") -> np.ndarray:
-    """Logits of a ``.tflite`` classifier on inputs ``x`` ([N, ...] float).
+    """Logits of a ``.tflite`` classifier on inputs ``x`` ([N, ...] float, or
+    integers for a model whose input is plain integers: uint8 images, ids).
 
     Runs in batches of ``batch_size`` examples (a positive int; the input is
     resized once; the last batch is zero-padded).  ``resolver``: 'auto'
@@ -30,7 +31,7 @@ def tflite_predict(path, x, batch_size: int = 256, resolver: str = "auto") -> np
     Raises:
       ExportError: ``path`` is not a str / PathLike, not a file, or not a
         TFLite model the interpreter loads, or the model does not have one
-        float input (message names the path); ``batch_size`` or ``resolver``
+        float or plain-integer input (message names the path); ``batch_size`` or ``resolver``
         is bad, or ``x`` is None, non-numeric, non-finite or does not match
         the model's input shape (checked against the interpreter's input
         details before anything runs; these are also InvalidDataErrors and
@@ -56,10 +57,12 @@ def tflite_predict(path, x, batch_size: int = 256, resolver: str = "auto") -> np
                           "runs one-input, one-output classifiers")
     inp = ins[0]
     in_dtype = np.dtype(inp["dtype"])
-    if in_dtype.kind != "f":
-        raise ExportError(f"TFLite model {path!r} takes {in_dtype} inputs; "
-                          "tflite_predict feeds float inputs (as export_tflite "
-                          "writes them)")
+    scale = (inp.get("quantization") or (0.0, 0))[0]
+    if in_dtype.kind != "f" and (in_dtype.kind not in "iu" or scale):
+        raise ExportError(f"TFLite model {path!r} takes quantized {in_dtype} inputs; "
+                          "tflite_predict feeds the model's own inputs: float, or "
+                          "plain integers (uint8 images, token ids), as export_tflite "
+                          "writes them")
     sig = inp["shape_signature"] if len(inp["shape_signature"]) else inp["shape"]
     if len(sig) < 1:
         raise ExportError(f"TFLite model {path!r} has a scalar input; "
