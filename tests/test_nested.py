@@ -6,6 +6,7 @@ Each nested model is checked against the same network built flat by hand
 plans and fake-quant outputs agree, and the flat network's gains agree with
 the float64 brute force of tests/reference.py.
 """
+import json
 import warnings
 
 import numpy as np
@@ -317,3 +318,29 @@ def test_tutorial_form_uint8_images_and_a_nested_augmentation(tmp_path):
     assert np.mean(np.argmax(got, -1) == np.argmax(want, -1)) == 1.0
     with pytest.raises(tfprec.InvalidDataError, match="example 0 .*uint8"):
         tflite_predict(path, x.astype("float32") + 300)
+
+
+def test_cli_on_a_uint8_model_with_nested_augmentation(tmp_path, capsys):
+    """--model of the tutorials' form with --data of uint8 images: the model
+    gets the images' values 0..255 (it rescales them itself), not x / 255."""
+    from test_cli import run_cli
+    keras.utils.set_random_seed(15)
+    aug = keras.Sequential([L.RandomFlip("horizontal")], name="aug")
+    i = keras.Input((8, 8, 3), dtype="uint8")
+    h = L.Conv2D(4, 3, activation="relu", name="conv")(L.Rescaling(1.0 / 255)(aug(i)))
+    model = randomize(keras.Model(i, L.Dense(3, name="logits")(L.Flatten()(h))), 15)
+    rng = np.random.default_rng(15)
+    x = rng.integers(0, 256, (400, 8, 8, 3)).astype("uint8")
+    y = np.argmax(model.predict(x, verbose=0), -1)        # the float model is right
+    model.save(tmp_path / "m.h5")
+    np.savez(tmp_path / "d.npz", x_train=x[:200], y_train=y[:200], x_test=x[200:],
+             y_test=y[200:])
+    out = tmp_path / "out"
+    code, _, err = run_cli([f"--model={tmp_path / 'm.h5'}", f"--data={tmp_path / 'd.npz'}",
+                            "--target_bound=0.5", "--calibration_examples=200",
+                            "--eval_examples=200", "--sweep_levels=none", "--noplots",
+                            f"--output_dir={out}"], capsys)
+    assert code == 0, err[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["validation"]["float_accuracy"] == 1.0
+    assert (out / "model.tflite").is_file()

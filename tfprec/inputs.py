@@ -331,7 +331,7 @@ def _cast(b: np.ndarray, dtype, what: str, offset: int) -> np.ndarray:
             raise InvalidDataError(
                 f"{what}: example {offset + int(np.argmin(ok))} holds non-integral "
                 f"values, but the model's input has integer dtype "
-                f"{np.dtype(dtype).name} (token ids).")
+                f"{np.dtype(dtype).name} (token ids, or images it rescales itself).")
     if np.dtype(dtype).kind in "iu" and b.dtype.kind in "fiu" and len(b):
         info = np.iinfo(dtype)
         lo, hi = b.reshape(len(b), -1).min(axis=1), b.reshape(len(b), -1).max(axis=1)

@@ -140,14 +140,14 @@ def _load(r: RunState) -> None:
     """Data, model and the calibration / held-out examples."""
     from tfprec.application import steps
     s = r.s
+    if not s.demo:      # first: a uint8-input model gets its images unscaled
+        with _timed(r, "load model"):
+            r.model = steps.load_model(s.model, s.custom_objects)
     with _timed(r, "load data"):
-        r.ds = steps.load_data(s)
+        r.ds = steps.load_data(s, None if s.demo else r.model)
     _log(f"data: {r.ds!r}")
     if s.demo:
         r.model, r.train_info = steps.demo_model(s, r.ds, r.staging, r.timings)
-    else:
-        with _timed(r, "load model"):
-            r.model = steps.load_model(s.model, s.custom_objects)
     from tfprec import inputs as inputs_lib
     n_out = inputs_lib.model_num_classes(r.model)
     if r.ds.num_classes > n_out:

@@ -115,7 +115,8 @@ def resolve_data_dir(data_dir: Optional[str] = None) -> Optional[str]:
 
 def load_dataset(name: str, data_dir: Optional[str] = None, *,
                  num_train: Optional[int] = None, num_test: Optional[int] = None,
-                 flatten: bool = False, channels: bool = True) -> Dataset:
+                 flatten: bool = False, channels: bool = True,
+                 scale_integers: bool = True) -> Dataset:
     """Loads a dataset as float32 inputs in [0, 1] and integer labels.
 
     Args:
@@ -133,8 +134,10 @@ def load_dataset(name: str, data_dir: Optional[str] = None, *,
       channels: give single-channel images [N, H, W] a channel axis,
         [N, H, W, 1] (what Conv2D needs).  Ignored when ``flatten``.
 
-    Integer inputs (uint8 images) are divided by 255; float inputs are kept as
-    they are (assumed already scaled).
+    Integer inputs (uint8 images) are divided by 255 (``scale_integers``
+    False: kept as their integer values 0..255, in float32, for a model whose
+    input is uint8 and that scales them itself, e.g. with a Rescaling layer);
+    float inputs are kept as they are (assumed already scaled).
 
     Raises:
       InvalidDataError: unknown name, missing file, missing key, mismatched
@@ -179,7 +182,7 @@ def load_dataset(name: str, data_dir: Optional[str] = None, *,
             f"unknown dataset {name_s!r}: use one of {', '.join(NAMES)} or a "
             "path to an .npz file with x_train, y_train, x_test, y_test")
     return _build(arrays, ds_name, source, where, m, num_train, num_test,
-                  flatten, channels)
+                  flatten, channels, scale_integers)
 
 
 # --------------------------------------------------------------- internals
@@ -255,7 +258,7 @@ def _labels(y: np.ndarray, k: str, where: str) -> np.ndarray:
     return y.astype(np.int64)
 
 
-def _inputs(x: np.ndarray, k: str, where: str) -> np.ndarray:
+def _inputs(x: np.ndarray, k: str, where: str, scale: bool = True) -> np.ndarray:
     x = np.asarray(x)
     if x.ndim < 2:
         raise InvalidDataError(
@@ -265,7 +268,7 @@ def _inputs(x: np.ndarray, k: str, where: str) -> np.ndarray:
             raise InvalidDataError(
                 f"{where}: {k} holds integers outside [0, 255]; store images "
                 "as uint8 or as floats already scaled")
-        return x.astype(np.float32) / np.float32(255.0)
+        return x.astype(np.float32) / np.float32(255.0 if scale else 1.0)
     if x.dtype.kind == "f":
         x = x.astype(np.float32)
         if not np.all(np.isfinite(x)):
@@ -278,7 +281,7 @@ def _inputs(x: np.ndarray, k: str, where: str) -> np.ndarray:
 
 def _build(arrays: dict, name: str, source: str, where: str,
            num_classes: Optional[int], num_train, num_test, flatten: bool,
-           channels: bool) -> Dataset:
+           channels: bool, scale_integers: bool = True) -> Dataset:
     out = {}
     for split, n_req, what in (("train", num_train, "num_train"),
                                ("test", num_test, "num_test")):
@@ -292,7 +295,7 @@ def _build(arrays: dict, name: str, source: str, where: str,
             raise InvalidDataError(f"{where}: {xk} is empty")
         n = _subset_count(n_req, len(x), what, where)
         x, y = x[:n], y[:n]
-        x = _inputs(x, xk, where)
+        x = _inputs(x, xk, where, scale_integers)
         y = _labels(y, yk, where)
         if flatten:
             x = x.reshape(len(x), -1)

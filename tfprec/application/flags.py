@@ -62,7 +62,8 @@ flags.DEFINE_string(
     "Dataset: 'mnist', 'cifar10' (from --data_dir, else keras.datasets "
     "online), 'mnist_subset' (embedded in tfprec, 8000 train / 2000 test "
     "images) or a path to an .npz file holding x_train, y_train, x_test, "
-    "y_test.  Integer images are divided by 255.")
+    "y_test.  Integer images are divided by 255 (not for a model whose input "
+    "is integer, e.g. uint8 images it rescales itself).")
 flags.DEFINE_string(
     "data_dir", None,
     "Folder holding offline copies mnist.npz / cifar10_jpeg75.npz (or "

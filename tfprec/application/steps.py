@@ -97,12 +97,16 @@ def load_model(path: str, custom_objects: Optional[str] = None):
     return model
 
 
-def load_data(s: Settings):
-    """The dataset of ``--data`` (flattened for the demo MLP)."""
+def load_data(s: Settings, model=None):
+    """The dataset of ``--data`` (flattened for the demo MLP).  Integer images
+    are divided by 255, except for a ``model`` whose input is integer (uint8
+    images it scales itself): it gets their values 0..255."""
     from tfprec.application import data as data_lib
     from tfprec.errors import InvalidDataError
+    raw = model is not None and all(t.dtype.is_integer for t in model.inputs)
     try:
-        return data_lib.load_dataset(s.data, s.data_dir, flatten=s.demo)
+        return data_lib.load_dataset(s.data, s.data_dir, flatten=s.demo,
+                                     scale_integers=not raw)
     except InvalidDataError as e:
         raise CliError(f"--data={s.data}: {e}", 2) from e
 
