@@ -125,6 +125,27 @@ def test_shared_weight_layer(x8):
         tfprec.noise_gains(model, x8)
 
 
+def test_open_input_sizes_are_named_and_the_fix_works():
+    keras.utils.set_random_seed(0)
+    inp = L.Input((None, None, 2), name="img")
+    h = L.GlobalAveragePooling2D()(L.Conv2D(3, 3, activation="relu", name="c")(inp))
+    model = keras.Model(inp, L.Dense(3, name="d")(h))
+    x = np.random.default_rng(0).normal(size=(6, 5, 5, 2)).astype(np.float32)
+    for call in (lambda: tfprec.noise_gains(model, x),
+                 lambda: tfprec.fold_batchnorm(model)):
+        with raises(UnsupportedModelError, "input 'img'", "(None, None, None, 2)",
+                    "clone_model"):
+            call()
+    # the fix the message gives
+    fixed = keras.models.clone_model(model, input_tensors=keras.Input((5, 5, 2)))
+    fixed.set_weights(model.get_weights())
+    g = tfprec.noise_gains(fixed, x)
+    assert g.names == ["c", "d"]
+    plan = tfprec.uniform_plan(g, bits=16)
+    np.testing.assert_allclose(tfprec.quantize_model(fixed, plan)(x).numpy(),
+                               model(x).numpy(), rtol=1e-3, atol=1e-3)
+
+
 def test_model_without_weights_or_classes(x8):
     with raises(UnsupportedModelError, "nothing to quantize"):
         tfprec.noise_gains(seq(L.ReLU()), x8)

@@ -368,3 +368,21 @@ def check_inputs_spec(x, pshape: PackedShape, *, what: str = "x",
     several-input model."""
     xp = packed_data(x, pshape, what)
     single(xp, tuple(pshape), what=what, max_examples=max_examples)
+
+
+def check_fixed_sizes(model) -> None:
+    """UnsupportedModelError naming the first input of ``model`` with a size
+    other than the batch's left open (None, e.g. ``keras.Input((None, None,
+    3))``): tfprec counts each layer's operations and analyses one network,
+    so every size must be known."""
+    from tfprec import compat      # local: packing is imported by compat's users
+    for t in model.inputs:
+        if any(d is None for d in t.shape[1:]):
+            raise UnsupportedModelError(
+                f"input '{compat.producing_layer(t).name}' of model '{model.name}' has "
+                f"shape {tuple(t.shape)}: sizes other than the batch's are unknown "
+                "(None), and tfprec needs them to count each layer's operations and to "
+                "analyse one network.  Fix them to your data's, e.g. fixed = "
+                "keras.models.clone_model(model, input_tensors=keras.Input((224, 224, "
+                "3))); fixed.set_weights(model.get_weights()), or build the model "
+                "with input_shape=(...).")

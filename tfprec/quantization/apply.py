@@ -91,6 +91,16 @@ def _check_graph_model(model, what: str) -> None:
             "models are not supported).")
 
 
+def _unmixed(layer, cfg: dict) -> dict:
+    """``cfg`` for a copy of ``layer`` that computes in its variable dtype: a
+    mixed-precision layer (policy ``mixed_float16`` / ``mixed_bfloat16``)
+    computes in float32 in tfprec's models, as the analysis does: a 16-bit
+    fixed-point grid is not exact in float16."""
+    if getattr(layer, "compute_dtype", None) != getattr(layer, "variable_dtype", None):
+        cfg["dtype"] = layer.variable_dtype
+    return cfg
+
+
 def _clean_config(layer, use_bias) -> dict:
     """``layer``'s config for a copy that gets tfprec's weights: no
     regularizers or constraints (stated for the unfolded weights; custom ones
@@ -99,6 +109,7 @@ def _clean_config(layer, use_bias) -> dict:
         # custom / lambda constraints warn when serialized; they are dropped
         warnings.simplefilter("ignore", UserWarning)
         cfg = layer.get_config()
+    _unmixed(layer, cfg)
     if "use_bias" in cfg:
         cfg["use_bias"] = use_bias
     for key in list(cfg):
@@ -236,7 +247,7 @@ def _rebuild(model, plan=None, split_softmax: bool = True, export=None):
             y = x
         else:
             try:
-                new = type(layer).from_config(layer.get_config())
+                new = type(layer).from_config(_unmixed(layer, layer.get_config()))
             except Exception as e:  # noqa: BLE001 - reported with the layer's name
                 raise UnsupportedModelError(
                     f"layer '{layer.name}' of class {type(layer).__name__} could "

@@ -4,7 +4,8 @@ The graph lists, in topological order, one :class:`Op` per Keras layer call.
 Weight layers (Dense, Conv2D, DepthwiseConv2D) carry their weights with any
 following inference-time BatchNormalization folded in; a fused activation is
 split off into an ``act`` op of its own; a final softmax is dropped so the
-graph ends at the logits.  The user's model is only read, never modified.
+graph ends at the logits.  Models nested as layers are read as their own
+layers (:func:`tfprec.compat.nodes_in_order`).  The user's model is only read.
 """
 from __future__ import annotations
 
@@ -140,9 +141,8 @@ def _trainable_arrays(layer) -> tuple:
     ws = [w for w in layer.weights if getattr(w, "trainable", False)]
     if not 1 <= len(ws) <= 2:
         raise _unsupported(layer, f"{len(ws)} weight tensors (tfprec quantizes "
-                           "one or two per layer: a kernel and a bias); split "
-                           "the layer (a subclassed model used as a layer: "
-                           "rebuild it with the functional API)")
+                           "one or two per layer: a kernel and a bias); split the "
+                           "layer (a subclassed model: rebuild it functionally)")
     names = layer_calls.weight_attrs(layer, ws)
     return names, [np.asarray(w.numpy(), np.float64) for w in ws]
 
@@ -384,6 +384,7 @@ def parse_model(model) -> Graph:
         raise UnsupportedModelError(
             f"model '{model.name}' has {len(model.outputs)} outputs; tfprec "
             "supports classifiers with one class-score output.")
+    packing.check_fixed_sizes(model)
     # several inputs: analysed through one packed input (tfprec.packing)
     packed = packing.packed_shape(model) if packing.is_multi_input(model) else None
 
@@ -497,9 +498,7 @@ def parse_model(model) -> Graph:
 
 
 def _flat(x):
-    if isinstance(x, (list, tuple)):
-        return [t for e in x for t in _flat(e)]
-    return [x]
+    return [t for e in x for t in _flat(e)] if isinstance(x, (list, tuple)) else [x]
 
 
 def _fold_and_strip(ops: list, consumers: dict, output_id: str):
