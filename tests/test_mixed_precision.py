@@ -25,8 +25,8 @@ def build(policy):
         h = L.Dense(3, name="logits")(h)
         out = L.Activation("softmax", dtype="float32", name="softmax")(h)
         return randomize(keras.Model(i, out), 0)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+    finally:    # None: the default again (from floatx(), which other tests set)
+        keras.mixed_precision.set_global_policy(None)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,11 @@ def test_gains_and_fake_quant_are_those_of_the_float32_model(models):
         assert gm[name].e_a == pytest.approx(gf[name].e_a, rel=1e-5), name
     for bits in (4, 12, 16):
         plan = tfprec.uniform_plan(gm, bits=bits)
-        q = tfprec.quantize_model(mixed, plan)
+        keras.mixed_precision.set_global_policy("mixed_float16")   # as users leave it
+        try:
+            q = tfprec.quantize_model(mixed, plan)
+        finally:
+            keras.mixed_precision.set_global_policy(None)
         assert all(getattr(l, "compute_dtype", "float32") == "float32" for l in q.layers)
         z = tfprec.logits_model(q)(x).numpy()
         assert z.dtype == np.float32
