@@ -320,6 +320,7 @@ def test_tutorial_form_uint8_images_and_a_nested_augmentation(tmp_path):
         tflite_predict(path, x.astype("float32") + 300)
 
 
+@pytest.mark.slow   # default-suite time (< 5 min)
 def test_cli_on_a_uint8_model_with_nested_augmentation(tmp_path, capsys):
     """--model of the tutorials' form with --data of uint8 images: the model
     gets the images' values 0..255 (it rescales them itself), not x / 255."""
@@ -344,3 +345,23 @@ def test_cli_on_a_uint8_model_with_nested_augmentation(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["validation"]["float_accuracy"] == 1.0
     assert (out / "model.tflite").is_file()
+
+
+@pytest.mark.slow   # default-suite time (< 5 min)
+def test_rounding_and_the_peers_read_a_nested_model(pair):
+    """optimize_rounding and the Hessian-trace peer see the flat network."""
+    from tfprec.peers.hessian import hessian_trace_sensitivity
+    model, flat = pair
+    x = data(64, seed=16)
+    plan = tfprec.paper_plan(gains(model, x), b_min=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", tfprec.TfprecWarning)
+        r, rf = (tfprec.optimize_rounding(m, plan, x) for m in (model, flat))
+    for a, b in zip(r.model.get_weights(), rf.model.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    y = np.argmax(model(x).numpy(), -1)
+    t, tf_ = (hessian_trace_sensitivity(m, x[:16], y[:16], num_samples=4) for m in (model, flat))
+    assert list(t) == list(tf_) == plan.names
+    for name in t:        # the same probes on the same network
+        assert t[name] == pytest.approx(tf_[name], rel=1e-4), name
+        assert t.activation[name] == pytest.approx(tf_.activation[name], rel=1e-4), name
