@@ -614,3 +614,27 @@ def test_plan_speed_benchmark_flags(capsys):
         with pytest.raises(SystemExit):
             plan_speed.parse_args(argv)
         assert msg in capsys.readouterr().err
+
+
+def test_zoo_benchmark_flags(capsys):
+    """benchmarks/zoo.py: its model list, clear errors for an unknown model
+    or too few examples (test_zoo_benchmark_runs_a_model: one model run)."""
+    sys.path.insert(0, os.path.join(os.path.dirname(EXAMPLES), "benchmarks"))
+    import zoo
+    a = zoo.parse_args(["--models", "tutorial_uint8, mixed_float16"])
+    assert a.models == ["tutorial_uint8", "mixed_float16"]
+    assert "convnexttiny" not in zoo.parse_args([]).models
+    for argv, msg in ((["--models", "mixed_float16,vgg99"], "unknown ['vgg99']"),
+                      (["--examples", "100"], "--examples=100: needs more than 128")):
+        with pytest.raises(SystemExit):
+            zoo.parse_args(argv)
+        assert msg in capsys.readouterr().err
+
+
+@pytest.mark.slow   # default-suite time (< 5 min)
+def test_zoo_benchmark_runs_a_model(capsys):
+    sys.path.insert(0, os.path.join(os.path.dirname(EXAMPLES), "benchmarks"))
+    import zoo
+    assert zoo.main(["--models", "mixed_float16", "--examples", "160"]) == 0
+    out = capsys.readouterr().out
+    assert "mixed_float16_zoo: ok, 3 weight ops" in out and "zoo_ok: 1 of 1" in out
