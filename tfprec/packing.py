@@ -375,11 +375,10 @@ def check_fixed_sizes(model) -> None:
     other than the batch's left open (None, e.g. ``keras.Input((None, None,
     3))``): tfprec counts each layer's operations and analyses one network,
     so every size must be known."""
-    from tfprec import compat      # local: packing is imported by compat's users
-    for t in model.inputs:
+    for name, t in zip(model.input_names, model.inputs):
         if any(d is None for d in t.shape[1:]):
             raise UnsupportedModelError(
-                f"input '{compat.producing_layer(t).name}' of model '{model.name}' has "
+                f"input '{name}' of model '{model.name}' has "
                 f"shape {tuple(t.shape)}: sizes other than the batch's are unknown "
                 "(None), and tfprec needs them to count each layer's operations and to "
                 "analyse one network.  Fix them to your data's, e.g. fixed = "

@@ -31,8 +31,9 @@ def tflite_predict(path, x, batch_size: int = 256, resolver: str = "auto") -> np
     Raises:
       ExportError: ``path`` is not a str / PathLike, not a file, or not a
         TFLite model the interpreter loads, or the model does not have one
-        float or plain-integer input (message names the path); ``batch_size`` or ``resolver``
-        is bad, or ``x`` is None, non-numeric, non-finite or does not match
+        float or plain-integer input (message names the path); ``batch_size``
+        or ``resolver`` is bad, or ``x`` is None, non-numeric, non-finite,
+        outside an integer input's range or does not match
         the model's input shape (checked against the interpreter's input
         details before anything runs; these are also InvalidDataErrors and
         name the argument, the expected and the given shape).

@@ -132,13 +132,13 @@ def _channels_last(layer) -> bool:
 def _is_weight_layer(layer) -> bool:
     """A BatchNormalization, or a layer with weights that train (frozen layers,
     ``trainable=False``, count too: their weights are quantized the same)."""
-    return isinstance(layer, L.BatchNormalization) or any(
-        getattr(w, "trainable", False) for w in layer.weights)
+    return isinstance(layer, L.BatchNormalization) or bool(
+        layer_calls.quantized_weights(layer))
 
 
 def _trainable_arrays(layer) -> tuple:
     """(attribute names, float64 arrays) of ``layer``'s weights to quantize."""
-    ws = [w for w in layer.weights if getattr(w, "trainable", False)]
+    ws = layer_calls.quantized_weights(layer)
     if not 1 <= len(ws) <= 2:
         raise _unsupported(layer, f"{len(ws)} weight tensors (tfprec quantizes "
                            "one or two per layer: a kernel and a bias); split the "

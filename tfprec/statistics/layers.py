@@ -26,20 +26,23 @@ _WEIGHT_ATTR_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel", "bias",
                       "gamma", "beta", "alpha", "embeddings")
 
 
+def quantized_weights(layer) -> list:
+    """``layer``'s weight variables that train, a frozen layer's
+    (``trainable=False``) included: the weights tfprec quantizes (a
+    BatchNormalization's moving statistics do not train)."""
+    return [w for w in layer.weights if getattr(w, "trainable", False)]
+
+
 def weight_attrs(layer, weights=None) -> list:
     """Attribute names of ``layer``'s quantized weights (``weights``, by
-    default the weights whose variables train, a frozen layer's included:
-    the weights :func:`tfprec.statistics.graph.parse_model` quantizes), in
-    that order.
+    default :func:`quantized_weights`), in that order.
 
     Raises:
       UnsupportedModelError: a weight is not held in a plain attribute.
     """
     names = []
     d = vars(layer)
-    if weights is None:     # a frozen layer's (trainable=False) weights too
-        weights = [w for w in layer.weights if getattr(w, "trainable", False)]
-    for w in weights:
+    for w in quantized_weights(layer) if weights is None else weights:
         hit = next((k for k in _WEIGHT_ATTR_NAMES if d.get(k) is w), None)
         if hit is None:
             hit = next((k for k, v in d.items() if v is w), None)
