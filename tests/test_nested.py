@@ -67,12 +67,7 @@ def flat_copy(model):
     out = L.Dense(units, activation="sigmoid" if units == 1 else "softmax",
                   name="logits")(h)
     flat = keras.Model(x, out, name="flat")
-    inner = {}
-    stack = [model]
-    while stack:
-        m = stack.pop()
-        for l in m.layers:
-            (stack.append(l) if isinstance(l, keras.Model) else inner.setdefault(l.name, l))
+    inner = {l.name: l for l in model.submodules if not isinstance(l, keras.Model)}
     for l in flat.layers:
         if l.weights:
             l.set_weights(inner[l.name].get_weights())
