@@ -360,3 +360,30 @@ def test_rounding_and_the_peers_read_a_nested_model(pair):
     for name in t:        # the same probes on the same network
         assert t[name] == pytest.approx(tf_[name], rel=1e-4), name
         assert t.activation[name] == pytest.approx(tf_.activation[name], rel=1e-4), name
+
+
+def test_two_inputs_each_through_its_own_nested_tower():
+    """Two nested towers (distinct models) on two inputs, merged: the same
+    gains and fake-quant outputs as the towers' layers wired flat."""
+    keras.utils.set_random_seed(17)
+
+    def tower(k):
+        i = keras.Input((5,), name=f"{k}_in")
+        return keras.Model(i, L.Dense(4, activation="relu", name=f"{k}_fc")(i), name=k)
+
+    left, right = tower("left"), tower("right")
+    a, b = keras.Input((5,), name="a"), keras.Input((5,), name="b")
+    fc = L.Dense(3, name="logits")
+    model = randomize(keras.Model([a, b], fc(L.Concatenate()([left(a), right(b)]))), 17)
+    fa, fb = keras.Input((5,), name="a"), keras.Input((5,), name="b")
+    flat = keras.Model([fa, fb], fc(L.Concatenate()([left.get_layer("left_fc")(fa),
+                                                       right.get_layer("right_fc")(fb)])))
+    rng = np.random.default_rng(17)
+    x = [rng.normal(size=(20, 5)).astype("float32") for _ in range(2)]
+    g, gf = gains(model, x), gains(flat, x)
+    assert g.names == gf.names == ["left_fc", "right_fc", "logits"]
+    for name in g.names:
+        assert g[name].e_w == pytest.approx(gf[name].e_w, rel=1e-6), name
+    plan = tfprec.paper_plan(g, b_min=5)
+    np.testing.assert_allclose(tfprec.quantize_model(model, plan)(x).numpy(),
+                               tfprec.quantize_model(flat, plan)(x).numpy(), rtol=1e-6)
