@@ -551,3 +551,24 @@ def test_full_integer_runs_every_operator_on_integer_kernels(mnist, tmp_path):
         assert float(np.mean(got == y)) == pytest.approx(rep.accuracy_by_kernels[fam])
         assert rep.agreement_by_kernels[fam] >= MIN_OTHER_AGREEMENT, fam
     assert any("full_integer" in n for n in rep.notes)
+
+
+def test_input_step_of_one_is_recognized_as_rounded(tmp_path):
+    """A 2-bit signed input on [-2, 2) has a step of exactly 1: the converter
+    drops the explicit rounding's MUL by 1, and the grid check must still
+    see FLOOR as the rounding (it refused such files before; found on
+    MobileNetV3, whose Rescaling feeds its first Conv)."""
+    from tfprec.export.running import tflite_predict
+    keras.utils.set_random_seed(0)
+    i = keras.Input((6, 6, 3))
+    h = keras.layers.Conv2D(4, 3, name="conv")(keras.layers.Rescaling(1 / 127.5, offset=-1.0)(i))
+    m = keras.Model(i, keras.layers.Dense(3, name="out")(keras.layers.GlobalAveragePooling2D()(h)))
+    x = np.random.default_rng(0).uniform(-10, 265, (64, 6, 6, 3)).astype("float32")
+    g = tfprec.noise_gains(m, x)
+    plan = tfprec.uniform_plan(g, bits=8).with_bits(act_bits={"conv": 2})
+    assert plan.layer("conv").act_step == 1.0
+    path = str(tmp_path / "s1.tflite")
+    rep = export_tflite(m, plan, path, x, backend="ai_edge_quantizer")
+    assert all(l.act_grid_ok for l in rep.layers)
+    want = np.argmax(quantize_model(m, plan).predict(x, verbose=0), -1)
+    assert np.mean(np.argmax(tflite_predict(path, x), -1) == want) == 1.0

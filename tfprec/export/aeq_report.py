@@ -204,12 +204,14 @@ def _rounded_in_float(g, t: int, step: float) -> bool:
     """Whether float tensor ``t`` is the output of the explicit rounding of
     :class:`tfprec.export.aeq_recipe.PlanRound`: through its MAXIMUM (or a
     ReLU) and reshapes the converter moved behind it, a MUL by the constant
-    step of FLOOR(...)."""
+    step of FLOOR(...), or the FLOOR itself for a step of 1."""
     p = g.producer(t)
     while p is not None and p.name in ("MAXIMUM", "RELU", "RESHAPE", "SQUEEZE",
                                        "EXPAND_DIMS"):
         runtime_in = [i for i in p.inputs if i >= 0 and g.const(i) is None]
         p = g.producer(runtime_in[0]) if len(runtime_in) == 1 else None
+    if p is not None and p.name == "FLOOR" and step == 1.0:
+        return True         # a step of 1: the converter drops the MUL by 1
     if p is None or p.name != "MUL":
         return False
     consts = [tensor_values(g, i) for i in p.inputs if g.const(i) is not None]
