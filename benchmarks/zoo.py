@@ -41,6 +41,7 @@ import numpy as np  # noqa: E402
 
 import tfprec  # noqa: E402
 from tfprec._tf import keras  # noqa: E402
+from tfprec.export.aeq_report import AeqExportReport  # noqa: E402
 from tfprec.export.running import tflite_predict  # noqa: E402
 
 L = keras.layers
@@ -148,7 +149,7 @@ def run_one(name: str, n: int, folder: str) -> str:
             rep = tfprec.export.export_tflite(model, plan, path, x[:64])
             got = np.argmax(tflite_predict(path, x[128:]), -1)
         want = np.argmax(q.predict(x[128:], verbose=0), -1)
-        backend = "exact" if type(rep).__name__ == "ExportReport" else "ai_edge_quantizer"
+        backend = "ai_edge_quantizer" if isinstance(rep, AeqExportReport) else "exact"
         return (f"{name}_zoo: ok, {len(plan.layers)} weight ops, export {backend} "
                 f"{os.path.getsize(path):,} B, file vs fake-quant decisions "
                 f"{100 * np.mean(got == want):.1f} %, {time.time() - t0:.0f} s")
