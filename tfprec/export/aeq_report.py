@@ -81,6 +81,10 @@ class AeqExportReport(ExportReport):
         on every check example.
       verified_families: families on which every layer's kernel
         combination is verified exact (:data:`~tfprec.export.aeq_recipe.VERIFIED`).
+      unavailable_families: {family: operator} for the families whose op
+        resolver lacks an operator of the file (LiteRT's reference kernels
+        have no ELU), so the file was not run there; never XNNPACK (the
+        default CPU path) nor ``kernels``, which must run it.
       kernels: the family the tie rounding was tuned for.
       mode: 'exact' (the plan's clips tune the ties), 'fast'
         (``exact_ties=False``) or 'integer' (``full_integer=True``).
@@ -98,6 +102,7 @@ class AeqExportReport(ExportReport):
     fake_quant_accuracy: Optional[float] = None
     exact_families: list = dataclasses.field(default_factory=list)
     verified_families: list = dataclasses.field(default_factory=list)
+    unavailable_families: dict = dataclasses.field(default_factory=dict)
     latency_s: Optional[float] = None
     baselines: list = dataclasses.field(default_factory=list)
 
@@ -112,6 +117,9 @@ class AeqExportReport(ExportReport):
                  f"- decisions exact on kernel families: {self.exact_families or 'none'}; "
                  f"combinations verified on: {self.verified_families}; ties tuned for "
                  f"{self.kernels}"]
+        if self.unavailable_families:
+            lines.append("- not run on: " + ", ".join(
+                f"{k} (no {v} operator)" for k, v in self.unavailable_families.items()))
         if self.accuracy_by_kernels:
             lines.append(f"- accuracy: fake-quant {pct(self.fake_quant_accuracy)}; "
                          + ", ".join(f"{k} {pct(v)}" for k, v in
@@ -334,6 +342,7 @@ def with_metadata(content: bytes, report) -> bytes:
     meta = {"backend": "ai_edge_quantizer", "mode": report.mode,
             "activation_type": report.activation_type,
             "kernels": report.kernels, "exact_families": report.exact_families,
+            "unavailable_families": report.unavailable_families,
             "verified_families": report.verified_families,
             "agreement_by_kernels": report.agreement_by_kernels,
             "layers": {l.name: {"weight_bits": l.weight_bits, "act_bits": l.act_bits,

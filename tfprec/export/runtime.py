@@ -4,7 +4,9 @@ dtype tables, and the TensorFlow reference files (float, int8 PTQ) that
 """
 from __future__ import annotations
 
+import re
 import time
+from typing import Optional
 
 import numpy as np
 
@@ -32,6 +34,18 @@ def input_details(it, names=None) -> list:
         n = n[len("serving_default_"):] if n.startswith("serving_default_") else n
         by[n] = d
     return [by[n] for n in names] if set(by) == set(names) else det
+
+
+_MISSING_OP = re.compile(r"Didn't find op for builtin opcode '([A-Za-z0-9_]+)'"
+                         r"|unresolved custom op: ([A-Za-z0-9_]+)")
+
+
+def missing_op(error: BaseException) -> Optional[str]:
+    """The operator an interpreter failed to resolve (LiteRT's "Didn't
+    find op for builtin opcode 'ELU' ...", "Encountered unresolved custom op:
+    Foo"), or None for any other error."""
+    m = _MISSING_OP.search(str(error))
+    return (m.group(1) or m.group(2)) if m else None
 
 
 def run_family(content: bytes, x, family: str, batch_size: int = 256,

@@ -45,7 +45,7 @@ from tfprec.quantization.configs import (ChannelAffine, FixedPointQuantizeConfig
 from tfprec.errors import UnsupportedModelError
 from tfprec.quantization.simulate import check_plan_bits, checked_plan  # noqa: F401
 from tfprec.statistics.graph import parse_model
-from tfprec.statistics.layers import NodeCall, weight_attrs
+from tfprec.statistics.layers import NodeCall, copy_weights, weight_attrs
 
 import tensorflow_model_optimization as tfmot  # noqa: E402
 
@@ -254,6 +254,8 @@ def _rebuild(model, plan=None, split_softmax: bool = True, export=None):
                     f"not be copied from its get_config() ({e})") from e
             args, kwargs = call.args(ins)
             y = new(*args, **kwargs)
+            if layer.weights:      # state its config does not hold (Normalization.adapt)
+                copy_weights(layer, new)
         tmap[id(outs[0])] = y
     return keras.Model(new_ins if len(new_ins) > 1 else new_ins[0], tmap[id(out_t)],
                        name=model.name)

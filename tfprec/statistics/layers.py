@@ -98,14 +98,36 @@ def clone_layer(layer, dtype: str, input_shape, **overrides):
         new = type(layer).from_config(cfg)
         if layer.weights:
             new.build(input_shape)
-            same = {_short(w.name): w for w in layer.weights}
-            for w in new.weights:
-                src = same.get(_short(w.name))
-                if src is not None and tuple(src.shape) == tuple(w.shape):
-                    w.assign(tf.cast(src, w.dtype))
+            copy_weights(layer, new)
     except Exception as e:  # noqa: BLE001 - reported with the layer's name
         raise _clone_error(layer, e) from e
     return new
+
+
+def copy_weights(src, dst) -> None:
+    """Gives the built copy ``dst`` of layer ``src`` every weight of ``src``
+    (trainable or not: an adapted Normalization's mean, variance and count,
+    which its config does not hold), matched by name, cast to ``dst``'s
+    dtypes, then lets ``dst`` recompute what it derives from them
+    (``finalize_state``).
+
+    Raises:
+      UnsupportedModelError: a weight of ``src`` has no counterpart of the
+        same name and shape in ``dst`` (naming both layers' weights).
+    """
+    mine = {_short(w.name): w for w in dst.weights}
+    for w in src.weights:
+        to = mine.get(_short(w.name))
+        if to is None or tuple(to.shape) != tuple(w.shape):
+            raise UnsupportedModelError(
+                f"layer '{src.name}' of class {type(src).__name__}: its copy from "
+                f"get_config() has no weight like '{_short(w.name)}' {tuple(w.shape)} "
+                f"(the copy's: {[(_short(v.name), tuple(v.shape)) for v in dst.weights]})")
+        to.assign(tf.cast(w, to.dtype))
+    # preprocessing layers keep tensors derived from their weights (an
+    # adapted Normalization's broadcast mean and variance): refresh them, as
+    # Keras does after loading weights
+    getattr(dst, "finalize_state", lambda: None)()
 
 
 class LayerCall:
