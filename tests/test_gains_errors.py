@@ -97,6 +97,40 @@ def test_formerly_refused_layers_are_analysed(build, x8):
     assert all(np.isfinite(l.e_w) and l.e_w > 0 for l in g.layers)
 
 
+@pytest.mark.parametrize("sep, dw, conv, shape, kw", [
+    (L.SeparableConv1D, L.DepthwiseConv1D, L.Conv1D, (20, 3), {}),
+    (L.SeparableConv2D, L.DepthwiseConv2D, L.Conv2D, (9, 9, 3), {"dilation_rate": 2}),
+])
+def test_separable_layers_refused_with_a_recipe_that_works(sep, dw, conv, shape, kw):
+    """A SeparableConv1D (or a dilated SeparableConv2D) has three weight
+    tensors: refused, naming the layer and the two layers to write it as.
+    Written that way, with its weights, it computes the same function and
+    is analysed and fake-quantized."""
+    keras.utils.set_random_seed(1)
+    x = np.random.default_rng(1).normal(size=(64,) + shape).astype(np.float32)
+    i = L.Input(shape)
+    s = sep(6, 3, depth_multiplier=2, activation="relu", name="sep", **kw)
+    model = keras.Model(i, L.Dense(3)(L.Flatten()(s(i))))
+    with raises(UnsupportedModelError, "'sep'", sep.__name__, "3 weight tensors",
+                f"{dw.__name__}(", f"{conv.__name__}(filters, 1"):
+        tfprec.noise_gains(model, x)
+    i = L.Input(shape)
+    d = dw(3, depth_multiplier=2, use_bias=False, name="sep_dw", **kw)
+    p = conv(6, 1, activation="relu", name="sep_pw")
+    split = keras.Model(i, L.Dense(3)(L.Flatten()(p(d(i)))))
+    depthwise, pointwise, bias = s.get_weights()
+    d.set_weights([depthwise])
+    p.set_weights([pointwise, bias])
+    split.layers[-1].set_weights(model.layers[-1].get_weights())
+    np.testing.assert_allclose(split.predict(x, verbose=0), model.predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-5)
+    g = tfprec.noise_gains(split, np.tile(x, (4,) + (1,) * len(shape)))
+    assert [l.name for l in g.layers][:2] == ["sep_dw", "sep_pw"]
+    q = tfprec.quantize_model(split, tfprec.uniform_plan(g, bits=16))
+    np.testing.assert_allclose(tfprec.logits_model(q).predict(x, verbose=0),
+                               split.predict(x, verbose=0), atol=1e-2)
+
+
 def test_subclassed_model(x8):
     class Sub(keras.Model):
         def __init__(self):

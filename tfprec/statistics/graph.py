@@ -140,9 +140,8 @@ def _trainable_arrays(layer) -> tuple:
     """(attribute names, float64 arrays) of ``layer``'s weights to quantize."""
     ws = layer_calls.quantized_weights(layer)
     if not 1 <= len(ws) <= 2:
-        raise _unsupported(layer, f"{len(ws)} weight tensors (tfprec quantizes "
-                           "one or two per layer: a kernel and a bias); split the "
-                           "layer (a subclassed model: rebuild it functionally)")
+        raise _unsupported(layer, f"{len(ws)} weight tensors (tfprec quantizes one or "
+                           f"two per layer: a kernel and a bias); {layer_calls.split_hint(layer)}")
     names = layer_calls.weight_attrs(layer, ws)
     return names, [np.asarray(w.numpy(), np.float64) for w in ws]
 

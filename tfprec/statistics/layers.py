@@ -33,6 +33,21 @@ def quantized_weights(layer) -> list:
     return [w for w in layer.weights if getattr(w, "trainable", False)]
 
 
+def split_hint(layer) -> str:
+    """How to write ``layer``, which has more than two weight tensors, as
+    layers tfprec analyses (part of the refusal's message)."""
+    name = type(layer).__name__
+    if name in ("SeparableConv1D", "SeparableConv2D"):
+        d = name[-2:]
+        return (f"write it as DepthwiseConv{d}(kernel_size, strides, padding, "
+                f"depth_multiplier, dilation_rate, use_bias=False) followed by "
+                f"Conv{d}(filters, 1, activation, use_bias), the same function, "
+                "with the layer's depthwise kernel, pointwise kernel and bias "
+                "(tfprec splits a channels-last SeparableConv2D without dilation "
+                "itself)")
+    return "split the layer (a subclassed model: rebuild it functionally)"
+
+
 def weight_attrs(layer, weights=None) -> list:
     """Attribute names of ``layer``'s quantized weights (``weights``, by
     default :func:`quantized_weights`), in that order.
