@@ -93,3 +93,34 @@ def test_good_callback_still_runs_and_creates_log_dir(tmp_path):
     cb = tfprec.NoiseGainCallback(X, log_dir=str(log_dir), verbose=False, method="paper")
     assert _fit(_mlp(), cb, epochs=1) == [0]
     assert log_dir.is_dir() and cb.plan is not None
+
+
+@pytest.mark.parametrize("heldout,match", [
+    (np.zeros((12, 5), "float32"), r"heldout_data has per-example shape \(5,\), "
+                                   r"but the model expects \(8,\)"),
+    ((np.zeros((12, 5), "float32"), np.zeros(12)),
+     r"heldout_data has per-example shape \(5,\)"),
+    (np.zeros((0, 8), "float32"), r"heldout_data is empty"),
+])
+def test_bad_heldout_data_fails_before_the_first_epoch(heldout, match):
+    """Held-out data used to be read only after the last epoch (and named
+    x_val, calibrate's argument): now checked, and named, before the first."""
+    with pytest.raises(InvalidDataError, match=match):
+        _fit(_mlp(), tfprec.NoiseGainCallback(X, heldout_data=heldout, verbose=False))
+    assert _fit.began == []
+
+
+def test_keras_validation_data_form_is_accepted_for_one_input():
+    """(x_val, y_val), Keras' validation_data form, for a one-input model:
+    the labels are not used; the plan equals the one from x_val alone (and
+    (x, y) calibration data likewise)."""
+    rng = np.random.default_rng(2)
+    xv = rng.normal(size=(64, 8)).astype("float32")
+    yv = rng.integers(0, 3, 64)
+    plans = []
+    for calib, held in ((X, xv), ((X, np.zeros(len(X))), (xv, yv)),
+                        (X, (xv, yv, np.ones(64)))):
+        cb = tfprec.NoiseGainCallback(calib, heldout_data=held, target=0.05, verbose=False)
+        assert _fit(_mlp(), cb, epochs=1) == [0]
+        plans.append([(l.weight_bits, l.act_bits) for l in cb.plan.layers])
+    assert plans[0] == plans[1] == plans[2]

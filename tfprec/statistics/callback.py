@@ -53,13 +53,23 @@ def _data_like(d) -> bool:
     return isinstance(d, tf.data.Dataset) or hasattr(d, "shape")
 
 
+def _inputs_of(d, model):
+    """``d`` without labels: for a model with one input, Keras'
+    ``validation_data`` form ``(x, y)`` or ``(x, y, sample_weight)`` gives
+    ``x`` (the pass and the mismatch need no labels); anything else as is."""
+    if isinstance(d, (list, tuple)) and len(model.inputs) == 1 and len(d) in (2, 3):
+        return d[0]
+    return d
+
+
 class NoiseGainCallback(keras.callbacks.Callback):
     """Runs the noise-gain pass after training (and every N epochs if asked).
 
     Args:
       calibration_data: inputs for the pass (numpy array or tf.data.Dataset;
         for a model with several inputs a list / tuple in ``model.inputs``
-        order or a dict keyed by input name, see :mod:`tfprec.packing`).
+        order or a dict keyed by input name, see :mod:`tfprec.packing`;
+        for a model with one input ``(x, y)`` is accepted, its labels unused).
       target: for ``method="measured"`` (the default), the largest fraction
         of held-out inputs whose fixed-point decision may differ from the
         float one (measured, no labels needed); for the analytic methods, the
@@ -69,8 +79,10 @@ class NoiseGainCallback(keras.callbacks.Callback):
         or an analytic rule of ``tfprec.planning.cost_aware.PLAN_METHODS``
         (``"paper"``, ``"cost_aware"``, ...: the paper's faithful bound,
         conservative by one to three orders of magnitude).
-      heldout_data: held-out inputs (numpy or tf.data; labels not needed)
-        on which ``method="measured"`` measures the mismatch.  Default: the
+      heldout_data: held-out inputs (numpy or tf.data; labels not needed,
+        and for a model with one input Keras' ``validation_data`` form
+        ``(x_val, y_val)`` is accepted, its labels unused) on which
+        ``method="measured"`` measures the mismatch.  Default: the
         calibration examples are split, the first half for the gains, the
         second half held out.
       cost: "compute" (full adders) or "memory" (bits), for cost_aware.
@@ -148,7 +160,8 @@ class NoiseGainCallback(keras.callbacks.Callback):
 
     def run(self, model, epoch: int = -1) -> StatisticsPass:
         """Runs the statistics pass on ``model`` now and records it."""
-        calib, heldout = self.calibration_data, self.heldout_data
+        calib = _inputs_of(self.calibration_data, model)
+        heldout = None if self.heldout_data is None else _inputs_of(self.heldout_data, model)
         if self.method == "measured" and heldout is None:
             graph = parse_model(model)
             x = inputs.as_inputs(calib, graph.shapes[graph.input_id],
@@ -168,6 +181,10 @@ class NoiseGainCallback(keras.callbacks.Callback):
                         max_examples=self.max_examples, verbose=self.verbose, **extra)
         if self.method == "measured":
             from tfprec.planning.calibrate import calibrate   # local: heavy import
+            if self.heldout_data is not None:     # named as the user passed it
+                graph = parse_model(model)
+                inputs.check_inputs_spec(heldout, graph.shapes[graph.input_id],
+                                         what="heldout_data")
             p = calibrate(model, g, heldout, None, target_mismatch=self.target,
                           cost=self.cost, batch_size=max(self.batch_size or 256, 256)).best.plan
         else:
@@ -182,8 +199,12 @@ class NoiseGainCallback(keras.callbacks.Callback):
         """Checks the model, the calibration data and log_dir before the
         first epoch (UnsupportedModelError, InvalidDataError, ExportError)."""
         graph = parse_model(self.model)
-        inputs.check_inputs_spec(self.calibration_data, graph.shapes[graph.input_id],
+        inputs.check_inputs_spec(_inputs_of(self.calibration_data, self.model),
+                                 graph.shapes[graph.input_id],
                                  what="calibration_data", max_examples=self.max_examples)
+        if self.heldout_data is not None:
+            inputs.check_inputs_spec(_inputs_of(self.heldout_data, self.model),
+                                     graph.shapes[graph.input_id], what="heldout_data")
         if self.log_dir:
             try:
                 os.makedirs(self.log_dir, exist_ok=True)
