@@ -150,6 +150,29 @@ def test_all_zero_weights_every_example_is_a_tie(mlp):
         tfprec.noise_gains(m, mlp[1])
 
 
+@pytest.mark.parametrize("head, warns", [
+    ([L.Dense(5, activation="sigmoid", name="head")], "'head'"),
+    ([L.Dense(5, name="fc"), L.Activation("sigmoid", name="sig")], "'sig'"),
+    ([L.Dense(1, activation="sigmoid", name="one")], None),      # binary: analysed as such
+    ([L.Dense(5, activation="softmax", name="soft")], None),
+])
+def test_sigmoid_head_over_several_outputs_warns_multi_label(head, warns):
+    """A sigmoid over M >= 2 outputs is usually multi-label; tfprec
+    analyses the argmax of the M scores, and says so, naming the layer."""
+    keras.utils.set_random_seed(0)
+    m = keras.Sequential([L.Input((8,)), L.Dense(6, activation="sigmoid"), *head])
+    x = np.random.default_rng(4).normal(size=(sanity.MIN_EXAMPLES, 8)).astype("float32")
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        tfprec.noise_gains(m, x)
+    hits = [str(w.message) for w in rec
+            if w.category is TfprecWarning and "multi-label" in str(w.message)]
+    if warns is None:
+        assert hits == []
+    else:
+        assert len(hits) == 1 and warns in hits[0] and "argmax of the 5 scores" in hits[0]
+
+
 def test_too_few_calibration_examples_warn(mlp):
     m = mlp[0]
     with pytest.warns(TfprecWarning, match=r"only 1 examples of x .*max_examples.*"

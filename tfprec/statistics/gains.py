@@ -533,6 +533,7 @@ def noise_gains(model, x: DataLike, batch_size: Optional[int] = None,
                                "least one example.")
     sanity.check_input_scale(model, stats, inputs.raw_dtype(x), "x (calibration data)")
     sanity.check_num_examples(n, "x (calibration data)")
+    sanity.check_multi_label(graph)
     sanity.check_ties(ties, n, graph.num_classes, "x (calibration data)")
     sanity.check_gains_finite(np.stack([sw, sa, sh], axis=1),
                               [op.name for op in graph.weight_ops], "x (calibration data)")

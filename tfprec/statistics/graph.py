@@ -274,9 +274,8 @@ def _act_op(layer, name: str, inp: str, out: str, act: str, fn, final: bool,
     if act == "sigmoid" and final and tuple(shapes[out]) == (1,):
         # a binary classifier's probability: dropped, its logit z is kept
         return Op(name, "softmax", [inp], out, {"sigmoid": True}, cls)
-    return Op(name, "layer", [inp], out,
-              {"call": layer_calls.ActivationCall(fn),
-               "bounds": layer_calls.act_bounds(act)}, cls)
+    return Op(name, "layer", [inp], out, {"call": layer_calls.ActivationCall(fn),
+              "bounds": layer_calls.act_bounds(act), "act": act, "layer_name": layer.name}, cls)
 
 
 def _layer_op(layer, node, call, shapes: dict) -> Op:

@@ -210,6 +210,25 @@ def check_decisions(fdec: np.ndarray, y: Optional[np.ndarray], num_classes: int,
 
 
 # ============================================================ gains pass
+def check_multi_label(graph) -> Optional[str]:
+    """Warns (TfprecWarning) when the model ends in a sigmoid over M >= 2
+    outputs: tfprec analyses one decision per example, the argmax of the M
+    scores, while such a head is usually multi-label (each output
+    thresholded on its own).  Returns the warning text, or None."""
+    last = graph.ops[-1] if graph.ops else None
+    if last is None or last.attrs.get("act") != "sigmoid" or graph.num_classes < 2:
+        return None
+    msg = (f"model ends in a sigmoid over {graph.num_classes} outputs (layer "
+           f"'{last.attrs.get('layer_name', last.name)}'): tfprec analyses, plans "
+           "and measures one decision per example, the argmax of the "
+           f"{graph.num_classes} scores; if the model is multi-label (each output "
+           "thresholded on its own), the mismatch and the bound are not about its "
+           "decisions (split it into one binary model per label, one sigmoid unit "
+           "each, which tfprec analyses as binary classifiers).")
+    _warn(msg)
+    return msg
+
+
 def check_num_examples(n: int, what: str = "x") -> None:
     """Warns (TfprecWarning) when fewer than :data:`MIN_EXAMPLES`
     calibration examples were used for the gains."""
