@@ -1,7 +1,8 @@
 """Independent float64 brute-force reference for tfprec's noise gains.
 
-Nothing here uses tfprec's graph parser, layer registry or gain executor
-(only ``tfprec.compat``'s look-up of the layer call that produced a tensor):
+Nothing here uses tfprec's graph parser, node iterator, layer registry or
+gain executor (only ``tfprec.compat``'s look-up of the layer call that
+produced a tensor):
 the model is re-executed in float64, node by node, from its Keras graph; each
 node's call arguments (``Node.call_args`` / ``call_kwargs``, Keras tensors
 replaced by their float64 values, constants kept, so ``x + 3.0`` TFOpLambda
@@ -171,7 +172,12 @@ class Reference:
         self.final_softmax = self.final == "softmax"
         self.in_dtype = tf.as_dtype(model.inputs[0].dtype)
 
-        nodes = [n for n in compat.nodes_in_order(model) if not n.is_input]
+        # the model's own layer calls, deepest first (Keras' own node table;
+        # not tfprec's node iterator, which reads TimeDistributed(Dense) as
+        # its Dense and expands nested models: here a wrapper is one layer)
+        by_depth = model._nodes_by_depth
+        nodes = [n for d in sorted(by_depth, reverse=True) for n in by_depth[d]
+                 if not n.is_input]
         consumers = {}
         for n in nodes:
             for kt in n.keras_inputs:

@@ -108,6 +108,14 @@ def _expand(model, sub: dict, seen: dict, out: list, top: bool) -> None:
                 out.append(n)
             continue
         layer = n.layer
+        if isinstance(layer, keras.layers.TimeDistributed) and \
+                isinstance(layer.layer, keras.layers.Dense):
+            # TimeDistributed(Dense) is its Dense on [B, T, ..., D]: read as
+            # that Dense (which holds the weights), called on the same tensors
+            flat = FlatNode(n, sub)
+            flat.layer = layer.layer
+            out.append(flat)
+            continue
         if not (isinstance(layer, keras.Model) and is_graph_network(layer)):
             out.append(FlatNode(n, sub) if sub else n)
             continue
@@ -140,7 +148,9 @@ def nodes_in_order(model) -> list:
     into its own layer calls, as :class:`FlatNode` objects whose tensors are
     the outer graph's where the two graphs meet, so tfprec analyses and
     rebuilds the network as one flat graph of layers.  The nested models
-    themselves are only read.
+    themselves are only read.  A ``TimeDistributed(Dense)`` call is read as
+    its Dense called on the same tensors (a Dense maps the last axis of any
+    [B, T, ..., D] input), so the plan names the Dense.
 
     Raises:
       UnsupportedModelError: a nested model is called more than once, or
