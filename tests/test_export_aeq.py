@@ -572,3 +572,36 @@ def test_input_step_of_one_is_recognized_as_rounded(tmp_path):
     assert all(l.act_grid_ok for l in rep.layers)
     want = np.argmax(quantize_model(m, plan).predict(x, verbose=0), -1)
     assert np.mean(np.argmax(tflite_predict(path, x), -1) == want) == 1.0
+
+
+def test_kernel_with_code_minus_128_is_stored_float_on_its_grid(mlp, tmp_path):
+    """An 8-bit kernel whose most negative weight rounds to -R_W has the
+    code -128, which LiteRT's narrow-range int8 weights lack (found on a
+    keras.applications ResNet50 base: the whole export was refused).  The
+    layer's weights are now float32 on the plan's grid (a substitution,
+    named), the others stay int8, and the file takes the fake-quant
+    decisions; asking for int8 there (weight_types) is still refused."""
+    m, _, x, _ = mlp
+    c = keras.models.clone_model(m)
+    c.set_weights(m.get_weights())
+    k, b = c.get_layer("fc2").get_weights()
+    r = float(2.0 ** np.ceil(np.log2(np.max(np.abs(k)))))
+    k[0, 0] = -r                                   # code -128 on [-R, R) at 8 bits
+    c.get_layer("fc2").set_weights([k, b])
+    xs = x[:200]
+    plan = _plan(tfprec.noise_gains(c, xs), 8, 8)
+    assert plan.layer("fc2").weight_range == r
+    path = str(tmp_path / "minus128.tflite")
+    rep = export_tflite(c, plan, path, xs, backend="aeq", check_examples=200)
+    by = {l.name: l for l in rep.layers}
+    assert by["fc2"].weight_type == "float"
+    assert any("code -128" in n for n in by["fc2"].notes)
+    assert by["fc1"].weight_type == "int8" and by["logits"].weight_type == "int8"
+    assert rep.grid_check_passed
+    fq = np.argmax(logits_model(quantize_model(c, plan)).predict(xs, verbose=0), -1)
+    assert np.mean(_decisions(path, xs, "xnnpack") == fq) == 1.0
+    assert rep.agreement_by_kernels["xnnpack"] == 1.0
+    with pytest.raises(ExportError, match="code -128"):
+        export_tflite(c, plan, str(tmp_path / "forced.tflite"), xs, backend="aeq",
+                      weight_types={"fc2": "int8"})
+    assert not os.path.exists(str(tmp_path / "forced.tflite"))

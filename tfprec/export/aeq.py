@@ -15,7 +15,9 @@ Formats, per weight layer of the plan (METHOD.md section 1):
   scale Delta_W, so it stores the plan's codes).  DEPTHWISE_CONV_2D has no
   INT4 kernel: INT8, same grid.  B_W > 8: float32 values on the grid
   (float compute), or, with ``round_wide_weights=True``, rounded to 8 bits.
-  LiteRT int8 weights are narrow-range: an 8-bit code -128 is refused.
+  LiteRT int8 weights are narrow-range [-127, 127]: an 8-bit kernel with
+  the code -128 is stored as float32 on its grid (a substitution), or
+  refused when ``weight_types`` asks for int8.
 * compute: a Dense / Conv2D / DepthwiseConv2D op (matched to the file's
   operator by its kernel, :func:`tfprec.export.aeq_recipe.match_ops`) runs
   on an integer kernel when its output, through ReLUs, clips, max-pool and
@@ -300,11 +302,24 @@ def export_aeq(model, plan, path, representative_data=None, *, labels=None,
     g1 = R.read_graph(_convert(gm))
     pairs = [(n, kinds[n]) for n in names]
     op1 = R.match_ops(g1, pairs, snapped)
+    wstep = {n: fmts[n][0].steps(8 if (wide_to_8 and fmts[n][0].bits > 8) else None)
+             for n in names}          # Delta_W, or per channel
+
+    def min_code(name: str, kernels: dict) -> float:
+        k = kernels[name][0]
+        return float(np.min(k / (wstep[name] if np.ndim(wstep[name]) == 0
+                                 else channel_view(wstep[name], k.shape))))
+
     for l in layers:
         if l.name not in op1 and l.weight_type != "float":
             l.weight_type = "float"
             l.notes.append(f"{l.kind} operator: no integer kernel of this backend; "
                            "weights float32 on their grid, float32 compute")
+        elif l.weight_type == "int8" and l.name not in weight_types \
+                and min_code(l.name, snapped) < -127:     # the plan's values, exactly
+            l.weight_type = "float"
+            l.notes.append("its 8-bit kernel has the code -128, which LiteRT's narrow-range "
+                           "int8 weights lack: weights float32 on their grid, float32 compute")
     cands = [n for n in op1 if by[n].weight_type != "float" and n != last]
     act = "int16" if any(fmts[n][1].bits > 8 and (fmts[n][1].signed or fmts[n][1].bits < 16)
                          for n in cands) else "int8"
@@ -389,13 +404,8 @@ def export_aeq(model, plan, path, representative_data=None, *, labels=None,
         raise ExportError(f"the converter wrote the weight operators of "
                           f"{sorted(set(op1) ^ set(op_of))} differently once the plan's "
                           "rounding was added")
-    wstep = {n: fmts[n][0].steps(8 if (wide_to_8 and fmts[n][0].bits > 8) else None)
-             for n in names}          # Delta_W, or per channel
-    for l in layers:
-        k = snapped[l.name][0]
-        codes = k / (wstep[l.name] if np.ndim(wstep[l.name]) == 0
-                     else channel_view(wstep[l.name], k.shape))
-        if l.weight_type == "int8" and np.min(codes) < -127:
+    for l in layers:     # (an int8 kernel with code -128 here: weight_types asked for it)
+        if l.weight_type == "int8" and min_code(l.name, snapped) < -127:
             raise ExportError(
                 f"layer {l.name!r}: its 8-bit kernel has code -128; LiteRT int8 "
                 "weights are narrow-range [-127, 127]. Use backend='exact'"
