@@ -623,7 +623,9 @@ def test_zoo_benchmark_flags(capsys):
     import zoo
     a = zoo.parse_args(["--models", "tutorial_uint8, mixed_float16"])
     assert a.models == ["tutorial_uint8", "mixed_float16"]
-    assert "convnexttiny" not in zoo.parse_args([]).models
+    default = zoo.parse_args([]).models
+    assert default[-1] == "regnetx002" and len(default) == 9
+    assert "convnexttiny" not in default and "vgg16" in zoo.MODELS
     for argv, msg in ((["--models", "mixed_float16,vgg99"], "unknown ['vgg99']"),
                       (["--examples", "100"], "--examples=100: needs more than 128")):
         with pytest.raises(SystemExit):
