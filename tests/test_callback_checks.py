@@ -110,6 +110,7 @@ def test_bad_heldout_data_fails_before_the_first_epoch(heldout, match):
     assert _fit.began == []
 
 
+@pytest.mark.slow   # default-suite time (< 5 min): three fits with measured plans
 def test_keras_validation_data_form_is_accepted_for_one_input():
     """(x_val, y_val), Keras' validation_data form, for a one-input model:
     the labels are not used; the plan equals the one from x_val alone (and
