@@ -574,6 +574,7 @@ def test_input_step_of_one_is_recognized_as_rounded(tmp_path):
     assert np.mean(np.argmax(tflite_predict(path, x), -1) == want) == 1.0
 
 
+@pytest.mark.slow   # default-suite time (< 5 min)
 def test_kernel_with_code_minus_128_is_stored_float_on_its_grid(mlp, tmp_path):
     """An 8-bit kernel whose most negative weight rounds to -R_W has the
     code -128, which LiteRT's narrow-range int8 weights lack (found on a

@@ -34,6 +34,7 @@ def _pair():
     return wrapped, plain, x
 
 
+@pytest.mark.slow   # default-suite time (< 5 min)
 def test_wrapped_dense_equals_the_plain_dense_everywhere(tmp_path):
     wrapped, plain, x = _pair()
     before = [w.copy() for w in wrapped.get_weights()]
