@@ -160,10 +160,11 @@ class NoiseGainCallback(keras.callbacks.Callback):
 
     def run(self, model, epoch: int = -1) -> StatisticsPass:
         """Runs the statistics pass on ``model`` now and records it."""
+        graph = parse_model(model)
+        self._check_data(model, graph)      # named as passed: heldout_data, not x_val
         calib = _inputs_of(self.calibration_data, model)
         heldout = None if self.heldout_data is None else _inputs_of(self.heldout_data, model)
         if self.method == "measured" and heldout is None:
-            graph = parse_model(model)
             x = inputs.as_inputs(calib, graph.shapes[graph.input_id],
                                  dtype=inputs.model_dtype(model),
                                  what="calibration_data", max_examples=self.max_examples)
@@ -181,10 +182,6 @@ class NoiseGainCallback(keras.callbacks.Callback):
                         max_examples=self.max_examples, verbose=self.verbose, **extra)
         if self.method == "measured":
             from tfprec.planning.calibrate import calibrate   # local: heavy import
-            if self.heldout_data is not None:     # named as the user passed it
-                graph = parse_model(model)
-                inputs.check_inputs_spec(heldout, graph.shapes[graph.input_id],
-                                         what="heldout_data")
             p = calibrate(model, g, heldout, None, target_mismatch=self.target,
                           cost=self.cost, batch_size=max(self.batch_size or 256, 256)).best.plan
         else:
@@ -195,16 +192,20 @@ class NoiseGainCallback(keras.callbacks.Callback):
             self._log(entry, step=max(epoch, self._last_epoch) + (epoch < 0))
         return entry
 
+    def _check_data(self, model, graph) -> None:
+        """The calibration and held-out data against ``model``'s input,
+        without reading their values (InvalidDataError naming them)."""
+        shape = graph.shapes[graph.input_id]
+        inputs.check_inputs_spec(_inputs_of(self.calibration_data, model), shape,
+                                 what="calibration_data", max_examples=self.max_examples)
+        if self.heldout_data is not None:
+            inputs.check_inputs_spec(_inputs_of(self.heldout_data, model), shape,
+                                     what="heldout_data")
+
     def on_train_begin(self, logs=None):
         """Checks the model, the calibration data and log_dir before the
         first epoch (UnsupportedModelError, InvalidDataError, ExportError)."""
-        graph = parse_model(self.model)
-        inputs.check_inputs_spec(_inputs_of(self.calibration_data, self.model),
-                                 graph.shapes[graph.input_id],
-                                 what="calibration_data", max_examples=self.max_examples)
-        if self.heldout_data is not None:
-            inputs.check_inputs_spec(_inputs_of(self.heldout_data, self.model),
-                                     graph.shapes[graph.input_id], what="heldout_data")
+        self._check_data(self.model, parse_model(self.model))
         if self.log_dir:
             try:
                 os.makedirs(self.log_dir, exist_ok=True)
